@@ -1,0 +1,1 @@
+"""Pure FHIR logic: models, validation, search parameters, bundles. No database, network or web imports."""

@@ -1,0 +1,90 @@
+"""The CapabilityStatement: built from the same tables the server runs on, so it states only what is real."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.fhir.dates import format_instant, now_us
+from gateway.fhir.searchparams import RESOURCE_TYPES, ParamType, params_for, reference_params
+
+_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
+_COMMON_PARAMS = [
+    {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+    {
+        "name": "_lastUpdated",
+        "type": "date",
+        "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+    },
+]
+
+
+def _resource_entry(rtype: str, supported_profiles: list[str]) -> dict[str, Any]:
+    params = params_for(rtype)
+    includes = [f"{rtype}:{p.name}" for p in params.values() if p.type is ParamType.REFERENCE]
+    revincludes = [f"{src}:{p.name}" for src, p in reference_params() if not p.targets or rtype in p.targets]
+    entry: dict[str, Any] = {
+        "type": rtype,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+        "interaction": [{"code": code} for code in _INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "searchInclude": includes,
+        "searchRevInclude": sorted(set(revincludes)),
+        "searchParam": _COMMON_PARAMS
+        + [
+            {"name": p.name, "type": p.type.value, "definition": f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name}"}
+            for p in params.values()
+        ],
+    }
+    if supported_profiles:
+        entry["supportedProfile"] = supported_profiles
+    return entry
+
+
+def capability_statement(
+    *, base_url: str, version: str, token_url: str, profiles_for: Callable[[str], list[str]]
+) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": format_instant(now_us())[:10],
+        "publisher": "specialty-gateway",
+        "kind": "instance",
+        "software": {"name": "specialty-gateway", "version": version},
+        "implementation": {"description": "Specialty medication integration gateway", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [{"url": "token", "valueUri": token_url}],
+                        }
+                    ],
+                    "description": "OAuth 2.0 client credentials (SMART Backend Services); SMART v2 system scopes.",
+                },
+                "resource": [_resource_entry(t, profiles_for(t)) for t in RESOURCE_TYPES],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
+    }

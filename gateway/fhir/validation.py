@@ -1,0 +1,82 @@
+"""Validation on every write: FHIR structure (fhir.resources R4B models) and then the gateway's profiles.
+
+R4B's models accept R4 content for the types served here (see STANDARDS.md). They check element names,
+cardinality of the base spec, primitive formats and choice types; they do not check code values or
+invariants, which is what the profiles in `profiles/` add.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from gateway.types import Issue
+
+_MODEL_MODULES = "fhir.resources.R4B"
+
+
+class ProfileChecker(Protocol):
+    def validate(self, resource: dict[str, Any]) -> list[Issue]: ...
+
+
+@cache
+def model_class(resource_type: str) -> type[BaseModel]:
+    """The R4B pydantic model for a resource type (imported on first use: the models are large)."""
+    module = importlib.import_module(f"{_MODEL_MODULES}.{resource_type.lower()}")
+    cls: type[BaseModel] = getattr(module, resource_type)
+    return cls
+
+
+def _location(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "resource_type":
+            path += ".resourceType"
+        else:
+            path += f".{part}"
+    return path
+
+
+def _issue_from_error(resource_type: str, error: Any) -> Issue:
+    kind = error.get("type", "")
+    loc = tuple(error.get("loc", ()))
+    message = str(error.get("msg", "invalid"))
+    if kind == "missing":
+        code, message = "required", f"Missing required element '{loc[-1] if loc else resource_type}'"
+    elif kind == "extra_forbidden":
+        code, message = "structure", f"Unknown element '{loc[-1]}'"
+    elif kind.startswith("fhir-validation-wrong-resource-type"):
+        code, message = "invalid", message.split(". Make sure", 1)[0].replace("``", "'").replace("\n", " ")
+        message = " ".join(message.split())
+    else:
+        code = "value"
+        message = message.removeprefix("Value error, ")
+    return Issue("error", code, message, (_location(resource_type, loc),))
+
+
+def validate_structure(resource: dict[str, Any]) -> list[Issue]:
+    """Issues from the R4B model of `resource['resourceType']` (which the caller has checked is served)."""
+    resource_type = resource["resourceType"]
+    try:
+        model_class(resource_type).model_validate(resource)
+    except ValidationError as exc:
+        return [_issue_from_error(resource_type, err) for err in exc.errors(include_url=False)]
+    return []
+
+
+class Validator:
+    """Structure first; profiles only when the structure holds (they assume well-formed input)."""
+
+    def __init__(self, profiles: ProfileChecker | None = None) -> None:
+        self.profiles = profiles
+
+    def validate(self, resource: dict[str, Any]) -> list[Issue]:
+        issues = validate_structure(resource)
+        if any(i.is_error for i in issues) or self.profiles is None:
+            return issues
+        return issues + self.profiles.validate(resource)

@@ -1,0 +1,46 @@
+"""One settings object. Every field reads from the environment as GATEWAY_<NAME>.
+
+A leaf module: imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The project root when running from a checkout (`pip install -e .`): profiles/ and mappings/ live there.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./var/gateway.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    database_url: str = DEFAULT_SQLITE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mllp_port: int = 2575
+    # Public base URL of the FHIR API (e.g. https://gw.example.org/fhir). Empty: taken from each request.
+    base_url: str = ""
+    # Bodies above this are refused with 413 before they are read into memory.
+    max_body_bytes: int = 16 * 1024 * 1024
+    # SMART Backend Services recommends access tokens live no longer than five minutes.
+    token_ttl_seconds: int = 300
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    # Results pulled in by _include/_revinclude per page, at most.
+    max_included: int = 1000
+    profiles_dir: Path = PROJECT_ROOT / "profiles"
+    mappings_dir: Path = PROJECT_ROOT / "mappings"
+    # Hosts or networks that subscriber endpoints may use although loopback, private or plain http.
+    subscription_allowlist: str = ""
+    log_level: str = "INFO"
+    # Database connection pool size per process (PostgreSQL).
+    db_pool_size: int = 10
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit (e.g. command-line) values taking precedence."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

@@ -1,0 +1,98 @@
+"""Engines and transactions for SQLite (embedded default) and PostgreSQL.
+
+SQLite allows one writer at a time. Rather than let concurrent writers collide on the file lock, this
+process serialises its write transactions with an asyncio lock and starts them with BEGIN IMMEDIATE
+(so a second process, such as `gateway clients add`, waits on busy_timeout instead of failing mid-way).
+Readers use their own connections and, in WAL mode, never block the writer.
+PostgreSQL needs none of that: writers run concurrently and optimistic version checks settle races.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",  # durable across process crashes in WAL mode; fsync at checkpoints
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA cache_size=-65536",  # 64 MiB page cache per connection
+    "PRAGMA temp_store=MEMORY",
+)
+
+
+def _sqlite_engine(url: str, *, begin: str) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=4 if begin == "BEGIN" else 1, max_overflow=4)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event decide how transactions start (see the pysqlite notes in the
+        # SQLAlchemy docs): the driver's own implicit BEGIN would be DEFERRED.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Database:
+    """One database: a writer and a reader engine (the same engine on PostgreSQL)."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            path = parsed.database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
+            self.reader = _sqlite_engine(url, begin="BEGIN")
+        elif self.dialect == "postgresql":
+            self.writer = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            self.reader = self.writer
+        else:
+            raise ValueError(f"Unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed when the block exits normally, rolled back on an exception."""
+        if self._write_lock is None:
+            async with self.writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (one consistent snapshot on both backends)."""
+        async with self.reader.begin() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+    def redacted_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)

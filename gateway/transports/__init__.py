@@ -1,0 +1,1 @@
+"""Ways in and out: HTTP (FastAPI) and, later, MLLP. Nothing imports this package."""

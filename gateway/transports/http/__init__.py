@@ -1,0 +1,1 @@
+"""The HTTP transport: FHIR REST API, OAuth token endpoint, health and metrics."""

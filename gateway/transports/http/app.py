@@ -1,0 +1,89 @@
+"""The FastAPI application: routes, error rendering, limits, metrics, lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from gateway import __version__
+from gateway.exceptions import BadRequest, FhirError, MethodNotAllowed, NotFound, OAuthError
+from gateway.service.gateway import Gateway
+from gateway.settings import Settings
+from gateway.transports.http import auth_routes, fhir_routes, ops_routes
+from gateway.transports.http.limits import BodySizeLimit
+from gateway.transports.http.observability import HttpMetrics, Observability
+from gateway.transports.http.responses import error_response
+
+log = logging.getLogger("gateway.http")
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
+    """The app; it starts its own Gateway on startup unless one is handed in (tests share one)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = gateway is None
+        app.state.gateway = gateway or await Gateway.start(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.gateway.close()
+
+    app = FastAPI(
+        title="Specialty medication gateway",
+        version=__version__,
+        description="FHIR R4 API, OAuth 2.0 client credentials, health and metrics.",
+        lifespan=lifespan,
+    )
+    if gateway is not None:
+        app.state.gateway = gateway
+    registry = CollectorRegistry()
+    app.state.metrics_registry = registry
+    app.include_router(fhir_routes.router)
+    app.include_router(auth_routes.router)
+    app.include_router(ops_routes.router)
+    _install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observability, metrics=HttpMetrics(registry))
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def fhir_error(_: Request, exc: FhirError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(OAuthError)
+    async def oauth_error(_: Request, exc: OAuthError) -> Response:
+        headers = {"WWW-Authenticate": 'Basic realm="gateway"'} if exc.status == 401 else {}
+        return JSONResponse(
+            {"error": exc.error, "error_description": exc.description}, status_code=exc.status, headers=headers
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"No route for {request.method} {request.url.path}"))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(f"{request.method} is not supported on {request.url.path}"))
+        error = FhirError(str(exc.detail))
+        error.status = exc.status_code
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequest(f"Malformed request: {exc.errors()[:3]}"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(FhirError("Internal server error; the incident was logged"))
