@@ -1,0 +1,97 @@
+"""Access tokens: JWTs (RFC 7519) signed HS256 with a server key, typed `at+jwt` as in RFC 9068.
+
+PyJWT does the signing and checking; HS256 is the only algorithm accepted, so a forged header naming
+`none` or an asymmetric algorithm is refused. Verification costs about 0.1 ms, small beside a request.
+
+Claims: iss, sub (= client_id), aud (= iss: this gateway is both the authorization and the resource
+server), client_id, scope, iat, exp, jti.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import jwt
+
+ALGORITHM = "HS256"
+TOKEN_TYPE = "at+jwt"
+MIN_KEY_BYTES = 32  # RFC 7518 section 3.2: an HS256 key at least as long as the SHA-256 output.
+MAX_TOKEN_LENGTH = 8192  # far above any token we issue; refuses oversized junk before decoding it.
+_REQUIRED = ["iss", "aud", "exp", "iat", "sub", "jti"]
+
+
+class InvalidToken(Exception):
+    """A bearer token is not one this server issued, or no longer valid; `str(error)` is a short reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """The claims of a verified access token that the API needs."""
+
+    client_id: str
+    scope: str
+    expires_at: int
+    jti: str
+
+
+def issue_access_token(*, key: bytes, issuer: str, client_id: str, scope: str, ttl_seconds: int, now: int) -> str:
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the signing key must be at least {MIN_KEY_BYTES} bytes")
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    claims = {
+        "iss": issuer,
+        "sub": client_id,
+        "aud": issuer,
+        "client_id": client_id,
+        "scope": scope,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "jti": secrets.token_urlsafe(16),
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
+
+
+def _reason(error: jwt.PyJWTError) -> str:
+    reasons: list[tuple[type[jwt.PyJWTError], str]] = [
+        (jwt.ExpiredSignatureError, "expired"),
+        (jwt.InvalidSignatureError, "bad signature"),
+        (jwt.InvalidIssuerError, "wrong issuer"),
+        (jwt.InvalidAudienceError, "wrong audience"),
+        (jwt.InvalidAlgorithmError, "unsupported algorithm"),
+    ]
+    for kind, reason in reasons:
+        if isinstance(error, kind):
+            return reason
+    return "malformed token"
+
+
+def verify_access_token(token: str, *, key: bytes, issuer: str, now: int | None = None) -> AccessClaims:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("malformed token")
+    try:
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken("unsupported algorithm")
+        if header.get("typ") != TOKEN_TYPE:
+            raise InvalidToken("not an access token")
+        if "crit" in header:
+            raise InvalidToken("unsupported critical header")
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            issuer=issuer,
+            audience=issuer,
+            options={"require": _REQUIRED, "verify_exp": now is None},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(_reason(exc)) from exc
+    if now is not None and claims["exp"] <= now:
+        raise InvalidToken("expired")
+    client_id, scope = claims.get("client_id"), claims.get("scope")
+    if not isinstance(client_id, str) or not isinstance(scope, str) or client_id != claims["sub"]:
+        raise InvalidToken("malformed token")
+    return AccessClaims(client_id, scope, int(claims["exp"]), str(claims["jti"]))
+

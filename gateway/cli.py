@@ -1,0 +1,176 @@
+"""The `gateway` command. Every option also reads GATEWAY_<NAME> from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from gateway.settings import Settings, get_settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _banner(settings: Settings) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    gw = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith("gateway") else "gateway"
+    return "\n".join(
+        [
+            "",
+            "Specialty medication gateway",
+            f"  FHIR R4 API     {base}/fhir   (CapabilityStatement: {base}/fhir/metadata)",
+            f"  API docs        {base}/docs",
+            f"  Health/metrics  {base}/healthz  {base}/metrics",
+            f"  Database        {settings.database_url.split('@')[-1]}",
+            "",
+            "Get a first token:",
+            f'  .venv/bin/{gw} clients add my-app --scope "system/*.cruds" --json',
+            f"  curl -s -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials {base}/auth/token",
+            f'  curl -s -H "Authorization: Bearer ACCESS_TOKEN" {base}/fhir/Patient',
+            "",
+        ]
+    )
+
+
+@click.group()
+@click.version_option(package_name="specialty-gateway")
+def main() -> None:
+    """Specialty medication gateway: EHR, lab and payer feeds in, FHIR R4 out."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on [GATEWAY_HOST, default 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="HTTP port [GATEWAY_PORT, default 8080]")
+@click.option("--mllp-port", type=int, default=None, help="HL7 v2 MLLP port [GATEWAY_MLLP_PORT, default 2575]")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL, default SQLite in ./var]")
+def serve(host: str | None, port: int | None, mllp_port: int | None, database_url: str | None) -> None:
+    """Serve the HTTP API; migrates the database on start."""
+    settings = get_settings(host=host, port=port, mllp_port=mllp_port, database_url=database_url)
+    _configure_logging(settings.log_level)
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from gateway.service.gateway import Gateway
+    from gateway.transports.http.app import create_app
+
+    gateway = await Gateway.start(settings)
+    try:
+        app = create_app(settings, gateway)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
+        )
+        server = uvicorn.Server(config)
+        click.echo(_banner(settings), err=True)
+        await server.serve()
+    finally:
+        await gateway.close()
+
+
+@main.command()
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def migrate(database_url: str | None) -> None:
+    """Apply database migrations (serve does this on start)."""
+    from gateway.store import migrate as migrations
+    from gateway.store.database import Database
+
+    settings = get_settings(database_url=database_url)
+
+    async def run() -> None:
+        db = Database(settings.database_url)
+        try:
+            await migrations.upgrade(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    click.echo("database is up to date")
+
+
+@main.group()
+def clients() -> None:
+    """Register, list and remove API clients."""
+
+
+async def _with_auth(settings: Settings, action: Any) -> Any:
+    from gateway.service.clients import AuthService
+    from gateway.store import migrate as migrations
+    from gateway.store.database import Database
+
+    db = Database(settings.database_url)
+    try:
+        await migrations.upgrade(db)
+        return await action(AuthService(db, token_ttl_seconds=settings.token_ttl_seconds))
+    finally:
+        await db.dispose()
+
+
+@clients.command("add")
+@click.argument("name")
+@click.option("--scope", required=True, help='SMART v2 scopes, e.g. "system/*.cruds" or "system/Observation.rs"')
+@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="JWKS file: the client authenticates with private_key_jwt instead of a secret")
+@click.option("--json", "as_json", is_flag=True, help="Print the credentials as JSON")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def clients_add(name: str, scope: str, jwks_file: Path | None, as_json: bool, database_url: str | None) -> None:
+    """Register a client and print its client_id and client_secret (shown only once)."""
+    from gateway.auth.scopes import InvalidScope
+    from gateway.store.clients import DuplicateClient
+
+    settings = get_settings(database_url=database_url)
+    jwks = orjson.loads(jwks_file.read_bytes()) if jwks_file else None
+    try:
+        created = asyncio.run(_with_auth(settings, lambda auth: auth.add_client(name, scope, jwks=jwks)))
+    except (InvalidScope, DuplicateClient, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    answer = {"client_id": created.client_id, "client_secret": created.client_secret, "name": name, "scope": scope}
+    if as_json:
+        click.echo(orjson.dumps(answer).decode())
+        return
+    click.echo(f"client_id:     {created.client_id}")
+    if created.client_secret:
+        click.echo(f"client_secret: {created.client_secret}   (shown once; only its hash is stored)")
+    click.echo(f"scope:         {scope}")
+
+
+@clients.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def clients_list(as_json: bool, database_url: str | None) -> None:
+    """List registered clients (never their secrets)."""
+    settings = get_settings(database_url=database_url)
+    records = asyncio.run(_with_auth(settings, lambda auth: auth.list_clients()))
+    rows = [
+        {"client_id": r.client_id, "name": r.name, "scope": r.scope, "auth": "private_key_jwt" if r.jwks else "secret"}
+        for r in records
+    ]
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    for row in rows:
+        click.echo(f"{row['client_id']}  {row['name']}  [{row['auth']}]  {row['scope']}")
+
+
+@clients.command("remove")
+@click.argument("name_or_id")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def clients_remove(name_or_id: str, database_url: str | None) -> None:
+    """Remove a client. Tokens already issued stay valid until they expire (at most the token TTL)."""
+    settings = get_settings(database_url=database_url)
+    removed = asyncio.run(_with_auth(settings, lambda auth: auth.remove_client(name_or_id)))
+    if not removed:
+        raise click.ClickException(f"no client named {name_or_id!r}")
+    click.echo(f"removed {name_or_id}")

@@ -1,0 +1,1 @@
+"""Use cases over the store: FHIR interactions, Bundle processing, API clients."""

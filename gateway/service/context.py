@@ -1,0 +1,37 @@
+"""Who is asking and how they want the answer, passed down from a transport to the interactions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gateway.exceptions import Forbidden
+
+# SMART v2 permission letters per FHIR interaction.
+CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
+
+PreferReturn = Literal["minimal", "representation", "OperationOutcome"]
+
+
+class GrantsLike(Protocol):
+    def allows(self, resource_type: str, permission: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    base_url: str  # e.g. http://127.0.0.1:8080/fhir
+    grants: GrantsLike | None = None  # None: a trusted internal caller (adapters, CLI)
+    client_id: str | None = None
+    prefer_return: PreferReturn = "representation"
+    strict_handling: bool = False
+
+    def can(self, resource_type: str, permission: str) -> bool:
+        return self.grants is None or self.grants.allows(resource_type, permission)
+
+    def require(self, resource_type: str, permission: str) -> None:
+        if not self.can(resource_type, permission):
+            names = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+            raise Forbidden(
+                f"The access token's scopes do not allow {names[permission]} on {resource_type}"
+                f" (needs system/{resource_type}.{permission} or a wider scope)"
+            )

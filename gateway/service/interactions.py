@@ -1,0 +1,546 @@
+"""The FHIR RESTful interactions: create, read, vread, update, delete, history and search.
+
+Each interaction has an inner form that runs on a connection the caller provides (so that a transaction
+Bundle can run many of them in one database transaction) and an outer form that opens its own
+transaction. Route handlers call the outer forms; `bundles.py` calls the inner ones.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.exceptions import (
+    BadRequest,
+    Conflict,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
+from gateway.fhir import dates
+from gateway.fhir.bundles import Entry, bundle_bytes
+from gateway.fhir.extract import extract
+from gateway.fhir.outcome import outcome_bytes
+from gateway.fhir.query import QueryParser, SearchQuery
+from gateway.fhir.urls import check_id, check_type
+from gateway.fhir.validation import Validator
+from gateway.service.context import CREATE, DELETE, READ, SEARCH, UPDATE, RequestContext
+from gateway.store import resources as store
+from gateway.store import search as store_search
+from gateway.store.database import Database
+from gateway.store.resources import Head, Stored, VersionConflict
+from gateway.types import JSON, Issue
+
+# How often an update without If-Match is retried after losing a race to another writer.
+MAX_CONFLICT_RETRIES = 3
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What an interaction produced, for a transport to render."""
+
+    status: int
+    stored: Stored | None = None
+    body: bytes | None = None
+    issues: list[Issue] = field(default_factory=list)
+    location: str | None = None
+
+    @property
+    def etag(self) -> str | None:
+        return f'W/"{self.stored.version}"' if self.stored else None
+
+    @property
+    def last_modified(self) -> str | None:
+        if self.stored is None:
+            return None
+        return format_datetime(dates.from_us(self.stored.updated_us), usegmt=True)
+
+
+def parse_resource(body: bytes | JSON, expected_type: str | None = None) -> JSON:
+    """A resource from request bytes: a JSON object with a resourceType (matching `expected_type`)."""
+    if isinstance(body, dict):
+        resource = body
+    else:
+        if not body:
+            raise BadRequest("The request body is empty; a FHIR resource in JSON was expected")
+        try:
+            resource = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(resource, dict):
+        raise BadRequest("The body must be a JSON object (a FHIR resource)")
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        raise BadRequest("The resource has no resourceType", expression="resourceType")
+    if expected_type is not None and rtype != expected_type:
+        raise BadRequest(
+            f"resourceType {rtype!r} does not match the URL, which expects {expected_type!r}",
+            expression=f"{rtype}.resourceType",
+        )
+    check_type(rtype)
+    return resource
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version number in an If-Match header (W/"3" or "3")."""
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise BadRequest(f"If-Match must be an ETag such as W/\"1\", got {value!r}")
+    return int(text)
+
+
+def _without_meta_stamps(resource: JSON) -> JSON:
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    body = {k: v for k, v in resource.items() if k != "meta"}
+    if meta:
+        body["meta"] = meta
+    return body
+
+
+def stamp(resource: JSON, resource_id: str, version: int, updated_us: int) -> bytes:
+    """Serialise with the server-owned id and meta.versionId/lastUpdated, resourceType, id and meta first."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = dates.format_instant(updated_us)
+    ordered: JSON = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
+    ordered.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+    return orjson.dumps(ordered)
+
+
+class FhirService:
+    """FHIR interactions over one database, with validation on every write."""
+
+    def __init__(
+        self,
+        db: Database,
+        validator: Validator,
+        *,
+        default_count: int = 20,
+        max_count: int = 1000,
+        max_included: int = 1000,
+        configured_base: str = "",
+    ) -> None:
+        self.db = db
+        self.validator = validator
+        self.default_count = default_count
+        self.max_count = max_count
+        self.max_included = max_included
+        self.configured_base = configured_base.rstrip("/")
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def local_bases(self, ctx: RequestContext) -> tuple[str, ...]:
+        return tuple(b for b in (self.configured_base, ctx.base_url.rstrip("/")) if b)
+
+    def parser(self, ctx: RequestContext) -> QueryParser:
+        return QueryParser(
+            default_count=self.default_count, max_count=self.max_count, local_bases=self.local_bases(ctx)
+        )
+
+    def parse_query(self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]) -> SearchQuery:
+        query = self.parser(ctx).parse(resource_type, params)
+        if query.unknown and ctx.strict_handling:
+            raise BadRequest(f"Unknown search parameters for {resource_type}: {', '.join(query.unknown)}")
+        return query
+
+    def location(self, ctx: RequestContext, stored: Stored) -> str:
+        return f"{ctx.base_url}/{stored.type}/{stored.id}/_history/{stored.version}"
+
+    def validate(self, resource: JSON, *, where: str | None = None) -> list[Issue]:
+        """Validation issues; raises Unprocessable when any is an error."""
+        issues = self.validator.validate(resource)
+        if where is not None:
+            issues = [i.at(where) for i in issues]
+        if any(i.is_error for i in issues):
+            raise Unprocessable(issues=issues)
+        return issues
+
+    def written(self, ctx: RequestContext, stored: Stored, status: int, issues: list[Issue]) -> Outcome:
+        body: bytes | None = None
+        if ctx.prefer_return == "representation":
+            body = stored.content
+        elif ctx.prefer_return == "OperationOutcome":
+            body = outcome_bytes(issues)
+        return Outcome(status, stored, body, issues, self.location(ctx, stored))
+
+    async def conditional_matches(
+        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, criteria: str | list[tuple[str, str]]
+    ) -> list[str]:
+        """Ids (at most two) matching conditional criteria; unknown parameters are refused, not ignored."""
+        from urllib.parse import parse_qsl
+
+        params = parse_qsl(criteria, keep_blank_values=True) if isinstance(criteria, str) else criteria
+        if not params:
+            raise BadRequest("Conditional criteria are empty")
+        query = self.parser(ctx).parse(resource_type, params)
+        if query.unknown:
+            raise BadRequest(f"Unknown search parameters in conditional criteria: {', '.join(query.unknown)}")
+        return await store_search.matching_ids(conn, query, limit=2)
+
+    # -- writes on a connection ------------------------------------------------------------------
+
+    async def insert(
+        self, conn: AsyncConnection, ctx: RequestContext, resource: JSON, resource_id: str, method: str
+    ) -> Stored:
+        now = dates.now_us()
+        content = stamp(resource, resource_id, 1, now)
+        index = extract(resource, self.local_bases(ctx))
+        try:
+            async with conn.begin_nested():
+                rid = await store.insert_new(
+                    conn,
+                    resource_type=resource["resourceType"],
+                    resource_id=resource_id,
+                    updated_us=now,
+                    content=content,
+                    index=index,
+                    method=method,
+                )
+        except IntegrityError as exc:
+            raise VersionConflict(f"{resource['resourceType']}/{resource_id} was created concurrently") from exc
+        return Stored(rid, resource["resourceType"], resource_id, 1, now, False, content, method)
+
+    async def replace(
+        self, conn: AsyncConnection, ctx: RequestContext, head: Head, resource: JSON | None, method: str
+    ) -> Stored:
+        now = dates.now_us()
+        version = head.version + 1
+        content = stamp(resource, head.id, version, now) if resource is not None else None
+        index = extract(resource, self.local_bases(ctx)) if resource is not None else None
+        await store.write_version(
+            conn, current_head=head, new_version=version, updated_us=now, content=content, index=index, method=method
+        )
+        return Stored(head.rid, head.type, head.id, version, now, resource is None, content, method)
+
+    async def create_on(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        resource: JSON,
+        *,
+        if_none_exist: str | None = None,
+        resource_id: str | None = None,
+        issues: list[Issue] | None = None,
+    ) -> Outcome:
+        rtype = resource["resourceType"]
+        ctx.require(rtype, CREATE)
+        if if_none_exist:
+            ctx.require(rtype, SEARCH)
+            found = await self.conditional_matches(conn, ctx, rtype, if_none_exist)
+            if len(found) > 1:
+                raise PreconditionFailed(f"If-None-Exist criteria match more than one {rtype}")
+            if found:
+                existing = await store.current(conn, rtype, found[0])
+                assert existing is not None
+                return self.written(ctx, existing, 200, [])
+        if issues is None:
+            issues = self.validate(resource)
+        stored = await self.insert(conn, ctx, resource, resource_id or str(uuid.uuid4()), "POST")
+        return self.written(ctx, stored, 201, issues)
+
+    async def update_on(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        resource: JSON,
+        resource_id: str,
+        *,
+        if_match: int | None = None,
+        issues: list[Issue] | None = None,
+    ) -> Outcome:
+        rtype = resource["resourceType"]
+        ctx.require(rtype, UPDATE)
+        check_id(resource_id)
+        if resource.get("id") != resource_id:
+            raise BadRequest(
+                f"The resource id ({resource.get('id')!r}) must match the id in the URL ({resource_id!r})",
+                expression=f"{rtype}.id",
+            )
+        if issues is None:
+            issues = self.validate(resource)
+        head = await store.head(conn, rtype, resource_id)
+        if if_match is not None and (head is None or head.deleted or head.version != if_match):
+            current = "none" if head is None or head.deleted else f'W/"{head.version}"'
+            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version ({current})")
+        if head is None:
+            ctx.require(rtype, CREATE)
+            stored = await self.insert(conn, ctx, resource, resource_id, "PUT")
+            return self.written(ctx, stored, 201, issues)
+        if not head.deleted:
+            existing = await store.current(conn, rtype, resource_id)
+            if existing is not None and existing.content is not None:
+                before = _without_meta_stamps(orjson.loads(existing.content))
+                if before == _without_meta_stamps({**resource, "id": resource_id}):
+                    return self.written(ctx, existing, 200, issues)  # no change: no new version
+        stored = await self.replace(conn, ctx, head, resource, "PUT")
+        return self.written(ctx, stored, 201 if head.deleted else 200, issues)
+
+    async def delete_on(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        resource_type: str,
+        resource_id: str,
+        *,
+        if_match: int | None = None,
+    ) -> Outcome:
+        ctx.require(resource_type, DELETE)
+        head = await store.head(conn, resource_type, resource_id)
+        if head is None:
+            raise NotFound(f"{resource_type}/{resource_id} does not exist")
+        if if_match is not None and head.version != if_match:
+            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version")
+        if head.deleted:
+            return Outcome(204)
+        stored = await self.replace(conn, ctx, head, None, "DELETE")
+        return Outcome(204, stored)
+
+    async def conditional_update_on(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        resource: JSON,
+        params: list[tuple[str, str]],
+        *,
+        if_match: int | None = None,
+    ) -> Outcome:
+        rtype = resource["resourceType"]
+        ctx.require(rtype, SEARCH)
+        found = await self.conditional_matches(conn, ctx, rtype, params)
+        if len(found) > 1:
+            raise PreconditionFailed(f"The conditional update criteria match more than one {rtype}")
+        if not found:
+            given = resource.get("id")
+            if given is None:
+                return await self.create_on(conn, ctx, resource)
+            return await self.update_on(conn, ctx, resource, given, if_match=if_match)
+        if resource.get("id") not in (None, found[0]):
+            raise BadRequest(f"The resource id does not match the {rtype} the criteria found", expression=f"{rtype}.id")
+        return await self.update_on(conn, ctx, {**resource, "id": found[0]}, found[0], if_match=if_match)
+
+    async def conditional_delete_on(
+        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]
+    ) -> Outcome:
+        ctx.require(resource_type, SEARCH)
+        found = await self.conditional_matches(conn, ctx, resource_type, params)
+        if len(found) > 1:
+            raise PreconditionFailed(f"The conditional delete criteria match more than one {resource_type}")
+        if not found:
+            return Outcome(204)
+        return await self.delete_on(conn, ctx, resource_type, found[0])
+
+    # -- reads on a connection -------------------------------------------------------------------
+
+    async def read_on(self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, resource_id: str) -> Outcome:
+        ctx.require(resource_type, READ)
+        check_id(resource_id)
+        stored = await store.current(conn, resource_type, resource_id)
+        if stored is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if stored.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted (version {stored.version})")
+        return Outcome(200, stored, stored.content)
+
+    async def vread_on(
+        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, resource_id: str, version_id: str
+    ) -> Outcome:
+        ctx.require(resource_type, READ)
+        check_id(resource_id)
+        if not version_id.isdigit():
+            raise NotFound(f"Version {version_id!r} of {resource_type}/{resource_id} is not known")
+        stored = await store.version(conn, resource_type, resource_id, int(version_id))
+        if stored is None:
+            raise NotFound(f"Version {version_id} of {resource_type}/{resource_id} is not known")
+        if stored.deleted:
+            raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return Outcome(200, stored, stored.content)
+
+    async def search_on(
+        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]
+    ) -> Outcome:
+        check_type(resource_type)
+        ctx.require(resource_type, SEARCH)
+        query = self.parse_query(ctx, resource_type, params)
+        matches, total = await store_search.search(conn, query)
+        extra: list[Stored] = []
+        if query.includes or query.revincludes:
+            pulled = await store_search.included(conn, matches, query.includes, query.revincludes, self.max_included)
+            # Never leak what the token may not read.
+            extra = [s for s in pulled if ctx.can(s.type, READ)]
+        entries = [Entry(f"{ctx.base_url}/{s.type}/{s.id}", s.content, "match") for s in matches]
+        entries += [Entry(f"{ctx.base_url}/{s.type}/{s.id}", s.content, "include") for s in extra]
+        if query.unknown:
+            warning = Issue("warning", "not-supported", f"Ignored unknown search parameters: {', '.join(query.unknown)}")
+            entries.append(Entry(f"urn:uuid:{uuid.uuid4()}", outcome_bytes([warning]), "outcome"))
+        links = self._page_links(ctx, query, len(matches), total)
+        return Outcome(200, body=bundle_bytes("searchset", entries, total=total, links=links))
+
+    def _page_links(
+        self, ctx: RequestContext, query: SearchQuery, returned: int, total: int | None
+    ) -> list[tuple[str, str]]:
+        base = f"{ctx.base_url}/{query.resource_type}"
+
+        def page(offset: int) -> str:
+            params = [*query.used, ("_count", str(query.count)), ("_offset", str(offset))]
+            return f"{base}?{urlencode(params)}"
+
+        links = [("self", page(query.offset))]
+        more = (query.offset + returned < total) if total is not None else returned == query.count
+        if query.count and more and returned:
+            links.append(("next", page(query.offset + query.count)))
+        if query.offset > 0 and query.count:
+            links.append(("previous", page(max(0, query.offset - query.count))))
+        return links
+
+    async def history_on(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        resource_type: str,
+        resource_id: str | None,
+        params: list[tuple[str, str]],
+    ) -> Outcome:
+        check_type(resource_type)
+        ctx.require(resource_type, READ if resource_id else SEARCH)
+        count, offset, since = self.default_count, 0, None
+        for key, value in params:
+            if key == "_count":
+                count = min(max(int(value), 0) if value.isdigit() else self.default_count, self.max_count)
+            elif key == "_offset" and value.isdigit():
+                offset = int(value)
+            elif key == "_since":
+                try:
+                    since = dates.date_range(value)[0]
+                except dates.DateFormatError as exc:
+                    raise BadRequest(f"Invalid _since: {exc}") from exc
+            elif key not in ("_format", "_pretty"):
+                raise BadRequest(f"History parameter {key!r} is not supported (use _count, _offset, _since)")
+        if resource_id is not None:
+            check_id(resource_id)
+            if await store.head(conn, resource_type, resource_id) is None:
+                raise NotFound(f"{resource_type}/{resource_id} is not known")
+        versions, total = await store.history(
+            conn,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            since_us=since,
+            at_most_us=None,
+            count=count,
+            offset=offset,
+        )
+        entries = [self._history_entry(ctx, v) for v in versions]
+        path = f"{ctx.base_url}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
+        kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
+
+        def page(at: int) -> str:
+            return f"{path}?{urlencode([*kept, ('_count', str(count)), ('_offset', str(at))])}"
+
+        links = [("self", page(offset))]
+        if offset + len(versions) < total and versions:
+            links.append(("next", page(offset + count)))
+        if offset > 0:
+            links.append(("previous", page(max(0, offset - count))))
+        return Outcome(200, body=bundle_bytes("history", entries, total=total, links=links))
+
+    def _history_entry(self, ctx: RequestContext, stored: Stored) -> Entry:
+        url = f"{stored.type}/{stored.id}"
+        if stored.method == "POST":
+            request, status = {"method": "POST", "url": stored.type}, "201 Created"
+        elif stored.method == "DELETE":
+            request, status = {"method": "DELETE", "url": url}, "204 No Content"
+        else:
+            request, status = {"method": "PUT", "url": url}, "201 Created" if stored.version == 1 else "200 OK"
+        response: dict[str, Any] = {
+            "status": status,
+            "etag": f'W/"{stored.version}"',
+            "lastModified": dates.format_instant(stored.updated_us),
+        }
+        return Entry(f"{ctx.base_url}/{url}", stored.content, None, request, response)
+
+    # -- outer forms: one transaction each -------------------------------------------------------
+
+    async def create(self, ctx: RequestContext, resource_type: str, body: bytes, if_none_exist: str | None) -> Outcome:
+        check_type(resource_type)
+        resource = parse_resource(body, resource_type)
+        resource.pop("id", None)  # the server assigns ids on create
+        issues = self.validate(resource)
+        async with self.db.write() as conn:
+            return await self.create_on(conn, ctx, resource, if_none_exist=if_none_exist, issues=issues)
+
+    async def update(
+        self, ctx: RequestContext, resource_type: str, resource_id: str, body: bytes, if_match: str | None
+    ) -> Outcome:
+        check_type(resource_type)
+        resource = parse_resource(body, resource_type)
+        version = parse_if_match(if_match)
+        issues = self.validate(resource)
+        for attempt in range(MAX_CONFLICT_RETRIES + 1):
+            try:
+                async with self.db.write() as conn:
+                    return await self.update_on(conn, ctx, resource, resource_id, if_match=version, issues=issues)
+            except VersionConflict as exc:
+                if version is not None:
+                    raise PreconditionFailed(f"If-Match W/\"{version}\" lost to a concurrent update") from exc
+                if attempt == MAX_CONFLICT_RETRIES:
+                    raise Conflict(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    async def conditional_update(
+        self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]], body: bytes, if_match: str | None
+    ) -> Outcome:
+        check_type(resource_type)
+        resource = parse_resource(body, resource_type)
+        version = parse_if_match(if_match)
+        try:
+            async with self.db.write() as conn:
+                return await self.conditional_update_on(conn, ctx, resource, params, if_match=version)
+        except VersionConflict as exc:
+            raise Conflict(str(exc)) from exc
+
+    async def delete(self, ctx: RequestContext, resource_type: str, resource_id: str, if_match: str | None) -> Outcome:
+        check_type(resource_type)
+        check_id(resource_id)
+        version = parse_if_match(if_match)
+        try:
+            async with self.db.write() as conn:
+                return await self.delete_on(conn, ctx, resource_type, resource_id, if_match=version)
+        except VersionConflict as exc:
+            raise (PreconditionFailed if version is not None else Conflict)(str(exc)) from exc
+
+    async def conditional_delete(self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]) -> Outcome:
+        check_type(resource_type)
+        try:
+            async with self.db.write() as conn:
+                return await self.conditional_delete_on(conn, ctx, resource_type, params)
+        except VersionConflict as exc:
+            raise Conflict(str(exc)) from exc
+
+    async def read(self, ctx: RequestContext, resource_type: str, resource_id: str) -> Outcome:
+        check_type(resource_type)
+        async with self.db.read() as conn:
+            return await self.read_on(conn, ctx, resource_type, resource_id)
+
+    async def vread(self, ctx: RequestContext, resource_type: str, resource_id: str, version_id: str) -> Outcome:
+        check_type(resource_type)
+        async with self.db.read() as conn:
+            return await self.vread_on(conn, ctx, resource_type, resource_id, version_id)
+
+    async def search(self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]) -> Outcome:
+        async with self.db.read() as conn:
+            return await self.search_on(conn, ctx, resource_type, params)
+
+    async def history(
+        self, ctx: RequestContext, resource_type: str, resource_id: str | None, params: list[tuple[str, str]]
+    ) -> Outcome:
+        async with self.db.read() as conn:
+            return await self.history_on(conn, ctx, resource_type, resource_id, params)
