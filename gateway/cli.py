@@ -52,8 +52,12 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Interface to listen on [GATEWAY_HOST, default 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="HTTP port [GATEWAY_PORT, default 8080]")
-@click.option("--mllp-port", type=int, default=None, help="HL7 v2 MLLP port [GATEWAY_MLLP_PORT, default 2575]")
-@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL, default SQLite in ./var]")
+@click.option(
+    "--mllp-port", type=int, default=None, help="HL7 v2 MLLP port [GATEWAY_MLLP_PORT, default 2575]"
+)
+@click.option(
+    "--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL, default SQLite in ./var]"
+)
 def serve(host: str | None, port: int | None, mllp_port: int | None, database_url: str | None) -> None:
     """Serve the HTTP API; migrates the database on start."""
     settings = get_settings(host=host, port=port, mllp_port=mllp_port, database_url=database_url)
@@ -120,12 +124,21 @@ async def _with_auth(settings: Settings, action: Any) -> Any:
 
 @clients.command("add")
 @click.argument("name")
-@click.option("--scope", required=True, help='SMART v2 scopes, e.g. "system/*.cruds" or "system/Observation.rs"')
-@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="JWKS file: the client authenticates with private_key_jwt instead of a secret")
+@click.option(
+    "--scope", required=True, help='SMART v2 scopes, e.g. "system/*.cruds" or "system/Observation.rs"'
+)
+@click.option(
+    "--jwks",
+    "jwks_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JWKS file: the client authenticates with private_key_jwt instead of a secret",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the credentials as JSON")
 @click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
-def clients_add(name: str, scope: str, jwks_file: Path | None, as_json: bool, database_url: str | None) -> None:
+def clients_add(
+    name: str, scope: str, jwks_file: Path | None, as_json: bool, database_url: str | None
+) -> None:
     """Register a client and print its client_id and client_secret (shown only once)."""
     from gateway.auth.scopes import InvalidScope
     from gateway.store.clients import DuplicateClient
@@ -136,7 +149,12 @@ def clients_add(name: str, scope: str, jwks_file: Path | None, as_json: bool, da
         created = asyncio.run(_with_auth(settings, lambda auth: auth.add_client(name, scope, jwks=jwks)))
     except (InvalidScope, DuplicateClient, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    answer = {"client_id": created.client_id, "client_secret": created.client_secret, "name": name, "scope": scope}
+    answer = {
+        "client_id": created.client_id,
+        "client_secret": created.client_secret,
+        "name": name,
+        "scope": scope,
+    }
     if as_json:
         click.echo(orjson.dumps(answer).decode())
         return
@@ -154,7 +172,12 @@ def clients_list(as_json: bool, database_url: str | None) -> None:
     settings = get_settings(database_url=database_url)
     records = asyncio.run(_with_auth(settings, lambda auth: auth.list_clients()))
     rows = [
-        {"client_id": r.client_id, "name": r.name, "scope": r.scope, "auth": "private_key_jwt" if r.jwks else "secret"}
+        {
+            "client_id": r.client_id,
+            "name": r.name,
+            "scope": r.scope,
+            "auth": "private_key_jwt" if r.jwks else "secret",
+        }
         for r in records
     ]
     if as_json:

@@ -33,7 +33,9 @@ class FhirError(GatewayError):
     status = 500
     issue_code = "exception"
 
-    def __init__(self, message: str | None = None, issues: Iterable[Issue] = (), expression: str | None = None):
+    def __init__(
+        self, message: str | None = None, issues: Iterable[Issue] = (), expression: str | None = None
+    ):
         issue_list = list(issues)
         if message is not None:
             expr = (expression,) if expression else ()

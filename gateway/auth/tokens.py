@@ -35,7 +35,9 @@ class AccessClaims:
     jti: str
 
 
-def issue_access_token(*, key: bytes, issuer: str, client_id: str, scope: str, ttl_seconds: int, now: int) -> str:
+def issue_access_token(
+    *, key: bytes, issuer: str, client_id: str, scope: str, ttl_seconds: int, now: int
+) -> str:
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"the signing key must be at least {MIN_KEY_BYTES} bytes")
     if ttl_seconds <= 0:
@@ -94,4 +96,3 @@ def verify_access_token(token: str, *, key: bytes, issuer: str, now: int | None 
     if not isinstance(client_id, str) or not isinstance(scope, str) or client_id != claims["sub"]:
         raise InvalidToken("malformed token")
     return AccessClaims(client_id, scope, int(claims["exp"]), str(claims["jti"]))
-

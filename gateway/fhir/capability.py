@@ -8,7 +8,16 @@ from typing import Any
 from gateway.fhir.dates import format_instant, now_us
 from gateway.fhir.searchparams import RESOURCE_TYPES, ParamType, params_for, reference_params
 
-_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
+_INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
 _COMMON_PARAMS = [
     {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
     {
@@ -38,7 +47,11 @@ def _resource_entry(rtype: str, supported_profiles: list[str]) -> dict[str, Any]
         "searchRevInclude": sorted(set(revincludes)),
         "searchParam": _COMMON_PARAMS
         + [
-            {"name": p.name, "type": p.type.value, "definition": f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name}"}
+            {
+                "name": p.name,
+                "type": p.type.value,
+                "definition": f"http://hl7.org/fhir/SearchParameter/{rtype}-{p.name}",
+            }
             for p in params.values()
         ],
     }
@@ -81,7 +94,7 @@ def capability_statement(
                             "extension": [{"url": "token", "valueUri": token_url}],
                         }
                     ],
-                    "description": "OAuth 2.0 client credentials (SMART Backend Services); SMART v2 system scopes.",
+                    "description": "OAuth 2.0 client credentials (SMART Backend Services), SMART v2 scopes.",
                 },
                 "resource": [_resource_entry(t, profiles_for(t)) for t in RESOURCE_TYPES],
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],

@@ -13,7 +13,11 @@ from gateway.types import Issue
 def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
     rendered = []
     for issue in issues:
-        item: dict[str, Any] = {"severity": issue.severity, "code": issue.code, "diagnostics": issue.diagnostics}
+        item: dict[str, Any] = {
+            "severity": issue.severity,
+            "code": issue.code,
+            "diagnostics": issue.diagnostics,
+        }
         if issue.expression:
             item["expression"] = list(issue.expression)
         rendered.append(item)

@@ -17,6 +17,12 @@ from gateway.fhir.extract import normalise_string
 from gateway.fhir.references import ID_RE, parse_reference
 from gateway.fhir.searchparams import ParamType, SearchParam, is_supported, params_for
 
+_MODIFIERS: dict[ParamType, set[str | None]] = {
+    ParamType.TOKEN: {None, "not"},
+    ParamType.STRING: {None, "exact", "contains"},
+    ParamType.DATE: {None},
+    ParamType.REFERENCE: {None},
+}
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 SORTABLE_SPECIAL = ("_id", "_lastUpdated")
 
@@ -113,7 +119,9 @@ def parse_date(raw: str, name: str) -> DateValue:
     return DateValue(prefix, low, high)
 
 
-def parse_reference_value(raw: str, type_modifier: str | None, local_bases: tuple[str, ...]) -> ReferenceValue:
+def parse_reference_value(
+    raw: str, type_modifier: str | None, local_bases: tuple[str, ...]
+) -> ReferenceValue:
     parsed = parse_reference(raw, local_bases)
     if parsed:
         if type_modifier and parsed[0] != type_modifier:
@@ -193,7 +201,9 @@ class QueryParser:
             name = item.lstrip("-")
             param = params_for(resource_type).get(name)
             if name not in SORTABLE_SPECIAL and not (param and param.type is ParamType.DATE):
-                raise BadRequest(f"Sorting by {name!r} is not supported; use _id, _lastUpdated or a date parameter")
+                raise BadRequest(
+                    f"Sorting by {name!r} is not supported; use _id, _lastUpdated or a date parameter"
+                )
             keys.append((name, desc))
         return keys
 
@@ -232,16 +242,16 @@ class QueryParser:
         values = [v for v in split_values(raw) if v != ""]
         if not values:
             raise BadRequest(f"Search parameter {key} has no value")
-        return Filter(name, kind, param, tuple(self._value(kind, name, modifier_or_none, v) for v in values),
-                      self._check_modifier(kind, key, modifier_or_none))
+        return Filter(
+            name,
+            kind,
+            param,
+            tuple(self._value(kind, name, modifier_or_none, v) for v in values),
+            self._check_modifier(kind, key, modifier_or_none),
+        )
 
     def _check_modifier(self, kind: ParamType, key: str, modifier: str | None) -> str | None:
-        allowed = {
-            ParamType.TOKEN: {None, "not"},
-            ParamType.STRING: {None, "exact", "contains"},
-            ParamType.DATE: {None},
-            ParamType.REFERENCE: {None},
-        }[kind]
+        allowed = _MODIFIERS[kind]
         if kind is ParamType.REFERENCE and modifier and modifier[0].isupper():
             return None  # a type modifier, already applied to the values
         if modifier not in allowed:
@@ -272,7 +282,9 @@ class QueryParser:
         elif len(param.targets) == 1:
             target = param.targets[0]
         else:
-            raise BadRequest(f"Chained parameter {key}: name the target type, e.g. {name}:Patient.{inner_key}")
+            raise BadRequest(
+                f"Chained parameter {key}: name the target type, e.g. {name}:Patient.{inner_key}"
+            )
         if not is_supported(target):
             raise BadRequest(f"Chained parameter {key}: {target} is not a supported type")
         if "." in inner_key:

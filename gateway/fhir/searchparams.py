@@ -222,6 +222,4 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
 
 def reference_params() -> list[tuple[str, SearchParam]]:
     """Every (type, parameter) pair usable in _include and _revinclude."""
-    return [
-        (rtype, p) for rtype, params in SEARCH_PARAMS.items() for p in params.values() if p.type is R
-    ]
+    return [(rtype, p) for rtype, params in SEARCH_PARAMS.items() for p in params.values() if p.type is R]

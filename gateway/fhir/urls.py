@@ -11,8 +11,17 @@ from gateway.fhir.references import ID_RE
 from gateway.fhir.searchparams import is_supported
 
 Kind = Literal[
-    "read", "vread", "update", "patch", "delete", "create", "search", "history-instance", "history-type",
-    "conditional-update", "conditional-delete",
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "create",
+    "search",
+    "history-instance",
+    "history-type",
+    "conditional-update",
+    "conditional-delete",
 ]
 
 
@@ -34,7 +43,9 @@ def check_type(resource_type: str) -> None:
 
 def check_id(resource_id: str) -> None:
     if not ID_RE.match(resource_id):
-        raise BadRequest(f"Invalid resource id {resource_id!r}: 1-64 characters from A-Z, a-z, 0-9, '-' and '.'")
+        raise BadRequest(
+            f"Invalid resource id {resource_id!r}: 1-64 characters from A-Z, a-z, 0-9, '-' and '.'"
+        )
 
 
 def parse_target(method: str, url: str, base_urls: tuple[str, ...] = ()) -> Target:
@@ -56,7 +67,10 @@ def parse_target(method: str, url: str, base_urls: tuple[str, ...] = ()) -> Targ
         return Target("search", resource_type, params=params)
     if not rest:
         kinds: dict[str, Kind] = {
-            "GET": "search", "POST": "create", "PUT": "conditional-update", "DELETE": "conditional-delete",
+            "GET": "search",
+            "POST": "create",
+            "PUT": "conditional-update",
+            "DELETE": "conditional-delete",
         }
         if method not in kinds:
             raise BadRequest(f"{method} {url} is not a FHIR interaction")

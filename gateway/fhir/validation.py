@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from gateway.fhir.json_types import check_json_types
 from gateway.types import Issue
 
 _MODEL_MODULES = "fhir.resources.R4B"
@@ -59,14 +60,29 @@ def _issue_from_error(resource_type: str, error: Any) -> Issue:
     return Issue("error", code, message, (_location(resource_type, loc),))
 
 
-def validate_structure(resource: dict[str, Any]) -> list[Issue]:
-    """Issues from the R4B model of `resource['resourceType']` (which the caller has checked is served)."""
-    resource_type = resource["resourceType"]
+def _model_or_none(resource_type: str) -> type[BaseModel] | None:
     try:
-        model_class(resource_type).model_validate(resource)
+        return model_class(resource_type)
+    except (ImportError, AttributeError):
+        return None
+
+
+def validate_structure(resource: dict[str, Any]) -> list[Issue]:
+    """Issues from the R4B model of `resource['resourceType']` (which the caller has checked is served),
+    plus primitives of the wrong JSON type, which the models would coerce."""
+    resource_type = resource["resourceType"]
+    model = model_class(resource_type)
+    issues = check_json_types(resource, model, _model_or_none)
+    try:
+        model.model_validate(resource)
     except ValidationError as exc:
-        return [_issue_from_error(resource_type, err) for err in exc.errors(include_url=False)]
-    return []
+        seen = {e for i in issues for e in i.expression}
+        issues += [
+            issue
+            for issue in (_issue_from_error(resource_type, err) for err in exc.errors(include_url=False))
+            if not seen.intersection(issue.expression)
+        ]
+    return issues
 
 
 class Validator:

@@ -60,7 +60,9 @@ def _at_entry(error: FhirError, entry: PlannedEntry) -> FhirError:
         if issue.expression:
             issues.append(issue.at(f"{entry.where}.resource"))
         else:
-            issues.append(Issue(issue.severity, issue.code, f"{entry.where}: {issue.diagnostics}", (entry.where,)))
+            issues.append(
+                Issue(issue.severity, issue.code, f"{entry.where}: {issue.diagnostics}", (entry.where,))
+            )
     return type(error)(issues=issues)
 
 
@@ -88,7 +90,10 @@ def plan_entry(index: int, raw: Any, base_urls: tuple[str, ...]) -> PlannedEntry
     request = raw["request"]
     method, url = request.get("method"), request.get("url")
     if method not in _ORDER or not isinstance(url, str):
-        raise BadRequest(f"{where}.request needs a method (GET, POST, PUT, DELETE) and a url", expression=f"{where}.request")
+        raise BadRequest(
+            f"{where}.request needs a method (GET, POST, PUT, DELETE) and a url",
+            expression=f"{where}.request",
+        )
     if method == "PATCH":
         raise BadRequest(f"{where}: PATCH is not supported", expression=f"{where}.request.method")
     try:
@@ -132,7 +137,9 @@ class BundleProcessor:
 
     # -- transaction -----------------------------------------------------------------------------
 
-    async def _transaction(self, conn: AsyncConnection, ctx: RequestContext, entries: list[PlannedEntry]) -> list[Entry]:
+    async def _transaction(
+        self, conn: AsyncConnection, ctx: RequestContext, entries: list[PlannedEntry]
+    ) -> list[Entry]:
         mapping = await self._resolve_identities(conn, ctx, entries)
         self._check_duplicates(entries)
         await self._rewrite_references(conn, ctx, entries, mapping)
@@ -223,7 +230,9 @@ class BundleProcessor:
         self, conn: AsyncConnection, ctx: RequestContext, entry: PlannedEntry, value: str
     ) -> str:
         rtype, criteria = value.split("?", 1)
-        found = await self.service.conditional_matches(conn, ctx, rtype, parse_qsl(criteria, keep_blank_values=True))
+        found = await self.service.conditional_matches(
+            conn, ctx, rtype, parse_qsl(criteria, keep_blank_values=True)
+        )
         if len(found) != 1:
             what = "no" if not found else "more than one"
             raise PreconditionFailed(
@@ -241,14 +250,18 @@ class BundleProcessor:
                 outcome = await svc.read_on(conn, ctx, target.resource_type, entry.resource_id or "")
                 outcome.status = 200
             else:
-                outcome = await svc.create_on(conn, ctx, entry.resource, resource_id=entry.resource_id, issues=[])
+                outcome = await svc.create_on(
+                    conn, ctx, entry.resource, resource_id=entry.resource_id, issues=[]
+                )
         elif target.kind in ("update", "conditional-update"):
             assert entry.resource is not None and entry.resource_id is not None
             outcome = await svc.update_on(
                 conn, ctx, entry.resource, entry.resource_id, if_match=entry.if_match, issues=[]
             )
         elif target.kind == "delete":
-            outcome = await svc.delete_on(conn, ctx, target.resource_type, target.id or "", if_match=entry.if_match)
+            outcome = await svc.delete_on(
+                conn, ctx, target.resource_type, target.id or "", if_match=entry.if_match
+            )
         elif target.kind == "conditional-delete":
             outcome = await svc.conditional_delete_on(conn, ctx, target.resource_type, target.params)
         else:
@@ -270,7 +283,9 @@ class BundleProcessor:
     def _response_entry(self, ctx: RequestContext, outcome: Outcome, entry: PlannedEntry) -> Entry:
         response: dict[str, Any] = {"status": _status_text(outcome.status)}
         stored = outcome.stored
-        full_url = f"{ctx.base_url}/{entry.target.resource_type}" + (f"/{entry.resource_id}" if entry.resource_id else "")
+        full_url = f"{ctx.base_url}/{entry.target.resource_type}" + (
+            f"/{entry.resource_id}" if entry.resource_id else ""
+        )
         if stored is not None:
             full_url = f"{ctx.base_url}/{stored.type}/{stored.id}"
             response["etag"] = f'W/"{stored.version}"'
@@ -304,12 +319,19 @@ class BundleProcessor:
                 await self._resolve_identities(conn, ctx, [entry])
                 if entry.resource is not None and not entry.exists:
                     self.service.validate(entry.resource)
-                if entry.target.kind == "conditional-update" and entry.resource is not None and entry.resource_id:
+                if (
+                    entry.target.kind == "conditional-update"
+                    and entry.resource is not None
+                    and entry.resource_id
+                ):
                     entry.resource["id"] = entry.resource_id
                 return await self._execute(conn, ctx, entry)
         except VersionConflict as exc:
             error: FhirError = Conflict(str(exc))
         except FhirError as exc:
             error = exc
-        response = {"status": _status_text(error.status), "outcome": orjson.loads(outcome_bytes(error.issues))}
+        response = {
+            "status": _status_text(error.status),
+            "outcome": orjson.loads(outcome_bytes(error.issues)),
+        }
         return Entry(f"urn:uuid:{uuid.uuid4()}", None, None, None, response)

@@ -105,9 +105,16 @@ class AuthService:
             ttl_seconds=self.token_ttl_seconds,
             now=now,
         )
-        return {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl_seconds, "scope": scope}
+        return {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": self.token_ttl_seconds,
+            "scope": scope,
+        }
 
-    async def _authenticate(self, form: dict[str, str], authorization: str | None, token_url: str) -> ClientRecord:
+    async def _authenticate(
+        self, form: dict[str, str], authorization: str | None, token_url: str
+    ) -> ClientRecord:
         if form.get("client_assertion_type") == JWT_BEARER or "client_assertion" in form:
             return await self._authenticate_assertion(form, token_url)
         client_id, secret = form.get("client_id"), form.get("client_secret")
@@ -117,7 +124,12 @@ class AuthService:
             raise OAuthError("invalid_client", "client authentication is required", 401)
         async with self.db.read() as conn:
             client = await client_store.get_client(conn, client_id)
-        if client is None or client.disabled or not client.secret_hash or not verify_secret(secret, client.secret_hash):
+        if (
+            client is None
+            or client.disabled
+            or not client.secret_hash
+            or not verify_secret(secret, client.secret_hash)
+        ):
             raise OAuthError("invalid_client", "unknown client or wrong secret", 401)
         return client
 

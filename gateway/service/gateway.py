@@ -41,7 +41,14 @@ class Gateway:
             configured_base=settings.base_url,
         )
         log.info("gateway started database=%s profiles=%d", db.redacted_url(), len(profiles.resources()))
-        return cls(settings, db, profiles, fhir, BundleProcessor(fhir), AuthService(db, token_ttl_seconds=settings.token_ttl_seconds))
+        return cls(
+            settings,
+            db,
+            profiles,
+            fhir,
+            BundleProcessor(fhir),
+            AuthService(db, token_ttl_seconds=settings.token_ttl_seconds),
+        )
 
     async def close(self) -> None:
         await self.db.dispose()

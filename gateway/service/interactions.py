@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.exceptions import (
@@ -95,7 +94,7 @@ def parse_if_match(value: str | None) -> int | None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        raise BadRequest(f"If-Match must be an ETag such as W/\"1\", got {value!r}")
+        raise BadRequest(f'If-Match must be an ETag such as W/"1", got {value!r}')
     return int(text)
 
 
@@ -147,7 +146,9 @@ class FhirService:
             default_count=self.default_count, max_count=self.max_count, local_bases=self.local_bases(ctx)
         )
 
-    def parse_query(self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]) -> SearchQuery:
+    def parse_query(
+        self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]
+    ) -> SearchQuery:
         query = self.parser(ctx).parse(resource_type, params)
         if query.unknown and ctx.strict_handling:
             raise BadRequest(f"Unknown search parameters for {resource_type}: {', '.join(query.unknown)}")
@@ -174,7 +175,11 @@ class FhirService:
         return Outcome(status, stored, body, issues, self.location(ctx, stored))
 
     async def conditional_matches(
-        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, criteria: str | list[tuple[str, str]]
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        resource_type: str,
+        criteria: str | list[tuple[str, str]],
     ) -> list[str]:
         """Ids (at most two) matching conditional criteria; unknown parameters are refused, not ignored."""
         from urllib.parse import parse_qsl
@@ -195,19 +200,15 @@ class FhirService:
         now = dates.now_us()
         content = stamp(resource, resource_id, 1, now)
         index = extract(resource, self.local_bases(ctx))
-        try:
-            async with conn.begin_nested():
-                rid = await store.insert_new(
-                    conn,
-                    resource_type=resource["resourceType"],
-                    resource_id=resource_id,
-                    updated_us=now,
-                    content=content,
-                    index=index,
-                    method=method,
-                )
-        except IntegrityError as exc:
-            raise VersionConflict(f"{resource['resourceType']}/{resource_id} was created concurrently") from exc
+        rid = await store.insert_new(
+            conn,
+            resource_type=resource["resourceType"],
+            resource_id=resource_id,
+            updated_us=now,
+            content=content,
+            index=index,
+            method=method,
+        )
         return Stored(rid, resource["resourceType"], resource_id, 1, now, False, content, method)
 
     async def replace(
@@ -218,7 +219,13 @@ class FhirService:
         content = stamp(resource, head.id, version, now) if resource is not None else None
         index = extract(resource, self.local_bases(ctx)) if resource is not None else None
         await store.write_version(
-            conn, current_head=head, new_version=version, updated_us=now, content=content, index=index, method=method
+            conn,
+            current_head=head,
+            new_version=version,
+            updated_us=now,
+            content=content,
+            index=index,
+            method=method,
         )
         return Stored(head.rid, head.type, head.id, version, now, resource is None, content, method)
 
@@ -271,7 +278,9 @@ class FhirService:
         head = await store.head(conn, rtype, resource_id)
         if if_match is not None and (head is None or head.deleted or head.version != if_match):
             current = "none" if head is None or head.deleted else f'W/"{head.version}"'
-            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version ({current})")
+            raise PreconditionFailed(
+                f'If-Match W/"{if_match}" does not match the current version ({current})'
+            )
         if head is None:
             ctx.require(rtype, CREATE)
             stored = await self.insert(conn, ctx, resource, resource_id, "PUT")
@@ -299,7 +308,7 @@ class FhirService:
         if head is None:
             raise NotFound(f"{resource_type}/{resource_id} does not exist")
         if if_match is not None and head.version != if_match:
-            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version")
+            raise PreconditionFailed(f'If-Match W/"{if_match}" does not match the current version')
         if head.deleted:
             return Outcome(204)
         stored = await self.replace(conn, ctx, head, None, "DELETE")
@@ -325,7 +334,9 @@ class FhirService:
                 return await self.create_on(conn, ctx, resource)
             return await self.update_on(conn, ctx, resource, given, if_match=if_match)
         if resource.get("id") not in (None, found[0]):
-            raise BadRequest(f"The resource id does not match the {rtype} the criteria found", expression=f"{rtype}.id")
+            raise BadRequest(
+                f"The resource id does not match the {rtype} the criteria found", expression=f"{rtype}.id"
+            )
         return await self.update_on(conn, ctx, {**resource, "id": found[0]}, found[0], if_match=if_match)
 
     async def conditional_delete_on(
@@ -341,7 +352,9 @@ class FhirService:
 
     # -- reads on a connection -------------------------------------------------------------------
 
-    async def read_on(self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, resource_id: str) -> Outcome:
+    async def read_on(
+        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, resource_id: str
+    ) -> Outcome:
         ctx.require(resource_type, READ)
         check_id(resource_id)
         stored = await store.current(conn, resource_type, resource_id)
@@ -352,7 +365,12 @@ class FhirService:
         return Outcome(200, stored, stored.content)
 
     async def vread_on(
-        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, resource_id: str, version_id: str
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        resource_type: str,
+        resource_id: str,
+        version_id: str,
     ) -> Outcome:
         ctx.require(resource_type, READ)
         check_id(resource_id)
@@ -374,13 +392,17 @@ class FhirService:
         matches, total = await store_search.search(conn, query)
         extra: list[Stored] = []
         if query.includes or query.revincludes:
-            pulled = await store_search.included(conn, matches, query.includes, query.revincludes, self.max_included)
+            pulled = await store_search.included(
+                conn, matches, query.includes, query.revincludes, self.max_included
+            )
             # Never leak what the token may not read.
             extra = [s for s in pulled if ctx.can(s.type, READ)]
         entries = [Entry(f"{ctx.base_url}/{s.type}/{s.id}", s.content, "match") for s in matches]
         entries += [Entry(f"{ctx.base_url}/{s.type}/{s.id}", s.content, "include") for s in extra]
         if query.unknown:
-            warning = Issue("warning", "not-supported", f"Ignored unknown search parameters: {', '.join(query.unknown)}")
+            warning = Issue(
+                "warning", "not-supported", f"Ignored unknown search parameters: {', '.join(query.unknown)}"
+            )
             entries.append(Entry(f"urn:uuid:{uuid.uuid4()}", outcome_bytes([warning]), "outcome"))
         links = self._page_links(ctx, query, len(matches), total)
         return Outcome(200, body=bundle_bytes("searchset", entries, total=total, links=links))
@@ -459,7 +481,10 @@ class FhirService:
         elif stored.method == "DELETE":
             request, status = {"method": "DELETE", "url": url}, "204 No Content"
         else:
-            request, status = {"method": "PUT", "url": url}, "201 Created" if stored.version == 1 else "200 OK"
+            request, status = (
+                {"method": "PUT", "url": url},
+                "201 Created" if stored.version == 1 else "200 OK",
+            )
         response: dict[str, Any] = {
             "status": status,
             "etag": f'W/"{stored.version}"',
@@ -469,7 +494,9 @@ class FhirService:
 
     # -- outer forms: one transaction each -------------------------------------------------------
 
-    async def create(self, ctx: RequestContext, resource_type: str, body: bytes, if_none_exist: str | None) -> Outcome:
+    async def create(
+        self, ctx: RequestContext, resource_type: str, body: bytes, if_none_exist: str | None
+    ) -> Outcome:
         check_type(resource_type)
         resource = parse_resource(body, resource_type)
         resource.pop("id", None)  # the server assigns ids on create
@@ -481,22 +508,30 @@ class FhirService:
         self, ctx: RequestContext, resource_type: str, resource_id: str, body: bytes, if_match: str | None
     ) -> Outcome:
         check_type(resource_type)
+        check_id(resource_id)
         resource = parse_resource(body, resource_type)
         version = parse_if_match(if_match)
         issues = self.validate(resource)
         for attempt in range(MAX_CONFLICT_RETRIES + 1):
             try:
                 async with self.db.write() as conn:
-                    return await self.update_on(conn, ctx, resource, resource_id, if_match=version, issues=issues)
+                    return await self.update_on(
+                        conn, ctx, resource, resource_id, if_match=version, issues=issues
+                    )
             except VersionConflict as exc:
                 if version is not None:
-                    raise PreconditionFailed(f"If-Match W/\"{version}\" lost to a concurrent update") from exc
+                    raise PreconditionFailed(f'If-Match W/"{version}" lost to a concurrent update') from exc
                 if attempt == MAX_CONFLICT_RETRIES:
                     raise Conflict(str(exc)) from exc
         raise AssertionError("unreachable")
 
     async def conditional_update(
-        self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]], body: bytes, if_match: str | None
+        self,
+        ctx: RequestContext,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        body: bytes,
+        if_match: str | None,
     ) -> Outcome:
         check_type(resource_type)
         resource = parse_resource(body, resource_type)
@@ -507,7 +542,9 @@ class FhirService:
         except VersionConflict as exc:
             raise Conflict(str(exc)) from exc
 
-    async def delete(self, ctx: RequestContext, resource_type: str, resource_id: str, if_match: str | None) -> Outcome:
+    async def delete(
+        self, ctx: RequestContext, resource_type: str, resource_id: str, if_match: str | None
+    ) -> Outcome:
         check_type(resource_type)
         check_id(resource_id)
         version = parse_if_match(if_match)
@@ -517,7 +554,9 @@ class FhirService:
         except VersionConflict as exc:
             raise (PreconditionFailed if version is not None else Conflict)(str(exc)) from exc
 
-    async def conditional_delete(self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]) -> Outcome:
+    async def conditional_delete(
+        self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]
+    ) -> Outcome:
         check_type(resource_type)
         try:
             async with self.db.write() as conn:
@@ -530,7 +569,9 @@ class FhirService:
         async with self.db.read() as conn:
             return await self.read_on(conn, ctx, resource_type, resource_id)
 
-    async def vread(self, ctx: RequestContext, resource_type: str, resource_id: str, version_id: str) -> Outcome:
+    async def vread(
+        self, ctx: RequestContext, resource_type: str, resource_id: str, version_id: str
+    ) -> Outcome:
         check_type(resource_type)
         async with self.db.read() as conn:
             return await self.vread_on(conn, ctx, resource_type, resource_id, version_id)

@@ -88,16 +88,22 @@ async def token_signing_key(conn: AsyncConnection, *, now_us: int) -> bytes:
             await conn.execute(insert(server_key).values(name=TOKEN_KEY_NAME, value=fresh, created_us=now_us))
     except IntegrityError:
         pass  # another process created it first; use theirs
-    value = (await conn.execute(select(server_key.c.value).where(server_key.c.name == TOKEN_KEY_NAME))).scalar_one()
+    value = (
+        await conn.execute(select(server_key.c.value).where(server_key.c.name == TOKEN_KEY_NAME))
+    ).scalar_one()
     return base64.b64decode(value)
 
 
-async def remember_assertion(conn: AsyncConnection, *, jti: str, client_id: str, expires_us: int, now_us: int) -> bool:
+async def remember_assertion(
+    conn: AsyncConnection, *, jti: str, client_id: str, expires_us: int, now_us: int
+) -> bool:
     """Record a client assertion's jti; False if it was seen before (a replay)."""
     await conn.execute(delete(used_assertion).where(used_assertion.c.expires_us < now_us))
     try:
         async with conn.begin_nested():
-            await conn.execute(insert(used_assertion).values(jti=jti, client_id=client_id, expires_us=expires_us))
+            await conn.execute(
+                insert(used_assertion).values(jti=jti, client_id=client_id, expires_us=expires_us)
+            )
     except IntegrityError:
         return False
     return True

@@ -5,6 +5,10 @@ process serialises its write transactions with an asyncio lock and starts them w
 (so a second process, such as `gateway clients add`, waits on busy_timeout instead of failing mid-way).
 Readers use their own connections and, in WAL mode, never block the writer.
 PostgreSQL needs none of that: writers run concurrently and optimistic version checks settle races.
+
+Reads run in autocommit mode on both backends: no BEGIN/COMMIT round trips (on aiosqlite each one is a
+thread hop, measured at about 0.2 ms). The cost is that the statements of one search (page, total,
+includes) may see different committed states if a write lands between them.
 """
 
 from __future__ import annotations
@@ -29,8 +33,13 @@ SQLITE_PRAGMAS = (
 )
 
 
-def _sqlite_engine(url: str, *, begin: str) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=4 if begin == "BEGIN" else 1, max_overflow=4)
+def _sqlite_engine(url: str, *, begin: str | None) -> AsyncEngine:
+    if begin is None:
+        engine = create_async_engine(
+            url, pool_size=4, max_overflow=4, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+        )
+    else:
+        engine = create_async_engine(url, pool_size=1, max_overflow=4)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -42,15 +51,17 @@ def _sqlite_engine(url: str, *, begin: str) -> AsyncEngine:
             cursor.execute(pragma)
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+    if begin is not None:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
 
     return engine
 
 
 class Database:
-    """One database: a writer and a reader engine (the same engine on PostgreSQL)."""
+    """One database: a writer engine (transactions) and a reader engine (autocommit)."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
@@ -61,12 +72,23 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
-            self.reader = _sqlite_engine(url, begin="BEGIN")
+            self.reader = _sqlite_engine(url, begin=None)
         elif self.dialect == "postgresql":
-            self.writer = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-            self.reader = self.writer
+            self.writer = create_async_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600
+            )
+            self.reader = create_async_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_recycle=3600,  # no pre-ping: it costs a round trip per request
+                isolation_level="AUTOCOMMIT",
+                pool_reset_on_return=None,
+            )
         else:
-            raise ValueError(f"Unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+            raise ValueError(
+                f"Unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg"
+            )
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @property
@@ -85,14 +107,13 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (one consistent snapshot on both backends)."""
-        async with self.reader.begin() as conn:
+        """A connection for reads, in autocommit mode (see the module notes)."""
+        async with self.reader.connect() as conn:
             yield conn
 
     async def dispose(self) -> None:
         await self.writer.dispose()
-        if self.reader is not self.writer:
-            await self.reader.dispose()
+        await self.reader.dispose()
 
     def redacted_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)

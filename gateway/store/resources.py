@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir.extract import IndexRows
@@ -78,7 +80,7 @@ def current_select() -> Any:
     )
 
 
-def to_stored(row: Row[Any]) -> Stored:
+def to_stored(row: Row[Any] | Any) -> Stored:
     content = row.content
     return Stored(
         row.rid,
@@ -95,9 +97,9 @@ def to_stored(row: Row[Any]) -> Stored:
 async def head(conn: AsyncConnection, resource_type: str, resource_id: str) -> Head | None:
     row = (
         await conn.execute(
-            select(
-                resource.c.rid, resource.c.version, resource.c.updated_us, resource.c.deleted
-            ).where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
+            select(resource.c.rid, resource.c.version, resource.c.updated_us, resource.c.deleted).where(
+                resource.c.res_type == resource_type, resource.c.res_id == resource_id
+            )
         )
     ).first()
     if row is None:
@@ -118,9 +120,9 @@ async def version(conn: AsyncConnection, resource_type: str, resource_id: str, n
     v = resource_version.c
     row = (
         await conn.execute(
-            select(v.rid, v.res_type, v.res_id, v.version, v.updated_us, v.deleted, v.content, v.method).where(
-                v.res_type == resource_type, v.res_id == resource_id, v.version == number
-            )
+            select(
+                v.rid, v.res_type, v.res_id, v.version, v.updated_us, v.deleted, v.content, v.method
+            ).where(v.res_type == resource_type, v.res_id == resource_id, v.version == number)
         )
     ).first()
     return to_stored(row) if row is not None else None
@@ -141,7 +143,8 @@ async def load_by_keys(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -
     if not by_type:
         return []
     clauses = [
-        and_(resource.c.res_type == rtype, resource.c.res_id.in_(sorted(ids))) for rtype, ids in by_type.items()
+        and_(resource.c.res_type == rtype, resource.c.res_id.in_(sorted(ids)))
+        for rtype, ids in by_type.items()
     ]
     rows = await conn.execute(current_select().where(or_(*clauses), resource.c.deleted.is_(False)))
     return [to_stored(row) for row in rows]
@@ -171,6 +174,13 @@ async def _clear_index(conn: AsyncConnection, rid: int) -> None:
         await conn.execute(delete(table).where(table.c.rid == rid))
 
 
+def _insert_ignoring_conflict(conn: AsyncConnection) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING for the connection's dialect (cheaper than a savepoint)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql_insert(resource).on_conflict_do_nothing()
+    return sqlite_insert(resource).on_conflict_do_nothing()
+
+
 async def insert_new(
     conn: AsyncConnection,
     *,
@@ -181,14 +191,18 @@ async def insert_new(
     index: IndexRows,
     method: str = "POST",
 ) -> int:
-    """Store version 1 of a new logical resource; returns its row id."""
-    rid: int = (
+    """Store version 1 of a new logical resource; returns its row id.
+
+    Raises VersionConflict when a resource with that type and id already exists (a concurrent create)."""
+    rid = (
         await conn.execute(
-            insert(resource)
+            _insert_ignoring_conflict(conn)
             .values(res_type=resource_type, res_id=resource_id, version=1, updated_us=updated_us, deleted=False)
             .returning(resource.c.rid)
         )
-    ).scalar_one()
+    ).scalar()
+    if rid is None:
+        raise VersionConflict(f"{resource_type}/{resource_id} already exists")
     await conn.execute(
         insert(resource_version).values(
             rid=rid,
@@ -202,7 +216,7 @@ async def insert_new(
         )
     )
     await _write_index(conn, rid, resource_type, index)
-    return rid
+    return int(rid)
 
 
 async def write_version(
@@ -261,7 +275,9 @@ async def history(
         conditions.append(v.updated_us >= since_us)
     if at_most_us is not None:
         conditions.append(v.updated_us <= at_most_us)
-    total = (await conn.execute(select(func.count()).select_from(resource_version).where(*conditions))).scalar_one()
+    total = (
+        await conn.execute(select(func.count()).select_from(resource_version).where(*conditions))
+    ).scalar_one()
     rows = await conn.execute(
         select(v.rid, v.res_type, v.res_id, v.version, v.updated_us, v.deleted, v.content, v.method)
         .where(*conditions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, true
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -28,7 +28,7 @@ _TABLES = {
 _MAX_CHAR = "\U0010ffff"
 
 
-def _date_condition(low: Any, high: Any, value: DateValue) -> ColumnElement[bool]:
+def _date_condition(low: ColumnElement[int], high: ColumnElement[int], value: DateValue) -> ColumnElement[bool]:
     """FHIR date prefixes (search.html#prefix) over a stored range [low, high] and a value range."""
     p_low, p_high = value.low, value.high
     match value.prefix:
@@ -51,7 +51,7 @@ def _date_condition(low: Any, high: Any, value: DateValue) -> ColumnElement[bool
     raise ValueError(value.prefix)
 
 
-def _token_condition(value: TokenValue, table: Any = sp_token) -> ColumnElement[bool]:
+def _token_condition(value: TokenValue, table: Table = sp_token) -> ColumnElement[bool]:
     conditions: list[ColumnElement[bool]] = []
     if value.code is not None:
         conditions.append(table.c.code == value.code)
@@ -73,21 +73,28 @@ def _value_condition(f: Filter, value: Any) -> ColumnElement[bool]:
         if value.type is not None:
             cond = and_(cond, sp_reference.c.target_type == value.type)
         return cond
-    column = sp_string.c.value
+    column: ColumnElement[str] = sp_string.c.value
+    text = str(value)
     if f.modifier == "exact":
-        return column == value
+        return column == text
     if f.modifier == "contains":
-        return column.contains(value, autoescape=True)
-    return and_(column >= value, column < value + _MAX_CHAR)
+        return column.contains(text, autoescape=True)
+    return and_(column >= text, column < text + _MAX_CHAR)
 
 
-def filter_condition(f: Filter, resource_type: str, r: Any = resource) -> ColumnElement[bool]:
+def filter_condition(f: Filter, resource_type: str, r: FromClause = resource) -> ColumnElement[bool]:
     """The WHERE condition on resource table `r` for one criterion."""
     if f.param is None:  # _id and _lastUpdated live on the resource row itself
         if f.name == "_id":
             ids = [v.code for v in f.values if isinstance(v, TokenValue) and v.code]
             return r.c.res_id.in_(ids)
-        return or_(*[_date_condition(r.c.updated_us, r.c.updated_us, v) for v in f.values if isinstance(v, DateValue)])
+        return or_(
+            *[
+                _date_condition(r.c.updated_us, r.c.updated_us, v)
+                for v in f.values
+                if isinstance(v, DateValue)
+            ]
+        )
     table = _TABLES[f.kind]
     base = [table.c.res_type == resource_type, table.c.param == f.name]
     if f.modifier == "missing":
@@ -109,12 +116,20 @@ def filter_condition(f: Filter, resource_type: str, r: Any = resource) -> Column
     return r.c.rid.in_(matching)
 
 
+def _narrows_by_index(f: Filter) -> bool:
+    """True when the criterion is `rid IN (index rows of this type)`, which already implies the type."""
+    if f.param is None or f.modifier == "not":
+        return False
+    return not (f.modifier == "missing" and f.missing)
+
+
 def _where(query: SearchQuery) -> list[ColumnElement[bool]]:
-    return [
-        resource.c.res_type == query.resource_type,
-        resource.c.deleted.is_(False),
-        *[filter_condition(f, query.resource_type) for f in query.filters],
-    ]
+    conditions = [filter_condition(f, query.resource_type) for f in query.filters]
+    if not any(_narrows_by_index(f) for f in query.filters):
+        # Only when no index criterion implies the type: a redundant `res_type = ?` on the resource table
+        # lures planners without statistics (a fresh PostgreSQL, SQLite) into scanning the type's rows.
+        conditions.insert(0, resource.c.res_type == query.resource_type)
+    return [resource.c.deleted.is_(False), *conditions]
 
 
 def _sort_key(query: SearchQuery, name: str, descending: bool) -> KeyedColumnElement[Any] | Any:
@@ -124,11 +139,7 @@ def _sort_key(query: SearchQuery, name: str, descending: bool) -> KeyedColumnEle
         key = resource.c.updated_us
     else:
         bound = func.max(sp_date.c.high_us) if descending else func.min(sp_date.c.low_us)
-        key = (
-            select(bound)
-            .where(sp_date.c.rid == resource.c.rid, sp_date.c.param == name)
-            .scalar_subquery()
-        )
+        key = select(bound).where(sp_date.c.rid == resource.c.rid, sp_date.c.param == name).scalar_subquery()
     return key.desc() if descending else key.asc()
 
 
@@ -151,7 +162,7 @@ async def search(conn: AsyncConnection, query: SearchQuery) -> tuple[list[Stored
         matches = [to_stored(row) for row in await conn.execute(page_select(query))]
     total: int | None = None
     if query.total == "accurate" or query.summary_count:
-        if query.offset == 0 and 0 < query.count and len(matches) < query.count:
+        if not query.summary_count and query.offset == 0 and len(matches) < query.count:
             total = len(matches)  # the whole result fits on this page: no need to count
         else:
             total = await count(conn, query)
@@ -178,11 +189,16 @@ async def included(
     found: list[Stored] = []
     rids = [m.rid for m in matches]
     for inc in includes:
-        conditions = [sp_reference.c.rid.in_(rids), sp_reference.c.param == inc.param.name,
-                      sp_reference.c.res_type == inc.source_type]
+        conditions = [
+            sp_reference.c.rid.in_(rids),
+            sp_reference.c.param == inc.param.name,
+            sp_reference.c.res_type == inc.source_type,
+        ]
         if inc.target_type:
             conditions.append(sp_reference.c.target_type == inc.target_type)
-        rows = await conn.execute(select(sp_reference.c.target_type, sp_reference.c.target_id).where(*conditions))
+        rows = await conn.execute(
+            select(sp_reference.c.target_type, sp_reference.c.target_id).where(*conditions)
+        )
         keys = {(row.target_type, row.target_id) for row in rows} - seen
         for stored in await load_by_keys(conn, sorted(keys)[:limit]):
             seen.add((stored.type, stored.id))
@@ -211,4 +227,3 @@ async def included(
                 seen.add((stored.type, stored.id))
                 found.append(stored)
     return found[:limit]
-

@@ -66,7 +66,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def oauth_error(_: Request, exc: OAuthError) -> Response:
         headers = {"WWW-Authenticate": 'Basic realm="gateway"'} if exc.status == 401 else {}
         return JSONResponse(
-            {"error": exc.error, "error_description": exc.description}, status_code=exc.status, headers=headers
+            {"error": exc.error, "error_description": exc.description},
+            status_code=exc.status,
+            headers=headers,
         )
 
     @app.exception_handler(HTTPException)
@@ -74,7 +76,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(NotFound(f"No route for {request.method} {request.url.path}"))
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not supported on {request.url.path}"))
+            return error_response(
+                MethodNotAllowed(f"{request.method} is not supported on {request.url.path}")
+            )
         error = FhirError(str(exc.detail))
         error.status = exc.status_code
         return error_response(error)

@@ -31,7 +31,11 @@ async def smart_configuration(request: Request) -> JSONResponse:
         {
             "token_endpoint": f"{base}/auth/token",
             "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt",
+            ],
             "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
             "scopes_supported": ["system/*.cruds", "system/*.rs"],
             "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"],

@@ -40,7 +40,11 @@ def check_formats(request: Request) -> None:
             raise NotAcceptable(f"Accept: {accept} is not supported; use application/fhir+json")
     if request.method in ("POST", "PUT"):
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
-        allowed = JSON_TYPES + ("application/x-www-form-urlencoded",) if request.url.path.endswith("/_search") else JSON_TYPES
+        allowed = (
+            (*JSON_TYPES, "application/x-www-form-urlencoded")
+            if request.url.path.endswith("/_search")
+            else JSON_TYPES
+        )
         if ctype and ctype not in allowed:
             raise UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
 

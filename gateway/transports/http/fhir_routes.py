@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -35,6 +37,7 @@ async def metadata(request: Request, gateway: GatewayDep) -> Response:
     return Response(orjson.dumps(statement), media_type=FHIR_JSON)
 
 
+@router.post("/", include_in_schema=False)
 @router.post("", summary="transaction or batch Bundle")
 async def bundle(request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.bundles.process(ctx, await request.body()))
@@ -53,10 +56,16 @@ async def search_post(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDe
     return fhir_response(await gateway.fhir.search(ctx, rtype, params))
 
 
-@router.post("/{rtype}", summary="create (If-None-Exist for conditional create)")
+@router.post(
+    "/{rtype}", summary="create (If-None-Exist, or search parameters in the URL, for conditional create)"
+)
 async def create(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
-    outcome = await gateway.fhir.create(ctx, rtype, await request.body(), request.headers.get("if-none-exist"))
-    return fhir_response(outcome)
+    criteria = request.headers.get("if-none-exist")
+    if criteria is None:
+        # POST Type?params as conditional create: what fhirpy's get_or_create sends (an Aidbox convention).
+        params = [(k, v) for k, v in query_params(request) if k not in ("_format", "_pretty")]
+        criteria = urlencode(params) or None
+    return fhir_response(await gateway.fhir.create(ctx, rtype, await request.body(), criteria))
 
 
 @router.put("/{rtype}", summary="conditional update")
@@ -84,7 +93,9 @@ async def read(rtype: str, rid: str, ctx: Ctx, gateway: GatewayDep) -> Response:
 
 @router.put("/{rtype}/{rid}", summary="update (If-Match for optimistic locking)")
 async def update(rtype: str, rid: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
-    outcome = await gateway.fhir.update(ctx, rtype, rid, await request.body(), request.headers.get("if-match"))
+    outcome = await gateway.fhir.update(
+        ctx, rtype, rid, await request.body(), request.headers.get("if-match")
+    )
     return fhir_response(outcome)
 
 

@@ -18,7 +18,10 @@ log = logging.getLogger("gateway.http")
 class HttpMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "gateway_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry
+            "gateway_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=registry,
         )
         self.latency = Histogram(
             "gateway_http_request_seconds",

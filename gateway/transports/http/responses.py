@@ -30,4 +30,6 @@ def error_response(error: FhirError) -> Response:
     headers = {}
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
-    return Response(outcome_bytes(error.issues), status_code=error.status, headers=headers, media_type=FHIR_JSON)
+    return Response(
+        outcome_bytes(error.issues), status_code=error.status, headers=headers, media_type=FHIR_JSON
+    )

@@ -1,0 +1,149 @@
+"""Fixtures shared by every test: both database backends, a started gateway per backend, API clients.
+
+PostgreSQL is not optional: the tests fail (they do not skip) when it cannot be reached. Each test
+session creates its own throw-away databases next to GATEWAY_TEST_POSTGRES_URL and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import delete
+
+from gateway.service.gateway import Gateway
+from gateway.settings import Settings
+from gateway.store.tables import INDEX_TABLES, resource, resource_version
+from gateway.transports.http.app import create_app
+
+PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class PostgresDatabases:
+    """Creates and drops throw-away databases on the test PostgreSQL server."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    async def create(self) -> str:
+        name = f"gw_test_{uuid.uuid4().hex[:12]}"
+        try:
+            conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url), timeout=10)
+        except (OSError, asyncpg.PostgresError) as exc:
+            pytest.fail(
+                f"PostgreSQL is required for the tests and is not reachable at {self.admin_url} ({exc}). "
+                "Start it or point GATEWAY_TEST_POSTGRES_URL at one.",
+                pytrace=False,
+            )
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        self.created.append(name)
+        return self.admin_url.rsplit("/", 1)[0] + "/" + name
+
+    async def drop_all(self) -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url))
+        try:
+            for name in self.created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def pg_databases() -> AsyncIterator[PostgresDatabases]:
+    databases = PostgresDatabases(PG_URL)
+    yield databases
+    await databases.drop_all()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database_url_factory(
+    pg_databases: PostgresDatabases, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Awaitable[str]]:
+    async def make(backend: str) -> str:
+        if backend == "postgresql":
+            return await pg_databases.create()
+        path = tmp_path_factory.mktemp("sqlite") / "gateway.db"
+        return f"sqlite+aiosqlite:///{path}"
+
+    return make
+
+
+def settings_for(database_url: str, **overrides: object) -> Settings:
+    return Settings(database_url=database_url, **overrides)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateways(
+    database_url_factory: Callable[[str], Awaitable[str]],
+) -> AsyncIterator[dict[str, Gateway]]:
+    """One started (migrated) gateway per backend, shared by the API tests of the session."""
+    started: dict[str, Gateway] = {}
+    for backend in BACKENDS:
+        started[backend] = await Gateway.start(settings_for(await database_url_factory(backend)))
+    yield started
+    for gateway in started.values():
+        await gateway.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[Gateway]:
+    """The backend's gateway with an empty resource store."""
+    gw = gateways[backend]
+    async with gw.db.write() as conn:
+        for table in (*INDEX_TABLES, resource_version, resource):
+            await conn.execute(delete(table))
+    yield gw
+
+
+ClientFactory = Callable[[str], Awaitable[httpx.AsyncClient]]
+
+
+@pytest_asyncio.fixture
+async def client_factory(gateway: Gateway) -> AsyncIterator[ClientFactory]:
+    """Makes HTTP clients for the in-process app, each holding a token with the given scopes."""
+    app = create_app(gateway.settings, gateway)
+    opened: list[httpx.AsyncClient] = []
+
+    async def make(scope: str) -> httpx.AsyncClient:
+        registered = await gateway.auth.add_client(f"test-{uuid.uuid4().hex[:8]}", scope)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+        opened.append(client)
+        answer = await client.post(
+            "/auth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(registered.client_id, registered.client_secret or ""),
+        )
+        assert answer.status_code == 200, answer.text
+        client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+        return client
+
+    yield make
+    for client in opened:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def api(client_factory: ClientFactory) -> httpx.AsyncClient:
+    """A client allowed everything (system/*.cruds)."""
+    return await client_factory("system/*.cruds")
