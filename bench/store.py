@@ -15,7 +15,14 @@ from typing import Any
 
 import httpx
 
-from bench.harness import describe_ms, percentile, running_gateway, throwaway_database, timed_concurrently
+from bench.harness import (
+    ClientCredentials,
+    describe_ms,
+    percentile,
+    running_gateway,
+    throwaway_database,
+    timed_concurrently,
+)
 from gateway.service.clients import AuthService
 from gateway.store import migrate
 from gateway.store.database import Database
@@ -43,21 +50,14 @@ def observation(patient_id: str, n: int) -> dict[str, Any]:
     }
 
 
-async def access_token(database_url: str, base_url: str) -> str:
+async def credentials(database_url: str, base_url: str) -> ClientCredentials:
     db = Database(database_url)
     try:
         await migrate.upgrade(db)
         client = await AuthService(db).add_client(f"bench-{uuid.uuid4().hex[:6]}", "system/*.cruds")
     finally:
         await db.dispose()
-    async with httpx.AsyncClient() as http:
-        answer = await http.post(
-            f"{base_url}/auth/token",
-            data={"grant_type": "client_credentials"},
-            auth=(client.client_id, client.client_secret or ""),
-        )
-    answer.raise_for_status()
-    return str(answer.json()["access_token"])
+    return ClientCredentials(f"{base_url}/auth/token", client.client_id, client.client_secret or "")
 
 
 class StoreBench:
@@ -73,16 +73,17 @@ class StoreBench:
         return str(answer.json()["id"])
 
     async def creates(self) -> float:
-        patient = await self.new_patient()
+        patients = [await self.new_patient() for _ in range(CREATES // OBS_PER_PATIENT)]
 
         async def create(i: int) -> None:
-            answer = await self.http.post("/Observation", json=observation(patient, i))
+            answer = await self.http.post("/Observation", json=observation(patients[i // OBS_PER_PATIENT], i))
             answer.raise_for_status()
             if i % 10 == 0:
                 self.sample_ids.append(answer.json()["id"])
 
         wall, _ = await timed_concurrently(CREATES, CONCURRENCY, create)
         self.stored += CREATES
+        self.full_patients += patients
         return CREATES / wall
 
     async def fill_to(self, target: int) -> float:
@@ -131,11 +132,11 @@ class StoreBench:
 async def bench_backend(backend: str, sizes: list[int], postgres_url: str) -> dict[str, Any]:
     result: dict[str, Any] = {"backend": backend, "search": {}}
     async with throwaway_database(backend, postgres_url) as url, running_gateway(url) as server:
-        token = await access_token(url, server.base_url)
+        auth = await credentials(url, server.base_url)
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
         async with httpx.AsyncClient(
             base_url=f"{server.base_url}/fhir",
-            headers={"Authorization": f"Bearer {token}"},
+            auth=auth,
             limits=limits,
             timeout=120,
         ) as http:

@@ -23,9 +23,10 @@ from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.outcome import outcome_bytes
 from gateway.fhir.references import iter_references, parse_reference
 from gateway.fhir.urls import Target, parse_target
-from gateway.service.context import RequestContext
+from gateway.service.context import CREATE, DELETE, READ, SEARCH, RequestContext
 from gateway.service.interactions import FhirService, Outcome, parse_if_match, parse_resource
-from gateway.store.resources import VersionConflict
+from gateway.store import resources as store
+from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON, Issue
 
 # Processing order within a transaction (http.html#trules).
@@ -153,12 +154,70 @@ class BundleProcessor:
         if any(i.is_error for i in issues):
             raise Unprocessable(issues=issues)
         results: dict[int, Entry] = {}
-        for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
+        await self._write_entries(conn, ctx, [e for e in entries if e.method != "GET"], results)
+        for entry in entries:
+            if entry.method == "GET":  # reads come last and see the writes
+                try:
+                    outcome = await self._read(conn, ctx, entry.target)
+                except FhirError as exc:
+                    raise _at_entry(exc, entry) from exc
+                results[entry.index] = self._response_entry(ctx, outcome, entry)
+        return [results[e.index] for e in entries]
+
+    async def _write_entries(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        writes: list[PlannedEntry],
+        results: dict[int, Entry],
+    ) -> None:
+        """Plan every write against the current versions (read in one query), then write them in one batch."""
+        keys = [(e.target.resource_type, e.resource_id) for e in writes if e.resource_id]
+        currents = await store.current_many(conn, keys)
+        now = dates.now_us()
+        planned: list[tuple[PlannedEntry, PendingVersion]] = []
+        for entry in sorted(writes, key=lambda e: _ORDER[e.method]):
             try:
-                results[entry.index] = await self._execute(conn, ctx, entry)
+                plan = self._plan(ctx, entry, currents, now)
             except FhirError as exc:
                 raise _at_entry(exc, entry) from exc
-        return [results[i] for i in range(len(entries))]
+            if isinstance(plan, Outcome):
+                results[entry.index] = self._response_entry(ctx, plan, entry)
+            else:
+                planned.append((entry, plan))
+        written = await store.write(conn, [plan for _, plan in planned])
+        for (entry, plan), stored in zip(planned, written, strict=True):
+            if plan.content is None:
+                outcome = Outcome(204, stored)
+            else:
+                created = plan.head is None or plan.head.deleted
+                outcome = self.service.written(ctx, stored, 201 if created else 200, [])
+            results[entry.index] = self._response_entry(ctx, outcome, entry)
+
+    def _plan(
+        self, ctx: RequestContext, entry: PlannedEntry, currents: dict[tuple[str, str], Stored], now: int
+    ) -> PendingVersion | Outcome:
+        svc, target = self.service, entry.target
+        rtype = target.resource_type
+        current = currents.get((rtype, entry.resource_id)) if entry.resource_id else None
+        if target.kind.startswith("conditional") or entry.if_none_exist:
+            ctx.require(rtype, SEARCH)
+        if target.kind == "create":
+            assert entry.resource is not None and entry.resource_id is not None
+            ctx.require(rtype, CREATE)
+            if entry.exists and current is not None:
+                ctx.require(rtype, READ)
+                return svc.written(ctx, current, 200, [])
+            return svc.plan_new(ctx, entry.resource, entry.resource_id, "POST", now)
+        if target.kind in ("update", "conditional-update"):
+            assert entry.resource is not None and entry.resource_id is not None
+            plan = svc.plan_update(ctx, entry.resource, entry.resource_id, current, entry.if_match, now)
+            return svc.written(ctx, plan, 200, []) if isinstance(plan, Stored) else plan
+        if target.kind == "conditional-delete" and entry.resource_id is None:
+            ctx.require(rtype, DELETE)
+            return Outcome(204)  # nothing matched: nothing to delete
+        deletion = svc.plan_delete(ctx, rtype, entry.resource_id or "", current, entry.if_match, now)
+        return Outcome(204) if deletion is None else deletion
 
     async def _resolve_identities(
         self, conn: AsyncConnection, ctx: RequestContext, entries: list[PlannedEntry]
@@ -184,6 +243,11 @@ class BundleProcessor:
                         raise PreconditionFailed(f"The conditional update matches more than one {rtype}")
                     given = entry.resource.get("id") if entry.resource else None
                     entry.resource_id = found[0] if found else (given or str(uuid.uuid4()))
+                elif kind == "conditional-delete":
+                    found = await self.service.conditional_matches(conn, ctx, rtype, entry.target.params)
+                    if len(found) > 1:
+                        raise PreconditionFailed(f"The conditional delete matches more than one {rtype}")
+                    entry.resource_id = found[0] if found else None
                 elif kind in ("delete", "read", "vread"):
                     entry.resource_id = entry.target.id
             except FhirError as exc:
@@ -241,33 +305,6 @@ class BundleProcessor:
             )
         return f"{rtype}/{found[0]}"
 
-    async def _execute(self, conn: AsyncConnection, ctx: RequestContext, entry: PlannedEntry) -> Entry:
-        svc, target = self.service, entry.target
-        outcome: Outcome
-        if target.kind == "create":
-            assert entry.resource is not None
-            if entry.exists:
-                outcome = await svc.read_on(conn, ctx, target.resource_type, entry.resource_id or "")
-                outcome.status = 200
-            else:
-                outcome = await svc.create_on(
-                    conn, ctx, entry.resource, resource_id=entry.resource_id, issues=[]
-                )
-        elif target.kind in ("update", "conditional-update"):
-            assert entry.resource is not None and entry.resource_id is not None
-            outcome = await svc.update_on(
-                conn, ctx, entry.resource, entry.resource_id, if_match=entry.if_match, issues=[]
-            )
-        elif target.kind == "delete":
-            outcome = await svc.delete_on(
-                conn, ctx, target.resource_type, target.id or "", if_match=entry.if_match
-            )
-        elif target.kind == "conditional-delete":
-            outcome = await svc.conditional_delete_on(conn, ctx, target.resource_type, target.params)
-        else:
-            outcome = await self._read(conn, ctx, target)
-        return self._response_entry(ctx, outcome, entry)
-
     async def _read(self, conn: AsyncConnection, ctx: RequestContext, target: Target) -> Outcome:
         svc = self.service
         if target.kind == "read":
@@ -308,6 +345,7 @@ class BundleProcessor:
         return Outcome(200, body=bundle_bytes("batch-response", results))
 
     async def _batch_entry(self, ctx: RequestContext, index: int, raw: Any, bases: tuple[str, ...]) -> Entry:
+        """One batch entry, processed like a transaction of one; its failure is reported, not raised."""
         try:
             entry = plan_entry(index, raw, bases)
             if entry.method == "GET":
@@ -316,16 +354,8 @@ class BundleProcessor:
             if entry.resource is not None and entry.target.kind == "create":
                 entry.resource.pop("id", None)
             async with self.service.db.write() as conn:
-                await self._resolve_identities(conn, ctx, [entry])
-                if entry.resource is not None and not entry.exists:
-                    self.service.validate(entry.resource)
-                if (
-                    entry.target.kind == "conditional-update"
-                    and entry.resource is not None
-                    and entry.resource_id
-                ):
-                    entry.resource["id"] = entry.resource_id
-                return await self._execute(conn, ctx, entry)
+                (result,) = await self._transaction(conn, ctx, [entry])
+                return result
         except VersionConflict as exc:
             error: FhirError = Conflict(str(exc))
         except FhirError as exc:

@@ -27,6 +27,7 @@ from gateway.store.clients import ClientRecord
 from gateway.store.database import Database
 
 ISSUER = "specialty-gateway"
+VERIFIED_CACHE_SIZE = 10_000
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -49,6 +50,8 @@ class AuthService:
         self.db = db
         self.token_ttl_seconds = token_ttl_seconds
         self._key: bytes | None = None
+        # A client sends the same token on every request for its lifetime: verify the signature once.
+        self._verified: dict[str, AccessClaims] = {}
 
     async def signing_key(self) -> bytes:
         if self._key is None:
@@ -169,10 +172,19 @@ class AuthService:
     async def verify_bearer(self, authorization: str | None) -> AccessClaims:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthorized("A bearer access token is required (get one from POST /auth/token)")
+        token = authorization[7:].strip()
+        now = int(time.time())
+        cached = self._verified.get(token)
+        if cached is not None and cached.expires_at > now:
+            return cached
         try:
-            return verify_access_token(authorization[7:].strip(), key=await self.signing_key(), issuer=ISSUER)
+            claims = verify_access_token(token, key=await self.signing_key(), issuer=ISSUER, now=now)
         except InvalidToken as exc:
             raise Unauthorized(f"The access token is not valid: {exc}") from exc
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()  # crude but bounded; tokens live minutes, clients reuse them
+        self._verified[token] = claims
+        return claims
 
 
 def _basic_credentials(header: str) -> tuple[str, str]:

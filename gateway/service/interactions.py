@@ -35,7 +35,7 @@ from gateway.service.context import CREATE, DELETE, READ, SEARCH, UPDATE, Reques
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store.database import Database
-from gateway.store.resources import Head, Stored, VersionConflict
+from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON, Issue
 
 # How often an update without If-Match is retried after losing a race to another writer.
@@ -194,40 +194,82 @@ class FhirService:
 
     # -- writes on a connection ------------------------------------------------------------------
 
-    async def insert(
-        self, conn: AsyncConnection, ctx: RequestContext, resource: JSON, resource_id: str, method: str
-    ) -> Stored:
-        now = dates.now_us()
-        content = stamp(resource, resource_id, 1, now)
-        index = extract(resource, self.local_bases(ctx))
-        rid = await store.insert_new(
-            conn,
-            resource_type=resource["resourceType"],
-            resource_id=resource_id,
-            updated_us=now,
-            content=content,
-            index=index,
-            method=method,
-        )
-        return Stored(rid, resource["resourceType"], resource_id, 1, now, False, content, method)
+    # -- planning writes (no I/O): what version each write would store -----------------------------
 
-    async def replace(
-        self, conn: AsyncConnection, ctx: RequestContext, head: Head, resource: JSON | None, method: str
-    ) -> Stored:
-        now = dates.now_us()
-        version = head.version + 1
-        content = stamp(resource, head.id, version, now) if resource is not None else None
-        index = extract(resource, self.local_bases(ctx)) if resource is not None else None
-        await store.write_version(
-            conn,
-            current_head=head,
-            new_version=version,
-            updated_us=now,
-            content=content,
-            index=index,
-            method=method,
+    def plan_new(
+        self, ctx: RequestContext, resource: JSON, resource_id: str, method: str, now: int
+    ) -> PendingVersion:
+        return PendingVersion(
+            resource["resourceType"],
+            resource_id,
+            1,
+            now,
+            method,
+            stamp(resource, resource_id, 1, now),
+            extract(resource, self.local_bases(ctx)),
         )
-        return Stored(head.rid, head.type, head.id, version, now, resource is None, content, method)
+
+    def plan_update(
+        self,
+        ctx: RequestContext,
+        resource: JSON,
+        resource_id: str,
+        current: Stored | None,
+        if_match: int | None,
+        now: int,
+    ) -> PendingVersion | Stored:
+        """The next version of `resource_id`, or the current one when the update changes nothing."""
+        rtype = resource["resourceType"]
+        ctx.require(rtype, UPDATE)
+        if resource.get("id") != resource_id:
+            raise BadRequest(
+                f"The resource id ({resource.get('id')!r}) must match the id in the URL ({resource_id!r})",
+                expression=f"{rtype}.id",
+            )
+        if if_match is not None and (current is None or current.deleted or current.version != if_match):
+            now_at = "none" if current is None or current.deleted else f'W/"{current.version}"'
+            raise PreconditionFailed(f'If-Match W/"{if_match}" does not match the current version ({now_at})')
+        if current is None:
+            ctx.require(rtype, CREATE)
+            return self.plan_new(ctx, resource, resource_id, "PUT", now)
+        if not current.deleted and current.content is not None:
+            before = _without_meta_stamps(orjson.loads(current.content))
+            if before == _without_meta_stamps({**resource, "id": resource_id}):
+                return current  # no change: no new version
+        version = current.version + 1
+        return PendingVersion(
+            rtype,
+            resource_id,
+            version,
+            now,
+            "PUT",
+            stamp(resource, resource_id, version, now),
+            extract(resource, self.local_bases(ctx)),
+            store.head_of(current),
+        )
+
+    def plan_delete(
+        self,
+        ctx: RequestContext,
+        resource_type: str,
+        resource_id: str,
+        current: Stored | None,
+        if_match: int | None,
+        now: int,
+    ) -> PendingVersion | None:
+        """The deletion version, or None when the resource is already deleted."""
+        ctx.require(resource_type, DELETE)
+        if current is None:
+            raise NotFound(f"{resource_type}/{resource_id} does not exist")
+        if if_match is not None and current.version != if_match:
+            raise PreconditionFailed(f'If-Match W/"{if_match}" does not match the current version')
+        if current.deleted:
+            return None
+        return PendingVersion(
+            resource_type, resource_id, current.version + 1, now, "DELETE", None, None, store.head_of(current)
+        )
+
+    # -- writes on a connection ------------------------------------------------------------------
 
     async def create_on(
         self,
@@ -252,7 +294,8 @@ class FhirService:
                 return self.written(ctx, existing, 200, [])
         if issues is None:
             issues = self.validate(resource)
-        stored = await self.insert(conn, ctx, resource, resource_id or str(uuid.uuid4()), "POST")
+        pending = self.plan_new(ctx, resource, resource_id or str(uuid.uuid4()), "POST", dates.now_us())
+        (stored,) = await store.write(conn, [pending])
         return self.written(ctx, stored, 201, issues)
 
     async def update_on(
@@ -265,34 +308,16 @@ class FhirService:
         if_match: int | None = None,
         issues: list[Issue] | None = None,
     ) -> Outcome:
-        rtype = resource["resourceType"]
-        ctx.require(rtype, UPDATE)
         check_id(resource_id)
-        if resource.get("id") != resource_id:
-            raise BadRequest(
-                f"The resource id ({resource.get('id')!r}) must match the id in the URL ({resource_id!r})",
-                expression=f"{rtype}.id",
-            )
         if issues is None:
             issues = self.validate(resource)
-        head = await store.head(conn, rtype, resource_id)
-        if if_match is not None and (head is None or head.deleted or head.version != if_match):
-            current = "none" if head is None or head.deleted else f'W/"{head.version}"'
-            raise PreconditionFailed(
-                f'If-Match W/"{if_match}" does not match the current version ({current})'
-            )
-        if head is None:
-            ctx.require(rtype, CREATE)
-            stored = await self.insert(conn, ctx, resource, resource_id, "PUT")
-            return self.written(ctx, stored, 201, issues)
-        if not head.deleted:
-            existing = await store.current(conn, rtype, resource_id)
-            if existing is not None and existing.content is not None:
-                before = _without_meta_stamps(orjson.loads(existing.content))
-                if before == _without_meta_stamps({**resource, "id": resource_id}):
-                    return self.written(ctx, existing, 200, issues)  # no change: no new version
-        stored = await self.replace(conn, ctx, head, resource, "PUT")
-        return self.written(ctx, stored, 201 if head.deleted else 200, issues)
+        current = await store.current(conn, resource["resourceType"], resource_id)
+        plan = self.plan_update(ctx, resource, resource_id, current, if_match, dates.now_us())
+        if isinstance(plan, Stored):
+            return self.written(ctx, plan, 200, issues)
+        (stored,) = await store.write(conn, [plan])
+        created = current is None or current.deleted
+        return self.written(ctx, stored, 201 if created else 200, issues)
 
     async def delete_on(
         self,
@@ -303,15 +328,11 @@ class FhirService:
         *,
         if_match: int | None = None,
     ) -> Outcome:
-        ctx.require(resource_type, DELETE)
-        head = await store.head(conn, resource_type, resource_id)
-        if head is None:
-            raise NotFound(f"{resource_type}/{resource_id} does not exist")
-        if if_match is not None and head.version != if_match:
-            raise PreconditionFailed(f'If-Match W/"{if_match}" does not match the current version')
-        if head.deleted:
+        current = await store.current(conn, resource_type, resource_id)
+        plan = self.plan_delete(ctx, resource_type, resource_id, current, if_match, dates.now_us())
+        if plan is None:
             return Outcome(204)
-        stored = await self.replace(conn, ctx, head, None, "DELETE")
+        (stored,) = await store.write(conn, [plan])
         return Outcome(204, stored)
 
     async def conditional_update_on(

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir.extract import IndexRows
@@ -150,110 +149,164 @@ async def load_by_keys(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -
     return [to_stored(row) for row in rows]
 
 
-async def _write_index(conn: AsyncConnection, rid: int, resource_type: str, rows: IndexRows) -> None:
-    common = {"rid": rid, "res_type": resource_type}
-    if rows.tokens:
-        await conn.execute(
-            insert(sp_token), [{**common, "param": p, "system": s, "code": c} for p, s, c in rows.tokens]
+@dataclass(slots=True)
+class PendingVersion:
+    """A version about to be written: a new resource (head None), an update, or a deletion (content None)."""
+
+    type: str
+    id: str
+    version: int
+    updated_us: int
+    method: str
+    content: bytes | None
+    index: IndexRows | None
+    head: Head | None = None
+
+    def stored(self, rid: int) -> Stored:
+        return Stored(
+            rid,
+            self.type,
+            self.id,
+            self.version,
+            self.updated_us,
+            self.content is None,
+            self.content,
+            self.method,
         )
-    if rows.references:
-        await conn.execute(
-            insert(sp_reference),
-            [{**common, "param": p, "target_type": t, "target_id": i} for p, t, i in rows.references],
+
+
+async def _insert_resources(conn: AsyncConnection, creates: list[PendingVersion]) -> list[int]:
+    """Row ids for new logical resources, in order; a clash with an existing (type, id) is a conflict."""
+    if not creates:
+        return []
+    rows = [
+        {
+            "res_type": p.type,
+            "res_id": p.id,
+            "version": p.version,
+            "updated_us": p.updated_us,
+            "deleted": False,
+        }
+        for p in creates
+    ]
+    try:
+        if len(rows) == 1:
+            result = await conn.execute(insert(resource).values(rows[0]).returning(resource.c.rid))
+        else:
+            result = await conn.execute(
+                insert(resource).returning(resource.c.rid, sort_by_parameter_order=True), rows
+            )
+    except IntegrityError as exc:
+        raise VersionConflict("a resource with one of these ids was created concurrently") from exc
+    return [int(rid) for rid in result.scalars()]
+
+
+async def _advance_heads(conn: AsyncConnection, updates: list[PendingVersion], updated_us: int) -> None:
+    """Move each head to its next version in one statement per kind; any lost race is a VersionConflict.
+
+    `version = version + 1 ... RETURNING version` takes the row locks; comparing what comes back with the
+    version each caller read is the optimistic check, for the whole batch at once.
+    """
+    for deleted in (False, True):
+        group = [p for p in updates if (p.content is None) == deleted]
+        if not group:
+            continue
+        assert all(p.head is not None for p in group)
+        expected = {p.head.rid: p.version for p in group if p.head is not None}
+        result = await conn.execute(
+            update(resource)
+            .where(resource.c.rid.in_(list(expected)))
+            .values(version=resource.c.version + 1, updated_us=updated_us, deleted=deleted)
+            .returning(resource.c.rid, resource.c.version)
         )
-    if rows.dates:
-        await conn.execute(
-            insert(sp_date), [{**common, "param": p, "low_us": lo, "high_us": hi} for p, lo, hi in rows.dates]
-        )
-    if rows.strings:
-        await conn.execute(insert(sp_string), [{**common, "param": p, "value": s} for p, s in rows.strings])
+        moved = {row.rid: row.version for row in result}
+        if moved != expected:
+            lost = sorted(set(expected.items()) - set(moved.items()))
+            raise VersionConflict(
+                f"{len(lost)} resource(s) changed concurrently (row ids {[r for r, _ in lost][:5]})"
+            )
 
 
-async def _clear_index(conn: AsyncConnection, rid: int) -> None:
-    for table in INDEX_TABLES:
-        await conn.execute(delete(table).where(table.c.rid == rid))
+async def _write_index(conn: AsyncConnection, entries: list[tuple[int, PendingVersion]]) -> None:
+    tokens, references, dates, strings = [], [], [], []
+    for rid, p in entries:
+        if p.index is None or p.content is None:
+            continue
+        common = {"rid": rid, "res_type": p.type}
+        tokens += [{**common, "param": n, "system": s, "code": c} for n, s, c in p.index.tokens]
+        references += [
+            {**common, "param": n, "target_type": t, "target_id": i} for n, t, i in p.index.references
+        ]
+        dates += [{**common, "param": n, "low_us": lo, "high_us": hi} for n, lo, hi in p.index.dates]
+        strings += [{**common, "param": n, "value": v} for n, v in p.index.strings]
+    for table, rows in (
+        (sp_token, tokens),
+        (sp_reference, references),
+        (sp_date, dates),
+        (sp_string, strings),
+    ):
+        if rows:
+            await conn.execute(insert(table), rows)
 
 
-def _insert_ignoring_conflict(conn: AsyncConnection) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING for the connection's dialect (cheaper than a savepoint)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql_insert(resource).on_conflict_do_nothing()
-    return sqlite_insert(resource).on_conflict_do_nothing()
+async def write(conn: AsyncConnection, pending: Sequence[PendingVersion]) -> list[Stored]:
+    """Write a batch of versions with a fixed number of statements, whatever the batch size.
 
-
-async def insert_new(
-    conn: AsyncConnection,
-    *,
-    resource_type: str,
-    resource_id: str,
-    updated_us: int,
-    content: bytes,
-    index: IndexRows,
-    method: str = "POST",
-) -> int:
-    """Store version 1 of a new logical resource; returns its row id.
-
-    Raises VersionConflict when a resource with that type and id already exists (a concurrent create)."""
-    rid = (
-        await conn.execute(
-            _insert_ignoring_conflict(conn)
-            .values(res_type=resource_type, res_id=resource_id, version=1, updated_us=updated_us, deleted=False)
-            .returning(resource.c.rid)
-        )
-    ).scalar()
-    if rid is None:
-        raise VersionConflict(f"{resource_type}/{resource_id} already exists")
+    Raises VersionConflict when another writer got in first (the caller's transaction must roll back).
+    """
+    if not pending:
+        return []
+    updated_us = pending[0].updated_us
+    creates = [p for p in pending if p.head is None]
+    updates = [p for p in pending if p.head is not None]
+    rids = dict(zip((id(p) for p in creates), await _insert_resources(conn, creates), strict=True))
+    await _advance_heads(conn, updates, updated_us)
+    for p in updates:
+        assert p.head is not None
+        rids[id(p)] = p.head.rid
     await conn.execute(
-        insert(resource_version).values(
-            rid=rid,
-            version=1,
-            res_type=resource_type,
-            res_id=resource_id,
-            updated_us=updated_us,
-            method=method,
-            deleted=False,
-            content=content.decode(),
-        )
+        insert(resource_version),
+        [
+            {
+                "rid": rids[id(p)],
+                "version": p.version,
+                "res_type": p.type,
+                "res_id": p.id,
+                "updated_us": p.updated_us,
+                "method": p.method,
+                "deleted": p.content is None,
+                "content": p.content.decode() if p.content is not None else None,
+            }
+            for p in pending
+        ],
     )
-    await _write_index(conn, rid, resource_type, index)
-    return int(rid)
+    stale = [p.head.rid for p in updates if p.head is not None and not p.head.deleted]
+    if stale:
+        for table in INDEX_TABLES:
+            await conn.execute(delete(table).where(table.c.rid.in_(stale)))
+    await _write_index(conn, [(rids[id(p)], p) for p in pending])
+    return [p.stored(rids[id(p)]) for p in pending]
 
 
-async def write_version(
-    conn: AsyncConnection,
-    *,
-    current_head: Head,
-    new_version: int,
-    updated_us: int,
-    content: bytes | None,
-    index: IndexRows | None,
-    method: str,
-) -> None:
-    """Make `new_version` current (content None: a deletion). Raises VersionConflict on a lost race."""
-    deleted = content is None
-    result = await conn.execute(
-        update(resource)
-        .where(resource.c.rid == current_head.rid, resource.c.version == current_head.version)
-        .values(version=new_version, updated_us=updated_us, deleted=deleted)
-    )
-    if result.rowcount != 1:
-        raise VersionConflict(f"{current_head.type}/{current_head.id} changed concurrently")
-    await conn.execute(
-        insert(resource_version).values(
-            rid=current_head.rid,
-            version=new_version,
-            res_type=current_head.type,
-            res_id=current_head.id,
-            updated_us=updated_us,
-            method=method,
-            deleted=deleted,
-            content=content.decode() if content is not None else None,
-        )
-    )
-    if not current_head.deleted:
-        await _clear_index(conn, current_head.rid)
-    if index is not None and not deleted:
-        await _write_index(conn, current_head.rid, current_head.type, index)
+async def current_many(
+    conn: AsyncConnection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Stored]:
+    """Current versions (deleted ones included, without content) of the given (type, id) pairs."""
+    by_type: dict[str, set[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, set()).add(rid)
+    if not by_type:
+        return {}
+    clauses = [
+        and_(resource.c.res_type == rtype, resource.c.res_id.in_(sorted(ids)))
+        for rtype, ids in by_type.items()
+    ]
+    rows = await conn.execute(current_select().where(or_(*clauses)))
+    return {(row.res_type, row.res_id): to_stored(row) for row in rows}
+
+
+def head_of(stored: Stored) -> Head:
+    return Head(stored.rid, stored.type, stored.id, stored.version, stored.updated_us, stored.deleted)
 
 
 async def history(

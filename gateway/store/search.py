@@ -28,7 +28,9 @@ _TABLES = {
 _MAX_CHAR = "\U0010ffff"
 
 
-def _date_condition(low: ColumnElement[int], high: ColumnElement[int], value: DateValue) -> ColumnElement[bool]:
+def _date_condition(
+    low: ColumnElement[int], high: ColumnElement[int], value: DateValue
+) -> ColumnElement[bool]:
     """FHIR date prefixes (search.html#prefix) over a stored range [low, high] and a value range."""
     p_low, p_high = value.low, value.high
     match value.prefix:

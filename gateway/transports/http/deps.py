@@ -63,7 +63,8 @@ def parse_prefer(header: str) -> tuple[PreferReturn, bool]:
     return returning, strict
 
 
-async def request_context(request: Request, gateway: GatewayDep) -> RequestContext:
+async def request_context(request: Request) -> RequestContext:
+    gateway = get_gateway(request)  # not a nested dependency: each one costs on every request
     claims = await gateway.auth.verify_bearer(request.headers.get("authorization"))
     check_formats(request)
     request.scope.setdefault("state", {})["client_id"] = claims.client_id

@@ -1,0 +1,54 @@
+"""The `gateway` command line: client registration and the serve banner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gateway.cli import _banner, main
+from gateway.settings import Settings
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_clients_add_list_remove(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    code, out = run("clients", "add", "lab-feed", "--scope", "system/Observation.cruds", "--json", "--database-url", url)
+    assert code == 0, out
+    created = json.loads(out)
+    assert created["name"] == "lab-feed" and len(created["client_secret"]) >= 32
+    code, out = run("clients", "list", "--json", "--database-url", url)
+    listed = json.loads(out)
+    assert [c["client_id"] for c in listed] == [created["client_id"]]
+    assert created["client_secret"] not in out  # secrets are never shown again
+    assert run("clients", "remove", "lab-feed", "--database-url", url)[0] == 0
+    assert json.loads(run("clients", "list", "--json", "--database-url", url)[1]) == []
+
+
+def test_clients_add_refuses_bad_scopes_and_duplicates(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    code, out = run("clients", "add", "x", "--scope", "system/Observation.sr", "--database-url", url)
+    assert code != 0 and "system/Observation.sr" in out
+    assert run("clients", "add", "x", "--scope", "system/*.rs", "--database-url", url)[0] == 0
+    code, out = run("clients", "add", "x", "--scope", "system/*.rs", "--database-url", url)
+    assert code != 0 and "already exists" in out
+
+
+def test_environment_supplies_options(tmp_path: Path, monkeypatch: object) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/env.db"
+    result = CliRunner().invoke(
+        main, ["clients", "add", "env-client", "--scope", "system/*.rs"], env={"GATEWAY_DATABASE_URL": url}
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "env.db").exists()
+
+
+def test_serve_banner_says_where_everything_is() -> None:
+    banner = _banner(Settings(host="127.0.0.1", port=8080))
+    for part in ("http://127.0.0.1:8080/fhir", "/docs", "/healthz", "clients add", "/auth/token"):
+        assert part in banner
