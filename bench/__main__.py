@@ -12,7 +12,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("suite", nargs="?", default="store", choices=["store"])
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--sizes", default="10000,200000", help="stored Observations at which to measure search")
+    parser.add_argument(
+        "--sizes", default="10000,200000", help="stored Observations at which to measure search"
+    )
     parser.add_argument("--postgres-url", default=store.DEFAULT_PG_URL)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -41,12 +41,26 @@ def observation(patient_id: str, n: int) -> dict[str, Any]:
         "resourceType": "Observation",
         "status": "final",
         "category": [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
         ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": random.choice(["718-7", "751-8", "1742-6"])}]},
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": random.choice(["718-7", "751-8", "1742-6"])}]
+        },
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": f"2024-{1 + n % 12:02d}-{1 + n % 28:02d}T08:00:00Z",
-        "valueQuantity": {"value": round(random.uniform(1, 20), 1), "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"},
+        "valueQuantity": {
+            "value": round(random.uniform(1, 20), 1),
+            "unit": "g/dL",
+            "system": "http://unitsofmeasure.org",
+            "code": "g/dL",
+        },
     }
 
 
@@ -90,7 +104,9 @@ class StoreBench:
         """Add whole patients' worth of observations through transaction Bundles until `target` are stored."""
         started, added = time.perf_counter(), 0
         while self.stored + OBS_PER_PATIENT <= target:
-            patients = [await self.new_patient() for _ in range(min(4, (target - self.stored) // OBS_PER_PATIENT))]
+            patients = [
+                await self.new_patient() for _ in range(min(4, (target - self.stored) // OBS_PER_PATIENT))
+            ]
             entries = [
                 {"resource": observation(p, n), "request": {"method": "POST", "url": "Observation"}}
                 for p in patients
@@ -99,8 +115,11 @@ class StoreBench:
             chunks = [entries[i : i + BUNDLE_SIZE] for i in range(0, len(entries), BUNDLE_SIZE)]
             answers = await asyncio.gather(
                 *[
-                    self.http.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": chunk},
-                                   headers={"Prefer": "return=minimal"})
+                    self.http.post(
+                        "",
+                        json={"resourceType": "Bundle", "type": "transaction", "entry": chunk},
+                        headers={"Prefer": "return=minimal"},
+                    )
                     for chunk in chunks
                 ]
             )
@@ -120,7 +139,9 @@ class StoreBench:
 
     async def searches(self) -> list[float]:
         async def search(i: int) -> None:
-            answer = await self.http.get("/Observation", params={"patient": random.choice(self.full_patients)})
+            answer = await self.http.get(
+                "/Observation", params={"patient": random.choice(self.full_patients)}
+            )
             answer.raise_for_status()
             assert answer.json()["total"] == OBS_PER_PATIENT
 
@@ -142,10 +163,12 @@ async def bench_backend(backend: str, sizes: list[int], postgres_url: str) -> di
         ) as http:
             bench = StoreBench(http)
             result["creates_per_s"] = await bench.creates()
-            print(f"  {backend}: {result['creates_per_s']:.0f} creates/s (single POSTs, {CONCURRENCY} clients)")
+            print(
+                f"  {backend}: {result['creates_per_s']:.0f} creates/s (single POSTs, {CONCURRENCY} clients)"
+            )
             for size in sizes:
                 rate = await bench.fill_to(size)
-                print(f"  {backend}: filled to {bench.stored} Observations ({rate:.0f}/s in transaction Bundles)")
+                print(f"  {backend}: filled to {bench.stored} Observations ({rate:.0f}/s in Bundles)")
                 if "reads_per_s" not in result:
                     result["reads_per_s"] = await bench.reads()
                     print(f"  {backend}: {result['reads_per_s']:.0f} reads/s ({CONCURRENCY} clients)")
@@ -159,8 +182,12 @@ async def run(backends: list[str], sizes: list[int], postgres_url: str) -> None:
     random.seed(7)
     print(f"FHIR store benchmark: sizes {sizes}, {OBS_PER_PATIENT} Observations per patient\n")
     results = [await bench_backend(b, sizes, postgres_url) for b in backends]
-    print("\nbackend     creates/s  reads/s  " + "  ".join(f"search p50 @{s:>7}" for s in sizes) + "  ratio p50")
+    print(
+        "\nbackend     creates/s  reads/s  " + "  ".join(f"search p50 @{s:>7}" for s in sizes) + "  ratio p50"
+    )
     for r in results:
         p50s = [percentile(r["search"][s], 0.5) * 1000 for s in sizes]
         cells = "  ".join(f"{p:>15.2f} ms" for p in p50s)
-        print(f"{r['backend']:<10} {r['creates_per_s']:>10.0f} {r['reads_per_s']:>8.0f}  {cells}  {p50s[-1] / p50s[0]:>8.2f}x")
+        ratio = p50s[-1] / p50s[0]
+        rates = f"{r['creates_per_s']:>10.0f} {r['reads_per_s']:>8.0f}"
+        print(f"{r['backend']:<10} {rates}  {cells}  {ratio:>8.2f}x")

@@ -18,7 +18,9 @@ def run(*args: str) -> tuple[int, str]:
 
 def test_clients_add_list_remove(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
-    code, out = run("clients", "add", "lab-feed", "--scope", "system/Observation.cruds", "--json", "--database-url", url)
+    code, out = run(
+        "clients", "add", "lab-feed", "--scope", "system/Observation.cruds", "--json", "--database-url", url
+    )
     assert code == 0, out
     created = json.loads(out)
     assert created["name"] == "lab-feed" and len(created["client_secret"]) >= 32

@@ -19,7 +19,11 @@ def test_observation_rows() -> None:
     rows = extract(lab_observation("p1", code="751-8"))
     assert ("code", "http://loinc.org", "751-8") in rows.tokens
     assert ("status", None, "final") in rows.tokens
-    assert ("category", "http://terminology.hl7.org/CodeSystem/observation-category", "laboratory") in rows.tokens
+    assert (
+        "category",
+        "http://terminology.hl7.org/CodeSystem/observation-category",
+        "laboratory",
+    ) in rows.tokens
     assert {("subject", "Patient", "p1"), ("patient", "Patient", "p1")} <= rows.references
     low, high = date_range("2024-03-01T08:30:00Z")
     assert ("date", low, high) in rows.dates

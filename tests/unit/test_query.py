@@ -49,7 +49,13 @@ def test_unknown_parameters_are_collected() -> None:
 def test_result_parameters() -> None:
     query = PARSER.parse(
         "Observation",
-        [("_count", "5000"), ("_offset", "10"), ("_sort", "-date,_id"), ("_include", "Observation:patient"), ("_total", "none")],
+        [
+            ("_count", "5000"),
+            ("_offset", "10"),
+            ("_sort", "-date,_id"),
+            ("_include", "Observation:patient"),
+            ("_total", "none"),
+        ],
     )
     assert query.count == 1000  # capped
     assert query.offset == 10

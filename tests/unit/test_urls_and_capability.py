@@ -42,7 +42,10 @@ def test_unknown_types_and_malformed_urls() -> None:
 
 def test_capability_statement_is_valid_r4_and_lists_only_what_is_served() -> None:
     statement = capability_statement(
-        base_url="https://gw.example/fhir", version="0", token_url="https://gw.example/auth/token", profiles_for=lambda t: []
+        base_url="https://gw.example/fhir",
+        version="0",
+        token_url="https://gw.example/auth/token",
+        profiles_for=lambda t: [],
     )
     CapabilityStatement.model_validate(statement)
     resources = statement["rest"][0]["resource"]
