@@ -14,7 +14,8 @@ import pytest
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
-from gateway.fhir.profiles import ProfileSet, _compile_fhirpath, _fast_exists
+from gateway.fhir.profiles import ProfileSet
+from gateway.fhir.profiles.fhirpath import _fast_exists, compile_fhirpath
 from gateway.types import Issue
 
 PROFILES_DIR = pathlib.Path(__file__).resolve().parents[2] / "profiles"
@@ -672,13 +673,13 @@ def test_guarded_invariant_agrees_with_fhirpathpy(status: str) -> None:
     )
     env = {"resource": task, "rootResource": task}
     node = ResourceNode.create_node(status, "code")
-    assert _compile_fhirpath(expression, "code")(node, env) == fhirpathpy.compile(expression, models["r4"])(
+    assert compile_fhirpath(expression, "code")(node, env) == fhirpathpy.compile(expression, models["r4"])(
         node, env
     )
 
 
 def test_iif_with_another_otherwise_result_is_not_short_circuited() -> None:
-    evaluate = _compile_fhirpath("iif($this = 'draft', true, false)", "code")
+    evaluate = compile_fhirpath("iif($this = 'draft', true, false)", "code")
     assert evaluate(ResourceNode.create_node("completed", "code"), {}) == [False]
 
 
