@@ -1,0 +1,283 @@
+"""ER7, HL7 v2's pipe-and-hat encoding: messages split into segments and fields, decoded on demand.
+
+Tokenizing is the hot path of every feed, so nothing is parsed before it is asked for: a message splits
+into segments, a segment into raw fields (one `str.split`), and components, subcomponents and escape
+sequences are resolved only for the values a mapping reads. Input is accepted as real senders write it:
+CR, LF, CRLF or mixed segment separators, a leading byte-order mark, any encoding characters the MSH
+declares.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+# Segment separators seen in the wild: CR (the standard), LF (files edited on Unix), CRLF, mixed.
+_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+_SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+
+
+class ER7Error(ValueError):
+    """Input that is not an HL7 v2 message: no MSH, bad encoding characters, junk.
+
+    `segment`, `field` locate the problem for the NAK's ERR segment; `code` is from HL7 table 0357.
+    """
+
+    def __init__(self, message: str, *, segment: str = "MSH", field: int = 0, code: str = "100") -> None:
+        super().__init__(message)
+        self.segment = segment
+        self.field = field
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @classmethod
+    def from_msh(cls, header: str) -> Encoding:
+        """The delimiters an MSH segment declares (MSH-1 and MSH-2)."""
+        if len(header) < 8 or not header.startswith("MSH"):
+            raise ER7Error("The message does not start with an MSH segment", field=1, code="100")
+        field = header[3]
+        if field.isalnum() or field in " \r\n":
+            raise ER7Error(f"Invalid field separator {field!r} in MSH-1", field=1, code="102")
+        end = header.find(field, 4)
+        chars = header[4:end] if end != -1 else header[4:]
+        if len(chars) >= 5 and chars[2] == chars[3] == "\\":
+            # MSH-2 written as ^~ + two backslashes + &: the escape character doubled, as senders that escape
+            # their own output produce it. Read it as the standard ^~\\&.
+            chars = chars[:2] + chars[3:]
+        if len(chars) < 4 or len(set(chars[:4])) != 4 or field in chars or any(c.isalnum() for c in chars[:4]):
+            raise ER7Error(f"Invalid encoding characters {chars!r} in MSH-2", field=2, code="102")
+        return cls(field, chars[0], chars[1], chars[2], chars[3])
+
+
+DEFAULT_ENCODING = Encoding()
+
+
+def _unescape(text: str, enc: Encoding) -> str:
+    """Resolve escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\); highlighting is dropped."""
+    esc = enc.escape
+    if esc not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        end = text.find(esc, i + 1) if ch == esc else -1
+        if end == -1:
+            out.append(ch)
+            i += 1
+            continue
+        code = text[i + 1 : end]
+        out.append(_escape_value(code, enc, text[i : end + 1]))
+        i = end + 1
+    return "".join(out)
+
+
+def _escape_value(code: str, enc: Encoding, original: str) -> str:
+    simple = {"F": enc.field, "S": enc.component, "T": enc.subcomponent, "R": enc.repetition, "E": enc.escape}
+    if code in simple:
+        return simple[code]
+    if code in ("H", "N"):  # start/end highlighting: presentation only
+        return ""
+    if code == ".br":
+        return "\n"
+    if code.startswith(".sp"):
+        return "\n" * max(1, int(code[3:].strip() or "1")) if code[3:].strip().isdigit() or not code[3:].strip() else "\n"
+    if code.startswith("X") and len(code) > 1 and len(code) % 2 == 1:
+        try:
+            return bytes.fromhex(code[1:]).decode("utf-8", errors="replace")
+        except ValueError:
+            return original
+    if code.startswith((".in", ".ti", ".sk", ".ce", ".fi", ".nf")):
+        return ""  # formatting commands of FT: layout only
+    return original  # unknown escape: keep it visible rather than lose text
+
+
+class Value:
+    """One repetition of a field (or a component, one level down): split and unescaped on access.
+
+    `c(n)` is the n-th component (1-based) as text; `part(n)` is that component as a Value whose own
+    components are its subcomponents (for composite types such as CX-4, an HD).
+    """
+
+    __slots__ = ("_parts", "enc", "level", "raw")
+
+    def __init__(self, raw: str, enc: Encoding = DEFAULT_ENCODING, level: int = 0) -> None:
+        self.raw = raw
+        self.enc = enc
+        self.level = level
+        self._parts: list[str] | None = None
+
+    def __bool__(self) -> bool:
+        return self.raw not in ("", '""')
+
+    def __repr__(self) -> str:
+        return f"Value({self.raw!r})"
+
+    @property
+    def is_null(self) -> bool:
+        """HL7's explicit null ("" between delimiters): the sender says the value is deleted."""
+        return self.raw == '""'
+
+    def _split(self) -> list[str]:
+        if self._parts is None:
+            sep = self.enc.component if self.level == 0 else self.enc.subcomponent
+            self._parts = self.raw.split(sep) if self.level < 2 else [self.raw]
+        return self._parts
+
+    def c(self, n: int) -> str:
+        """The n-th component (1-based), unescaped; subcomponent separators are kept out (first one)."""
+        parts = self._split()
+        if n > len(parts):
+            return ""
+        text = parts[n - 1]
+        if self.level == 0 and self.enc.subcomponent in text:
+            text = text.split(self.enc.subcomponent, 1)[0]
+        return "" if text == '""' else _unescape(text, self.enc)
+
+    def part(self, n: int) -> Value:
+        parts = self._split()
+        return Value(parts[n - 1] if n <= len(parts) else "", self.enc, self.level + 1)
+
+    @property
+    def text(self) -> str:
+        """The whole value as text with escapes resolved (for ST, TX, FT and the like)."""
+        return "" if self.raw == '""' else _unescape(self.raw, self.enc)
+
+    @property
+    def components(self) -> int:
+        return len(self._split())
+
+
+EMPTY = Value("")
+
+
+class Segment:
+    """One segment: its name and raw fields. Field numbers follow HL7: MSH-1 is the field separator."""
+
+    __slots__ = ("enc", "fields", "index", "name")
+
+    def __init__(self, line: str, enc: Encoding, index: int) -> None:
+        self.enc = enc
+        self.index = index
+        parts = line.split(enc.field)
+        self.name = parts[0]
+        if self.name == "MSH":
+            # MSH-1 is the separator itself and MSH-2 the encoding characters: shift so numbers match HL7.
+            parts = [parts[0], enc.field, *parts[1:]]
+        self.fields = parts
+
+    def __repr__(self) -> str:
+        return f"<{self.name} #{self.index}>"
+
+    def raw(self, n: int) -> str:
+        return self.fields[n] if n < len(self.fields) else ""
+
+    def has(self, n: int) -> bool:
+        return n < len(self.fields) and self.fields[n] not in ("", '""')
+
+    def repetitions(self, n: int) -> list[Value]:
+        raw = self.raw(n)
+        if not raw:
+            return []
+        if self.name == "MSH" and n in (1, 2):
+            return [Value(raw, self.enc, level=2)]
+        return [Value(r, self.enc) for r in raw.split(self.enc.repetition) if r != ""]
+
+    def get(self, n: int) -> Value:
+        """The first repetition of field n."""
+        reps = self.repetitions(n)
+        return reps[0] if reps else EMPTY
+
+    def __getitem__(self, n: int) -> Value:
+        return self.get(n)
+
+    @property
+    def field_count(self) -> int:
+        return len(self.fields) - 1
+
+
+def split_segments(text: str) -> list[str]:
+    """Segment lines of one message: BOM, blank lines and trailing whitespace tolerated."""
+    text = text.lstrip("\ufeff")
+    return [line for line in _SEGMENT_SPLIT.split(text) if line.strip()]
+
+
+class Message:
+    """A tokenized HL7 v2 message. Header fields are read eagerly; everything else on demand."""
+
+    def __init__(self, text: str) -> None:
+        lines = split_segments(text)
+        if not lines:
+            raise ER7Error("The message is empty", code="100")
+        if not lines[0].startswith("MSH"):
+            junk = lines[0][:3] if _SEGMENT_NAME.match(lines[0][:3]) else "junk"
+            raise ER7Error(f"The message starts with {junk!r}, not an MSH segment", code="100")
+        self.encoding = Encoding.from_msh(lines[0])
+        self.segments = [Segment(line, self.encoding, i) for i, line in enumerate(lines)]
+        for segment in self.segments:
+            if not _SEGMENT_NAME.match(segment.name):
+                raise ER7Error(
+                    f"Segment {segment.index + 1} has an invalid name {segment.name[:10]!r}",
+                    segment=segment.name[:3],
+                    code="100",
+                )
+        self.msh = self.segments[0]
+
+    @cached_property
+    def message_code(self) -> str:
+        return self.msh[9].c(1)
+
+    @cached_property
+    def trigger(self) -> str:
+        return self.msh[9].c(2)
+
+    @cached_property
+    def structure(self) -> str:
+        return self.msh[9].c(3)
+
+    @cached_property
+    def control_id(self) -> str:
+        return self.msh[10].text
+
+    @cached_property
+    def version(self) -> str:
+        return self.msh[12].c(1)
+
+    @cached_property
+    def sending_application(self) -> str:
+        return self.msh[3].c(1) or self.msh[3].c(2)
+
+    @cached_property
+    def sending_facility(self) -> str:
+        return self.msh[4].c(1) or self.msh[4].c(2)
+
+    @property
+    def sender(self) -> str:
+        """Who sent it, for duplicate detection and per-source mappings: MSH-3|MSH-4."""
+        return f"{self.sending_application}|{self.sending_facility}"
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.segments]
+
+
+def split_batch(text: str) -> list[str]:
+    """The messages of a file: a plain message, several in a row, or an FHS/BHS batch (headers dropped)."""
+    lines = split_segments(text)
+    messages: list[list[str]] = []
+    for line in lines:
+        name = line[:3]
+        if name in ("FHS", "BHS", "BTS", "FTS"):
+            continue
+        if name == "MSH" or not messages:
+            messages.append([])
+        messages[-1].append(line)
+    return ["\r".join(m) + "\r" for m in messages]
