@@ -60,10 +60,19 @@ class Server:
 
 @asynccontextmanager
 async def running_gateway(database_url: str) -> AsyncIterator[Server]:
-    port = free_port()
+    port, mllp_port = free_port(), free_port()
     env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen(
-        [GATEWAY_BIN, "serve", "--port", str(port), "--database-url", database_url],
+        [
+            GATEWAY_BIN,
+            "serve",
+            "--port",
+            str(port),
+            "--mllp-port",
+            str(mllp_port),
+            "--database-url",
+            database_url,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

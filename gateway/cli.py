@@ -32,6 +32,9 @@ def _banner(settings: Settings) -> str:
             f"  FHIR R4 API     {base}/fhir   (CapabilityStatement: {base}/fhir/metadata)",
             f"  API docs        {base}/docs",
             f"  Health/metrics  {base}/healthz  {base}/metrics",
+            f"  HL7 v2          MLLP on {settings.host}:{settings.mllp_port}"
+            + ("" if settings.mllp_enabled else " (disabled)")
+            + f", POST {base}/hl7v2, `gateway ingest FILE...`",
             f"  Database        {settings.database_url.split('@')[-1]}",
             "",
             "Get a first token:",
@@ -70,9 +73,15 @@ async def _serve(settings: Settings) -> None:
 
     from gateway.service.gateway import Gateway
     from gateway.transports.http.app import create_app
+    from gateway.transports.mllp.pipeline_handler import pipeline_handler
+    from gateway.transports.mllp.server import MLLPServer
 
     gateway = await Gateway.start(settings)
+    mllp = MLLPServer(pipeline_handler(gateway.pipeline), max_message_bytes=settings.mllp_max_bytes)
     try:
+        await gateway.pipeline.start()
+        if settings.mllp_enabled:
+            await mllp.start(settings.host, settings.mllp_port)
         app = create_app(settings, gateway)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
@@ -80,6 +89,44 @@ async def _serve(settings: Settings) -> None:
         server = uvicorn.Server(config)
         click.echo(_banner(settings), err=True)
         await server.serve()
+    finally:
+        if settings.mllp_enabled:
+            await mllp.stop()
+        await gateway.close()
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--source", "source_name", default="file", show_default=True, help="Name recorded as the messages' source"
+)
+@click.option("--reprocess", "reprocess_ids", multiple=True, help="Run a logged message again by its log id")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def ingest(
+    paths: tuple[Path, ...], source_name: str, reprocess_ids: tuple[str, ...], database_url: str | None
+) -> None:
+    """Feed HL7 v2 files (single messages, several per file, FHS/BHS batches) through the pipeline."""
+    if not paths and not reprocess_ids:
+        raise click.UsageError("name files to ingest or --reprocess IDs")
+    settings = get_settings(database_url=database_url)
+    _configure_logging("WARNING")
+    summary = asyncio.run(_ingest(settings, paths, source_name, reprocess_ids))
+    click.echo(summary.report())
+    if summary.failed:
+        sys.exit(1)
+
+
+async def _ingest(
+    settings: Settings, paths: tuple[Path, ...], source_name: str, reprocess_ids: tuple[str, ...]
+) -> Any:
+    from gateway.service.gateway import Gateway
+    from gateway.service.ingest import ingest_files, reprocess
+
+    gateway = await Gateway.start(settings)
+    try:
+        if reprocess_ids:
+            return await reprocess(gateway, reprocess_ids)
+        return await ingest_files(gateway, paths, source_name, click.progressbar)
     finally:
         await gateway.close()
 

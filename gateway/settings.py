@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     mappings_dir: Path = PROJECT_ROOT / "mappings"
     # Hosts or networks that subscriber endpoints may use although loopback, private or plain http.
     subscription_allowlist: str = ""
+    # Offset for HL7 v2 times written without one when neither the site mapping nor MSH-7 gives one.
+    hl7_default_offset: str = "Z"
+    # MLLP frames larger than this are answered with an AR and discarded.
+    mllp_max_bytes: int = 5 * 1024 * 1024
+    # 0 disables the MLLP listener (HTTP and file ingest still work).
+    mllp_enabled: bool = True
     log_level: str = "INFO"
     # Database connection pool size per process (PostgreSQL).
     db_pool_size: int = 10

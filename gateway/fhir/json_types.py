@@ -109,3 +109,9 @@ def _walk(node: dict[str, Any], model: type, path: str, issues: list[Issue], mod
                         _walk(item, inner, where, issues, model_for)
                 else:
                     _walk(item, kind, where, issues, model_for)
+
+
+def repeats(model: type, element: str) -> bool | None:
+    """Whether a top-level element of a model repeats (a JSON array); None if there is no such element."""
+    spec = _fields(model).get(element)
+    return spec[1] if spec is not None else None

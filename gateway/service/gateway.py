@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from gateway.adapters.hl7v2.translate import Translator
 from gateway.fhir.profiles import ProfileSet
 from gateway.fhir.validation import Validator
+from gateway.mapping import files as mapping_files
+from gateway.mapping.files import MappingSet
 from gateway.service.bundles import BundleProcessor
 from gateway.service.clients import AuthService
 from gateway.service.interactions import FhirService
+from gateway.service.pipeline import Pipeline
 from gateway.settings import Settings
 from gateway.store import migrate
 from gateway.store.database import Database
@@ -25,6 +29,8 @@ class Gateway:
     fhir: FhirService
     bundles: BundleProcessor
     auth: AuthService
+    mappings: MappingSet
+    pipeline: Pipeline
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -32,15 +38,25 @@ class Gateway:
         if run_migrations:
             await migrate.upgrade(db)
         profiles = ProfileSet.load(settings.profiles_dir)
+        mappings = mapping_files.load(settings.mappings_dir)
+        validator = Validator(profiles)
         fhir = FhirService(
             db,
-            Validator(profiles),
+            validator,
             default_count=settings.default_page_size,
             max_count=settings.max_page_size,
             max_included=settings.max_included,
             configured_base=settings.base_url,
         )
-        log.info("gateway started database=%s profiles=%d", db.redacted_url(), len(profiles.resources()))
+        translator = Translator(mappings, default_offset=settings.hl7_default_offset)
+        pipeline = Pipeline(fhir, translator, validator)
+        log.info(
+            "gateway started database=%s profiles=%d hl7v2-messages=%d sites=%d",
+            db.redacted_url(),
+            len(profiles.resources()),
+            len(mappings.messages),
+            len(mappings.sites),
+        )
         return cls(
             settings,
             db,
@@ -48,7 +64,10 @@ class Gateway:
             fhir,
             BundleProcessor(fhir),
             AuthService(db, token_ttl_seconds=settings.token_ttl_seconds),
+            mappings,
+            pipeline,
         )
 
     async def close(self) -> None:
+        await self.pipeline.stop()
         await self.db.dispose()

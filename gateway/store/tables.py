@@ -142,3 +142,28 @@ used_assertion = Table(
     Column("client_id", String(64), nullable=False),
     Column("expires_us", BigInteger, nullable=False),
 )
+
+# Every HL7 v2 message received, as received, with what became of it (traceability and reprocessing).
+hl7_message = Table(
+    "hl7_message",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("sender", String(255), nullable=False),  # MSH-3|MSH-4
+    Column("control_id", String(255), nullable=False),  # MSH-10
+    Column("message_type", String(32), nullable=False),
+    Column("source", String(16), nullable=False),  # mllp | http | file
+    Column("source_detail", String(500), nullable=False),
+    Column("received_us", BigInteger, nullable=False),
+    Column("processed_us", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # accepted | error | rejected
+    Column("ack_code", String(2), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("ack", Text, nullable=False),
+    Column("errors", Text, nullable=False),  # JSON: [{code, text, segment, field}]
+    Column("problems", Text, nullable=False),  # JSON: values that could not be mapped
+    Column("unused", Text, nullable=False),  # JSON: segments no mapping read ("ZPI#7")
+    Column("resources", Text, nullable=False),  # JSON: "Type/id/_history/n" produced
+    UniqueConstraint("sender", "control_id"),
+    Index(None, "status", "received_us"),
+)

@@ -32,6 +32,7 @@ class LiveServer:
     database_url: str
     base_url: str
     process: subprocess.Popen[bytes]
+    mllp_port: int
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "GATEWAY_DATABASE_URL": self.database_url}
@@ -62,14 +63,23 @@ class LiveServer:
 
 
 async def start_server(backend: str, database_url: str, log_path: Path) -> LiveServer:
-    port = free_port()
+    port, mllp_port = free_port(), free_port()
     with log_path.open("wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [GATEWAY_BIN, "serve", "--port", str(port), "--database-url", database_url],
+            [
+                GATEWAY_BIN,
+                "serve",
+                "--port",
+                str(port),
+                "--mllp-port",
+                str(mllp_port),
+                "--database-url",
+                database_url,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(backend, database_url, f"http://127.0.0.1:{port}", process)
+    server = LiveServer(backend, database_url, f"http://127.0.0.1:{port}", process, mllp_port)
     async with httpx.AsyncClient() as http:
         for _ in range(300):
             if process.poll() is not None:

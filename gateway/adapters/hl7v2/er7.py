@@ -53,7 +53,12 @@ class Encoding:
             # MSH-2 written as ^~ + two backslashes + &: the escape character doubled, as senders that escape
             # their own output produce it. Read it as the standard ^~\\&.
             chars = chars[:2] + chars[3:]
-        if len(chars) < 4 or len(set(chars[:4])) != 4 or field in chars or any(c.isalnum() for c in chars[:4]):
+        if (
+            len(chars) < 4
+            or len(set(chars[:4])) != 4
+            or field in chars
+            or any(c.isalnum() for c in chars[:4])
+        ):
             raise ER7Error(f"Invalid encoding characters {chars!r} in MSH-2", field=2, code="102")
         return cls(field, chars[0], chars[1], chars[2], chars[3])
 
@@ -90,7 +95,11 @@ def _escape_value(code: str, enc: Encoding, original: str) -> str:
     if code == ".br":
         return "\n"
     if code.startswith(".sp"):
-        return "\n" * max(1, int(code[3:].strip() or "1")) if code[3:].strip().isdigit() or not code[3:].strip() else "\n"
+        return (
+            "\n" * max(1, int(code[3:].strip() or "1"))
+            if code[3:].strip().isdigit() or not code[3:].strip()
+            else "\n"
+        )
     if code.startswith("X") and len(code) > 1 and len(code) % 2 == 1:
         try:
             return bytes.fromhex(code[1:]).decode("utf-8", errors="replace")

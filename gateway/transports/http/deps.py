@@ -63,10 +63,10 @@ def parse_prefer(header: str) -> tuple[PreferReturn, bool]:
     return returning, strict
 
 
-async def request_context(request: Request) -> RequestContext:
+async def authenticated_context(request: Request) -> RequestContext:
+    """The caller's context from its bearer token, for any route (FHIR or not)."""
     gateway = get_gateway(request)  # not a nested dependency: each one costs on every request
     claims = await gateway.auth.verify_bearer(request.headers.get("authorization"))
-    check_formats(request)
     request.scope.setdefault("state", {})["client_id"] = claims.client_id
     returning, strict = parse_prefer(request.headers.get("prefer", ""))
     return RequestContext(
@@ -78,4 +78,12 @@ async def request_context(request: Request) -> RequestContext:
     )
 
 
+async def request_context(request: Request) -> RequestContext:
+    """The context of a FHIR request: authenticated, and in a format this server speaks."""
+    ctx = await authenticated_context(request)
+    check_formats(request)
+    return ctx
+
+
 Ctx = Annotated[RequestContext, Depends(request_context)]
+AuthCtx = Annotated[RequestContext, Depends(authenticated_context)]

@@ -1,0 +1,281 @@
+"""The interpreter for resource mappings (`mappings/hl7v2/resources/*.yaml`).
+
+Rules are compiled once into small objects; applying them to a Scope (the segments one resource may read)
+fills a resource dict. Converters come in three kinds: value converters read one field repetition (a CWE,
+a TS), segment converters read a whole segment (OBX-5 with OBX-2 and OBX-6), and scope converters read
+several segments of a group (a dosage from RXE, RXR and TQ1). Every segment a rule reads is marked used,
+so that what no rule read can be reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.adapters.hl7v2.er7 import Segment, Value
+from gateway.adapters.hl7v2.structure import Group
+from gateway.fhir.json_types import repeats
+from gateway.fhir.validation import model_class
+
+_REF = re.compile(r"^(?P<seg>[A-Z][A-Z0-9]{2})(?:-(?P<field>\d+)(?:\.(?P<comp>\d+))?)?$")
+_GROUP_REF = re.compile(r"^[A-Z_]{4,}$")
+
+ValueConverter = Callable[[Value, Any], Any]
+SegmentConverter = Callable[[Segment, Any], Any]
+ScopeConverter = Callable[["Scope", Any], Any]
+
+
+class RuleError(ValueError):
+    """A rule that names an unknown converter or a malformed source."""
+
+
+class Scope:
+    """The segments (nearest first) and groups a resource's rules may read, and which of them were read."""
+
+    def __init__(self, used: set[int]) -> None:
+        self._segments: dict[str, list[Segment]] = {}
+        self.groups: dict[str, Group] = {}
+        self.used = used
+
+    def add(self, segments: Iterable[Segment]) -> Scope:
+        for segment in segments:
+            self._segments.setdefault(segment.name, []).append(segment)
+        return self
+
+    def add_group(self, name: str, group: Group) -> Scope:
+        self.groups[name] = group
+        return self
+
+    def segments(self, name: str) -> list[Segment]:
+        found = self._segments.get(name, [])
+        for segment in found:
+            self.used.add(segment.index)
+        return found
+
+    def first(self, name: str) -> Segment | None:
+        found = self.segments(name)
+        return found[0] if found else None
+
+    def child(self) -> Scope:
+        """A copy sharing the used-set, to extend for a nested resource."""
+        scope = Scope(self.used)
+        scope._segments = {k: list(v) for k, v in self._segments.items()}
+        scope.groups = dict(self.groups)
+        return scope
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    segment: str
+    field: int | None = None
+    component: int | None = None
+    group: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Source:
+        match = _REF.match(text)
+        if match:
+            comp = match["comp"]
+            return cls(
+                match["seg"], int(match["field"]) if match["field"] else None, int(comp) if comp else None
+            )
+        if _GROUP_REF.match(text):
+            return cls("", group=text)
+        raise RuleError(f"{text!r} is not a source: use SEG-n, SEG-n.c, SEG or a group name such as ORDER")
+
+
+@dataclass(slots=True)
+class Rule:
+    element: str
+    sources: tuple[Source, ...]
+    convert: Callable[[Any, Any], Any] | None
+    kind: str  # value | segment | scope | fixed
+    repeat: bool = False
+    table: str | None = None
+    key: str | None = None
+    default: Any = None
+    fixed: Any = None
+    merge: dict[str, Any] | None = None
+    as_name: str | None = None  # for choice elements (deceased[x]): the concrete element this rule fills
+
+    def inputs(self, scope: Scope) -> Iterable[Any]:
+        for source in self.sources:
+            if source.group is not None:
+                if self.kind == "scope":
+                    yield scope
+                continue
+            for segment in scope.segments(source.segment):
+                if source.field is None:
+                    yield segment
+                    continue
+                reps = segment.repetitions(source.field)
+                for value in reps if self.repeat else reps[:1]:
+                    yield value.part(source.component) if source.component else value
+                if reps and not self.repeat:
+                    break
+
+    def results(self, scope: Scope, ctx: Any) -> list[Any]:
+        if self.kind == "fixed":
+            fixed = copy.deepcopy(self.fixed)
+            return fixed if isinstance(fixed, list) else [fixed]  # a list: the values of a list element
+        found: list[Any] = []
+        assert self.convert is not None
+        for item in self.inputs(scope):
+            if isinstance(item, Value) and not item:
+                continue
+            converted = self.convert(item, ctx)
+            if converted is None or converted == []:
+                continue
+            values = converted if isinstance(converted, list) else [converted]
+            found.extend(self._finish(v, ctx) for v in values)
+            found = [v for v in found if v is not None]
+            if found and not self.repeat:
+                break
+        if not found and self.default is not None:
+            found = [copy.deepcopy(self.default)]
+        return found
+
+    def _finish(self, value: Any, ctx: Any) -> Any:
+        if self.table is not None:
+            mapped = ctx.tables.map(self.table, str(value))
+            if isinstance(mapped, dict) and self.key is not None:
+                mapped = mapped.get(self.key)
+            if mapped is None:
+                if self.key is None or ctx.tables.map(self.table, str(value)) is None:
+                    ctx.problems.append(f"{self.element}: code {value!r} is not in table {self.table}")
+                return None
+            value = mapped
+        if self.merge and isinstance(value, dict):
+            value = {**value, **copy.deepcopy(self.merge)}
+        return value
+
+
+@dataclass
+class Converters:
+    value: Mapping[str, ValueConverter]
+    segment: Mapping[str, SegmentConverter]
+    scope: Mapping[str, ScopeConverter]
+
+    def find(self, name: str) -> tuple[Callable[[Any, Any], Any], str]:
+        for kind, table in (("value", self.value), ("segment", self.segment), ("scope", self.scope)):
+            if name in table:
+                return table[name], kind
+        raise RuleError(f"unknown converter {name!r}")
+
+
+def compile_rule(element: str, spec: Mapping[str, Any], converters: Converters) -> Rule:
+    if "fixed" in spec:
+        return Rule(element, (), None, "fixed", fixed=spec["fixed"], as_name=spec.get("as"))
+    raw = spec.get("from", [])
+    sources = tuple(Source.parse(s) for s in (raw if isinstance(raw, list) else [raw]))
+    convert, kind = converters.find(spec.get("with", "string"))
+    for source in sources:
+        if kind == "value" and source.field is None:
+            raise RuleError(f"{element}: converter {spec.get('with')!r} needs a field (SEG-n), not {source}")
+        if kind == "segment" and (source.field is not None or source.group):
+            raise RuleError(f"{element}: converter {spec.get('with')!r} reads a whole segment (from: SEG)")
+    return Rule(
+        element,
+        sources,
+        convert,
+        kind,
+        repeat=bool(spec.get("repeat", False)),
+        table=spec.get("table"),
+        key=spec.get("key"),
+        default=spec.get("default"),
+        merge=spec.get("merge"),
+        as_name=spec.get("as"),
+    )
+
+
+@dataclass
+class Element:
+    """The rules for one element and whether it holds a list (from the FHIR model, or `repeat: true`)."""
+
+    path: str
+    rules: list[Rule]
+    is_list: bool
+
+
+@dataclass
+class ResourceMapping:
+    """The compiled rules of one resource type, element by element in file order."""
+
+    resource_type: str
+    elements: list[Element] = field(default_factory=list)
+
+    @classmethod
+    def compile(
+        cls, resource_type: str, elements: Mapping[str, Any], converters: Converters
+    ) -> ResourceMapping:
+        mapping = cls(resource_type)
+        for path, specs in elements.items():
+            mapping.elements.append(mapping._element(path, specs, converters))
+        return mapping
+
+    def _element(self, path: str, specs: Any, converters: Converters) -> Element:
+        rules = [compile_rule(path, s, converters) for s in (specs if isinstance(specs, list) else [specs])]
+        top = path.split(".", 1)[0]
+        model_says = (
+            None if "." in path or top.endswith("[x]") else repeats(model_class(self.resource_type), top)
+        )
+        if model_says is None and "." not in path and not top.endswith("[x]"):
+            raise RuleError(f"{self.resource_type} has no element {top!r}")
+        return Element(path, rules, bool(model_says) or any(r.repeat for r in rules))
+
+    def with_overrides(self, overrides: Mapping[str, Any], converters: Converters) -> ResourceMapping:
+        """A copy where a site's rules replace (or add) elements."""
+        replaced = {e.path: e for e in self.elements}
+        for path, specs in overrides.items():
+            replaced[path] = self._element(path, specs, converters)
+        return ResourceMapping(self.resource_type, list(replaced.values()))
+
+    def apply(self, scope: Scope, ctx: Any) -> dict[str, Any]:
+        resource: dict[str, Any] = {"resourceType": self.resource_type}
+        for element in self.elements:
+            values: list[Any] = []
+            producer: Rule | None = None
+            for rule in element.rules:
+                found = rule.results(scope, ctx)
+                if found and producer is None:
+                    producer = rule
+                values += found
+                if values and not element.is_list:
+                    break
+            if not values or producer is None:
+                continue
+            if element.path.endswith("[x]"):
+                first = values[0]
+                if isinstance(first, tuple):
+                    resource[first[0]] = first[1]
+                elif producer.as_name:
+                    resource[producer.as_name] = first
+                continue
+            _set(resource, element.path, values if element.is_list else values[0])
+        return resource
+
+
+def _set(resource: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path (`dispenseRequest.quantity`, `dosageInstruction.0.text`)."""
+    parts = path.split(".")
+    node: Any = resource
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if part.isdigit():
+            index = int(part)
+            while len(node) <= index:
+                node.append({} if not nxt.isdigit() else [])
+            node = node[index]
+        else:
+            node = node.setdefault(part, [] if nxt.isdigit() else {})
+    last = parts[-1]
+    if last.isdigit():
+        index = int(last)
+        while len(node) <= index:
+            node.append(None)
+        node[index] = value
+    else:
+        node[last] = value

@@ -1,0 +1,93 @@
+"""HL7 v2 over HTTP: one message in, its ACK out; and the message log for analysts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from gateway.exceptions import NotFound
+from gateway.service.context import READ
+from gateway.service.pipeline import Source
+from gateway.store import messages as message_log
+from gateway.store.messages import LoggedMessage
+from gateway.transports.http.deps import AuthCtx, GatewayDep
+
+router = APIRouter(tags=["HL7 v2"])
+
+ER7 = "x-application/hl7-v2+er7; charset=utf-8"
+
+
+@router.post("/hl7v2", summary="one HL7 v2 message (ER7) in the body; the answer is its ACK")
+async def receive(request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Response:
+    client = request.client.host if request.client else "-"
+    result = await gateway.pipeline.submit(await request.body(), Source("http", client), ctx=ctx)
+    return Response(
+        result.ack.replace("\r", "\r\n").encode(), media_type=ER7, headers={"X-HL7-Ack": result.code}
+    )
+
+
+def _summary(row: LoggedMessage) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "sender": row.sender,
+        "controlId": row.control_id,
+        "messageType": row.message_type,
+        "source": row.source,
+        "status": row.status,
+        "ackCode": row.ack_code,
+        "attempts": row.attempts,
+        "received": row.received_us,
+        "errors": orjson.loads(row.errors),
+        "problems": orjson.loads(row.problems),
+        "unusedSegments": orjson.loads(row.unused),
+        "resources": orjson.loads(row.resources),
+    }
+
+
+@router.get("/hl7v2/messages", summary="the message log (newest first; no message content)")
+async def list_messages(
+    ctx: AuthCtx,
+    gateway: GatewayDep,
+    status: str | None = None,
+    sender: str | None = None,
+    count: int = 50,
+    offset: int = 0,
+) -> JSONResponse:
+    ctx.require("Patient", READ)  # the log is about patients: it needs the right to read them
+    async with gateway.db.read() as conn:
+        rows, total = await message_log.search(
+            conn, status=status, sender=sender, count=min(max(count, 1), 500), offset=max(offset, 0)
+        )
+    return JSONResponse({"total": total, "messages": [_summary(r) for r in rows]})
+
+
+async def _load(gateway: Any, message_id: str) -> LoggedMessage:
+    async with gateway.db.read() as conn:
+        row = await message_log.get(conn, message_id)
+    if row is None:
+        raise NotFound(f"No HL7 v2 message with id {message_id}")
+    return row
+
+
+@router.get("/hl7v2/messages/{message_id}", summary="one logged message, with its content and ACK")
+async def get_message(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
+    ctx.require("Patient", READ)
+    row = await _load(gateway, message_id)
+    return JSONResponse({**_summary(row), "raw": row.raw, "ack": row.ack})
+
+
+@router.post(
+    "/hl7v2/messages/{message_id}/$reprocess", summary="run a logged message again (after a mapping fix)"
+)
+async def reprocess(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
+    row = await _load(gateway, message_id)
+    result = await gateway.pipeline.submit(
+        row.raw, Source("reprocess", f"log:{message_id}"), ctx=ctx, reprocess_id=message_id
+    )
+    return JSONResponse(
+        {"id": result.log_id, "ackCode": result.code, "errors": result.errors, "ack": result.ack}
+    )
