@@ -19,7 +19,7 @@ from sqlalchemy import delete
 
 from gateway.service.gateway import Gateway
 from gateway.settings import Settings
-from gateway.store.tables import INDEX_TABLES, resource, resource_version
+from gateway.store.tables import INDEX_TABLES, hl7_message, resource, resource_version
 from gateway.transports.http.app import create_app
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -111,7 +111,7 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
     """The backend's gateway with an empty resource store."""
     gw = gateways[backend]
     async with gw.db.write() as conn:
-        for table in (*INDEX_TABLES, resource_version, resource):
+        for table in (*INDEX_TABLES, resource_version, resource, hl7_message):
             await conn.execute(delete(table))
     yield gw
 

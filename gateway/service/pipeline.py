@@ -431,10 +431,12 @@ class _Batch:
         """Plan every resource of the message (and its Provenance); returns their versioned references."""
         assert job.translation is not None
         translation = job.translation
-        keys = {(p.resource["resourceType"], p.resource["id"]) for p in translation.resources}
-        if keys & self.pending_keys:
-            await self._flush()  # an earlier message of this batch wrote the same resource: make it current
-        refs = [self._plan(p.resource, p.mode) for p in translation.resources]
+        refs: list[str] = []
+        for produced in translation.resources:
+            if (produced.resource["resourceType"], produced.resource["id"]) in self.pending_keys:
+                # Written earlier in this batch (by this message or another): make that version current first.
+                await self._flush()
+            refs.append(self._plan(produced.resource, produced.mode))
         if translation.merge is not None:
             refs += await self._merge(*translation.merge)
         refs.append(self._plan(self._provenance(job, log_id, refs), "replace"))

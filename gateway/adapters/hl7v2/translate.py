@@ -153,10 +153,12 @@ class _Run:
                 return rep
         return reps[0] if reps else None
 
-    def order_key(self, placer: Value, filler: Value, *extra: str) -> tuple[str, ...]:
+    def order_key(self, placer: Value, filler: Value, *extra: str, where: Segment) -> tuple[str, ...]:
+        """Placer order number (else filler) in its namespace; without either, the order's place in this
+        message (so re-sending the message updates it, and two orders of one message stay apart)."""
         chosen = placer if placer.c(1) else filler
         if not chosen.c(1):
-            return ("message", self.message.sender, self.message.control_id, *extra)
+            return ("message", self.message.sender, self.message.control_id, str(where.index), *extra)
         namespace = chosen.c(2) or chosen.c(3) or f"facility:{self.facility}"
         return (namespace, chosen.c(1), *extra)
 
@@ -287,7 +289,9 @@ def _report(run: _Run, order: Group, ancestors: tuple[Group, ...], obx_order: di
     orc = _direct(order, "ORC")
     assert obr is not None
     spm = _specimen_of(order, ancestors)
-    key = run.order_key(obr.get(2) or (orc.get(2) if orc else obr.get(2)), obr.get(3), obr.get(4).c(1))
+    key = run.order_key(
+        obr.get(2) or (orc.get(2) if orc else obr.get(2)), obr.get(3), obr.get(4).c(1), where=obr
+    )
     observations = []
     lines: list[str] = []
     position = 0
@@ -348,7 +352,7 @@ def _medication_request(run: _Run, order: Group) -> str | None:
     body = [s for s, _ in _segments_in(order, lambda g: g.name.endswith("OBSERVATION"))]
     if not any(s.name in ("RXO", "RXE", "RXD") for s in body):
         return None  # not a pharmacy order (a lab ORM); its segments stay unused and are reported
-    key = run.order_key(orc.get(2), orc.get(3))
+    key = run.order_key(orc.get(2), orc.get(3), where=orc)
     scope = run.scope(*body).add_group("ORDER", order)
     request = run.apply("MedicationRequest", scope)
     request["id"] = stable_id("MedicationRequest", *key)
@@ -372,7 +376,7 @@ def _results_in_orders(run: _Run) -> None:
     for order in _order_groups(run.root, "ORC"):
         orc = _direct(order, "ORC")
         assert orc is not None
-        key = run.order_key(orc.get(2), orc.get(3))
+        key = run.order_key(orc.get(2), orc.get(3), where=orc)
         position = 0
         for segment, parent in _segments_in(order, lambda g: False):
             if segment.name == "OBX":
@@ -385,7 +389,7 @@ def _dispenses(run: _Run) -> None:
         request_id = _medication_request(run, order)
         orc = _direct(order, "ORC")
         assert orc is not None
-        key = run.order_key(orc.get(2), orc.get(3))
+        key = run.order_key(orc.get(2), orc.get(3), where=orc)
         context = [s for s, _ in _segments_in(order, lambda g: g.name.endswith("OBSERVATION"))]
         for number, rxd in enumerate(order.segments("RXD"), start=1):
             scope = run.scope(rxd, *_following(order, rxd, "NTE"), *[s for s in context if s.name != "NTE"])
