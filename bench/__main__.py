@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import store
+from bench import hl7, store
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("suite", nargs="?", default="store", choices=["store"])
+    parser.add_argument("suite", nargs="?", default="all", choices=["all", "store", "hl7"])
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
         "--sizes", default="10000,200000", help="stored Observations at which to measure search"
@@ -18,7 +18,12 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=store.DEFAULT_PG_URL)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    asyncio.run(store.run(args.backends.split(","), sizes, args.postgres_url))
+    backends = args.backends.split(",")
+    if args.suite in ("all", "hl7"):
+        asyncio.run(hl7.run(backends, args.postgres_url))
+        print()
+    if args.suite in ("all", "store"):
+        asyncio.run(store.run(backends, sizes, args.postgres_url))
 
 
 main()

@@ -56,6 +56,7 @@ async def throwaway_database(backend: str, postgres_url: str) -> AsyncIterator[s
 class Server:
     base_url: str
     process: subprocess.Popen[bytes]
+    mllp_port: int
 
 
 @asynccontextmanager
@@ -77,7 +78,7 @@ async def running_gateway(database_url: str) -> AsyncIterator[Server]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    server = Server(f"http://127.0.0.1:{port}", process)
+    server = Server(f"http://127.0.0.1:{port}", process, mllp_port)
     try:
         async with httpx.AsyncClient() as http:
             for _ in range(300):
