@@ -30,7 +30,8 @@ OBX = [
 
 def six_obx_oru(n: int) -> str:
     segments = [
-        f"MSH|^~\\&|BENCHLAB|BENCH FACILITY|GATEWAY|SPECIALTY RX|20240301083000-0500||ORU^R01^ORU_R01|B{n}|P|2.5.1",
+        "MSH|^~\\&|BENCHLAB|BENCH FACILITY|GATEWAY|SPECIALTY RX|20240301083000-0500"
+        f"||ORU^R01^ORU_R01|B{n}|P|2.5.1",
         f"PID|1||BM{n % 2000}^^^BENCH&2.16.840.1.113883.19.99&ISO^MR||Benchmark^Pat||19700101|F",
         f"ORC|RE|P{n}^EHR|F{n}^LAB",
         f"OBR|1|P{n}^EHR|F{n}^LAB|57021-8^CBC W Auto Differential panel^LN|||20240301070000-0500"
@@ -103,7 +104,8 @@ async def run(backends: list[str], postgres_url: str) -> None:
         lat = result["latencies"]
         print(
             f"  {backend}: {result['rate']:,.0f} messages/s end to end (ACK after commit);"
-            f" ACK latency p50 {percentile(lat, 0.5) * 1000:.1f} ms, p99 {percentile(lat, 0.99) * 1000:.1f} ms,"
+            f" ACK latency p50 {percentile(lat, 0.5) * 1000:.1f} ms,"
+            f" p99 {percentile(lat, 0.99) * 1000:.1f} ms,"
             f" mean {statistics.fmean(lat) * 1000:.1f} ms"
         )
         results.append(result)

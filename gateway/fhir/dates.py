@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from calendar import monthrange
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_US = -(2**62)  # open start of a Period
@@ -35,6 +36,7 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+@lru_cache(maxsize=1024)
 def format_instant(us: int) -> str:
     """An xs:dateTime instant in UTC with microseconds, as meta.lastUpdated wants it."""
     return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
@@ -52,6 +54,7 @@ def _tz(text: str | None) -> timezone:
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
+@lru_cache(maxsize=65536)
 def date_range(text: str) -> tuple[int, int]:
     """The [low, high] range in epoch microseconds that a FHIR date/dateTime/instant string covers."""
     match = _DATE_RE.match(text.strip())

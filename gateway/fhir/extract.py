@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from gateway.fhir.dates import MAX_US, MIN_US, DateFormatError, date_range
@@ -108,23 +109,79 @@ def reference_values(
             yield parsed
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One parameter path, split once: the first step is matched against the resource's keys."""
+
+    param: SearchParam
+    rest: str  # the path below the first step ("" when the first step is the whole path)
+
+
+@cache
+def _plans(resource_type: str) -> tuple[dict[str, list[_Plan]], list[tuple[str, _Plan]]]:
+    """(plans by exact first key, plans by choice prefix) for a resource type."""
+    exact: dict[str, list[_Plan]] = {}
+    choices: list[tuple[str, _Plan]] = []
+    for param in params_for(resource_type).values():
+        for path in param.paths:
+            first, _, rest = path.partition(".")
+            plan = _Plan(param, rest)
+            if first.endswith("[x]"):
+                choices.append((first[:-3], plan))
+            else:
+                exact.setdefault(first, []).append(plan)
+    return exact, choices
+
+
 def extract(resource: dict[str, Any], local_bases: tuple[str, ...] = ()) -> IndexRows:
     """The index rows for one resource of a supported type."""
     rows = IndexRows()
-    for param in params_for(resource["resourceType"]).values():
-        for path in param.paths:
-            for value in values_at(resource, path):
-                _add(rows, param, value, local_bases)
+    exact, choices = _plans(resource["resourceType"])
+    for key, value in resource.items():
+        plans = exact.get(key, [])
+        if choices:
+            plans = plans + [
+                p for base, p in choices if key.startswith(base) and key[len(base) : len(base) + 1].isupper()
+            ]
+        for plan in plans:
+            top = value if isinstance(value, list) else [value]
+            values = top if not plan.rest else [v for item in top for v in values_at(item, plan.rest)]
+            for item in values:
+                _add(rows, plan.param, item, local_bases)
     return rows
 
 
 def _add(rows: IndexRows, param: SearchParam, value: Any, local_bases: tuple[str, ...]) -> None:
-    name = param.name
-    if param.type is ParamType.TOKEN:
+    """Index one value. The common shapes are handled inline: this runs for every indexed value of every
+    write, and the generic generators above cost more than the rows they produce."""
+    name, kind = param.name, param.type
+    if kind is ParamType.TOKEN:
+        if type(value) is dict:
+            codings = value.get("coding")
+            if codings is not None:
+                for coding in codings:
+                    code = coding.get("code")
+                    if type(code) is str:
+                        rows.tokens.add((name, coding.get("system"), code[:MAX_VALUE_LEN]))
+                return
+        elif type(value) is str:
+            rows.tokens.add((name, None, value[:MAX_VALUE_LEN]))
+            return
         rows.tokens.update((name, system, code) for system, code in token_values(value))
-    elif param.type is ParamType.REFERENCE:
-        rows.references.update((name, t, i) for t, i in reference_values(value, param, local_bases))
-    elif param.type is ParamType.DATE:
+    elif kind is ParamType.REFERENCE:
+        reference = value.get("reference") if type(value) is dict else None
+        if type(reference) is str:
+            parsed = parse_reference(reference, local_bases)
+            if parsed is not None and (not param.targets or parsed[0] in param.targets):
+                rows.references.add((name, parsed[0], parsed[1]))
+    elif kind is ParamType.DATE:
+        if type(value) is str:
+            try:
+                low, high = date_range(value)
+            except DateFormatError:
+                return
+            rows.dates.add((name, low, high))
+            return
         rows.dates.update((name, low, high) for low, high in date_values(value))
     else:
         rows.strings.update((name, s) for s in string_values(value) if s)

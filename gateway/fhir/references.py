@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
 
 _RELATIVE_RE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
+@lru_cache(maxsize=65536)
 def parse_reference(reference: str, local_bases: tuple[str, ...] = ()) -> tuple[str, str] | None:
     """(type, id) of a literal reference to a resource on this server, or None.
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -176,29 +176,31 @@ class PendingVersion:
 
 
 async def _insert_resources(conn: AsyncConnection, creates: list[PendingVersion]) -> list[int]:
-    """Row ids for new logical resources, in order; a clash with an existing (type, id) is a conflict."""
+    """Row ids for new logical resources, in order; a clash with an existing (type, id) is a conflict.
+
+    One executemany and one SELECT per type: INSERT ... RETURNING for many rows would run row by row on
+    SQLite (SQLAlchemy cannot batch it there with ordered results).
+    """
     if not creates:
         return []
-    rows = [
-        {
-            "res_type": p.type,
-            "res_id": p.id,
-            "version": p.version,
-            "updated_us": p.updated_us,
-            "deleted": False,
-        }
-        for p in creates
-    ]
+    rows = [(p.type, p.id, p.version, p.updated_us, False) for p in creates]
     try:
-        if len(rows) == 1:
-            result = await conn.execute(insert(resource).values(rows[0]).returning(resource.c.rid))
-        else:
-            result = await conn.execute(
-                insert(resource).returning(resource.c.rid, sort_by_parameter_order=True), rows
-            )
+        await bulk_insert(conn, resource, ("res_type", "res_id", "version", "updated_us", "deleted"), rows)
     except IntegrityError as exc:
         raise VersionConflict("a resource with one of these ids was created concurrently") from exc
-    return [int(rid) for rid in result.scalars()]
+    by_type: dict[str, list[str]] = {}
+    for p in creates:
+        by_type.setdefault(p.type, []).append(p.id)
+    rids: dict[tuple[str, str], int] = {}
+    for rtype, ids in by_type.items():
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            found = await conn.execute(
+                select(resource.c.rid, resource.c.res_id).where(
+                    resource.c.res_type == rtype, resource.c.res_id.in_(chunk)
+                )
+            )
+            rids.update({(rtype, row.res_id): int(row.rid) for row in found})
+    return [rids[(p.type, p.id)] for p in creates]
 
 
 async def _advance_heads(conn: AsyncConnection, updates: list[PendingVersion], updated_us: int) -> None:
@@ -227,26 +229,45 @@ async def _advance_heads(conn: AsyncConnection, updates: list[PendingVersion], u
             )
 
 
+def _placeholders(conn: AsyncConnection, count: int) -> str:
+    if conn.dialect.paramstyle == "numeric_dollar":  # asyncpg
+        return ", ".join(f"${i}" for i in range(1, count + 1))
+    return ", ".join("?" * count)  # qmark: sqlite
+
+
+async def bulk_insert(
+    conn: AsyncConnection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """executemany of plain tuples, bypassing SQLAlchemy's per-row parameter processing.
+
+    Index rows are the bulk of every write (about ten per resource); building a dict per row and having
+    SQLAlchemy process it cost more than the database's own work for them.
+    """
+    if not rows:
+        return
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_placeholders(conn, len(columns))})"
+    await conn.exec_driver_sql(sql, rows)
+
+
 async def _write_index(conn: AsyncConnection, entries: list[tuple[int, PendingVersion]]) -> None:
-    tokens, references, dates, strings = [], [], [], []
+    tokens: list[tuple[Any, ...]] = []
+    references: list[tuple[Any, ...]] = []
+    dates: list[tuple[Any, ...]] = []
+    strings: list[tuple[Any, ...]] = []
     for rid, p in entries:
         if p.index is None or p.content is None:
             continue
-        common = {"rid": rid, "res_type": p.type}
-        tokens += [{**common, "param": n, "system": s, "code": c} for n, s, c in p.index.tokens]
-        references += [
-            {**common, "param": n, "target_type": t, "target_id": i} for n, t, i in p.index.references
-        ]
-        dates += [{**common, "param": n, "low_us": lo, "high_us": hi} for n, lo, hi in p.index.dates]
-        strings += [{**common, "param": n, "value": v} for n, v in p.index.strings]
-    for table, rows in (
-        (sp_token, tokens),
-        (sp_reference, references),
-        (sp_date, dates),
-        (sp_string, strings),
-    ):
-        if rows:
-            await conn.execute(insert(table), rows)
+        rtype = p.type
+        tokens += [(rid, rtype, n, s, c) for n, s, c in p.index.tokens]
+        references += [(rid, rtype, n, t, i) for n, t, i in p.index.references]
+        dates += [(rid, rtype, n, lo, hi) for n, lo, hi in p.index.dates]
+        strings += [(rid, rtype, n, v) for n, v in p.index.strings]
+    await bulk_insert(conn, sp_token, ("rid", "res_type", "param", "system", "code"), tokens)
+    await bulk_insert(
+        conn, sp_reference, ("rid", "res_type", "param", "target_type", "target_id"), references
+    )
+    await bulk_insert(conn, sp_date, ("rid", "res_type", "param", "low_us", "high_us"), dates)
+    await bulk_insert(conn, sp_string, ("rid", "res_type", "param", "value"), strings)
 
 
 async def write(conn: AsyncConnection, pending: Sequence[PendingVersion]) -> list[Stored]:
@@ -264,19 +285,21 @@ async def write(conn: AsyncConnection, pending: Sequence[PendingVersion]) -> lis
     for p in updates:
         assert p.head is not None
         rids[id(p)] = p.head.rid
-    await conn.execute(
-        insert(resource_version),
+    await bulk_insert(
+        conn,
+        resource_version,
+        ("rid", "version", "res_type", "res_id", "updated_us", "method", "deleted", "content"),
         [
-            {
-                "rid": rids[id(p)],
-                "version": p.version,
-                "res_type": p.type,
-                "res_id": p.id,
-                "updated_us": p.updated_us,
-                "method": p.method,
-                "deleted": p.content is None,
-                "content": p.content.decode() if p.content is not None else None,
-            }
+            (
+                rids[id(p)],
+                p.version,
+                p.type,
+                p.id,
+                p.updated_us,
+                p.method,
+                p.content is None,
+                p.content.decode() if p.content is not None else None,
+            )
             for p in pending
         ],
     )

@@ -172,7 +172,7 @@ EMPTY = Value("")
 class Segment:
     """One segment: its name and raw fields. Field numbers follow HL7: MSH-1 is the field separator."""
 
-    __slots__ = ("enc", "fields", "index", "name")
+    __slots__ = ("_reps", "enc", "fields", "index", "name")
 
     def __init__(self, line: str, enc: Encoding, index: int) -> None:
         self.enc = enc
@@ -183,6 +183,7 @@ class Segment:
             # MSH-1 is the separator itself and MSH-2 the encoding characters: shift so numbers match HL7.
             parts = [parts[0], enc.field, *parts[1:]]
         self.fields = parts
+        self._reps: dict[int, list[Value]] = {}
 
     def __repr__(self) -> str:
         return f"<{self.name} #{self.index}>"
@@ -194,12 +195,21 @@ class Segment:
         return n < len(self.fields) and self.fields[n] not in ("", '""')
 
     def repetitions(self, n: int) -> list[Value]:
+        """The repetitions of field n (split once, then remembered: mappings read fields many times)."""
+        cached = self._reps.get(n)
+        if cached is not None:
+            return cached
         raw = self.raw(n)
         if not raw:
-            return []
-        if self.name == "MSH" and n in (1, 2):
-            return [Value(raw, self.enc, level=2)]
-        return [Value(r, self.enc) for r in raw.split(self.enc.repetition) if r != ""]
+            reps: list[Value] = []
+        elif self.name == "MSH" and n in (1, 2):
+            reps = [Value(raw, self.enc, level=2)]
+        elif self.enc.repetition not in raw:
+            reps = [Value(raw, self.enc)]
+        else:
+            reps = [Value(r, self.enc) for r in raw.split(self.enc.repetition) if r != ""]
+        self._reps[n] = reps
+        return reps
 
     def get(self, n: int) -> Value:
         """The first repetition of field n."""

@@ -9,11 +9,12 @@ so that what no rule read can be reported.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from gateway.adapters.hl7v2.er7 import Segment, Value
 from gateway.adapters.hl7v2.structure import Group
@@ -50,9 +51,13 @@ class Scope:
         return self
 
     def segments(self, name: str) -> list[Segment]:
-        found = self._segments.get(name, [])
-        for segment in found:
-            self.used.add(segment.index)
+        found = self._segments.get(name)
+        if not found:
+            return []
+        if len(found) == 1:
+            self.used.add(found[0].index)
+        else:
+            self.used.update(s.index for s in found)
         return found
 
     def first(self, name: str) -> Segment | None:
@@ -100,42 +105,60 @@ class Rule:
     fixed: Any = None
     merge: dict[str, Any] | None = None
     as_name: str | None = None  # for choice elements (deceased[x]): the concrete element this rule fills
+    _fixed_json: bytes = field(default=b"", init=False, repr=False)
+    _default_json: bytes = field(default=b"", init=False, repr=False)
+    _merge_json: bytes = field(default=b"", init=False, repr=False)
 
-    def inputs(self, scope: Scope) -> Iterable[Any]:
+    def __post_init__(self) -> None:
+        # Literal values are copied per use (resources are edited later); a JSON round trip is the cheap copy.
+        self._fixed_json = orjson.dumps(self.fixed) if self.kind == "fixed" else b""
+        self._default_json = orjson.dumps(self.default) if self.default is not None else b""
+        self._merge_json = orjson.dumps(self.merge) if self.merge else b""
+
+    def inputs(self, scope: Scope) -> list[Any]:
+        """What the converter reads, in order: field values, whole segments, or the scope."""
+        found: list[Any] = []
         for source in self.sources:
             if source.group is not None:
                 if self.kind == "scope":
-                    yield scope
+                    found.append(scope)
                 continue
             for segment in scope.segments(source.segment):
                 if source.field is None:
-                    yield segment
+                    found.append(segment)
                     continue
                 reps = segment.repetitions(source.field)
-                for value in reps if self.repeat else reps[:1]:
-                    yield value.part(source.component) if source.component else value
-                if reps and not self.repeat:
+                if not reps:
+                    continue
+                if self.repeat:
+                    found += [v.part(source.component) for v in reps] if source.component else reps
+                else:
+                    found.append(reps[0].part(source.component) if source.component else reps[0])
                     break
+        return found
 
     def results(self, scope: Scope, ctx: Any) -> list[Any]:
         if self.kind == "fixed":
-            fixed = copy.deepcopy(self.fixed)
+            fixed = orjson.loads(self._fixed_json)
             return fixed if isinstance(fixed, list) else [fixed]  # a list: the values of a list element
         found: list[Any] = []
-        assert self.convert is not None
+        convert = self.convert
+        assert convert is not None
+        finish = self.table is not None or self.merge
         for item in self.inputs(scope):
-            if isinstance(item, Value) and not item:
+            if type(item) is Value and not item:
                 continue
-            converted = self.convert(item, ctx)
+            converted = convert(item, ctx)
             if converted is None or converted == []:
                 continue
-            values = converted if isinstance(converted, list) else [converted]
-            found.extend(self._finish(v, ctx) for v in values)
-            found = [v for v in found if v is not None]
+            values = converted if type(converted) is list else [converted]
+            if finish:
+                values = [v for v in (self._finish(v, ctx) for v in values) if v is not None]
+            found += values
             if found and not self.repeat:
                 break
         if not found and self.default is not None:
-            found = [copy.deepcopy(self.default)]
+            found = [orjson.loads(self._default_json)]
         return found
 
     def _finish(self, value: Any, ctx: Any) -> Any:
@@ -148,9 +171,45 @@ class Rule:
                     ctx.problems.append(f"{self.element}: code {value!r} is not in table {self.table}")
                 return None
             value = mapped
-        if self.merge and isinstance(value, dict):
-            value = {**value, **copy.deepcopy(self.merge)}
+        if self._merge_json and isinstance(value, dict):
+            value = {**value, **orjson.loads(self._merge_json)}
         return value
+
+
+# Converted values remembered per converter; cleared when a converter's memory grows past this.
+MEMO_LIMIT = 50_000
+
+
+def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    """A converter that remembers results: feeds repeat the same codes, units, ranges and times endlessly.
+
+    The key is the raw input plus what the context contributes (time-zone offset, the code tables in use);
+    results are kept as JSON and handed out as fresh copies (resources are edited later), and the problems a
+    conversion reported are reported again on every reuse.
+    """
+    memo: dict[Any, tuple[bytes, list[str], bool]] = {}
+
+    def run(item: Any, ctx: Any) -> Any:
+        memo_key = (key(item), ctx.default_offset, id(ctx.tables))
+        hit = memo.get(memo_key)
+        if hit is None:
+            before = len(ctx.problems)
+            result = convert(item, ctx)
+            # A tuple (element name, value) must stay a tuple: a list means several values.
+            hit = (orjson.dumps(result), ctx.problems[before:], isinstance(result, tuple))
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[memo_key] = hit
+        elif hit[1]:
+            ctx.problems.extend(hit[1])
+        value = orjson.loads(hit[0])
+        return tuple(value) if hit[2] else value
+
+    return run
+
+
+def value_key(value: Value) -> Any:
+    return (value.raw, value.level, value.enc)
 
 
 @dataclass
@@ -158,11 +217,18 @@ class Converters:
     value: Mapping[str, ValueConverter]
     segment: Mapping[str, SegmentConverter]
     scope: Mapping[str, ScopeConverter]
+    # Segment converters that may be remembered, with the fields their result depends on.
+    segment_keys: Mapping[str, Callable[[Segment], Any]] = field(default_factory=dict)
 
     def find(self, name: str) -> tuple[Callable[[Any, Any], Any], str]:
-        for kind, table in (("value", self.value), ("segment", self.segment), ("scope", self.scope)):
-            if name in table:
-                return table[name], kind
+        if name in self.value:
+            return memoized(self.value[name], value_key), "value"
+        if name in self.segment:
+            key = self.segment_keys.get(name)
+            convert = self.segment[name]
+            return (memoized(convert, key) if key else convert), "segment"
+        if name in self.scope:
+            return self.scope[name], "scope"
         raise RuleError(f"unknown converter {name!r}")
 
 
@@ -249,10 +315,10 @@ class ResourceMapping:
                 continue
             if element.path.endswith("[x]"):
                 first = values[0]
-                if isinstance(first, tuple):
-                    resource[first[0]] = first[1]
-                elif producer.as_name:
+                if producer.as_name:
                     resource[producer.as_name] = first
+                elif isinstance(first, tuple):
+                    resource[first[0]] = first[1]  # (element name, value), e.g. from observation-value
                 continue
             _set(resource, element.path, values if element.is_list else values[0])
         return resource

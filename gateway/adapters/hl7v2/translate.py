@@ -126,6 +126,7 @@ class _Run:
         self.produced: list[Produced] = []
         self.patients: dict[int, str] = {}  # PID segment index -> Patient id
         self.merge: tuple[str, str] | None = None
+        self._pids: list[Segment] | None = None
 
     @property
     def facility(self) -> str:
@@ -187,10 +188,13 @@ class _Run:
 
     def current_patient(self, before: Segment) -> str:
         """The Patient of the last PID before `before` (PIDs precede what they are about)."""
+        if self._pids is None:
+            self._pids = [s for s in self.message.segments if s.name == "PID"]
         last = None
-        for segment in self.message.segments[: before.index]:
-            if segment.name == "PID":
-                last = segment
+        for segment in self._pids:
+            if segment.index >= before.index:
+                break
+            last = segment
         if last is None:
             raise TranslationError(
                 f"{before.name} has no PID before it to say whose it is", code="100", segment="PID"
@@ -432,6 +436,12 @@ ADAPTERS: dict[str, Callable[[_Run], None]] = {
     "merge": _merge,
 }
 
+# What each segment converter's result depends on, so that results can be remembered (see rules.memoized).
+SEGMENT_KEYS: dict[str, Callable[[Segment], Any]] = {
+    "observation-value": lambda obx: (obx.enc, obx.raw(2), obx.raw(5), obx.raw(6)),
+    "reference-range": lambda obx: (obx.enc, obx.raw(6), obx.raw(7)),
+}
+
 SEGMENT_CONVERTERS = {
     "observation-value": datatypes.observation_value,
     "reference-range": datatypes.reference_range,
@@ -450,6 +460,7 @@ class Translator:
             value={**datatypes.CONVERTERS, **pharmacy.VALUE_CONVERTERS},
             segment=SEGMENT_CONVERTERS,
             scope=pharmacy.SCOPE_CONVERTERS,
+            segment_keys=SEGMENT_KEYS,
         )
         self._base = {
             rtype: ResourceMapping.compile(rtype, elements, self.converters)

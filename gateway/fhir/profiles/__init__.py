@@ -11,10 +11,11 @@ FHIRPath constraints and slicing by `pattern`/`value` on `$this`. Anything else 
 content (maxLength, minValue[x], other discriminators, re-slicing) is rejected at load: a rule the gateway
 cannot enforce must not look enforced.
 
-The package's modules, each importing only those listed before it: `fhirpath` (compiling expressions, with
-native fast paths), `terminology` (value-set expansion), `rules` (the compiled rule tree and JSON
-comparisons), `compiler` (differential -> rule tree), `walker` (validating a resource against one profile)
-and `profile_set` (loading and the public `ProfileSet`).
+The package's modules, each importing only those listed before it: `native` (a compiler from the subset of
+FHIRPath the invariants use to Python closures), `fhirpath` (checking and compiling expressions: natively
+when they are in that subset, else with fhirpathpy), `terminology` (value-set expansion), `rules` (the
+compiled rule tree and JSON comparisons), `compiler` (differential -> rule tree), `walker` (validating a
+resource against one profile) and `profile_set` (loading and the public `ProfileSet`).
 """
 
 from gateway.fhir.profiles.profile_set import ENFORCEMENT_FILE, ProfileSet

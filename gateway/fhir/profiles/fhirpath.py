@@ -1,9 +1,12 @@
 """FHIRPath for profiles: each expression is checked (syntax, function and variable names) and compiled once.
 
-This is the only module that talks to fhirpathpy. Besides compiling, it recognises two common shapes of
-expression and answers them natively (an enforcement `when` of the form `a.b.where(x = 'y').exists()`, and
-invariants guarded by `iif($this = 'lit', ..., true)`), and it exposes the R4 model lookups (choice types,
-element type paths) that the compiler and the walker need. It imports nothing from its siblings.
+Compiling goes, in order, to: the shape `a.b.where(x = 'y' and ...).exists()` of enforcement `when`s
+(answered by a few dict lookups); the native closures of `native` when the whole expression is inside its
+subset (see that module); fhirpathpy otherwise, with invariants guarded by `iif($this = 'lit', ..., true)`
+short-circuited when the guard is plainly false. A native program that meets an input it leaves to
+fhirpathpy (it raises `Defer`), or fails in any other way, is answered by fhirpathpy, so results never
+differ from fhirpathpy's. This module also exposes the R4 model lookups (choice types, element type paths)
+that the compiler and the walker need. Only it and `native` use fhirpathpy; it imports only `native`.
 """
 
 from __future__ import annotations
@@ -15,19 +18,46 @@ from typing import Any, Final
 
 import fhirpathpy
 from fhirpathpy.engine.invocations import invocation_registry
-from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
 from fhirpathpy.models import models as _fhirpath_models
 from fhirpathpy.parser import parse
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from gateway.fhir.profiles.native import Node, NotNative, compile_native, make_node
+
 # antlr4 (fhirpathpy's parser runtime) has no type information; reached through importlib so that mypy
 # does not need it, and fhirpathpy's untyped helpers are called through Any-typed aliases for the same reason.
 _antlr: Any = importlib.import_module("antlr4")
 _parse_tree: Callable[[str], Any] = parse
-typed_node: Callable[[Any, str], Any] = ResourceNode.create_node
+_resource_node: Callable[[Any, Any], Any] = ResourceNode
+_type_info: Any = TypeInfo
 
 Evaluator = Callable[[Any, Mapping[str, Any]], list[Any]]
+
+
+def typed_node(value: Any, model_path: str) -> Node:
+    """The context for evaluating an expression on an inner value: the value with its model type path (so
+    that choice names and type tests resolve). Every evaluator here accepts it; fhirpathpy gets its own
+    ResourceNode only when it is called."""
+    return make_node(value, model_path)
+
+
+def _unwrap(context: Any) -> Any:
+    """The JSON value of a context, whichever wrapper it comes in."""
+    return context.data if isinstance(context, Node | ResourceNode) else context
+
+
+def _by_fhirpathpy(compiled: Evaluator) -> Evaluator:
+    """fhirpathpy's evaluator, fed a ResourceNode in place of a native Node context."""
+
+    def evaluate(context: Any, env: Mapping[str, Any]) -> list[Any]:
+        if type(context) is Node:
+            context = _resource_node(context.data, context.path)
+        return compiled(context, env)
+
+    return evaluate
+
 
 # Variables the evaluator supplies to every expression (see walker.Walk.env).
 _FHIRPATH_VARIABLES: Final = frozenset({"resource", "rootResource", "context", "ucum"})
@@ -37,6 +67,11 @@ _MODEL: Final[dict[str, Any]] = _fhirpath_models["r4"]
 _PATH_TO_TYPE: Final[dict[str, str]] = _MODEL["path2Type"]
 CHOICE_TYPES: Final[dict[str, list[str]]] = _MODEL["choiceTypePaths"]
 DEFINED_ELSEWHERE: Final[dict[str, str]] = _MODEL["pathsDefinedElsewhere"]
+
+# fhirpathpy keeps the model of its type tests in a global that its `is` operator sets on first use; until
+# then `ofType()` ignores the type hierarchy. Set it once so that its answers do not depend on whether some
+# `is` ran before (the native type tests always use the hierarchy).
+_type_info.model = _MODEL
 
 
 class _RaisingListener:
@@ -125,7 +160,7 @@ def _fast_exists(expression: str, model_path: str) -> Evaluator | None:
 
     def evaluate(context: Any, env: Mapping[str, Any]) -> list[Any]:
         """True when some item at the path has every condition's field equal to its literal."""
-        items = [context.data if isinstance(context, ResourceNode) else context]
+        items = [_unwrap(context)]
         for step in steps:
             items = [child for item in items for child in _children(item, step)]
         return [any(all(_string_equals(item, f, v) for f, v in conditions) for item in items)]
@@ -183,12 +218,33 @@ def _guarded(literal: str, evaluate: Evaluator) -> Evaluator:
     """
 
     def evaluate_guarded(context: Any, env: Mapping[str, Any]) -> list[Any]:
-        data = context.data if isinstance(context, ResourceNode) else context
+        data = _unwrap(context)
         if isinstance(data, str) and data != literal:
             return [True]
         return evaluate(context, env)
 
     return evaluate_guarded
+
+
+def _native(program: Evaluator, fallback: Evaluator) -> Evaluator:
+    """The native program, with fhirpathpy answering the inputs the program defers."""
+
+    def evaluate(context: Any, env: Mapping[str, Any]) -> list[Any]:
+        try:
+            return program(context, env)
+        except Exception:  # Defer, or anything unforeseen: fhirpathpy's answer (or error) is the reference
+            return fallback(context, env)
+
+    return evaluate
+
+
+def not_native_reason(expression: str) -> str | None:
+    """Why `expression` is evaluated by fhirpathpy rather than natively; None when it is native."""
+    try:
+        compile_native(_parse_tree(expression), _MODEL)
+    except NotNative as exc:
+        return str(exc)
+    return None
 
 
 def compile_fhirpath(expression: str, model_path: str) -> Evaluator:
@@ -199,6 +255,10 @@ def compile_fhirpath(expression: str, model_path: str) -> Evaluator:
     fast = _fast_exists(expression, model_path)
     if fast is not None:
         return fast
-    compiled: Evaluator = fhirpathpy.compile(expression, _MODEL)
+    compiled = _by_fhirpathpy(fhirpathpy.compile(expression, _MODEL))
+    try:
+        return _native(compile_native(tree, _MODEL), compiled)
+    except NotNative:
+        pass
     literal = _this_equals_guard(tree)
     return compiled if literal is None else _guarded(literal, compiled)
