@@ -41,6 +41,7 @@ from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
 from gateway.store import messages as message_log
 from gateway.store import resources as store
+from gateway.store import search as store_search
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.store.tables import sp_reference
 from gateway.types import JSON
@@ -431,6 +432,7 @@ class _Batch:
         """Plan every resource of the message (and its Provenance); returns their versioned references."""
         assert job.translation is not None
         translation = job.translation
+        await self._adopt_known_patients(translation)
         refs: list[str] = []
         for produced in translation.resources:
             if (produced.resource["resourceType"], produced.resource["id"]) in self.pending_keys:
@@ -460,6 +462,39 @@ class _Batch:
         for stored in await store.write(self.conn, self.pending):
             self.currents[(stored.type, stored.id)] = stored
         self.pending, self.pending_keys = [], set()
+
+    async def _adopt_known_patients(self, translation: Translation) -> None:
+        """A Patient the message would create, but one with the same identifier exists (registered over
+        the FHIR API, say): use that one, so results and orders join the patient already known."""
+        new = [
+            p.resource
+            for p in translation.resources
+            if p.resource["resourceType"] == "Patient" and ("Patient", p.resource["id"]) not in self.currents
+        ]
+        pairs = [
+            (i.get("system"), i["value"]) for r in new for i in r.get("identifier", []) if i.get("value")
+        ]
+        if not pairs:
+            return
+        known = await store_search.ids_by_identifier(self.conn, "Patient", pairs)
+        for resource in new:
+            match = next(
+                (
+                    known[(i.get("system"), i.get("value"))]
+                    for i in resource.get("identifier", [])
+                    if (i.get("system"), i.get("value")) in known
+                ),
+                None,
+            )
+            if match is None:
+                continue
+            old = f"Patient/{resource['id']}"
+            resource["id"] = match
+            for produced in translation.resources:
+                for reference in iter_references(produced.resource):
+                    if reference["reference"] == old:
+                        reference["reference"] = f"Patient/{match}"
+            self.currents.update(await store.current_many(self.conn, [("Patient", match)]))
 
     def _provenance(self, job: Job, log_id: str, refs: list[str]) -> JSON:
         message = job.message

@@ -229,3 +229,29 @@ async def included(
                 seen.add((stored.type, stored.id))
                 found.append(stored)
     return found[:limit]
+
+
+async def ids_by_identifier(
+    conn: AsyncConnection, resource_type: str, identifiers: list[tuple[str | None, str]]
+) -> dict[tuple[str | None, str], str]:
+    """Ids of live resources of a type carrying each (system, value) identifier (one of them if several)."""
+    if not identifiers:
+        return {}
+    wanted = set(identifiers)
+    rows = await conn.execute(
+        select(sp_token.c.system, sp_token.c.code, resource.c.res_id)
+        .join(resource, resource.c.rid == sp_token.c.rid)
+        .where(
+            sp_token.c.res_type == resource_type,
+            sp_token.c.param == "identifier",
+            sp_token.c.code.in_(sorted({value for _, value in wanted})),
+            resource.c.deleted.is_(False),
+        )
+        .order_by(resource.c.rid)
+    )
+    found: dict[tuple[str | None, str], str] = {}
+    for row in rows:
+        key = (row.system, row.code)
+        if key in wanted:
+            found.setdefault(key, row.res_id)
+    return found

@@ -261,3 +261,16 @@ async def test_patient_identifiers_of_an_orus_pid_are_added_not_replaced(api: ht
     (patient,) = await search(api, "Patient", identifier="MRN-11")
     assert patient["address"][0]["city"] == "Springfield"  # the lab's thin PID did not erase it
     assert orjson.loads(orjson.dumps(patient["name"]))[0]["family"] == "Rivera"
+
+
+async def test_results_join_a_patient_registered_over_the_fhir_api(api: httpx.AsyncClient) -> None:
+    registered = (
+        await api.post(
+            "/fhir/Patient",
+            json={"resourceType": "Patient", "identifier": [{"system": PATIENT_SYSTEM, "value": "MRN-12"}]},
+        )
+    ).json()
+    assert ack_code(await send(api, anc_oru("J-1", "MRN-12"))) == "AA"
+    assert len(await search(api, "Patient", identifier="MRN-12")) == 1  # no duplicate Patient
+    (observation,) = await search(api, "Observation", patient=registered["id"])
+    assert observation["code"]["coding"][0]["code"] == "751-8"
