@@ -300,26 +300,23 @@ def _source(code: _Code) -> Run | None:
 # ------------------------------------------------------------------------------------------ runtime helpers
 
 
-def _truth(items: list[Any]) -> bool | None:
-    """An operand of and/or/xor/implies: None for {}, else its single boolean (fhirpathpy fails otherwise)."""
-    if not items:
-        return None
+def _single_boolean(items: list[Any]) -> bool:
+    """The one boolean in a non-empty collection (also one read from the resource); else defer."""
     if len(items) == 1:
         value = _data(items[0])
         if value is True or value is False:
             return value
     raise Defer
+
+
+def _truth(items: list[Any]) -> bool | None:
+    """An operand of and/or/xor/implies: None for {}, else its single boolean (fhirpathpy fails otherwise)."""
+    return _single_boolean(items) if items else None
 
 
 def _criterion(items: list[Any]) -> bool:
     """An iif criterion: {} is false; a single boolean decides (also one read from the resource)."""
-    if not items:
-        return False
-    if len(items) == 1:
-        value = _data(items[0])
-        if value is True or value is False:
-            return value
-    raise Defer
+    return _single_boolean(items) if items else False
 
 
 def _filter(items: list[Any]) -> bool:
