@@ -172,7 +172,12 @@ class BundleProcessor:
         results: dict[int, Entry],
     ) -> None:
         """Plan every write against the current versions (read in one query), then write them in one batch."""
-        keys = [(e.target.resource_type, e.resource_id) for e in writes if e.resource_id]
+        # A plain create has a fresh UUID: nothing to look up for it.
+        keys = [
+            (e.target.resource_type, e.resource_id)
+            for e in writes
+            if e.resource_id and (e.target.kind != "create" or e.exists)
+        ]
         currents = await store.current_many(conn, keys)
         now = dates.now_us()
         planned: list[tuple[PlannedEntry, PendingVersion]] = []

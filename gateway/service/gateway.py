@@ -17,6 +17,7 @@ from gateway.service.pipeline import Pipeline
 from gateway.settings import Settings
 from gateway.store import migrate
 from gateway.store.database import Database
+from gateway.store.maintenance import StatisticsKeeper
 
 log = logging.getLogger("gateway")
 
@@ -37,6 +38,10 @@ class Gateway:
         db = Database(settings.database_url, pool_size=settings.db_pool_size)
         if run_migrations:
             await migrate.upgrade(db)
+        statistics = StatisticsKeeper(db)
+        db.after_commit.append(statistics.note_commit)
+        if db.dialect == "postgresql":
+            await statistics.refresh()  # a database loaded while the gateway was down
         profiles = ProfileSet.load(settings.profiles_dir)
         mappings = mapping_files.load(settings.mappings_dir)
         validator = Validator(profiles)

@@ -332,6 +332,7 @@ class _Batch:
         self.pending_keys: set[tuple[str, str]] = set()
         self.log_inserts: list[dict[str, Any]] = []
         self.log_updates: list[tuple[str, dict[str, Any]]] = []
+        self.known_patients: dict[tuple[str | None, str], str] = {}
 
     async def commit(self, jobs: Sequence[Job]) -> list[Result]:
         logged = await message_log.by_keys(self.conn, [j.key for j in jobs])
@@ -343,6 +344,7 @@ class _Batch:
         }
         wanted |= {("Provenance", self._provenance_id(j)) for j in jobs if j.translation and j.code == "AA"}
         self.currents = await store.current_many(self.conn, wanted)
+        await self._find_known_patients(jobs)
         accepted_here: dict[tuple[str, str], Result] = {}
         results: list[Result] = []
         for job in jobs:
@@ -432,7 +434,7 @@ class _Batch:
         """Plan every resource of the message (and its Provenance); returns their versioned references."""
         assert job.translation is not None
         translation = job.translation
-        await self._adopt_known_patients(translation)
+        self._adopt_known_patients(translation)
         refs: list[str] = []
         for produced in translation.resources:
             if (produced.resource["resourceType"], produced.resource["id"]) in self.pending_keys:
@@ -463,26 +465,36 @@ class _Batch:
             self.currents[(stored.type, stored.id)] = stored
         self.pending, self.pending_keys = [], set()
 
-    async def _adopt_known_patients(self, translation: Translation) -> None:
-        """A Patient the message would create, but one with the same identifier exists (registered over
-        the FHIR API, say): use that one, so results and orders join the patient already known."""
-        new = [
-            p.resource
-            for p in translation.resources
-            if p.resource["resourceType"] == "Patient" and ("Patient", p.resource["id"]) not in self.currents
-        ]
+    async def _find_known_patients(self, jobs: Sequence[Job]) -> None:
+        """For Patients this batch would create: a stored Patient with the same identifier (one query)."""
         pairs = [
-            (i.get("system"), i["value"]) for r in new for i in r.get("identifier", []) if i.get("value")
+            (i.get("system"), i["value"])
+            for job in jobs
+            if job.translation is not None and job.code == "AA"
+            for p in job.translation.resources
+            if p.resource["resourceType"] == "Patient" and ("Patient", p.resource["id"]) not in self.currents
+            for i in p.resource.get("identifier", [])
+            if i.get("value")
         ]
         if not pairs:
             return
-        known = await store_search.ids_by_identifier(self.conn, "Patient", pairs)
-        for resource in new:
+        self.known_patients = await store_search.ids_by_identifier(self.conn, "Patient", pairs)
+        if self.known_patients:
+            keys = [("Patient", pid) for pid in set(self.known_patients.values())]
+            self.currents.update(await store.current_many(self.conn, keys))
+
+    def _adopt_known_patients(self, translation: Translation) -> None:
+        """A Patient the message would create, but one with the same identifier exists (registered over
+        the FHIR API, say): use that one, so results and orders join the patient already known."""
+        for produced in translation.resources:
+            resource = produced.resource
+            if resource["resourceType"] != "Patient" or ("Patient", resource["id"]) in self.currents:
+                continue
             match = next(
                 (
-                    known[(i.get("system"), i.get("value"))]
-                    for i in resource.get("identifier", [])
-                    if (i.get("system"), i.get("value")) in known
+                    self.known_patients[key]
+                    for key in ((i.get("system"), i.get("value")) for i in resource.get("identifier", []))
+                    if key in self.known_patients
                 ),
                 None,
             )
@@ -490,11 +502,10 @@ class _Batch:
                 continue
             old = f"Patient/{resource['id']}"
             resource["id"] = match
-            for produced in translation.resources:
-                for reference in iter_references(produced.resource):
+            for other in translation.resources:
+                for reference in iter_references(other.resource):
                     if reference["reference"] == old:
                         reference["reference"] = f"Patient/{match}"
-            self.currents.update(await store.current_many(self.conn, [("Patient", match)]))
 
     def _provenance(self, job: Job, log_id: str, refs: list[str]) -> JSON:
         message = job.message

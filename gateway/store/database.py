@@ -14,7 +14,7 @@ includes) may see different committed states if a write lands between them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,7 @@ class Database:
                 f"Unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg"
             )
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self.after_commit: list[Callable[[], None]] = []  # e.g. the statistics keeper
 
     @property
     def is_sqlite(self) -> bool:
@@ -101,9 +102,11 @@ class Database:
         if self._write_lock is None:
             async with self.writer.begin() as conn:
                 yield conn
-            return
-        async with self._write_lock, self.writer.begin() as conn:
-            yield conn
+        else:
+            async with self._write_lock, self.writer.begin() as conn:
+                yield conn
+        for hook in self.after_commit:
+            hook()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -175,31 +175,38 @@ class PendingVersion:
         )
 
 
+# Rows per multi-row INSERT ... RETURNING: five parameters each, far below SQLite's 32766 limit.
+_INSERT_CHUNK = 1000
+
+
 async def _insert_resources(conn: AsyncConnection, creates: list[PendingVersion]) -> list[int]:
     """Row ids for new logical resources, in order; a clash with an existing (type, id) is a conflict.
 
-    One executemany and one SELECT per type: INSERT ... RETURNING for many rows would run row by row on
-    SQLite (SQLAlchemy cannot batch it there with ordered results).
+    Multi-row INSERT ... RETURNING, a statement per thousand rows: SQLAlchemy's executemany with RETURNING
+    runs row by row on SQLite, and a SELECT afterwards depends on the planner choosing the (type, id) index.
     """
     if not creates:
         return []
-    rows = [(p.type, p.id, p.version, p.updated_us, False) for p in creates]
-    try:
-        await bulk_insert(conn, resource, ("res_type", "res_id", "version", "updated_us", "deleted"), rows)
-    except IntegrityError as exc:
-        raise VersionConflict("a resource with one of these ids was created concurrently") from exc
-    by_type: dict[str, list[str]] = {}
-    for p in creates:
-        by_type.setdefault(p.type, []).append(p.id)
     rids: dict[tuple[str, str], int] = {}
-    for rtype, ids in by_type.items():
-        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
-            found = await conn.execute(
-                select(resource.c.rid, resource.c.res_id).where(
-                    resource.c.res_type == rtype, resource.c.res_id.in_(chunk)
-                )
+    for start in range(0, len(creates), _INSERT_CHUNK):
+        chunk = creates[start : start + _INSERT_CHUNK]
+        if conn.dialect.paramstyle == "numeric_dollar":
+            values = ", ".join(
+                f"(${i * 5 + 1}, ${i * 5 + 2}, ${i * 5 + 3}, ${i * 5 + 4}, ${i * 5 + 5})"
+                for i in range(len(chunk))
             )
-            rids.update({(rtype, row.res_id): int(row.rid) for row in found})
+        else:
+            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+        params = tuple(x for p in chunk for x in (p.type, p.id, p.version, p.updated_us, False))
+        sql = (
+            "INSERT INTO resource (res_type, res_id, version, updated_us, deleted) VALUES "
+            f"{values} RETURNING rid, res_type, res_id"
+        )
+        try:
+            result = await conn.exec_driver_sql(sql, params)
+        except IntegrityError as exc:
+            raise VersionConflict("a resource with one of these ids was created concurrently") from exc
+        rids.update({(row.res_type, row.res_id): int(row.rid) for row in result})
     return [rids[(p.type, p.id)] for p in creates]
 
 

@@ -274,3 +274,25 @@ async def test_results_join_a_patient_registered_over_the_fhir_api(api: httpx.As
     assert len(await search(api, "Patient", identifier="MRN-12")) == 1  # no duplicate Patient
     (observation,) = await search(api, "Observation", patient=registered["id"])
     assert observation["code"]["coding"][0]["code"] == "751-8"
+
+
+async def test_metrics_count_hl7_messages_by_ack_code(api: httpx.AsyncClient) -> None:
+    before = (await api.get("/metrics")).text
+    await send(api, anc_oru("MT-1", "MRN-13"))
+    await send(api, "junk")
+    after = (await api.get("/metrics")).text
+
+    def count(text: str, ack: str) -> float:
+        line = next(
+            (
+                row
+                for row in text.splitlines()
+                if row.startswith(f'gateway_hl7v2_messages_total{{ack="{ack}"}}')
+            ),
+            None,
+        )
+        return float(line.split()[-1]) if line else 0.0
+
+    assert count(after, "AA") == count(before, "AA") + 1
+    assert count(after, "AR") == count(before, "AR") + 1
+    assert "MRN-13" not in after

@@ -19,7 +19,7 @@ from gateway.service.gateway import Gateway
 from gateway.settings import Settings
 from gateway.transports.http import auth_routes, fhir_routes, hl7_routes, ops_routes
 from gateway.transports.http.limits import BodySizeLimit
-from gateway.transports.http.observability import HttpMetrics, Observability
+from gateway.transports.http.observability import HttpMetrics, Observability, PipelineCollector
 from gateway.transports.http.responses import error_response
 
 log = logging.getLogger("gateway.http")
@@ -32,6 +32,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = gateway is None
         app.state.gateway = gateway or await Gateway.start(settings)
+        if owned:
+            registry.register(PipelineCollector(app.state.gateway.pipeline.counts))
         try:
             yield
         finally:
@@ -44,9 +46,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         description="FHIR R4 API, OAuth 2.0 client credentials, health and metrics.",
         lifespan=lifespan,
     )
+    registry = CollectorRegistry()
     if gateway is not None:
         app.state.gateway = gateway
-    registry = CollectorRegistry()
+        registry.register(PipelineCollector(gateway.pipeline.counts))
     app.state.metrics_registry = registry
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway.http")
@@ -65,3 +67,20 @@ class Observability:
             log.info(
                 "%s %s %s %.1fms client=%s", method, scope.get("path", ""), status, elapsed * 1000, client
             )
+
+
+class PipelineCollector:
+    """Exposes the HL7 v2 pipeline's counts at scrape time (no patient data: counts by ACK code only)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "gateway_hl7v2_messages",
+            "HL7 v2 messages answered, by ACK code (duplicates separately)",
+            labels=["ack"],
+        )
+        for code, count in sorted(self.counts.items()):
+            family.add_metric([code], count)
+        yield family
