@@ -24,7 +24,23 @@ from gateway.transports.http.app import create_app
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def _find_corpus() -> Path:
+    """The shared corpus (real messages written by others; read in place, never copied into the project):
+    GATEWAY_CORPUS_DIR, else ../shared/corpus next to the checkout, else the workplace's copy."""
+    candidates = [
+        os.environ.get("GATEWAY_CORPUS_DIR", ""),
+        str(Path(__file__).resolve().parents[2] / "shared" / "corpus"),
+        "/work/shared/corpus",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "hl7v2").is_dir():
+            return Path(candidate)
+    return Path(candidates[1])  # missing: the corpus tests fail and say where they looked
+
+
+CORPUS = _find_corpus()
 
 
 def _asyncpg_dsn(url: str) -> str:

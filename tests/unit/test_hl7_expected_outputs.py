@@ -27,6 +27,11 @@ SAMPLES = [p for p in ALL_SAMPLES if TRANSLATOR.supports(Message(p.read_text(enc
 OUT_OF_SCOPE = [p for p in ALL_SAMPLES if p not in SAMPLES]
 
 
+def test_the_corpus_is_there() -> None:
+    # Without it every comparison below would silently have nothing to compare.
+    assert len(SAMPLES) >= 15, f"no FHIR-Converter samples under {CORPUS} (set GATEWAY_CORPUS_DIR)"
+
+
 def _translate(path: Path) -> list[Produced]:
     return TRANSLATOR.translate(Message(path.read_text(encoding="utf-8"))).resources
 
