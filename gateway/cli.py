@@ -80,6 +80,7 @@ async def _serve(settings: Settings) -> None:
     mllp = MLLPServer(pipeline_handler(gateway.pipeline), max_message_bytes=settings.mllp_max_bytes)
     try:
         await gateway.pipeline.start()
+        await gateway.start_background()
         if settings.mllp_enabled:
             await mllp.start(settings.host, settings.mllp_port)
         app = create_app(settings, gateway)

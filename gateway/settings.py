@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     mappings_dir: Path = PROJECT_ROOT / "mappings"
     # Hosts or networks that subscriber endpoints may use although loopback, private or plain http.
     subscription_allowlist: str = ""
+    # How long a failing subscriber is retried (exponential backoff) before its subscription goes to error.
+    subscription_retry_horizon_seconds: float = 72 * 3600
+    # How often the deliverer looks for due retries, heartbeats and other processes' events.
+    delivery_poll_seconds: float = 1.0
+    # pa-expiring: an approved authorization whose period ends within this many days fires the topic.
+    pa_expiring_days: int = 14
+    # How often the pa-expiring timer runs.
+    pa_expiring_check_seconds: float = 3600
+    # Subscription topics (SubscriptionTopic JSON); default: profiles_dir/topics.
+    topics_dir: Path | None = None
     # Offset for HL7 v2 times written without one when neither the site mapping nor MSH-7 gives one.
     hl7_default_offset: str = "Z"
     # MLLP frames larger than this are answered with an AR and discarded.

@@ -19,7 +19,14 @@ from sqlalchemy import delete
 
 from gateway.service.gateway import Gateway
 from gateway.settings import Settings
-from gateway.store.tables import INDEX_TABLES, hl7_message, resource, resource_version
+from gateway.store.tables import (
+    INDEX_TABLES,
+    SUBSCRIPTION_TABLES,
+    hl7_message,
+    resource,
+    resource_version,
+    subscription_generation,
+)
 from gateway.transports.http.app import create_app
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -111,7 +118,9 @@ async def gateways(
     """One started (migrated) gateway per backend, shared by the API tests of the session."""
     started: dict[str, Gateway] = {}
     for backend in BACKENDS:
-        started[backend] = await Gateway.start(settings_for(await database_url_factory(backend)))
+        started[backend] = await Gateway.start(
+            settings_for(await database_url_factory(backend), subscription_allowlist="127.0.0.0/8")
+        )
     yield started
     for gateway in started.values():
         await gateway.close()
@@ -127,8 +136,10 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
     """The backend's gateway with an empty resource store."""
     gw = gateways[backend]
     async with gw.db.write() as conn:
-        for table in (*INDEX_TABLES, resource_version, resource, hl7_message):
-            await conn.execute(delete(table))
+        for table in (*INDEX_TABLES, resource_version, resource, hl7_message, *SUBSCRIPTION_TABLES):
+            if table is not subscription_generation:
+                await conn.execute(delete(table))
+    await gw.subscriptions.reload()
     yield gw
 
 

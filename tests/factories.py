@@ -82,3 +82,59 @@ def pa_task(
         "authoredOn": "2024-02-02T10:00:00Z",
         **extra,
     }
+
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+SECRET = "test-secret-0123456789abcdef"
+
+
+def topic_url(topic_id: str) -> str:
+    return f"{GATEWAY}/SubscriptionTopic/{topic_id}"
+
+
+def subscription(
+    topic_id: str,
+    endpoint: str | None,
+    *,
+    filters: tuple[str, ...] = (),
+    content: str = "full-resource",
+    channel: str = "rest-hook",
+    status: str = "requested",
+    heartbeat: int | None = None,
+    max_count: int | None = None,
+    headers: tuple[str, ...] = (),
+    secret: str | None = SECRET,
+) -> dict[str, Any]:
+    channel_element: dict[str, Any] = {
+        "type": channel,
+        "payload": "application/fhir+json",
+        "_payload": {"extension": [{"url": f"{BACKPORT}/backport-payload-content", "valueCode": content}]},
+    }
+    if endpoint is not None:
+        channel_element["endpoint"] = endpoint
+    extensions = []
+    if heartbeat is not None:
+        extensions.append({"url": f"{BACKPORT}/backport-heartbeat-period", "valueUnsignedInt": heartbeat})
+    if max_count is not None:
+        extensions.append({"url": f"{BACKPORT}/backport-max-count", "valuePositiveInt": max_count})
+    if extensions:
+        channel_element["extension"] = extensions
+    if headers:
+        channel_element["header"] = list(headers)
+    resource: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "meta": {"profile": [f"{BACKPORT}/backport-subscription"]},
+        "status": status,
+        "reason": "test",
+        "criteria": topic_url(topic_id),
+        "channel": channel_element,
+    }
+    if filters:
+        resource["_criteria"] = {
+            "extension": [{"url": f"{BACKPORT}/backport-filter-criteria", "valueString": f} for f in filters]
+        }
+    if secret is not None:
+        resource["extension"] = [
+            {"url": f"{GATEWAY}/StructureDefinition/subscription-secret", "valueString": secret}
+        ]
+    return resource

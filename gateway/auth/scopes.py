@@ -149,10 +149,14 @@ class Grants:
             raise ValueError("no permissions to check")
         return all(self.allows(resource_type, p) for p in permissions)
 
-    def __repr__(self) -> str:
+    def scope_string(self) -> str:
+        """The grants as a SMART v2 scope string (what a stored subscription remembers of its owner)."""
         scopes = [f"system/*.{_perm_string(self._wildcard)}"] if self._wildcard else []
         scopes += [f"system/{name}.{_perm_string(perms)}" for name, perms in self._by_type.items()]
-        return f"Grants({' '.join(scopes)!r})"
+        return " ".join(scopes)
+
+    def __repr__(self) -> str:
+        return f"Grants({self.scope_string()!r})"
 
 
 # (context, resource type) -> permissions; dicts keep insertion order, so the output follows the request.

@@ -60,9 +60,41 @@ def _resource_entry(rtype: str, supported_profiles: list[str]) -> dict[str, Any]
     return entry
 
 
+_BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
+_TOPIC_CANONICAL = f"{_BACKPORT}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+
+
+def _with_subscriptions(entry: dict[str, Any], topic_urls: list[str]) -> dict[str, Any]:
+    """The Subscription entry as the R4 Subscriptions Backport IG asks: profile, operations, topics."""
+    entry["supportedProfile"] = [f"{_BACKPORT}/StructureDefinition/backport-subscription"]
+    entry["extension"] = [{"url": _TOPIC_CANONICAL, "valueCanonical": url} for url in topic_urls]
+    entry["documentation"] = (
+        "Topic-based subscriptions (R4 backport). Topics are readable (R4B SubscriptionTopic JSON) at"
+        " [base]/SubscriptionTopic and [base]/SubscriptionTopic/{id}."
+    )
+    entry["operation"] = [
+        {"name": "status", "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-status"},
+        {"name": "events", "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-events"},
+        {
+            "name": "get-ws-binding-token",
+            "definition": f"{_BACKPORT}/OperationDefinition/backport-subscription-get-ws-binding-token",
+        },
+    ]
+    return entry
+
+
 def capability_statement(
-    *, base_url: str, version: str, token_url: str, profiles_for: Callable[[str], list[str]]
+    *,
+    base_url: str,
+    version: str,
+    token_url: str,
+    profiles_for: Callable[[str], list[str]],
+    topic_urls: list[str] | None = None,
 ) -> dict[str, Any]:
+    resources = [_resource_entry(t, profiles_for(t)) for t in RESOURCE_TYPES]
+    resources = [
+        _with_subscriptions(r, topic_urls or []) if r["type"] == "Subscription" else r for r in resources
+    ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -96,7 +128,7 @@ def capability_statement(
                     ],
                     "description": "OAuth 2.0 client credentials (SMART Backend Services), SMART v2 scopes.",
                 },
-                "resource": [_resource_entry(t, profiles_for(t)) for t in RESOURCE_TYPES],
+                "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }
         ],

@@ -199,6 +199,13 @@ _PARAMS: dict[str, list[SearchParam]] = {
         _p("status", T, "status"),
         _p("form", T, "form"),
     ],
+    "Subscription": [
+        _p("status", T, "status"),
+        _p("type", T, "channel.type"),
+        _p("url", T, "channel.endpoint"),
+        _p("criteria", S, "criteria"),
+        _p("payload", T, "channel.payload"),
+    ],
 }
 
 SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {

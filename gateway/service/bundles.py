@@ -190,7 +190,7 @@ class BundleProcessor:
                 results[entry.index] = self._response_entry(ctx, plan, entry)
             else:
                 planned.append((entry, plan))
-        written = await store.write(conn, [plan for _, plan in planned])
+        written = await self.service.write_versions(conn, ctx, [plan for _, plan in planned])
         for (entry, plan), stored in zip(planned, written, strict=True):
             if plan.content is None:
                 outcome = Outcome(204, stored)

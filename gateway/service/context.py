@@ -16,6 +16,8 @@ PreferReturn = Literal["minimal", "representation", "OperationOutcome"]
 class GrantsLike(Protocol):
     def allows(self, resource_type: str, permission: str) -> bool: ...
 
+    def scope_string(self) -> str: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:

@@ -10,10 +10,18 @@ from gateway.fhir.profiles import ProfileSet
 from gateway.fhir.validation import Validator
 from gateway.mapping import files as mapping_files
 from gateway.mapping.files import MappingSet
+from gateway.mapping.monitoring import load_monitoring
+from gateway.routing.endpoints import Allowlist
+from gateway.routing.evaluators import EVALUATORS
+from gateway.routing.topics import TopicSet
 from gateway.service.bundles import BundleProcessor
 from gateway.service.clients import AuthService
+from gateway.service.delivery import Deliverer
+from gateway.service.expiry import ExpiryWatch
 from gateway.service.interactions import FhirService
 from gateway.service.pipeline import Pipeline
+from gateway.service.subscription_ops import SubscriptionOps
+from gateway.service.subscriptions import SubscriptionManager
 from gateway.settings import Settings
 from gateway.store import migrate
 from gateway.store.database import Database
@@ -32,6 +40,10 @@ class Gateway:
     auth: AuthService
     mappings: MappingSet
     pipeline: Pipeline
+    subscriptions: SubscriptionManager
+    deliverer: Deliverer
+    subscription_ops: SubscriptionOps
+    expiry: ExpiryWatch
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -53,14 +65,35 @@ class Gateway:
             max_included=settings.max_included,
             configured_base=settings.base_url,
         )
+        topics = TopicSet.load(settings.topics_dir or settings.profiles_dir / "topics", frozenset(EVALUATORS))
+        manager = SubscriptionManager(
+            db,
+            topics,
+            load_monitoring(settings.mappings_dir),
+            allowlist=Allowlist.parse(settings.subscription_allowlist),
+        )
+        fhir.write_observers.append(manager.observe)
+        await manager.reload()
+        deliverer = Deliverer(
+            fhir,
+            manager,
+            base_url=settings.base_url or f"http://{settings.host}:{settings.port}/fhir",
+            horizon_s=settings.subscription_retry_horizon_seconds,
+            poll_s=settings.delivery_poll_seconds,
+        )
+        expiry = ExpiryWatch(
+            manager, window_days=settings.pa_expiring_days, interval_s=settings.pa_expiring_check_seconds
+        )
         translator = Translator(mappings, default_offset=settings.hl7_default_offset)
         pipeline = Pipeline(fhir, translator, validator)
         log.info(
-            "gateway started database=%s profiles=%d hl7v2-messages=%d sites=%d",
+            "gateway started database=%s profiles=%d hl7v2-messages=%d sites=%d topics=%d subscriptions=%d",
             db.redacted_url(),
             len(profiles.resources()),
             len(mappings.messages),
             len(mappings.sites),
+            len(topics.topics),
+            len(manager.index),
         )
         return cls(
             settings,
@@ -71,8 +104,19 @@ class Gateway:
             AuthService(db, token_ttl_seconds=settings.token_ttl_seconds),
             mappings,
             pipeline,
+            manager,
+            deliverer,
+            SubscriptionOps(manager, deliverer),
+            expiry,
         )
 
+    async def start_background(self) -> None:
+        """Delivery of subscription notifications and the pa-expiring timer (what `serve` runs)."""
+        await self.deliverer.start()
+        await self.expiry.start()
+
     async def close(self) -> None:
+        await self.expiry.stop()
+        await self.deliverer.stop()
         await self.pipeline.stop()
         await self.db.dispose()

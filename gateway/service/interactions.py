@@ -8,6 +8,7 @@ transaction. Route handlers call the outer forms; `bundles.py` calls the inner o
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from typing import Any
@@ -40,6 +41,11 @@ from gateway.types import JSON, Issue
 
 # How often an update without If-Match is retried after losing a race to another writer.
 MAX_CONFLICT_RETRIES = 3
+
+# (connection, context of the writer, versions planned, versions stored) -> None; may raise to roll back.
+WriteObserver = Callable[
+    [AsyncConnection, "RequestContext", Sequence[PendingVersion], list[Stored]], Awaitable[None]
+]
 
 
 @dataclass(slots=True)
@@ -135,6 +141,8 @@ class FhirService:
         self.max_count = max_count
         self.max_included = max_included
         self.configured_base = configured_base.rstrip("/")
+        # Called inside the write transaction with every batch of versions written (subscriptions).
+        self.write_observers: list[WriteObserver] = []
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -192,7 +200,14 @@ class FhirService:
             raise BadRequest(f"Unknown search parameters in conditional criteria: {', '.join(query.unknown)}")
         return await store_search.matching_ids(conn, query, limit=2)
 
-    # -- writes on a connection ------------------------------------------------------------------
+    async def write_versions(
+        self, conn: AsyncConnection, ctx: RequestContext, pending: Sequence[PendingVersion]
+    ) -> list[Stored]:
+        """Every write goes through here: store the versions, then observers act in the same transaction."""
+        written = await store.write(conn, pending)
+        for observer in self.write_observers:
+            await observer(conn, ctx, pending, written)
+        return written
 
     # -- planning writes (no I/O): what version each write would store -----------------------------
 
@@ -246,6 +261,7 @@ class FhirService:
             stamp(resource, resource_id, version, now),
             extract(resource, self.local_bases(ctx)),
             store.head_of(current),
+            None if current.deleted else current.content,
         )
 
     def plan_delete(
@@ -266,7 +282,15 @@ class FhirService:
         if current.deleted:
             return None
         return PendingVersion(
-            resource_type, resource_id, current.version + 1, now, "DELETE", None, None, store.head_of(current)
+            resource_type,
+            resource_id,
+            current.version + 1,
+            now,
+            "DELETE",
+            None,
+            None,
+            store.head_of(current),
+            current.content,
         )
 
     # -- writes on a connection ------------------------------------------------------------------
@@ -295,7 +319,7 @@ class FhirService:
         if issues is None:
             issues = self.validate(resource)
         pending = self.plan_new(ctx, resource, resource_id or str(uuid.uuid4()), "POST", dates.now_us())
-        (stored,) = await store.write(conn, [pending])
+        (stored,) = await self.write_versions(conn, ctx, [pending])
         return self.written(ctx, stored, 201, issues)
 
     async def update_on(
@@ -315,7 +339,7 @@ class FhirService:
         plan = self.plan_update(ctx, resource, resource_id, current, if_match, dates.now_us())
         if isinstance(plan, Stored):
             return self.written(ctx, plan, 200, issues)
-        (stored,) = await store.write(conn, [plan])
+        (stored,) = await self.write_versions(conn, ctx, [plan])
         created = current is None or current.deleted
         return self.written(ctx, stored, 201 if created else 200, issues)
 
@@ -332,7 +356,7 @@ class FhirService:
         plan = self.plan_delete(ctx, resource_type, resource_id, current, if_match, dates.now_us())
         if plan is None:
             return Outcome(204)
-        (stored,) = await store.write(conn, [plan])
+        (stored,) = await self.write_versions(conn, ctx, [plan])
         return Outcome(204, stored)
 
     async def conditional_update_on(

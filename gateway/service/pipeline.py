@@ -461,7 +461,7 @@ class _Batch:
     async def _flush(self) -> None:
         if not self.pending:
             return
-        for stored in await store.write(self.conn, self.pending):
+        for stored in await self.fhir.write_versions(self.conn, self.pipeline.ctx, self.pending):
             self.currents[(stored.type, stored.id)] = stored
         self.pending, self.pending_keys = [], set()
 

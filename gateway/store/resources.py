@@ -161,6 +161,7 @@ class PendingVersion:
     content: bytes | None
     index: IndexRows | None
     head: Head | None = None
+    previous: bytes | None = None  # the content this version replaces (None: new, or was deleted)
 
     def stored(self, rid: int) -> Stored:
         return Stored(

@@ -255,3 +255,44 @@ async def ids_by_identifier(
         if key in wanted:
             found.setdefault(key, row.res_id)
     return found
+
+
+async def all_current(conn: AsyncConnection, resource_type: str) -> list[Stored]:
+    """Every live resource of a type, current versions (for small types such as Subscription)."""
+    rows = await conn.execute(
+        current_select().where(resource.c.res_type == resource_type, resource.c.deleted.is_(False))
+    )
+    return [to_stored(row) for row in rows]
+
+
+async def by_reference(
+    conn: AsyncConnection, resource_type: str, param: str, targets: list[str]
+) -> list[Stored]:
+    """Live resources of a type whose reference parameter points at any of `targets` ("Type/id")."""
+    pairs = [t.split("/", 1) for t in targets if "/" in t]
+    if not pairs:
+        return []
+    r = sp_reference.c
+    rids = (
+        select(r.rid)
+        .where(
+            r.res_type == resource_type,
+            r.param == param,
+            or_(*(and_(r.target_type == t, r.target_id == i) for t, i in pairs)),
+        )
+        .scalar_subquery()
+    )
+    rows = await conn.execute(current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False)))
+    return [to_stored(row) for row in rows]
+
+
+async def by_token(conn: AsyncConnection, resource_type: str, param: str, codes: list[str]) -> list[Stored]:
+    """Live resources of a type with any of `codes` (any system) in a token parameter."""
+    t = sp_token.c
+    rids = (
+        select(t.rid)
+        .where(t.res_type == resource_type, t.param == param, t.code.in_(codes))
+        .scalar_subquery()
+    )
+    rows = await conn.execute(current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False)))
+    return [to_stored(row) for row in rows]

@@ -167,3 +167,106 @@ hl7_message = Table(
     UniqueConstraint("sender", "control_id"),
     Index(None, "status", "received_us"),
 )
+
+# -- topic-based subscriptions --------------------------------------------------------------------
+# The Subscription resources themselves live in `resource`; these tables hold what delivery needs.
+
+# Event numbering, advanced by writers in the same transaction as the resource that fired the event, so
+# numbers are gap-free and survive restarts. Kept apart from `subscription_delivery` so that writers and
+# deliverers never wait on each other's row locks.
+subscription_counter = Table(
+    "subscription_counter",
+    metadata,
+    Column("sub_id", String(64), primary_key=True),
+    Column("last_event", BigInteger, nullable=False),
+)
+
+# The outbox: every event of every subscription, by number. `$events` replays from here.
+subscription_event = Table(
+    "subscription_event",
+    metadata,
+    Column("sub_id", String(64), primary_key=True),
+    Column("number", BigInteger, primary_key=True),
+    Column("topic", String(255), nullable=False),
+    Column("focus_type", String(64), nullable=False),
+    Column("focus_id", String(64), nullable=False),
+    Column("focus_version", Integer, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("details", Text, nullable=True),  # JSON: what the topic adds (e.g. the drug-lab rule)
+)
+
+# Delivery state per subscription: how far it got, whether it is failing, and who holds it.
+subscription_delivery = Table(
+    "subscription_delivery",
+    metadata,
+    Column("sub_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # requested | active | error | off
+    Column("delivered", BigInteger, nullable=False),  # highest event number delivered
+    Column("secret", String(255), nullable=False),  # HMAC key for the signature header
+    Column("owner", String(64), nullable=True),  # client id that created it
+    Column("owner_scope", Text, nullable=False),  # that client's scopes: what it may receive
+    Column("failures", Integer, nullable=False),  # consecutive failed attempts
+    Column("failing_since_us", BigInteger, nullable=True),
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("last_sent_us", BigInteger, nullable=True),  # for heartbeats
+    Column("lease_owner", String(64), nullable=True),  # process delivering it now (PostgreSQL)
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+# Every delivery attempt, successful or not, for `$status` and the delivery log.
+delivery_attempt = Table(
+    "delivery_attempt",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("sub_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),  # handshake | heartbeat | event-notification
+    Column("first_event", BigInteger, nullable=True),
+    Column("last_event", BigInteger, nullable=True),
+    Column("started_us", BigInteger, nullable=False),
+    Column("duration_us", BigInteger, nullable=False),
+    Column("outcome", String(16), nullable=False),  # delivered | failed
+    Column("http_status", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("worker", String(64), nullable=False),
+    Index(None, "sub_id", "id"),
+)
+
+# Single-use websocket binding tokens ($get-ws-binding-token).
+ws_binding_token = Table(
+    "ws_binding_token",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("sub_ids", Text, nullable=False),  # JSON list
+    Column("expires_us", BigInteger, nullable=False),
+)
+
+# Bumped on every Subscription write so that other processes notice and reload their registries.
+subscription_generation = Table(
+    "subscription_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+# Timer-driven topics (pa-expiring) fire once per resource version and reason: what already fired.
+topic_timer_fired = Table(
+    "topic_timer_fired",
+    metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("focus_type", String(64), primary_key=True),
+    Column("focus_id", String(64), primary_key=True),
+    Column("focus_version", Integer, primary_key=True),
+    Column("fired_us", BigInteger, nullable=False),
+)
+
+SUBSCRIPTION_TABLES = (
+    topic_timer_fired,
+    subscription_counter,
+    subscription_event,
+    subscription_delivery,
+    delivery_attempt,
+    ws_binding_token,
+    subscription_generation,
+)

@@ -46,10 +46,16 @@ def test_capability_statement_is_valid_r4_and_lists_only_what_is_served() -> Non
         version="0",
         token_url="https://gw.example/auth/token",
         profiles_for=lambda t: [],
+        topic_urls=["https://gw.example/fhir/SubscriptionTopic/t1"],
     )
     CapabilityStatement.model_validate(statement)
     resources = statement["rest"][0]["resource"]
     assert [r["type"] for r in resources] == list(RESOURCE_TYPES)
+    subscription = next(r for r in resources if r["type"] == "Subscription")
+    assert [e["valueCanonical"] for e in subscription["extension"]] == [
+        "https://gw.example/fhir/SubscriptionTopic/t1"
+    ]
+    assert {o["name"] for o in subscription["operation"]} == {"status", "events", "get-ws-binding-token"}
     task = next(r for r in resources if r["type"] == "Task")
     assert {p["name"] for p in task["searchParam"]} == {"_id", "_lastUpdated", *params_for("Task")}
     assert "patch" not in {i["code"] for r in resources for i in r["interaction"]}

@@ -33,6 +33,7 @@ async def metadata(request: Request, gateway: GatewayDep) -> Response:
         version=__version__,
         token_url=str(request.base_url).rstrip("/") + "/auth/token",
         profiles_for=gateway.profiles.profiles_for,
+        topic_urls=[t.url for t in gateway.subscriptions.topics.topics],
     )
     return Response(orjson.dumps(statement), media_type=FHIR_JSON)
 

@@ -1,0 +1,1 @@
+"""Pure subscription routing logic: topics, matching, notifications."""
