@@ -1,4 +1,4 @@
-"""Topic-based subscriptions through the API, delivered to a real HTTP receiver on 127.0.0.1 (both backends)."""
+"""Topic-based subscriptions through the API, delivered to a real HTTP receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -316,7 +316,7 @@ async def test_a_dead_endpoint_is_retried_in_order_while_a_healthy_one_is_not_de
         log = (await api.get(f"/fhir/Subscription/{slow_id}/$delivery-log")).json()["parameter"]
         assert any(next(p["valueCode"] for p in a["part"] if p["name"] == "outcome") == "failed" for a in log)
         down.start()  # back on the same port
-        delivering.deliverer._memory[slow_id].failures = 0  # noqa: SLF001 - skip the backoff wait
+        delivering.deliverer._memory[slow_id].failures = 0
         await _expire_backoff(delivering, slow_id)
         await down.until(lambda: sum(len(r.event_numbers) for r in down.events("/down")) >= 6, timeout=20)
         numbers = [n for r in down.events("/down") for n in r.event_numbers]
