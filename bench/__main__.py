@@ -1,16 +1,16 @@
-"""`python -m bench [store] [--backends sqlite,postgresql] [--sizes 10000,200000]`."""
+"""`python -m bench [store|hl7|subscriptions] [--backends sqlite,postgresql] [--sizes 10000,200000]`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from bench import hl7, store
+from bench import hl7, store, subscriptions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("suite", nargs="?", default="all", choices=["all", "store", "hl7"])
+    parser.add_argument("suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions"])
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
         "--sizes", default="10000,200000", help="stored Observations at which to measure search"
@@ -24,6 +24,10 @@ def main() -> None:
         print()
     if args.suite in ("all", "store"):
         asyncio.run(store.run(backends, sizes, args.postgres_url))
+    if args.suite in ("all", "subscriptions"):
+        if args.suite == "all":
+            print()
+        asyncio.run(subscriptions.run(backends, args.postgres_url))
 
 
 main()

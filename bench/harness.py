@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +60,10 @@ class Server:
 
 
 @asynccontextmanager
-async def running_gateway(database_url: str) -> AsyncIterator[Server]:
+async def running_gateway(database_url: str, env: Mapping[str, str] | None = None) -> AsyncIterator[Server]:
+    """`gateway serve` on free ports; `env` adds or overrides GATEWAY_* settings (e.g. the allow-list)."""
     port, mllp_port = free_port(), free_port()
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING"}
+    environment = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", **(env or {})}
     process = subprocess.Popen(
         [
             GATEWAY_BIN,
@@ -74,7 +75,7 @@ async def running_gateway(database_url: str) -> AsyncIterator[Server]:
             "--database-url",
             database_url,
         ],
-        env=env,
+        env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -43,7 +43,7 @@ from gateway.routing.notifications import (
     notification_bundle,
     sign,
 )
-from gateway.routing.requests import SubscriptionSpec
+from gateway.routing.requests import DEFAULT_TIMEOUT_S, SubscriptionSpec
 from gateway.service.context import RequestContext
 from gateway.service.interactions import FhirService
 from gateway.service.subscriptions import SubscriptionManager
@@ -54,7 +54,10 @@ from gateway.types import JSON
 
 log = logging.getLogger("gateway.delivery")
 
-LEASE_US = 30_000_000
+# A lease outlives one attempt (the subscription's timeout) plus this margin, and is renewed before each
+# attempt; a process killed mid-delivery holds up its subscriptions for at most that long.
+LEASE_MARGIN_US = 15_000_000
+RENEW_AFTER_US = 5_000_000
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 
@@ -110,6 +113,7 @@ class Deliverer:
         self._http = http
         self._owns_http = http is None
         self._lanes: dict[str, asyncio.Task[None]] = {}
+        self._claimed_at: dict[str, int] = {}
         self._rerun: set[str] = set()
         self._memory: dict[str, _LaneState] = {}
         self._journal = _Journal()
@@ -218,11 +222,26 @@ class Deliverer:
         except Exception:
             log.exception("delivery lane for Subscription/%s failed", sub_id)
 
-    async def _claim(self, sub_id: str) -> bool:
+    async def _claim(self, sub_id: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
         if self.db.is_sqlite:
             return True
+        now = dates.now_us()
         async with self.db.write() as conn:
-            return await sub_store.claim(conn, sub_id, self.worker, dates.now_us(), LEASE_US)
+            claimed = await sub_store.claim(
+                conn, sub_id, self.worker, now, LEASE_MARGIN_US + timeout_s * 1_000_000
+            )
+        if claimed:
+            self._claimed_at[sub_id] = now
+        return claimed
+
+    async def _renew(self, spec: SubscriptionSpec) -> bool:
+        """Keep the lease for the next attempt; False when it was lost (the lane must stop)."""
+        if self.db.is_sqlite:
+            return True
+        fresh = dates.now_us() - self._claimed_at.get(spec.id, 0) < RENEW_AFTER_US
+        if fresh and spec.timeout_s <= DEFAULT_TIMEOUT_S:
+            return True
+        return await self._claim(spec.id, spec.timeout_s)
 
     async def _release(self, sub_id: str) -> None:
         if self.db.is_sqlite:
@@ -261,7 +280,7 @@ class Deliverer:
                 if spec.heartbeat_s and self._heartbeat_due(spec, dates.now_us()):
                     await self._send_heartbeat(spec, state, lane)
                 return
-            if not await self._send_events(spec, state, lane, events):
+            if not await self._renew(spec) or not await self._send_events(spec, state, lane, events):
                 return
             if len(events) < spec.max_count and sub_id not in self._rerun:
                 async with self.db.read() as conn:

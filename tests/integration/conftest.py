@@ -62,9 +62,15 @@ class LiveServer:
         return str(answer.json()["access_token"])
 
 
-async def start_server(backend: str, database_url: str, log_path: Path) -> LiveServer:
-    port, mllp_port = free_port(), free_port()
-    with log_path.open("wb") as log:  # the child keeps its own descriptor
+# Subscriber endpoints in the tests are real receivers on 127.0.0.1, which only an allow-list permits.
+LIVE_ENV = {"GATEWAY_SUBSCRIPTION_ALLOWLIST": "127.0.0.0/8", "GATEWAY_DELIVERY_POLL_SECONDS": "0.2"}
+
+
+async def start_server(
+    backend: str, database_url: str, log_path: Path, *, port: int | None = None, mllp_port: int | None = None
+) -> LiveServer:
+    port, mllp_port = port or free_port(), mllp_port or free_port()
+    with log_path.open("ab") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [
                 GATEWAY_BIN,
@@ -78,6 +84,7 @@ async def start_server(backend: str, database_url: str, log_path: Path) -> LiveS
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **LIVE_ENV},
         )
     server = LiveServer(backend, database_url, f"http://127.0.0.1:{port}", process, mllp_port)
     async with httpx.AsyncClient() as http:
