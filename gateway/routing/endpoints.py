@@ -38,7 +38,10 @@ class Allowlist:
 
     def allows_address(self, address: str) -> bool:
         ip = ipaddress.ip_address(address)
-        return any(ip in network for network in self.networks)
+        forms: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            forms.append(ip.ipv4_mapped)  # ::ffff:127.0.0.1 is 127.0.0.1
+        return any(form in network for form in forms for network in self.networks)
 
 
 def endpoint_host(url: str) -> tuple[str, str, int]:

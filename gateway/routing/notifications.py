@@ -83,8 +83,10 @@ def _event_part(base: str, event: EventRecord, content: str) -> JSON:
         for context in (event.details or {}).get("context", []):
             parts.append({"name": "additional-context", "valueReference": {"reference": f"{base}/{context}"}})
     part: JSON = {"name": "notification-event", "part": parts}
-    if event.details:
-        part["extension"] = [_detail_extension({k: v for k, v in event.details.items() if k != "context"})]
+    if event.details and content != "empty":  # empty content carries nothing about the resource
+        detail = _detail_extension({k: v for k, v in event.details.items() if k != "context"})
+        if detail["extension"]:
+            part["extension"] = [detail]
     return part
 
 

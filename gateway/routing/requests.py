@@ -123,17 +123,17 @@ def parse_subscription(
             "not-supported",
         )
     heartbeat = _single_value(channel, HEARTBEAT_PERIOD, "valueUnsignedInt")
-    if heartbeat is not None and (not isinstance(heartbeat, int) or heartbeat < 1):
+    if heartbeat is not None and (type(heartbeat) is not int or heartbeat < 1):
         problem(
             "Subscription.channel.extension", "backport-heartbeat-period must be a positive number of seconds"
         )
         heartbeat = None
     timeout = _single_value(channel, TIMEOUT, "valueUnsignedInt")
-    if timeout is not None and (not isinstance(timeout, int) or not 1 <= timeout <= MAX_TIMEOUT_S):
+    if timeout is not None and (type(timeout) is not int or not 1 <= timeout <= MAX_TIMEOUT_S):
         problem("Subscription.channel.extension", f"backport-timeout must be 1..{MAX_TIMEOUT_S} seconds")
         timeout = None
     max_count = _single_value(channel, MAX_COUNT, "valuePositiveInt")
-    if max_count is not None and (not isinstance(max_count, int) or not 1 <= max_count <= MAX_MAX_COUNT):
+    if max_count is not None and (type(max_count) is not int or not 1 <= max_count <= MAX_MAX_COUNT):
         problem("Subscription.channel.extension", f"backport-max-count must be 1..{MAX_MAX_COUNT}")
         max_count = None
     headers: list[tuple[str, str]] = []
@@ -144,7 +144,14 @@ def parse_subscription(
         else:
             headers.append((name.strip(), value.strip()))
     secret = _single_value(resource, SECRET_EXTENSION, "valueString")
-    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+    if secret is None and channel_type == "rest-hook":
+        problem(
+            "Subscription.extension",
+            f"A rest-hook subscription needs the {SECRET_EXTENSION} extension: the key (16+ characters)"
+            " its notifications are signed with",
+            "required",
+        )
+    elif secret is not None and (not isinstance(secret, str) or len(secret) < 16):
         problem("Subscription.extension", "subscription-secret must be a string of at least 16 characters")
 
     if issues or topic is None:

@@ -101,6 +101,7 @@ class TopicSet:
     def load(cls, directory: Path, known_evaluators: frozenset[str]) -> TopicSet:
         """Every `*.json` under `directory`; a missing directory means no topics."""
         topics: list[Topic] = []
+        seen: dict[str, Path] = {}
         if directory.is_dir():
             for path in sorted(directory.glob("*.json")):
                 try:
@@ -113,10 +114,10 @@ class TopicSet:
                         f"{path}: unknown evaluator {topic.evaluator!r}"
                         f" (known: {', '.join(sorted(known_evaluators))})"
                     )
+                if topic.url in seen:
+                    raise TopicError(f"{path}: url {topic.url} is already used by {seen[topic.url]}")
+                seen[topic.url] = path
                 topics.append(topic)
-        urls = [t.url for t in topics]
-        if len(set(urls)) != len(urls):
-            raise TopicError(f"{directory}: two topics share a url")
         return cls(tuple(topics))
 
     def by_url(self, url: str) -> Topic | None:

@@ -64,7 +64,7 @@ BACKOFF_CAP_S = 300.0
 
 def backoff_s(failures: int, rng: random.Random | None = None) -> float:
     """Delay before retry `failures` (1-based): doubling from 1 s, capped, jittered to [50%, 100%]."""
-    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, failures - 1))
+    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(max(0, failures - 1), 30))  # no float overflow
     return float(delay * (0.5 + 0.5 * (rng or random).random()))
 
 

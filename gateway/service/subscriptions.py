@@ -18,7 +18,6 @@ import logging
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -56,12 +55,6 @@ async def resolve_host(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-@dataclass
-class _Registered:
-    spec: SubscriptionSpec
-    status: str
-
-
 class SubscriptionManager:
     def __init__(
         self,
@@ -78,14 +71,16 @@ class SubscriptionManager:
         self.allowlist = allowlist
         self._resolve = resolver or resolve_host
         self._index = SubscriptionIndex(())
-        self._statuses: dict[str, str] = {}
         self._generation = -1
         self._dirty = False
         self._woken: set[str] = set()
+        # Subscription changes of transactions not yet committed: (id, spec or None, generation after).
+        self._pending: list[tuple[str, SubscriptionSpec | None, int]] = []
         # Called after commit with the subscriptions that got events (the deliverer's wake-up).
         self.on_events: list[Callable[[set[str]], None]] = []
         self.on_registry_change: list[Callable[[], None]] = []
         db.after_commit.append(self._after_commit)
+        db.after_rollback.append(self._after_rollback)
 
     # -- the registry of live subscriptions ------------------------------------------------------
 
@@ -109,7 +104,6 @@ class SubscriptionManager:
         query_rows = await store_search.all_current(conn, "Subscription")
         states = await sub_store.states(conn, [s.id for s in query_rows])
         specs: list[SubscriptionSpec] = []
-        statuses: dict[str, str] = {}
         for stored in query_rows:
             state = states.get(stored.id)
             if state is None or state.status not in COLLECTING or stored.content is None:
@@ -119,9 +113,7 @@ class SubscriptionManager:
                 log.warning("stored Subscription/%s no longer parses; it is skipped", stored.id)
                 continue
             specs.append(spec)
-            statuses[spec.id] = state.status
         self._index = SubscriptionIndex(specs)
-        self._statuses = statuses
         self._generation = generation
         self._dirty = False
         for callback in self.on_registry_change:
@@ -133,10 +125,27 @@ class SubscriptionManager:
             await self._reload_on(conn)
 
     def _after_commit(self) -> None:
+        """Apply committed Subscription changes to the index (no reload), then wake the deliverer."""
+        pending, self._pending = self._pending, []
+        for sub_id, spec, generation in pending:
+            if spec is None:
+                self._index.remove(sub_id)
+            else:
+                self._index.add(spec)
+            # Our own bump: the index is current unless another process bumped too (then it reloads).
+            if generation == self._generation + 1:
+                self._generation = generation
         if self._woken:
             woken, self._woken = self._woken, set()
             for callback in self.on_events:
                 callback(woken)
+
+    def _after_rollback(self) -> None:
+        # Which of the pending changes belonged to the failed transaction is unknown: reload next time.
+        if self._pending:
+            self._pending = []
+            self._dirty = True
+        self._woken.clear()
 
     # -- the write observer ----------------------------------------------------------------------
 
@@ -150,11 +159,10 @@ class SubscriptionManager:
         subscription_writes = [
             (p, s) for p, s in zip(pending, written, strict=True) if p.type == "Subscription"
         ]
-        if subscription_writes:
-            for p, s in subscription_writes:
-                await self._subscription_written(conn, ctx, p, s)
-            await sub_store.bump_generation(conn)
-            self._dirty = True
+        for p, s in subscription_writes:
+            spec = await self._subscription_written(conn, ctx, p, s)
+            generation = await sub_store.bump_generation(conn)
+            self._pending.append((s.id, spec, generation))
         if not self.topics.topics:
             return
         await self._ensure_current(conn)
@@ -249,10 +257,11 @@ class SubscriptionManager:
 
     async def _subscription_written(
         self, conn: AsyncConnection, ctx: RequestContext, p: PendingVersion, stored: Stored
-    ) -> None:
+    ) -> SubscriptionSpec | None:
+        """Check a Subscription version and set up its delivery; returns it if it collects events."""
         if p.content is None:
             await sub_store.forget(conn, stored.id)
-            return
+            return None
         resource = orjson.loads(p.content)
         spec, issues = parse_subscription(resource, self.topics)
         if spec is None:
@@ -289,12 +298,13 @@ class SubscriptionManager:
                 owner_scope=owner_scope,
                 now=now,
             )
-            return
+            return None if spec.status == "off" else spec
         if ctx.grants is None:
-            return  # the gateway's own status bookkeeping (handshake, error)
+            return spec  # the gateway's own status bookkeeping (handshake, error)
         if spec.status == "off":
             await sub_store.set_status(conn, stored.id, "off", now)
-        elif (
+            return None
+        if (
             _delivery_changed(previous, resource)
             or current_state.status in ("error", "off")
             or spec.status == "requested"
@@ -309,6 +319,7 @@ class SubscriptionManager:
                 owner_scope=owner_scope,
                 now=now,
             )
+        return spec
 
     async def _check_endpoint(self, spec: SubscriptionSpec) -> None:
         if spec.channel != "rest-hook" or spec.endpoint is None:

@@ -91,6 +91,7 @@ class Database:
             )
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self.after_commit: list[Callable[[], None]] = []  # e.g. the statistics keeper
+        self.after_rollback: list[Callable[[], None]] = []
 
     @property
     def is_sqlite(self) -> bool:
@@ -99,12 +100,17 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed when the block exits normally, rolled back on an exception."""
-        if self._write_lock is None:
-            async with self.writer.begin() as conn:
-                yield conn
-        else:
-            async with self._write_lock, self.writer.begin() as conn:
-                yield conn
+        try:
+            if self._write_lock is None:
+                async with self.writer.begin() as conn:
+                    yield conn
+            else:
+                async with self._write_lock, self.writer.begin() as conn:
+                    yield conn
+        except BaseException:
+            for hook in self.after_rollback:
+                hook()
+            raise
         for hook in self.after_commit:
             hook()
 

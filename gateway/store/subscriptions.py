@@ -145,9 +145,13 @@ async def set_status(
     )
 
 
-async def bump_generation(conn: AsyncConnection) -> None:
+async def bump_generation(conn: AsyncConnection) -> int:
+    """Note a Subscription change for other processes; returns the new generation."""
     g = subscription_generation.c
-    await conn.execute(update(subscription_generation).where(g.id == 1).values(value=g.value + 1))
+    result = await conn.execute(
+        update(subscription_generation).where(g.id == 1).values(value=g.value + 1).returning(g.value)
+    )
+    return int(result.scalar_one_or_none() or 0)
 
 
 async def generation(conn: AsyncConnection) -> int:

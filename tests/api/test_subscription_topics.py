@@ -174,3 +174,36 @@ async def test_event_numbers_continue_across_a_deleted_and_recreated_focus(api: 
     await api.delete(f"/fhir/Observation/{created['id']}")
     await api.put(f"/fhir/Observation/{created['id']}", json={**observation, "id": created["id"]})
     assert [e["number"] for e in await events(api, sub_id)] == [1, 2]
+
+
+async def test_deleted_or_off_subscriptions_stop_collecting_and_a_failed_transaction_registers_nothing(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    deleted = await subscribe(api, "abnormal-lab-result")
+    off = await subscribe(api, "abnormal-lab-result")
+    kept = await subscribe(api, "abnormal-lab-result")
+    resource = (await api.get(f"/fhir/Subscription/{off}")).json()
+    assert (await api.put(f"/fhir/Subscription/{off}", json={**resource, "status": "off"})).status_code == 200
+    assert (await api.delete(f"/fhir/Subscription/{deleted}")).status_code == 204
+    failed = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": f.subscription("abnormal-lab-result", "http://127.0.0.1:9/x"),
+                "request": {"method": "POST", "url": "Subscription"},
+            },
+            {
+                "resource": {"resourceType": "Observation"},
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    assert (await api.post("/fhir", json=failed)).status_code in (400, 422)
+    assert set(gateway.subscriptions.index.specs) == {kept}
+    patient_id = (await api.post("/fhir/Patient", json=f.patient())).json()["id"]
+    observation = f.lab_observation(patient_id, interpretation=[{"coding": [{"code": "H"}]}])
+    await api.post("/fhir/Observation", json=observation)
+    assert len(await events(api, kept)) == 1
+    assert await events(api, off) == []
+    assert (await api.get(f"/fhir/Subscription/{deleted}/$status")).status_code == 404

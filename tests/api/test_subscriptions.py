@@ -216,6 +216,7 @@ async def test_filters_route_only_matching_events(
             "Subscription.channel.endpoint",
             "https",
         ),
+        ({"extension": []}, "Subscription.extension", "signed with"),
     ],
 )
 async def test_bad_subscriptions_are_refused_with_an_operation_outcome(

@@ -174,8 +174,8 @@ def _abnormal_bundle(patient_id: str, count: int) -> dict[str, Any]:
 async def test_two_processes_on_postgresql_deliver_10000_events_once_each(
     fresh: Any, receiver: Receiver
 ) -> None:
-    first, api1 = await fresh("postgresql")
-    second, api2 = await fresh("postgresql", share=True)
+    _, api1 = await fresh("postgresql")
+    _, api2 = await fresh("postgresql", share=True)
     sub_id = await api1.subscribe(
         f.subscription("abnormal-lab-result", receiver.url("/many"), content="id-only", max_count=200)
     )
@@ -202,13 +202,14 @@ async def test_two_processes_on_postgresql_deliver_10000_events_once_each(
     assert numbers == sorted(numbers)
     workers = {next(p["valueString"] for p in a["part"] if p["name"] == "worker") for a in log}
     print(
-        f"10,000 events: {len(receiver.events('/many'))} notifications, repeats {len(repeats)}, workers {workers}"
+        f"10,000 events: {len(receiver.events('/many'))} notifications,"
+        f" repeats {len(repeats)}, workers {workers}"
     )
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_websocket_binding_receives_events_and_replays_what_it_missed(backend: str, fresh: Any) -> None:
-    live, api = await fresh(backend)
+    _, api = await fresh(backend)
     sub_id = await api.subscribe(
         f.subscription("abnormal-lab-result", None, channel="websocket", content="id-only")
     )

@@ -12,12 +12,13 @@ from gateway.routing.requests import (
     DEFAULT_MAX_COUNT,
     DEFAULT_TIMEOUT_S,
     MAX_COUNT,
+    SECRET_EXTENSION,
     TIMEOUT,
     SubscriptionSpec,
     parse_subscription,
 )
 from gateway.routing.topics import TopicSet
-from gateway.types import Issue, JSON
+from gateway.types import JSON, Issue
 from tests.factories import SECRET, subscription, topic_url
 
 TOPICS = TopicSet.load(Path(__file__).resolve().parents[2] / "profiles" / "topics", frozenset(EVALUATORS))
@@ -72,7 +73,11 @@ def test_full_valid_subscription() -> None:
         ("patient", frozenset({"patient=Patient/p1"})),
         ("code", frozenset({"code=http://loinc.org|751-8"})),
     ]
-    assert (spec.channel, spec.endpoint, spec.payload_type) == ("rest-hook", ENDPOINT, "application/fhir+json")
+    assert (spec.channel, spec.endpoint, spec.payload_type) == (
+        "rest-hook",
+        ENDPOINT,
+        "application/fhir+json",
+    )
     assert spec.content == "full-resource"
     assert (spec.heartbeat_s, spec.timeout_s, spec.max_count) == (60, 30, 5)
     # split at the first colon only, both sides trimmed
@@ -82,7 +87,7 @@ def test_full_valid_subscription() -> None:
 
 
 def test_defaults() -> None:
-    resource = subscription("medication-order", ENDPOINT, secret=None)
+    resource = subscription("medication-order", ENDPOINT)
     del resource["channel"]["_payload"]
     del resource["channel"]["payload"]
     spec = _valid(resource)
@@ -93,9 +98,16 @@ def test_defaults() -> None:
     assert spec.max_count == DEFAULT_MAX_COUNT == 20
     assert spec.headers == ()
     assert spec.filters == ()
-    assert spec.secret is None
     assert spec.end_us is None
     assert spec.id == ""
+
+
+def test_rest_hook_needs_a_secret_websocket_does_not() -> None:
+    issue = _only_issue(subscription("medication-order", ENDPOINT, secret=None))
+    assert issue.expression == ("Subscription.extension",)
+    assert issue.code == "required"
+    assert SECRET_EXTENSION in issue.diagnostics
+    assert _valid(subscription("medication-order", None, channel="websocket", secret=None)).secret is None
 
 
 @pytest.mark.parametrize("content", ["empty", "id-only", "full-resource"])
@@ -200,7 +212,9 @@ def test_heartbeat_zero() -> None:
 
 @pytest.mark.parametrize("timeout", [0, 61, "10"])
 def test_bad_timeout(timeout: Any) -> None:
-    resource = _channel_extension(subscription("abnormal-lab-result", ENDPOINT), TIMEOUT, valueUnsignedInt=timeout)
+    resource = _channel_extension(
+        subscription("abnormal-lab-result", ENDPOINT), TIMEOUT, valueUnsignedInt=timeout
+    )
     issue = _only_issue(resource)
     assert issue.expression == ("Subscription.channel.extension",)
     assert "backport-timeout" in issue.diagnostics
@@ -214,7 +228,9 @@ def test_bad_max_count(max_count: int) -> None:
 
 
 def test_max_count_must_be_a_positive_int_value() -> None:
-    resource = _channel_extension(subscription("abnormal-lab-result", ENDPOINT), MAX_COUNT, valuePositiveInt=2.5)
+    resource = _channel_extension(
+        subscription("abnormal-lab-result", ENDPOINT), MAX_COUNT, valuePositiveInt=2.5
+    )
     assert _only_issue(resource).expression == ("Subscription.channel.extension",)
 
 

@@ -197,15 +197,11 @@ def test_duplicate_urls_are_refused(tmp_path: Path) -> None:
     second["id"] = "dup-2"  # different id, same url
     _write(tmp_path, "one.json", first)
     _write(tmp_path, "two.json", second)
-    with pytest.raises(TopicError, match="share a url") as exc:
+    with pytest.raises(TopicError, match="already used by") as exc:
         TopicSet.load(tmp_path, KNOWN)
-    assert str(tmp_path) in str(exc.value)
+    assert str(tmp_path / "two.json") in str(exc.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TopicSet.load reports duplicate urls against the directory only, not the file or the url",
-)
 def test_duplicate_urls_name_the_file_and_the_url(tmp_path: Path) -> None:
     first = _topic_json("dup")
     second = copy.deepcopy(first)
