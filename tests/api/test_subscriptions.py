@@ -385,3 +385,24 @@ async def test_topics_are_readable_and_listed_in_the_capability_statement(api: h
     statement = (await api.get("/fhir/metadata")).json()
     entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
     assert f.topic_url("abnormal-lab-result") in {e["valueCanonical"] for e in entry["extension"]}
+
+
+async def test_idle_subscriptions_get_heartbeats_with_the_current_count_and_custom_headers(
+    delivering: Gateway, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    resource = f.subscription(
+        "abnormal-lab-result",
+        receiver.url("/hb"),
+        heartbeat=1,
+        headers=("Authorization: Bearer for-the-hook",),
+    )
+    sub_id = await subscribe(api, resource)
+    await wait_active(api, sub_id)
+    patient_id = await make_patient(api)
+    await api.post("/fhir/Observation", json=abnormal(patient_id))
+    await receiver.until(lambda: [r for r in receiver.on("/hb") if r.kind == "heartbeat"], timeout=5)
+    beat = next(r for r in receiver.on("/hb") if r.kind == "heartbeat")
+    assert beat.event_numbers == []
+    assert beat.parameters["events-since-subscription-start"]["valueString"] == "1"
+    assert beat.headers["authorization"] == "Bearer for-the-hook"
+    assert beat.signed_with(f.SECRET)
