@@ -43,7 +43,7 @@ from gateway.routing.notifications import (
     notification_bundle,
     sign,
 )
-from gateway.routing.requests import DEFAULT_TIMEOUT_S, SubscriptionSpec
+from gateway.routing.requests import SubscriptionSpec
 from gateway.service.context import RequestContext
 from gateway.service.interactions import FhirService
 from gateway.service.subscriptions import SubscriptionManager
@@ -54,10 +54,13 @@ from gateway.types import JSON
 
 log = logging.getLogger("gateway.delivery")
 
-# A lease outlives one attempt (the subscription's timeout) plus this margin, and is renewed before each
-# attempt; a process killed mid-delivery holds up its subscriptions for at most that long.
-LEASE_MARGIN_US = 15_000_000
-RENEW_AFTER_US = 5_000_000
+# Leases are short and a keeper task renews every lease this process holds (one UPDATE) while attempts
+# run, however long the subscription's timeout: a process killed mid-delivery holds up its subscriptions
+# for at most LEASE_US. A lane re-checks its lease before an attempt when the last check is older than
+# RECHECK_AFTER_US, and stops if another process took it over.
+LEASE_US = 6_000_000
+KEEP_EVERY_S = 1.5
+RECHECK_AFTER_US = 2_000_000
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 
@@ -140,6 +143,8 @@ class Deliverer:
             asyncio.create_task(self._poll_forever(), name="delivery-poll"),
             asyncio.create_task(self._journal_forever(), name="delivery-journal"),
         ]
+        if not self.db.is_sqlite:
+            self._tasks.append(asyncio.create_task(self._keep_leases_forever(), name="delivery-leases"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -222,26 +227,32 @@ class Deliverer:
         except Exception:
             log.exception("delivery lane for Subscription/%s failed", sub_id)
 
-    async def _claim(self, sub_id: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
+    async def _claim(self, sub_id: str) -> bool:
         if self.db.is_sqlite:
             return True
         now = dates.now_us()
         async with self.db.write() as conn:
-            claimed = await sub_store.claim(
-                conn, sub_id, self.worker, now, LEASE_MARGIN_US + timeout_s * 1_000_000
-            )
+            claimed = await sub_store.claim(conn, sub_id, self.worker, now, LEASE_US)
         if claimed:
             self._claimed_at[sub_id] = now
         return claimed
 
     async def _renew(self, spec: SubscriptionSpec) -> bool:
-        """Keep the lease for the next attempt; False when it was lost (the lane must stop)."""
-        if self.db.is_sqlite:
+        """Still ours before the next attempt? False when it was lost (the lane must stop)."""
+        if self.db.is_sqlite or dates.now_us() - self._claimed_at.get(spec.id, 0) < RECHECK_AFTER_US:
             return True
-        fresh = dates.now_us() - self._claimed_at.get(spec.id, 0) < RENEW_AFTER_US
-        if fresh and spec.timeout_s <= DEFAULT_TIMEOUT_S:
-            return True
-        return await self._claim(spec.id, spec.timeout_s)
+        return await self._claim(spec.id)
+
+    async def _keep_leases_forever(self) -> None:
+        while True:
+            await asyncio.sleep(KEEP_EVERY_S)
+            if not any(not lane.done() for lane in self._lanes.values()):
+                continue
+            try:
+                async with self.db.write() as conn:
+                    await sub_store.renew_leases(conn, self.worker, dates.now_us() + LEASE_US)
+            except Exception:
+                log.exception("renewing delivery leases failed")
 
     async def _release(self, sub_id: str) -> None:
         if self.db.is_sqlite:
@@ -251,9 +262,15 @@ class Deliverer:
             await sub_store.release(conn, sub_id, self.worker)
 
     async def _work_left(self, sub_id: str) -> bool:
+        """Events another process committed meanwhile, deliverable now (a pending retry is the poller's)."""
         async with self.db.read() as conn:
             state = await sub_store.state(conn, sub_id)
-        return state is not None and state.status == "active" and state.last_event > state.delivered
+        return (
+            state is not None
+            and state.status == "active"
+            and state.last_event > state.delivered
+            and state.next_attempt_us <= dates.now_us()
+        )
 
     async def _run(self, sub_id: str) -> None:
         async with self.db.read() as conn:

@@ -321,6 +321,14 @@ async def claim(conn: AsyncConnection, sub_id: str, worker: str, now: int, lease
     return result.first() is not None
 
 
+async def renew_leases(conn: AsyncConnection, worker: str, until_us: int) -> None:
+    """Extend every lease `worker` holds (the keeper of a live process calls this every few seconds)."""
+    d = subscription_delivery.c
+    await conn.execute(
+        update(subscription_delivery).where(d.lease_owner == worker).values(lease_until_us=until_us)
+    )
+
+
 async def release(conn: AsyncConnection, sub_id: str, worker: str) -> None:
     d = subscription_delivery.c
     await conn.execute(
