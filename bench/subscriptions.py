@@ -351,9 +351,9 @@ def changes_for(subscribed: int, rng: random.Random) -> list[Change]:
 async def add_subscriptions(gateway: Gateway, ctx: RequestContext, first: int, last: int) -> None:
     """Subscriptions for patients p{first}..p{last - 1}, many per transaction.
 
-    Through `write_versions`, the path every write takes (observers included), rather than one
-    `FhirService.create` each: each Subscription write reloads the whole registry in its transaction,
-    so one create at a time would cost O(N) each and O(N^2) in all.
+    Through `write_versions`, the path every write takes (observers included), in chunks rather than
+    one `FhirService.create` each, only so that filling 10,000 takes seconds, not minutes; the cost of
+    one ordinary create at each size is measured separately (`one_create_s`).
     """
     endpoint = "http://127.0.0.1:9/hook"  # never called: the deliverer does not run here
     for start in range(first, last, CREATE_CHUNK):
@@ -410,9 +410,7 @@ async def matching(backend: str, postgres_url: str) -> dict[str, Any]:
     result: dict[str, Any] = {"backend": backend, "sizes": {}}
     async with throwaway_database(backend, postgres_url) as url:
         gateway = await Gateway.start(Settings(database_url=url, subscription_allowlist=ALLOWLIST))
-        # No delivery here: unhook the deliverer, whose wake-up would otherwise spawn lanes even though
-        # it was never started (they fail on its missing HTTP client).
-        gateway.subscriptions.on_events.remove(gateway.deliverer.wake)
+        # No delivery here: the deliverer is never started, so events only go to the outbox.
         try:
             ctx = RequestContext(base_url="http://127.0.0.1:8080/fhir")  # internal caller: no grants
             have = 0

@@ -125,7 +125,7 @@ class Deliverer:
         self._journal_seq = 0
         self._journal_flushed = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._stopping = True  # until start(): a gateway that does not deliver (tests, tools) spawns no lanes
         self.ws: dict[str, set[WebSocketSink]] = {}
         self._internal = RequestContext(base_url=self.base_url)
         self._addresses: dict[str, tuple[float, list[str]]] = {}

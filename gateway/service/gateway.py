@@ -52,6 +52,7 @@ class Gateway:
             await migrate.upgrade(db)
         statistics = StatisticsKeeper(db)
         db.after_commit.append(statistics.note_commit)
+        db.before_dispose.append(statistics.stop)
         if db.dialect == "postgresql":
             await statistics.refresh()  # a database loaded while the gateway was down
         profiles = ProfileSet.load(settings.profiles_dir)

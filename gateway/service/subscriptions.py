@@ -73,9 +73,10 @@ class SubscriptionManager:
         self._index = SubscriptionIndex(())
         self._generation = -1
         self._dirty = False
-        self._woken: set[str] = set()
-        # Subscription changes of transactions not yet committed: (id, spec or None, generation after).
-        self._pending: list[tuple[str, SubscriptionSpec | None, int]] = []
+        # Per write transaction not yet committed (several run at once on PostgreSQL), by its connection:
+        # the subscriptions that got events, and Subscription changes as (id, spec or None, generation).
+        self._woken: dict[AsyncConnection, set[str]] = {}
+        self._pending: dict[AsyncConnection, list[tuple[str, SubscriptionSpec | None, int]]] = {}
         # Called after commit with the subscriptions that got events (the deliverer's wake-up).
         self.on_events: list[Callable[[set[str]], None]] = []
         self.on_registry_change: list[Callable[[], None]] = []
@@ -120,14 +121,22 @@ class SubscriptionManager:
             callback()
 
     async def _ensure_current(self, conn: AsyncConnection) -> None:
-        """Another process may have changed subscriptions: one primary-key read tells."""
-        if self._dirty or (not self.db.is_sqlite and await sub_store.generation(conn) != self._generation):
-            await self._reload_on(conn)
+        """Another process may have changed subscriptions: one primary-key read tells.
 
-    def _after_commit(self) -> None:
-        """Apply committed Subscription changes to the index (no reload), then wake the deliverer."""
-        pending, self._pending = self._pending, []
-        for sub_id, spec, generation in pending:
+        When this transaction changed Subscriptions itself, the generation row is locked and its value
+        before the first bump is what the index must have seen.
+        """
+        own = self._pending.get(conn)
+        if self._dirty:
+            await self._reload_on(conn)
+        elif not self.db.is_sqlite:
+            seen = own[0][2] - 1 if own else await sub_store.generation(conn)
+            if seen != self._generation:
+                await self._reload_on(conn)
+
+    def _after_commit(self, conn: AsyncConnection) -> None:
+        """Apply this transaction's Subscription changes to the index (no reload), then wake the deliverer."""
+        for sub_id, spec, generation in self._pending.pop(conn, ()):
             if spec is None:
                 self._index.remove(sub_id)
             else:
@@ -135,17 +144,18 @@ class SubscriptionManager:
             # Our own bump: the index is current unless another process bumped too (then it reloads).
             if generation == self._generation + 1:
                 self._generation = generation
-        if self._woken:
-            woken, self._woken = self._woken, set()
+        woken = self._woken.pop(conn, None)
+        if woken:
             for callback in self.on_events:
                 callback(woken)
 
-    def _after_rollback(self) -> None:
-        # Which of the pending changes belonged to the failed transaction is unknown: reload next time.
-        if self._pending:
-            self._pending = []
+    def _after_rollback(self, conn: AsyncConnection | None) -> None:
+        if conn is None:
+            return
+        self._woken.pop(conn, None)
+        # A reload may have happened inside the failed transaction, seeing its own uncommitted changes.
+        if self._pending.pop(conn, None):
             self._dirty = True
-        self._woken.clear()
 
     # -- the write observer ----------------------------------------------------------------------
 
@@ -162,7 +172,7 @@ class SubscriptionManager:
         for p, s in subscription_writes:
             spec = await self._subscription_written(conn, ctx, p, s)
             generation = await sub_store.bump_generation(conn)
-            self._pending.append((s.id, spec, generation))
+            self._pending.setdefault(conn, []).append((s.id, spec, generation))
         if not self.topics.topics:
             return
         await self._ensure_current(conn)
@@ -218,7 +228,7 @@ class SubscriptionManager:
         if not events:
             return 0
         numbered = await sub_store.append_events(conn, events)
-        self._woken.update(numbered)
+        self._woken.setdefault(conn, set()).update(numbered)
         return sum(last - first + 1 for first, last in numbered.values())
 
     async def _prefetch(

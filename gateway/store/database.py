@@ -14,7 +14,7 @@ includes) may see different committed states if a write lands between them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,9 @@ class Database:
                 f"Unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg"
             )
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
-        self.after_commit: list[Callable[[], None]] = []  # e.g. the statistics keeper
-        self.after_rollback: list[Callable[[], None]] = []
+        self.after_commit: list[Callable[[AsyncConnection], None]] = []  # e.g. the statistics keeper
+        self.after_rollback: list[Callable[[AsyncConnection | None], None]] = []
+        self.before_dispose: list[Callable[[], Awaitable[None]]] = []  # background work on the pools
 
     @property
     def is_sqlite(self) -> bool:
@@ -99,20 +100,28 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed when the block exits normally, rolled back on an exception."""
+        """A write transaction: committed when the block exits normally, rolled back on an exception.
+
+        Hooks get the transaction's connection, so that state kept per transaction (several run at once
+        on PostgreSQL) is settled for that one alone; a rollback before a connection was had passes None.
+        """
+        current: AsyncConnection | None = None
         try:
             if self._write_lock is None:
                 async with self.writer.begin() as conn:
+                    current = conn
                     yield conn
             else:
                 async with self._write_lock, self.writer.begin() as conn:
+                    current = conn
                     yield conn
         except BaseException:
-            for hook in self.after_rollback:
-                hook()
+            for rollback_hook in self.after_rollback:
+                rollback_hook(current)
             raise
+        assert current is not None
         for hook in self.after_commit:
-            hook()
+            hook(current)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -121,6 +130,8 @@ class Database:
             yield conn
 
     async def dispose(self) -> None:
+        for hook in self.before_dispose:
+            await hook()
         await self.writer.dispose()
         await self.reader.dispose()
 

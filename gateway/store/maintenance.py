@@ -10,6 +10,7 @@ since they were last analyzed, and analyzes those, in the background, outside an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -35,7 +36,7 @@ class StatisticsKeeper:
         self.last_check = 0.0
         self._task: asyncio.Task[None] | None = None
 
-    def note_commit(self) -> None:
+    def note_commit(self, _conn: object = None) -> None:
         """Called after each write transaction; starts a background check now and then."""
         if self.db.dialect != "postgresql":
             return
@@ -47,6 +48,13 @@ class StatisticsKeeper:
             return
         self.commits, self.last_check = 0, now
         self._task = asyncio.get_running_loop().create_task(self._refresh_quietly(), name="analyze")
+
+    async def stop(self) -> None:
+        """Cancel a check under way (its connection is about to go with the pool)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _refresh_quietly(self) -> None:
         try:

@@ -10,6 +10,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from gateway.fhir import dates
+from gateway.service.context import RequestContext
 from gateway.service.gateway import Gateway
 from tests import factories as f
 from tests.conftest import ClientFactory
@@ -406,3 +408,69 @@ async def test_idle_subscriptions_get_heartbeats_with_the_current_count_and_cust
     assert beat.parameters["events-since-subscription-start"]["valueString"] == "1"
     assert beat.headers["authorization"] == "Bearer for-the-hook"
     assert beat.signed_with(f.SECRET)
+
+
+class _Rollback(Exception):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # only PostgreSQL runs write transactions at once
+async def test_concurrent_transactions_settle_only_their_own_subscription_state(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    """A transaction's commit wakes only its own subscriptions and applies only its own Subscription
+    changes; one still open (or rolled back) meanwhile leaves the registry as it was."""
+    manager = gateway.subscriptions
+    woken: list[set[str]] = []
+    manager.on_events.append(lambda ids: woken.append(set(ids)))
+    try:
+        p1, p2 = await make_patient(api), await make_patient(api)
+        s1 = await subscribe(
+            api,
+            f.subscription("abnormal-lab-result", "http://127.0.0.1:9/a", filters=(f"patient=Patient/{p1}",)),
+        )
+        s2 = await subscribe(
+            api,
+            f.subscription("abnormal-lab-result", "http://127.0.0.1:9/b", filters=(f"patient=Patient/{p2}",)),
+        )
+        await manager.reload()
+        ctx = RequestContext(base_url="http://gateway.test/fhir")  # an internal writer
+        woken.clear()
+
+        def plan(resource: dict[str, Any], resource_id: str) -> Any:
+            return gateway.fhir.plan_new(ctx, resource, resource_id, "POST", dates.now_us())
+
+        with pytest.raises(_Rollback):
+            async with gateway.db.write() as conn:
+                await gateway.fhir.write_versions(
+                    conn,
+                    ctx,
+                    [
+                        plan(abnormal(p2), "obs-in-open-transaction"),
+                        plan(
+                            f.subscription("abnormal-lab-result", "http://127.0.0.1:9/c"), "sub-rolled-back"
+                        ),
+                    ],
+                )
+                # Meanwhile another transaction commits an event for s1.
+                assert (await api.post("/fhir/Observation", json=abnormal(p1))).status_code == 201
+                assert woken == [{s1}]  # not s2: its event is not committed
+                assert "sub-rolled-back" not in manager.index.specs
+                raise _Rollback
+        assert woken == [{s1}]  # the rolled-back event woke nobody
+        assert "sub-rolled-back" not in manager.index.specs
+
+        async with gateway.db.write() as conn:
+            await gateway.fhir.write_versions(
+                conn,
+                ctx,
+                [
+                    plan(abnormal(p2), "obs-committed"),
+                    plan(f.subscription("abnormal-lab-result", "http://127.0.0.1:9/d"), "sub-committed"),
+                ],
+            )
+        assert woken == [{s1}, {s2, "sub-committed"}]  # the new one for its handshake
+        assert "sub-committed" in manager.index.specs
+        assert (await status_of(api, s2))["events-since-subscription-start"] == "1"
+    finally:
+        manager.on_events.pop()
