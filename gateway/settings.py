@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # How often the deliverer looks for due retries, heartbeats and other processes' events.
     delivery_poll_seconds: float = 1.0
     # pa-expiring: an approved authorization whose period ends within this many days fires the topic.
-    pa_expiring_days: int = 14
+    pa_expiring_days: int = 30
     # How often the pa-expiring timer runs.
     pa_expiring_check_seconds: float = 3600
     # Subscription topics (SubscriptionTopic JSON); default: profiles_dir/topics.
