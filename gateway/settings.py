@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     pa_expiring_days: int = 30
     # How often the pa-expiring timer runs.
     pa_expiring_check_seconds: float = 3600
+    # Payers' PAS endpoints, auth, timeouts, retries (YAML; see gateway/pa/payers.py). Empty: none.
+    payers_file: Path | None = None
+    # How often the prior-authorization worker sends due retries, polls pended requests and runs timers.
+    pa_worker_seconds: float = 30.0
     # Subscription topics (SubscriptionTopic JSON); default: profiles_dir/topics.
     topics_dir: Path | None = None
     # Offset for HL7 v2 times written without one when neither the site mapping nor MSH-7 gives one.

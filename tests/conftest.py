@@ -21,6 +21,7 @@ from gateway.service.gateway import Gateway
 from gateway.settings import Settings
 from gateway.store.tables import (
     INDEX_TABLES,
+    PA_TABLES,
     SUBSCRIPTION_TABLES,
     hl7_message,
     resource,
@@ -136,7 +137,7 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
     """The backend's gateway with an empty resource store."""
     gw = gateways[backend]
     async with gw.db.write() as conn:
-        for table in (*INDEX_TABLES, resource_version, resource, hl7_message, *SUBSCRIPTION_TABLES):
+        for table in (*INDEX_TABLES, resource_version, resource, hl7_message, *SUBSCRIPTION_TABLES, *PA_TABLES):
             if table is not subscription_generation:
                 await conn.execute(delete(table))
     await gw.subscriptions.reload()

@@ -253,6 +253,36 @@ def pa_expiring(change: Change, context: EvaluationContext) -> list[Fired]:
     return [Fired(details, pa_medication_keys(task, context))]
 
 
+AWAITING_PAYER = frozenset({"submitted", "appeal-submitted", "payer-received", "pended", "info-requested"})
+DUE_EXTENSION = "https://specialty-gateway.org/fhir/StructureDefinition/pa-decision-due"
+
+
+def pa_overdue(change: Change, context: EvaluationContext) -> list[Fired]:
+    """A PA Task still waiting on the payer after its decision due date (`pa-decision-due`).
+
+    Like pa-expiring, a timer calls it (once per Task and due date), never a write.
+    """
+    task = change.current
+    if task is None or not is_pa_task(task) or _business_status(task) not in AWAITING_PAYER:
+        return []
+    due = next(
+        (e.get("valueDateTime") for e in task.get("extension") or [] if e.get("url") == DUE_EXTENSION), None
+    )
+    try:
+        due_us = date_range(due)[0] if isinstance(due, str) else None
+    except ValueError:
+        due_us = None
+    if due_us is None or context.now_us is None or due_us >= context.now_us:
+        return []
+    details: JSON = {
+        "businessStatus": _business_status(task),
+        "due": due,
+        "hoursOverdue": (context.now_us - due_us) // 3_600_000_000,
+        "priority": task.get("priority", "routine"),
+    }
+    return [Fired(details, pa_medication_keys(task, context))]
+
+
 EVALUATORS: dict[str, Evaluator] = {
     "abnormal-lab-result": abnormal_lab_result,
     "critical-lab-result": critical_lab_result,
@@ -260,4 +290,5 @@ EVALUATORS: dict[str, Evaluator] = {
     "medication-order": medication_order,
     "pa-status-changed": pa_status_changed,
     "pa-expiring": pa_expiring,
+    "pa-overdue": pa_overdue,
 }

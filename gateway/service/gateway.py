@@ -11,15 +11,21 @@ from gateway.fhir.validation import Validator
 from gateway.mapping import files as mapping_files
 from gateway.mapping.files import MappingSet
 from gateway.mapping.monitoring import load_monitoring
+from gateway.pa.payers import load_payers
 from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
+from gateway.service import pa_tracking
 from gateway.service.bundles import BundleProcessor
 from gateway.service.clients import AuthService
 from gateway.service.delivery import Deliverer
 from gateway.service.expiry import ExpiryWatch
 from gateway.service.interactions import FhirService
+from gateway.service.pa_ops import PriorAuthOps
+from gateway.service.pa_worker import PayerWorker
+from gateway.service.payer_client import PayerClient
 from gateway.service.pipeline import Pipeline
+from gateway.service.priorauth import PriorAuthService
 from gateway.service.subscription_ops import SubscriptionOps
 from gateway.service.subscriptions import SubscriptionManager
 from gateway.settings import Settings
@@ -44,6 +50,9 @@ class Gateway:
     deliverer: Deliverer
     subscription_ops: SubscriptionOps
     expiry: ExpiryWatch
+    priorauth: PriorAuthService
+    payer_worker: PayerWorker
+    pa_ops: PriorAuthOps
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -73,6 +82,7 @@ class Gateway:
             load_monitoring(settings.mappings_dir),
             allowlist=Allowlist.parse(settings.subscription_allowlist),
         )
+        fhir.write_observers.append(pa_tracking.observe)  # lifecycle first: a refused move matches nothing
         fhir.write_observers.append(manager.observe)
         await manager.reload()
         deliverer = Deliverer(
@@ -84,6 +94,15 @@ class Gateway:
         )
         expiry = ExpiryWatch(
             manager, window_days=settings.pa_expiring_days, interval_s=settings.pa_expiring_check_seconds
+        )
+        base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+        priorauth = PriorAuthService(fhir, load_payers(settings.payers_file), base_url=base_url)
+        payer_worker = PayerWorker(
+            priorauth,
+            PayerClient(),
+            manager,
+            expiring_days=settings.pa_expiring_days,
+            interval_s=settings.pa_worker_seconds,
         )
         translator = Translator(mappings, default_offset=settings.hl7_default_offset)
         pipeline = Pipeline(fhir, translator, validator)
@@ -109,14 +128,19 @@ class Gateway:
             deliverer,
             SubscriptionOps(manager, deliverer),
             expiry,
+            priorauth,
+            payer_worker,
+            PriorAuthOps(priorauth, payer_worker),
         )
 
     async def start_background(self) -> None:
         """Delivery of subscription notifications and the pa-expiring timer (what `serve` runs)."""
         await self.deliverer.start()
         await self.expiry.start()
+        await self.payer_worker.start()
 
     async def close(self) -> None:
+        await self.payer_worker.stop()
         await self.expiry.stop()
         await self.deliverer.stop()
         await self.pipeline.stop()

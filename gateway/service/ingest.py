@@ -1,4 +1,5 @@
-"""`gateway ingest`: files of HL7 v2 messages through the same pipeline as the network listeners."""
+"""`gateway ingest`: files of HL7 v2 messages through the same pipeline as the network listeners, and
+payers' files (X12 278 responses, CSV status files) through the prior-authorization service."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapters.hl7v2.er7 import split_batch
+from gateway.adapters.payer.csv_status import looks_like_status_csv
+from gateway.adapters.payer.x12_278 import looks_like_x12
+from gateway.exceptions import FhirError
 from gateway.service.gateway import Gateway
 from gateway.service.pipeline import Result, Source, decode
 
@@ -24,14 +28,15 @@ class Summary:
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)  # "file #n: AE: text"
+    payer_lines: list[str] = field(default_factory=list)  # what each payer file did
 
     @property
     def messages(self) -> int:
-        return sum(self.counts.values())
+        return sum(self.counts[k] for k in ("AA", "AE", "AR", "duplicate"))
 
     @property
     def failed(self) -> bool:
-        return bool(self.counts["AE"] or self.counts["AR"])
+        return bool(self.counts["AE"] or self.counts["AR"] or self.counts["payer-refused"])
 
     def report(self) -> str:
         rate = self.messages / self.seconds if self.seconds else 0.0
@@ -41,6 +46,8 @@ class Summary:
             f" {self.counts['AE']} errors, {self.counts['AR']} rejected",
             *self.failures[:20],
         ]
+        if self.payer_lines:
+            lines[0:0] = self.payer_lines
         if len(self.failures) > 20:
             lines.append(f"... and {len(self.failures) - 20} more (see GET /hl7v2/messages?status=error)")
         return "\n".join(lines)
@@ -58,7 +65,15 @@ async def ingest_files(
     gateway: Gateway, paths: Sequence[Path], source_name: str, progress: Callable[..., Any]
 ) -> Summary:
     summary = Summary(files=len(paths))
-    batches = [(path, split_batch(decode(path.read_bytes()))) for path in paths]
+    texts = [(path, decode(path.read_bytes())) for path in paths]
+    for path, text in texts:
+        if looks_like_x12(text) or looks_like_status_csv(text):
+            await _payer_file(gateway, summary, path, text)
+    batches = [
+        (path, split_batch(text))
+        for path, text in texts
+        if not (looks_like_x12(text) or looks_like_status_csv(text))
+    ]
     total = sum(len(messages) for _, messages in batches)
     started = time.perf_counter()
     pending: set[asyncio.Task[None]] = set()
@@ -81,6 +96,19 @@ async def ingest_files(
             await asyncio.gather(*pending)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+async def _payer_file(gateway: Gateway, summary: Summary, path: Path, text: str) -> None:
+    """A payer's file is applied whole (X12) or row by row (CSV, bad rows listed); never half an X12."""
+    try:
+        report = await gateway.pa_ops.payer_file(text)
+    except FhirError as exc:
+        summary.counts["payer-refused"] += 1
+        summary.failures.append(f"{path.name}: refused, nothing changed: {exc}")
+        return
+    summary.payer_lines += [f"{path.name}: {report.lines()[0]}", *report.lines()[1:]]
+    if report.problems:
+        summary.counts["payer-refused"] += 1
 
 
 async def reprocess(gateway: Gateway, ids: Sequence[str]) -> Summary:

@@ -270,3 +270,67 @@ SUBSCRIPTION_TABLES = (
     ws_binding_token,
     subscription_generation,
 )
+
+# --- prior authorization ------------------------------------------------------------------------------
+# One row per PA Task, kept from the Task's content by a write observer (whatever wrote the Task): what
+# the timers (decision due, authorization ending) and the turnaround figures need without parsing Tasks.
+pa_tracking = Table(
+    "pa_tracking",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("task_version", Integer, nullable=False),
+    Column("business_status", String(40), nullable=False),
+    Column("payer", String(255), nullable=True),  # the insurer reference (Organization/x) or payer name
+    Column("priority", String(16), nullable=False),
+    Column("submitted_us", BigInteger, nullable=True),  # first submission
+    Column("due_us", BigInteger, nullable=True),  # decision due (CMS: 72 h expedited, 7 days standard)
+    Column("decided_us", BigInteger, nullable=True),  # first decision after the last submission
+    Column("auth_end", String(40), nullable=True),  # authorized period end, FHIR date/dateTime
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+# What ties payers' answers to a PA Task: the gateway's Claim ids and trace numbers, the payer's numbers.
+pa_reference = Table(
+    "pa_reference",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # claim | trace | payer
+    Column("value", String(255), primary_key=True),
+    Column("task_id", String(64), nullable=False, index=True),
+)
+
+# Requests to payers ($submit, $inquire), one row each; the id is the Idempotency-Key sent with it. A
+# submission's id names the Task and version it submits, so a Task version is submitted at most once; a
+# row is claimed (state pending -> sending) before the request goes out, so no two workers or processes
+# ever send the same one.
+pa_submission = Table(
+    "pa_submission",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("task_id", String(64), nullable=False, index=True),
+    Column("task_version", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),  # submit | inquire
+    Column("payer", String(255), nullable=False),  # the payer's name in the configuration
+    Column("state", String(16), nullable=False),  # pending | sending | sent | failed | abandoned
+    Column("attempt", Integer, nullable=False),  # 1 for the first submission of a Task, +1 per retry
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+    Column("sent_us", BigInteger, nullable=True),
+    Column("duration_us", BigInteger, nullable=True),
+    Column("http_status", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("body", Text, nullable=False),  # the request Bundle as sent
+    Index("ix_pa_submission_due", "state", "next_attempt_us"),
+)
+
+# Timer events already raised (overdue, expiring, expired), once per Task and authorization period.
+pa_timer_fired = Table(
+    "pa_timer_fired",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("key", String(80), primary_key=True),  # what it was about, e.g. the period end or due time
+    Column("fired_us", BigInteger, nullable=False),
+)
+
+PA_TABLES = (pa_tracking, pa_reference, pa_submission, pa_timer_fired)

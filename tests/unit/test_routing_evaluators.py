@@ -69,6 +69,7 @@ def test_every_topic_evaluator_is_registered() -> None:
         "medication-order",
         "pa-status-changed",
         "pa-expiring",
+        "pa-overdue",
     }
     assert EVALUATORS["pa-expiring"] is pa_expiring
 

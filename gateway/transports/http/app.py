@@ -17,7 +17,14 @@ from gateway import __version__
 from gateway.exceptions import BadRequest, FhirError, MethodNotAllowed, NotFound, OAuthError
 from gateway.service.gateway import Gateway
 from gateway.settings import Settings
-from gateway.transports.http import auth_routes, fhir_routes, hl7_routes, ops_routes, subscription_routes
+from gateway.transports.http import (
+    auth_routes,
+    fhir_routes,
+    hl7_routes,
+    ops_routes,
+    pa_routes,
+    subscription_routes,
+)
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import HttpMetrics, Observability, PipelineCollector
 from gateway.transports.http.responses import error_response
@@ -52,6 +59,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         registry.register(PipelineCollector(gateway.pipeline.counts))
     app.state.metrics_registry = registry
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
+    app.include_router(pa_routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)
     app.include_router(hl7_routes.router)

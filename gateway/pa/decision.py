@@ -1,0 +1,108 @@
+"""A payer's answer, whatever format it came in (PAS, X12 278, CSV), in one shape.
+
+Adapters (`gateway.adapters.payer`) turn raw input into `PayerDecision`s; the lifecycle
+(`gateway.pa.lifecycle`) turns a decision into the PA Task's next status. Review actions are X12 306
+codes, which PAS carries on `ClaimResponse.item.adjudication` (reviewAction extension) and X12 278 in
+HCR01.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# X12 306 review action codes the gateway understands (HCR01; PAS reviewActionCode).
+CERTIFIED = "A1"  # certified in total
+PARTIAL = "A2"  # certified, partial
+NOT_CERTIFIED = "A3"  # denied
+PENDED = "A4"  # pended: decision later
+MODIFIED = "A6"  # certified with changes (authorized detail differs from the request)
+CANCELLED = "C"  # cancelled (the request was withdrawn)
+CONTACT_PAYER = "CT"  # the payer wants to hear from the requester: more information needed
+NO_ACTION = "NA"  # no action required: the service needs no authorization
+
+REVIEW_ACTIONS = {
+    CERTIFIED: "Certified in total",
+    PARTIAL: "Certified - partial",
+    NOT_CERTIFIED: "Not certified",
+    PENDED: "Pended",
+    MODIFIED: "Modified",
+    CANCELLED: "Cancelled",
+    CONTACT_PAYER: "Contact payer",
+    NO_ACTION: "No action required",
+}
+REVIEW_ACTION_SYSTEM = "https://codesystem.x12.org/005010/306"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why the payer decided so (X12 HCR03 / PAS reasonCode / adjudication.reason / a CSV text)."""
+
+    code: str | None
+    system: str | None = None
+    display: str | None = None
+
+    def text(self) -> str:
+        return self.display or self.code or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """What ties an answer to the gateway's request. Any part may be empty; the service tries each.
+
+    - `claim_ids`: ids of the gateway's own Claim (ClaimResponse.request.reference `Claim/{id}`).
+    - `trace_numbers`: identifiers the gateway sent and the payer echoes (Claim.identifier, Bundle
+      identifier, X12 TRN), as `system|value` when a system is known, else the bare value.
+    - `payer_references`: the payer's own numbers (ClaimResponse.identifier, authorization numbers,
+      administration reference numbers), remembered from earlier answers, as `system|value` or bare.
+    - `task_id`: the PA Task named directly (CSV files may do this).
+    """
+
+    claim_ids: tuple[str, ...] = ()
+    trace_numbers: tuple[str, ...] = ()
+    payer_references: tuple[str, ...] = ()
+    task_id: str | None = None
+
+    def lookups(self) -> list[tuple[str, str]]:
+        """(kind, value) pairs in the order the service should look them up."""
+        found: list[tuple[str, str]] = []
+        if self.task_id:
+            found.append(("task", self.task_id))
+        found += [("claim", v) for v in self.claim_ids]
+        found += [("trace", v) for v in self.trace_numbers]
+        found += [("payer", v) for v in self.payer_references]
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDecision:
+    """The payer's decision on one requested item (Claim.item.sequence / X12 2000F service level)."""
+
+    sequence: int | None
+    action: str  # an X12 306 code, see REVIEW_ACTIONS
+    authorization_number: str | None = None
+    period_start: str | None = None  # FHIR date or dateTime
+    period_end: str | None = None
+    reasons: tuple[Reason, ...] = ()
+    # What was authorized when it differs from the request (A2/A6): e.g. {"quantity": {"value": 30}}.
+    authorized_detail: dict[str, Any] | None = None
+    administration_reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PayerDecision:
+    """One answer from a payer about one request."""
+
+    source: str  # pas-response, pas-notification, pas-inquiry, x12-278, csv
+    correlation: Correlation
+    items: tuple[ItemDecision, ...] = ()
+    # The payer refused to process the request (ClaimResponse.error, X12 AAA): rejected-by-payer.
+    errors: tuple[Reason, ...] = ()
+    # The payer asked for more information (a PAS/CDex Task, a CommunicationRequest): info-requested.
+    info_requested: str | None = None
+    disposition: str | None = None
+    decided_at: str | None = None  # the payer's timestamp, FHIR dateTime
+    # The payer's ClaimResponse as received (PAS), kept with the Task; adapters of other formats leave
+    # it None and the service builds one from the items.
+    claim_response: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # format-specific facts worth keeping

@@ -1,0 +1,386 @@
+"""Sending PA requests to payers, retrying, polling pended ones, and the PA timers.
+
+- `send(id)`: claim the submission row (so no other worker or process sends it), call the payer, then
+  one transaction records the outcome: the decision applied, or the Task in submission-error with the
+  next retry due (payer's retry policy), or rejected-by-payer.
+- A failed submission is retried as a *new* Task version (submission-error -> submitted) with its own
+  Idempotency-Key: a Task version is sent at most once. A row left `sending` by a process that died is
+  not sent again (the payer may have it): it counts as a failed attempt whose outcome is unknown.
+- Pended Tasks are asked about with `Claim/$inquire` every `inquire_every_seconds` of their payer.
+- Timers: decision overdue (CMS due date passed) raises `pa-overdue` once per due date; an approval
+  ending within the window opens a renewal Task once per authorization period (the `pa-expiring`
+  notification itself comes from the ExpiryWatch); a period that has ended moves the Task to expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import uuid
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.adapters.payer import pas
+from gateway.exceptions import FhirError
+from gateway.fhir import dates
+from gateway.fhir.extract import extract
+from gateway.pa import lifecycle, tasks
+from gateway.pa.decision import PayerDecision
+from gateway.pa.payers import PayerConfig
+from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
+from gateway.service.payer_client import Answered, Failed, Outcome, PayerClient, Refused
+from gateway.service.priorauth import PriorAuthService, submission_id
+from gateway.service.subscriptions import SubscriptionManager
+from gateway.store import priorauth as pa_store
+from gateway.store import resources as store
+from gateway.store.priorauth import Submission
+
+log = logging.getLogger("gateway.priorauth")
+
+# A claimed request is someone's for the payer's timeout plus this margin.
+LEASE_MARGIN_US = 30_000_000
+DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PayerTurnaround:
+    payer: str
+    decided: int
+    pending: int
+    overdue: int
+    median_hours: float | None
+    p90_hours: float | None
+    mean_hours: float | None
+
+
+class PayerWorker:
+    def __init__(
+        self,
+        service: PriorAuthService,
+        client: PayerClient,
+        manager: SubscriptionManager,
+        *,
+        expiring_days: int,
+        interval_s: float,
+    ) -> None:
+        self.service = service
+        self.db = service.db
+        self.payers = service.payers
+        self.client = client
+        self.manager = manager
+        self.window_us = expiring_days * DAY_US
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.turnaround: list[PayerTurnaround] = []
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._forever(), name="prior-auth")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.client.close()
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("prior-authorization round failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def run_once(self, now_us: int | None = None) -> None:
+        now = now_us or dates.now_us()
+        async with self.db.read() as conn:
+            due = await pa_store.due_submissions(conn, now)
+        for row in due:
+            if row.state == "failed":
+                await self.retry(row, now)
+            elif row.state == "sending":
+                await self._record(row, self.payers.by_name(row.payer), Failed(UNKNOWN, None, 0))
+            else:
+                await self.send(row.id)
+        await self._inquire_pended(now)
+        await self._timers(now)
+        self.turnaround = await self.compute_turnaround(now)
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def send(self, sub_id: str) -> None:
+        now = dates.now_us()
+        async with self.db.write() as conn:
+            row = await pa_store.submission(conn, sub_id)
+            if row is None:
+                return
+            payer = self.payers.by_name(row.payer)
+            lease = LEASE_MARGIN_US + int((payer.timeout_seconds if payer else 0) * 1_000_000)
+            if not await pa_store.claim_submission(conn, sub_id, now, lease):
+                return  # someone else sends it (or sent it)
+        if payer is None:
+            await self._record(row, None, Failed(f"payer {row.payer!r} is no longer configured", None, 0))
+            return
+        body = row.body.encode()
+        if row.kind == "submit":
+            outcome = await self.client.submit(payer, body, row.id)
+        else:
+            outcome = await self.client.inquire(payer, body, row.id)
+        await self._record(row, payer, outcome)
+
+    async def _record(self, row: Submission, payer: PayerConfig | None, outcome: Outcome) -> None:
+        now = dates.now_us()
+        source = "pas-response" if row.kind == "submit" else "pas-inquiry"
+        if isinstance(outcome, Answered):
+            try:
+                decisions = pas.decisions_from_response(outcome.body, source)
+            except pas.PasError as exc:
+                outcome = Failed(
+                    f"the payer's answer is not a PAS response: {exc}"[:500], outcome.http_status, 0
+                )
+            else:
+                await self._answered(row, outcome, decisions[0], now)
+                return
+        async with self.db.write() as conn:
+            if isinstance(outcome, Refused):
+                await pa_store.finish_submission(
+                    conn,
+                    row.id,
+                    state="sent",
+                    sent_us=now,
+                    duration_us=outcome.duration_us,
+                    http_status=outcome.http_status,
+                    error=outcome.error,
+                )
+                if row.kind == "submit":
+                    await self._move(
+                        conn, row.task_id, "rejected-by-payer", f"Refused by the payer: {outcome.error}"
+                    )
+                return
+            retry = payer.retry if payer else None
+            gives_up = retry is None or row.attempt >= retry.max_attempts or row.kind != "submit"
+            next_at = 0 if gives_up or retry is None else now + int(retry.delay_s(row.attempt) * 1_000_000)
+            await pa_store.finish_submission(
+                conn,
+                row.id,
+                state="abandoned" if gives_up else "failed",
+                sent_us=now,
+                duration_us=outcome.duration_us,
+                http_status=outcome.http_status,
+                error=outcome.error,
+                next_attempt_us=next_at,
+            )
+            if row.kind == "submit":
+                note = (
+                    f"gave up after {row.attempt} attempts: {outcome.error}"
+                    if gives_up
+                    else f"attempt {row.attempt} failed ({outcome.error});"
+                    f" retry at {dates.format_instant(next_at)}"
+                )
+                await self._move(conn, row.task_id, "submission-error", note)
+        log.warning("payer request %s failed: %s", row.id, outcome.error)
+
+    async def _answered(self, row: Submission, outcome: Answered, decision: PayerDecision, now: int) -> None:
+        async with self.db.write() as conn:
+            await pa_store.finish_submission(
+                conn,
+                row.id,
+                state="sent",
+                sent_us=now,
+                duration_us=outcome.duration_us,
+                http_status=outcome.http_status,
+                error=None,
+            )
+            try:
+                async with conn.begin_nested():
+                    await self.service.apply(conn, row.task_id, decision)
+            except FhirError as exc:  # e.g. the Task was cancelled meanwhile: keep the row, say why
+                await pa_store.finish_submission(
+                    conn,
+                    row.id,
+                    state="sent",
+                    sent_us=now,
+                    duration_us=outcome.duration_us,
+                    http_status=outcome.http_status,
+                    error=f"answer not applied: {exc}",
+                )
+                log.warning("answer to %s not applied: %s", row.id, exc)
+
+    async def _move(self, conn: AsyncConnection, task_id: str, status: str, reason: str) -> int | None:
+        try:
+            async with conn.begin_nested():
+                return await self.service.move(conn, task_id, status, reason)
+        except FhirError as exc:
+            log.warning("Task/%s not moved to %s: %s", task_id, status, exc)
+            return None
+
+    async def retry(self, row: Submission, now: int) -> None:
+        async with self.db.write() as conn:
+            if not await pa_store.set_submission_state(conn, row.id, "retried", "failed"):
+                return
+            task = _loads(await store.current(conn, "Task", row.task_id))
+            if task is None or tasks.business_status(task) != "submission-error":
+                return  # answered meanwhile (a late notification), cancelled, or resubmitted by hand
+            version = await self._move(conn, row.task_id, "submitted", "")
+            if version is None:
+                return
+            new_id = submission_id(row.task_id, version)
+            await pa_store.add_submission(
+                conn,
+                Submission(
+                    new_id,
+                    row.task_id,
+                    version,
+                    "submit",
+                    row.payer,
+                    "pending",
+                    row.attempt + 1,
+                    now,
+                    None,
+                    now,
+                    None,
+                    None,
+                    None,
+                    None,
+                    row.body,
+                ),
+            )
+        await self.send(new_id)
+
+    # -- $inquire for pended requests ------------------------------------------------------------
+
+    async def _inquire_pended(self, now: int) -> None:
+        async with self.db.read() as conn:
+            pended = await pa_store.in_status(conn, ["pended"])
+            plans = []
+            for row in pended:
+                history = await pa_store.submissions_of(conn, row.task_id)
+                submits = [s for s in history if s.kind == "submit"]
+                if not submits:
+                    continue
+                payer = self.payers.by_name(submits[-1].payer)
+                if payer is None or payer.inquire_every_seconds <= 0:
+                    continue
+                last = max([s.created_us for s in history] + [row.updated_us])
+                if now - last >= payer.inquire_every_seconds * 1_000_000:
+                    plans.append((row, submits[-1], len(history)))
+        for row, submit, n in plans:
+            new_id = submission_id(row.task_id, row.task_version, "inquire", n)
+            async with self.db.write() as conn:
+                added = await pa_store.add_submission(
+                    conn,
+                    Submission(
+                        new_id,
+                        row.task_id,
+                        row.task_version,
+                        "inquire",
+                        submit.payer,
+                        "pending",
+                        1,
+                        now,
+                        None,
+                        now,
+                        None,
+                        None,
+                        None,
+                        None,
+                        submit.body,
+                    ),
+                )
+            if added:
+                await self.send(new_id)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    async def _timers(self, now: int) -> None:
+        async with self.db.write() as conn:
+            for row in await pa_store.overdue(conn, sorted(lifecycle.AWAITING_PAYER), now):
+                if await pa_store.fire_once(conn, row.task_id, "overdue", str(row.due_us), now):
+                    await self._emit_timer(conn, "pa-overdue", row.task_id, now)
+            for row in await pa_store.in_status(conn, sorted(lifecycle.APPROVED)):
+                if not row.auth_end:
+                    continue
+                try:
+                    end_us = dates.date_range(row.auth_end)[1]
+                except ValueError:
+                    continue
+                if end_us <= now:
+                    if await pa_store.fire_once(conn, row.task_id, "expired", row.auth_end, now):
+                        await self._move(
+                            conn, row.task_id, "expired", f"The authorization ended {row.auth_end}"
+                        )
+                elif end_us - now <= self.window_us and await pa_store.fire_once(
+                    conn, row.task_id, "renewal", row.auth_end, now
+                ):
+                    await self._open_renewal(conn, row.task_id, now)
+
+    async def _open_renewal(self, conn: AsyncConnection, task_id: str, now: int) -> None:
+        task = _loads(await store.current(conn, "Task", task_id))
+        if task is None:
+            return
+        renewal_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"renewal:{task_id}:{tasks.authorized_end(task)}"))
+        renewal = tasks.renewal(task, renewal_id, dates.from_us(now))
+        self.service.fhir.validate(renewal)
+        pending = self.service.fhir.plan_new(self.service.internal, renewal, renewal_id, "POST", now)
+        await self.service.fhir.write_versions(conn, self.service.internal, [pending])
+        log.info("renewal Task/%s opened for Task/%s", renewal_id, task_id)
+
+    async def _emit_timer(self, conn: AsyncConnection, evaluator: str, task_id: str, now: int) -> None:
+        stored = await store.current(conn, "Task", task_id)
+        task = _loads(stored)
+        topics = [t for t in self.manager.topics.topics if t.evaluator == evaluator]
+        if task is None or stored is None or not any(self.manager.index.has_topic(t.url) for t in topics):
+            return
+        change = Change("Task", task_id, stored.version, None, task, extract(task, ()))
+        context = EvaluationContext(self.manager.rules, now_us=now, window_us=self.window_us)
+        fired = [(t, change, e) for t in topics for e in EVALUATORS[t.evaluator](change, context)]
+        if fired:
+            await self.manager.emit(conn, fired)
+
+    # -- turnaround ------------------------------------------------------------------------------
+
+    async def compute_turnaround(self, now: int | None = None) -> list[PayerTurnaround]:
+        now = now or dates.now_us()
+        async with self.db.read() as conn:
+            rows = await pa_store.submitted_ever(conn)
+        by_payer: dict[str, list[pa_store.Tracking]] = {}
+        for row in rows:
+            payer = self.payers.for_insurer(row.payer, []) if row.payer else None
+            by_payer.setdefault(payer.name if payer else (row.payer or "unknown"), []).append(row)
+        report = []
+        for name, group in sorted(by_payer.items()):
+            hours = sorted(
+                (r.decided_us - r.submitted_us) / 3_600_000_000
+                for r in group
+                if r.decided_us is not None and r.submitted_us is not None
+            )
+            waiting = [
+                r for r in group if r.decided_us is None and r.business_status in lifecycle.AWAITING_PAYER
+            ]
+            report.append(
+                PayerTurnaround(
+                    name,
+                    len(hours),
+                    len(waiting),
+                    sum(1 for r in waiting if r.due_us is not None and r.due_us < now),
+                    statistics.median(hours) if hours else None,
+                    hours[min(len(hours) - 1, int(0.9 * len(hours)))] if hours else None,
+                    statistics.fmean(hours) if hours else None,
+                )
+            )
+        return report
+
+
+UNKNOWN = "the gateway stopped while this request was in flight; whether the payer got it is unknown"
+
+
+def _loads(stored: store.Stored | None) -> dict | None:  # type: ignore[type-arg]
+    if stored is None or stored.deleted or stored.content is None:
+        return None
+    value = orjson.loads(stored.content)
+    return value if isinstance(value, dict) else None

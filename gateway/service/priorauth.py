@@ -1,0 +1,480 @@
+"""Prior authorization: building and submitting PAS requests, and turning every payer answer into the
+PA Task's next state.
+
+    $request-prior-auth ──> load MedicationRequest, Patient, Coverage, insurer, provider, supporting info
+                      ──> build Claim + PAS request Bundle (gateway.pa.request), validate against profiles
+                      ──> one transaction {Claim, Task submitted, submission row (idempotency key)}
+                      ──> send (PayerWorker.send) ──> synchronous ClaimResponse ──> apply
+    payer feeds (PAS response/notification, X12 278, CSV) ──> PayerDecision ──> correlate ──> apply
+    apply: one transaction {ClaimResponse, Task next state (lifecycle), correlation keys}
+
+The lifecycle is enforced on every Task write by `pa_tracking.observe`; this module only proposes moves.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.adapters.payer import pas
+from gateway.exceptions import BadRequest, Conflict, NotFound, Unprocessable
+from gateway.fhir import dates
+from gateway.pa import lifecycle, tasks
+from gateway.pa.decision import PayerDecision
+from gateway.pa.payers import PayerConfig, PayerDirectory
+from gateway.pa.request import RequestError, RequestParts, build_claim, build_request_bundle, referenced
+from gateway.service.context import RequestContext
+from gateway.service.interactions import FhirService
+from gateway.store import priorauth as pa_store
+from gateway.store import resources as store
+from gateway.store import search as store_search
+from gateway.store.priorauth import Submission
+from gateway.types import JSON, Issue
+
+log = logging.getLogger("gateway.priorauth")
+
+SUBMISSION_SYSTEM = "https://specialty-gateway.org/fhir/pa-submission"
+# Statuses from which a MedicationRequest's PA Task is submitted again rather than replaced.
+RESUBMITTABLE = frozenset({"pa-required", "submission-error", "rejected-by-payer", "info-requested"})
+# References followed from the Claim when assembling the Bundle (Claim -> PractitionerRole -> ...).
+MAX_REFERENCE_DEPTH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    task_id: str
+    business_status: str
+    changed: bool
+
+
+def _now() -> datetime:
+    return dates.from_us(dates.now_us())
+
+
+def _loads(stored: store.Stored | None) -> JSON | None:
+    if stored is None or stored.deleted or stored.content is None:
+        return None
+    value = orjson.loads(stored.content)
+    return value if isinstance(value, dict) else None
+
+
+def _ref(element: object) -> str | None:
+    reference = element.get("reference") if isinstance(element, dict) else None
+    return reference if isinstance(reference, str) and "/" in reference else None
+
+
+def _identifiers(resource: JSON) -> list[str]:
+    return [
+        f"{i.get('system')}|{i.get('value')}" if i.get("system") else str(i.get("value"))
+        for i in resource.get("identifier") or []
+        if isinstance(i, dict) and i.get("value")
+    ]
+
+
+def submission_id(task_id: str, version: int, kind: str = "submit", n: int | None = None) -> str:
+    """The Idempotency-Key of a request: names the Task version it is about."""
+    return f"{task_id}/{version}/{kind}" + (f"/{n}" if n is not None else "")
+
+
+class PriorAuthService:
+    def __init__(self, fhir: FhirService, payers: PayerDirectory, *, base_url: str) -> None:
+        self.fhir = fhir
+        self.db = fhir.db
+        self.payers = payers
+        self.base_url = base_url.rstrip("/")
+        self.internal = RequestContext(base_url=self.base_url)
+
+    # -- $request-prior-auth -----------------------------------------------------------------------
+
+    async def prepare_request(self, ctx: RequestContext, request_id: str, parameters: JSON | None) -> str:
+        """Assemble, validate and record a PA request for a MedicationRequest; returns the submission id.
+
+        The request is sent by the caller (after this transaction committed), never from inside it.
+        """
+        ctx.require("Task", "c")
+        ctx.require("Claim", "c")
+        params = _parameters(parameters)
+        async with self.db.read() as conn:
+            request = _loads(await store.current(conn, "MedicationRequest", request_id))
+            if request is None:
+                raise NotFound(f"MedicationRequest/{request_id} does not exist")
+            parts_loaded = await self._load_parts(conn, request, params)
+        payer = self._payer_for(parts_loaded["insurer"])
+        now = _now()
+        now_us = dates.to_us(now)
+        async with self.db.write() as conn:
+            task = await self._task_for(conn, request)
+            task_id = str(task["id"]) if task else str(uuid.uuid4())
+            trace = (tasks.trace_number(task) if task else None) or uuid.uuid4().hex[:20].upper()
+            claim_id = str(uuid.uuid4())
+            parts = RequestParts(
+                task_id=task_id,
+                claim_id=claim_id,
+                trace_number=trace,
+                bundle_id=f"{trace}-{now_us}",
+                created=tasks.instant(now),
+                base_url=self.base_url,
+                medication_request=request,
+                patient=parts_loaded["patient"],
+                coverage=parts_loaded["coverage"],
+                insurer=parts_loaded["insurer"],
+                provider=parts_loaded["provider"],
+                medication=parts_loaded["medication"],
+                supporting=tuple(parts_loaded["supporting"]),
+                priority=params.priority or str(request.get("priority") or "routine"),
+                related_claim_id=None,
+                extras=tuple(parts_loaded["extras"]),
+            )
+            try:
+                claim = build_claim(parts)
+                bundle = build_request_bundle(parts)
+            except RequestError as exc:
+                raise Unprocessable(str(exc)) from None
+            self.fhir.validate(claim, where=None)
+            bundle_issues = [i for i in self.fhir.validator.validate(bundle) if i.is_error]
+            if bundle_issues:
+                raise Unprocessable(issues=bundle_issues)
+            if task is None:
+                task = tasks.new_task(
+                    task_id,
+                    medication_request=request,
+                    priority=_task_priority(parts.priority),
+                    now=now,
+                    trace_number=trace,
+                )
+                current = None
+            else:
+                current = await store.current(conn, "Task", task_id)
+            sent = tasks.submitted(
+                {
+                    **task,
+                    "identifier": task.get("identifier") or [{"system": tasks.TRACE_SYSTEM, "value": trace}],
+                },
+                claim_id=claim_id,
+                coverage_ref=f"Coverage/{parts_loaded['coverage']['id']}",
+                insurer_ref=f"Organization/{parts_loaded['insurer']['id']}",
+                now=now,
+            )
+            self.fhir.validate(sent)
+            plans = [
+                self.fhir.plan_new(self.internal, claim, claim_id, "POST", now_us),
+                self.fhir.plan_update(self.internal, sent, task_id, current, None, now_us),
+            ]
+            written = await self.fhir.write_versions(
+                conn, self.internal, [p for p in plans if isinstance(p, store.PendingVersion)]
+            )
+            version = written[-1].version
+            sub_id = submission_id(task_id, version)
+            await pa_store.add_submission(
+                conn,
+                Submission(
+                    sub_id,
+                    task_id,
+                    version,
+                    "submit",
+                    payer.name,
+                    "pending",
+                    1,
+                    now_us,
+                    None,
+                    now_us,
+                    None,
+                    None,
+                    None,
+                    None,
+                    orjson.dumps(bundle).decode(),
+                ),
+            )
+            bundle_ident = bundle.get("identifier") or {}
+            await pa_store.add_references(
+                conn,
+                task_id,
+                [
+                    ("claim", claim_id),
+                    ("trace", trace),
+                    ("trace", f"{tasks.TRACE_SYSTEM}|{trace}"),
+                    ("trace", f"{bundle_ident.get('system')}|{bundle_ident.get('value')}"),
+                ],
+            )
+        log.info("prior authorization prepared task=%s claim=%s payer=%s", task_id, claim_id, payer.name)
+        return sub_id
+
+    def _payer_for(self, insurer: JSON) -> PayerConfig:
+        reference = f"Organization/{insurer['id']}"
+        payer = self.payers.for_insurer(reference, _identifiers(insurer))
+        if payer is None:
+            raise Unprocessable(
+                f"No payer is configured for the insurer {reference}: add it to a payer's `insurers`"
+                " in the payers file (GATEWAY_PAYERS_FILE)",
+                expression="Coverage.payor",
+            )
+        return payer
+
+    async def _task_for(self, conn: AsyncConnection, request: JSON) -> JSON | None:
+        """The MedicationRequest's PA Task to (re)submit, None for a new one; 409 while one is live."""
+        found = await store_search.by_reference(conn, "Task", "focus", [f"MedicationRequest/{request['id']}"])
+        live = [t for t in (_loads(s) for s in found) if t and tasks.is_pa_task(t)]
+        for task in sorted(live, key=lambda t: str(t.get("authoredOn") or ""), reverse=True):
+            status = tasks.business_status(task)
+            if status in RESUBMITTABLE:
+                return task
+            if status in lifecycle.AWAITING_PAYER or status in lifecycle.APPROVED:
+                raise Conflict(
+                    f"MedicationRequest/{request['id']} already has a prior authorization that is {status}"
+                    f" (Task/{task['id']})"
+                )
+        return None
+
+    async def _load_parts(
+        self, conn: AsyncConnection, request: JSON, params: RequestParams
+    ) -> dict[str, Any]:
+        patient_ref = _ref(request.get("subject"))
+        if not patient_ref or not patient_ref.startswith("Patient/"):
+            raise Unprocessable(
+                "The MedicationRequest has no subject Patient", expression="MedicationRequest.subject"
+            )
+        patient = await self._must(conn, patient_ref, "MedicationRequest.subject")
+        coverage_ref = params.coverage
+        if not coverage_ref:
+            coverage_ref = await self._only_coverage(conn, patient_ref)
+        coverage = await self._must(conn, str(coverage_ref), "Parameters.parameter.coverage")
+        insurer_ref = next((_ref(p) for p in coverage.get("payor") or [] if _ref(p)), None)
+        if not insurer_ref or not insurer_ref.startswith("Organization/"):
+            raise Unprocessable(
+                f"{coverage_ref} names no insurer Organization in payor", expression="Coverage.payor"
+            )
+        insurer = await self._must(conn, insurer_ref, "Coverage.payor")
+        requester = _ref(request.get("requester"))
+        provider = await self._must(conn, requester, "MedicationRequest.requester") if requester else None
+        medication_ref = _ref(request.get("medicationReference"))
+        medication = (
+            await self._must(conn, medication_ref, "MedicationRequest.medicationReference")
+            if medication_ref
+            else None
+        )
+        supporting = [
+            await self._must(conn, str(ref), "Parameters.parameter.supportingInfo")
+            for ref in params.supporting
+        ]
+        chosen = [request, patient, coverage, insurer, *(r for r in (provider, medication) if r), *supporting]
+        extras = await self._closure(conn, chosen)
+        return {
+            "patient": patient,
+            "coverage": coverage,
+            "insurer": insurer,
+            "provider": provider,
+            "medication": medication,
+            "supporting": supporting,
+            "extras": extras,
+        }
+
+    async def _closure(self, conn: AsyncConnection, chosen: list[JSON]) -> list[JSON]:
+        """Resources the chosen ones reference (a few levels deep) that exist here: the Bundle needs them."""
+        have = {(r["resourceType"], r["id"]) for r in chosen}
+        extras: list[JSON] = []
+        frontier = chosen
+        for _ in range(MAX_REFERENCE_DEPTH):
+            wanted = {key for r in frontier for key in referenced(r)} - have
+            if not wanted:
+                break
+            found = [_loads(s) for s in await store.load_by_keys(conn, wanted)]
+            frontier = [r for r in found if r]
+            have |= wanted
+            extras += frontier
+        return extras
+
+    async def _only_coverage(self, conn: AsyncConnection, patient_ref: str) -> str:
+        found = [
+            c
+            for c in (
+                _loads(s)
+                for s in await store_search.by_reference(conn, "Coverage", "beneficiary", [patient_ref])
+            )
+            if c and c.get("status") == "active"
+        ]
+        if len(found) != 1:
+            raise BadRequest(
+                f"{patient_ref} has {len(found)} active Coverages: name one with the `coverage` parameter",
+                expression="Parameters.parameter.coverage",
+            )
+        return f"Coverage/{found[0]['id']}"
+
+    async def _must(self, conn: AsyncConnection, reference: str, where: str) -> JSON:
+        rtype, _, rid = reference.partition("/")
+        resource = _loads(await store.current(conn, rtype, rid)) if rid else None
+        if resource is None:
+            raise Unprocessable(
+                f"{reference} does not exist here; a PA request must include it", expression=where
+            )
+        return resource
+
+    # -- applying payers' answers ------------------------------------------------------------------
+
+    async def receive(self, decisions: list[PayerDecision]) -> list[Applied]:
+        """Answers from a payer feed, all or nothing: each must match a request the gateway made."""
+        if not decisions:
+            return []
+        async with self.db.write() as conn:
+            applied = []
+            for index, decision in enumerate(decisions):
+                task_id = await self.correlate(conn, decision)
+                if task_id is None:
+                    raise Unprocessable(
+                        "No prior-authorization request here matches this answer (looked for "
+                        + ", ".join(f"{k} {v}" for k, v in decision.correlation.lookups()[:8])
+                        + ")",
+                        expression=f"decision[{index}]",
+                    )
+                applied.append(await self.apply(conn, task_id, decision))
+        return applied
+
+    async def correlate(self, conn: AsyncConnection, decision: PayerDecision) -> str | None:
+        correlation = decision.correlation
+        if correlation.task_id:
+            task = _loads(await store.current(conn, "Task", correlation.task_id))
+            if task is not None and tasks.is_pa_task(task):
+                return correlation.task_id
+        return await pa_store.find_task(conn, [k for k in correlation.lookups() if k[0] != "task"])
+
+    async def apply(self, conn: AsyncConnection, task_id: str, decision: PayerDecision) -> Applied:
+        """One answer onto its Task: store the ClaimResponse, move the Task, remember the payer's numbers."""
+        stored = await store.current(conn, "Task", task_id)
+        task = _loads(stored)
+        if task is None:
+            raise NotFound(f"Task/{task_id} does not exist")
+        before = tasks.business_status(task)
+        after = lifecycle.outcome(decision)
+        item_lines = [tasks.describe_item(i) for i in decision.items]
+        if before == after and _item_lines(task) == item_lines:
+            return Applied(task_id, after, False)  # the same answer again (a re-sent notification, a poll)
+        problem = lifecycle.transition_problem(before, after)
+        if problem:
+            raise Unprocessable(
+                issues=[
+                    Issue("error", "business-rule", f"Task/{task_id}: {problem}", ("Task.businessStatus",))
+                ]
+            )
+        now = _now()
+        now_us = dates.to_us(now)
+        response = self._claim_response(task, decision, now)
+        self.fhir.validate(response)
+        moved = tasks.decided(task, decision, after, str(response["id"]), now)
+        self.fhir.validate(moved)
+        plan = self.fhir.plan_update(self.internal, moved, task_id, stored, None, now_us)
+        pending = [self.fhir.plan_new(self.internal, response, str(response["id"]), "POST", now_us)]
+        if isinstance(plan, store.PendingVersion):
+            pending.append(plan)
+        await self.fhir.write_versions(conn, self.internal, pending)
+        keys = [("payer", v) for v in decision.correlation.payer_references]
+        keys += [("payer", i.authorization_number) for i in decision.items if i.authorization_number]
+        await pa_store.add_references(conn, task_id, keys)
+        log.info(
+            "prior authorization answered task=%s %s -> %s source=%s", task_id, before, after, decision.source
+        )
+        return Applied(task_id, after, True)
+
+    def _claim_response(self, task: JSON, decision: PayerDecision, now: datetime) -> JSON:
+        claim_ref = tasks.reference_of(task, "input", "claim") or ""
+        claim_id = claim_ref.split("/", 1)[1] if "/" in claim_ref else str(task["id"])
+        owner = _ref(task.get("owner"))
+        response_id = str(uuid.uuid4())
+        if decision.claim_response is not None:
+            response = copy.deepcopy(decision.claim_response)
+            response.pop("meta", None)
+            response.pop("requestor", None)  # the payer's reference means nothing in this store
+            response["id"] = response_id
+            response["patient"] = dict(task["for"])
+            request = {"reference": f"Claim/{claim_id}"}
+            if isinstance(response.get("request"), dict) and response["request"].get("identifier"):
+                request["identifier"] = response["request"]["identifier"]
+            response["request"] = request
+            response["insurer"] = (
+                {"reference": owner} if owner else response.get("insurer") or {"display": "payer"}
+            )
+            if not _ref(response["insurer"]):
+                response["insurer"] = {"display": "payer"}
+            return response
+        response = pas.claim_response_for(
+            decision,
+            claim_id=claim_id,
+            patient_ref=str(task["for"]["reference"]),
+            insurer_ref=owner,
+            requestor_ref=None,
+            created=tasks.instant(now),
+        )
+        response["id"] = response_id
+        return response
+
+    # -- moves the gateway makes itself -------------------------------------------------------------
+
+    async def move(
+        self, conn: AsyncConnection, task_id: str, status: str, reason: str | None = None
+    ) -> int | None:
+        """Put a Task in `status` (a submission error, a retry, expiry); returns the new version."""
+        stored = await store.current(conn, "Task", task_id)
+        task = _loads(stored)
+        if task is None:
+            return None
+        now = _now()
+        moved = tasks.moved(task, status, now, reason=reason)
+        plan = self.fhir.plan_update(self.internal, moved, task_id, stored, None, dates.to_us(now))
+        if not isinstance(plan, store.PendingVersion):
+            return plan.version
+        written = await self.fhir.write_versions(conn, self.internal, [plan])
+        return written[0].version
+
+
+def _item_lines(task: JSON) -> list[str]:
+    return [
+        str(o.get("valueString"))
+        for o in task.get("output") or []
+        if any(c.get("code") == "item-decision" for c in (o.get("type") or {}).get("coding") or [])
+    ]
+
+
+def _task_priority(priority: str) -> str:
+    return "urgent" if priority in tasks.EXPEDITED_PRIORITIES else "routine"
+
+
+@dataclass
+class RequestParams:
+    coverage: str | None = None
+    supporting: list[str] = field(default_factory=list)
+    priority: str | None = None
+
+
+def _parameters(body: JSON | None) -> RequestParams:
+    """coverage (Reference), supportingInfo (Reference, repeating), priority (code) from a Parameters body."""
+    found = RequestParams()
+    if not body:
+        return found
+    if body.get("resourceType") != "Parameters":
+        raise BadRequest("The body must be a Parameters resource (coverage, supportingInfo, priority)")
+    for index, parameter in enumerate(body.get("parameter") or []):
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        where = f"Parameters.parameter[{index}]"
+        if name in ("coverage", "supportingInfo"):
+            reference = _ref(parameter.get("valueReference"))
+            if reference is None:
+                raise BadRequest(f"{name} needs a valueReference like Type/id", expression=where)
+            if name == "coverage":
+                found.coverage = reference
+            else:
+                found.supporting.append(reference)
+        elif name == "priority":
+            code = parameter.get("valueCode")
+            if code not in ("routine", "urgent", "asap", "stat"):
+                raise BadRequest("priority is one of routine, urgent, asap, stat", expression=where)
+            found.priority = code
+        else:
+            raise BadRequest(
+                f"Unknown parameter {name!r} (coverage, supportingInfo, priority)", expression=where
+            )
+    return found
