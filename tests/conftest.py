@@ -137,7 +137,8 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
     """The backend's gateway with an empty resource store."""
     gw = gateways[backend]
     async with gw.db.write() as conn:
-        for table in (*INDEX_TABLES, resource_version, resource, hl7_message, *SUBSCRIPTION_TABLES, *PA_TABLES):
+        emptied = (*INDEX_TABLES, resource_version, resource, hl7_message, *SUBSCRIPTION_TABLES, *PA_TABLES)
+        for table in emptied:
             if table is not subscription_generation:
                 await conn.execute(delete(table))
     await gw.subscriptions.reload()

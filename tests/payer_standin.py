@@ -146,6 +146,8 @@ class PayerStandIn:
         static_token: str | None = None,
     ) -> None:
         self.scenarios: deque[str] = deque(scenarios)
+        # Response Bundles answered as they are, before any scenario (first in, first out).
+        self.canned: deque[dict[str, Any]] = deque()
         self.client_id = client_id
         self.client_secret = client_secret
         self.static_token = static_token
@@ -459,6 +461,8 @@ class PayerStandIn:
 
     def _submit(self, claim: dict[str, Any], bundle: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
+            if self.canned:  # a response Bundle given as is (e.g. a published PAS example)
+                return 200, self.canned.popleft(), {}
             scenario = self.scenarios.popleft() if self.scenarios else "approved"
             if scenario not in SCENARIOS:
                 raise _Reply(

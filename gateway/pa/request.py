@@ -205,7 +205,7 @@ def _provider(parts: RequestParts, base: str) -> JSON:
             f"the MedicationRequest's requester ({reference or 'no literal reference'}) does not name a "
             "resource on this server: supply the provider"
         )
-    return {"reference": reference}
+    return copy.deepcopy(requester)
 
 
 def _medication_code(parts: RequestParts, base: str) -> JSON:
@@ -225,6 +225,10 @@ def _medication_code(parts: RequestParts, base: str) -> JSON:
             (c for c in candidates if c.get("resourceType") == "Medication" and c.get("id") == target[1:]),
             None,
         )
+        if medication is None:
+            raise RequestError(
+                f"the MedicationRequest's medicationReference {target} is not one of its contained resources"
+            )
     else:
         key = parse_reference(target, (base,))
         medication = parts.medication
@@ -234,8 +238,6 @@ def _medication_code(parts: RequestParts, base: str) -> JSON:
             or _key(medication, "medication", frozenset({"Medication"})) != key
         ):
             raise RequestError(f"the MedicationRequest's medicationReference {target} was not supplied")
-    if medication is None:
-        raise RequestError(f"the MedicationRequest's medicationReference {target} was not found")
     code = medication.get("code")
     if not isinstance(code, dict) or not (code.get("coding") or code.get("text")):
         raise RequestError(f"the Medication {target} has no code: nothing to request")

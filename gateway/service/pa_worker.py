@@ -30,7 +30,7 @@ from gateway.fhir import dates
 from gateway.fhir.extract import extract
 from gateway.pa import lifecycle, tasks
 from gateway.pa.decision import PayerDecision
-from gateway.pa.payers import PayerConfig
+from gateway.pa.payers import PayerConfig, PayerDirectory
 from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
 from gateway.service.payer_client import Answered, Failed, Outcome, PayerClient, Refused
 from gateway.service.priorauth import PriorAuthService, submission_id
@@ -69,13 +69,16 @@ class PayerWorker:
     ) -> None:
         self.service = service
         self.db = service.db
-        self.payers = service.payers
         self.client = client
         self.manager = manager
         self.window_us = expiring_days * DAY_US
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self.turnaround: list[PayerTurnaround] = []
+
+    @property
+    def payers(self) -> PayerDirectory:
+        return self.service.payers  # one directory, which tests and reloads may replace
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._forever(), name="prior-auth")

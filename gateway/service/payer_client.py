@@ -51,7 +51,7 @@ Outcome = Answered | Failed | Refused
 class PayerClient:
     def __init__(self, http: httpx.AsyncClient | None = None) -> None:
         self._http = http or httpx.AsyncClient(follow_redirects=False)
-        self._tokens: dict[str, tuple[str, float]] = {}  # payer name -> (token, expires at, monotonic)
+        self._tokens: dict[str, tuple[str, float]] = {}  # payer -> (token, expiry on the monotonic clock)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -63,6 +63,17 @@ class PayerClient:
         return await self._post(payer, "Claim/$inquire", bundle, idempotency_key)
 
     async def _post(self, payer: PayerConfig, path: str, body: bytes, key: str) -> Outcome:
+        outcome = await self._post_once(payer, path, body, key)
+        if (
+            isinstance(outcome, Failed)
+            and outcome.http_status == 401
+            and payer.auth.type == "client-credentials"
+        ):
+            # The cached token may have been revoked or the payer restarted: one more try with a new one.
+            outcome = await self._post_once(payer, path, body, key)
+        return outcome
+
+    async def _post_once(self, payer: PayerConfig, path: str, body: bytes, key: str) -> Outcome:
         started = time.perf_counter()
 
         def elapsed() -> int:
@@ -85,7 +96,7 @@ class PayerClient:
         status = response.status_code
         parsed = _json(response)
         if status == 401:
-            self._tokens.pop(payer.name, None)  # maybe revoked: fetch a new one next time
+            self._tokens.pop(_token_key(payer), None)  # maybe revoked: fetch a new one next time
         if 200 <= status < 300:
             if parsed is None:
                 return Failed(f"HTTP {status} without a FHIR JSON body", status, elapsed())
@@ -103,7 +114,7 @@ class PayerClient:
         return {}
 
     async def _token(self, payer: PayerConfig) -> str:
-        cached = self._tokens.get(payer.name)
+        cached = self._tokens.get(_token_key(payer))
         if cached is not None and cached[1] > time.monotonic() + 10:
             return cached[0]
         auth = payer.auth
@@ -125,8 +136,12 @@ class PayerClient:
             lifetime = float(answer.get("expires_in", 300))
         except (ValueError, KeyError, TypeError):
             raise TokenError("token endpoint gave no access_token") from None
-        self._tokens[payer.name] = (token, time.monotonic() + lifetime)
+        self._tokens[_token_key(payer)] = (token, time.monotonic() + lifetime)
         return token
+
+
+def _token_key(payer: PayerConfig) -> str:
+    return f"{payer.name} {payer.auth.token_url} {payer.auth.client_id}"
 
 
 class TokenError(Exception):

@@ -281,7 +281,7 @@ class PriorAuthService:
         extras: list[JSON] = []
         frontier = chosen
         for _ in range(MAX_REFERENCE_DEPTH):
-            wanted = {key for r in frontier for key in referenced(r)} - have
+            wanted = {key for r in frontier for key in referenced(r, self.base_url)} - have
             if not wanted:
                 break
             found = [_loads(s) for s in await store.load_by_keys(conn, wanted)]

@@ -387,6 +387,9 @@ def test_contained_medication_gives_the_code_and_no_extra_entry() -> None:
         "text": "ustekinumab 45 MG/0.5ML"
     }
     assert not [k for k in entry_keys(bundle) if k.startswith("Medication/")]
+    dangling = {**order, "medicationReference": {"reference": "#other"}}
+    with pytest.raises(RequestError, match="#other is not one of its contained resources"):
+        build_claim(parts(medication_request=dangling))
 
 
 def test_without_provider_the_requester_is_used_as_given() -> None:

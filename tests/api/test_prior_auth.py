@@ -1,0 +1,417 @@
+"""Prior authorization end to end, in process, against a real payer stand-in on 127.0.0.1.
+
+The gateway assembles a PAS request for a specialty MedicationRequest, submits it over HTTP with
+client-credentials auth, and each answer (synchronous, notification, X12 278, CSV) moves one PA Task
+through the lifecycle. Both backends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from gateway.fhir import dates
+from gateway.pa.payers import parse_payers
+from gateway.service.gateway import Gateway
+from gateway.store import priorauth as pa_store
+from tests import factories as f
+from tests.conftest import CORPUS, ClientFactory
+from tests.payer_standin import PayerStandIn
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PAS = CORPUS / "pas" / "davinci-pas-ig-2.2.1"
+GATEWAY = "https://specialty-gateway.org/fhir"
+
+
+@pytest.fixture
+def payer() -> Iterator[PayerStandIn]:
+    with PayerStandIn() as standin:
+        standin.timeout_delay_s = 2.0
+        yield standin
+
+
+class Order:
+    """A specialty order ready for prior authorization, and the ids of what it refers to."""
+
+    def __init__(self, ids: dict[str, str]) -> None:
+        self.ids = ids
+
+    def __getattr__(self, name: str) -> str:
+        return self.ids[name]
+
+
+async def _create(api: httpx.AsyncClient, resource: dict[str, Any]) -> str:
+    answer = await api.post(f"/fhir/{resource['resourceType']}", json=resource)
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+@pytest_asyncio.fixture
+async def order(gateway: Gateway, api: httpx.AsyncClient, payer: PayerStandIn) -> AsyncIterator[Order]:
+    patient = await _create(api, f.patient())
+    insurer = await _create(
+        api,
+        {
+            "resourceType": "Organization",
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}],
+            "name": "Stand-in Health Plan",
+        },
+    )
+    prescriber = await _create(api, {"resourceType": "Practitioner", "name": [{"family": "Prescriber"}]})
+    coverage = await _create(
+        api,
+        {
+            "resourceType": "Coverage",
+            "status": "active",
+            "beneficiary": {"reference": f"Patient/{patient}"},
+            "payor": [{"reference": f"Organization/{insurer}"}],
+        },
+    )
+    anc = await _create(api, f.lab_observation(patient, code="751-8", value=2.1, unit="10*3/uL"))
+    request = await _create(
+        api,
+        f.medication_request(
+            patient,
+            requester={"reference": f"Practitioner/{prescriber}"},
+            dispenseRequest={"quantity": {"value": 30, "unit": "tablet"}},
+        ),
+    )
+    previous = gateway.priorauth.payers
+    gateway.priorauth.payers = parse_payers(
+        {
+            "payers": [
+                {
+                    "name": "standin",
+                    "base_url": payer.base_url,
+                    "insurers": [f"Organization/{insurer}"],
+                    "auth": {
+                        "type": "client-credentials",
+                        "token_url": payer.token_url,
+                        "client_id": payer.client_id,
+                        "client_secret": payer.client_secret,
+                    },
+                    "timeout_seconds": 1.0,
+                    "retry": {"max_attempts": 3, "first_delay_seconds": 60, "max_delay_seconds": 600},
+                    "inquire_every_seconds": 3600,
+                }
+            ]
+        }
+    )
+    yield Order(
+        {
+            "patient": patient,
+            "insurer": insurer,
+            "prescriber": prescriber,
+            "coverage": coverage,
+            "anc": anc,
+            "request": request,
+        }
+    )
+    gateway.priorauth.payers = previous
+
+
+def parameters(order: Order, **extra: str) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {"name": "coverage", "valueReference": {"reference": f"Coverage/{order.coverage}"}},
+        {"name": "supportingInfo", "valueReference": {"reference": f"Observation/{order.anc}"}},
+    ]
+    params += [{"name": k, "valueCode": v} for k, v in extra.items()]
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+async def request_pa(api: httpx.AsyncClient, order: Order, **extra: str) -> dict[str, Any]:
+    answer = await api.post(
+        f"/fhir/MedicationRequest/{order.request}/$request-prior-auth", json=parameters(order, **extra)
+    )
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def business(task: dict[str, Any]) -> str:
+    return str(task["businessStatus"]["coding"][0]["code"])
+
+
+def outputs(task: dict[str, Any], code: str) -> list[Any]:
+    return [
+        next(v for k, v in o.items() if k.startswith("value"))
+        for o in task.get("output", [])
+        if o["type"]["coding"][0]["code"] == code
+    ]
+
+
+def corpus(name: str) -> dict[str, Any]:
+    return dict(json.loads((PAS / name).read_text()))
+
+
+# --- building and submitting -------------------------------------------------------------------
+
+
+async def test_the_request_bundle_passes_the_profile_and_holds_each_resource_once(
+    api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    task = await request_pa(api, order)
+    assert business(task) == "approved" and task["status"] == "completed"
+    submitted = payer.on("$submit")
+    assert len(submitted) == 1
+    bundle = submitted[0].body
+    assert submitted[0].headers["authorization"].startswith("Bearer ")
+    assert submitted[0].headers["idempotency-key"].startswith(f"{task['id']}/")
+    assert bundle["meta"]["profile"] == [f"{GATEWAY}/StructureDefinition/pas-request-bundle"]
+    claim = bundle["entry"][0]["resource"]
+    assert claim["resourceType"] == "Claim" and claim["use"] == "preauthorization"
+    keys = [(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]]
+    assert len(keys) == len(set(keys))  # exactly once
+    assert set(keys) >= {
+        ("MedicationRequest", order.request),
+        ("Patient", order.patient),
+        ("Coverage", order.coverage),
+        ("Organization", order.insurer),
+        ("Practitioner", order.prescriber),
+        ("Observation", order.anc),
+    }
+    # The gateway validates what it sends: the bundle as sent passes its own profile.
+    gateway_issues = [i for i in api_gateway(api).fhir.validator.validate(bundle) if i.is_error]
+    assert gateway_issues == []
+    # The Task links the Claim and the stored ClaimResponse, and carries the approval.
+    claim_ref = next(
+        i["valueReference"]["reference"] for i in task["input"] if i["type"]["coding"][0]["code"] == "claim"
+    )
+    assert claim_ref == f"Claim/{claim['id']}"
+    assert (await api.get(f"/fhir/{claim_ref}")).status_code == 200
+    response_ref = outputs(task, "claim-response")[0]["reference"]
+    stored = (await api.get(f"/fhir/{response_ref}")).json()
+    assert (
+        stored["request"]["reference"] == claim_ref
+        and stored["patient"]["reference"] == f"Patient/{order.patient}"
+    )
+    assert outputs(task, "authorization-number") == ["AUTH-1"]
+    assert task["restriction"]["period"]["end"] == outputs(task, "authorization-period")[0]["end"]
+    assert task["owner"]["reference"] == f"Organization/{order.insurer}"
+
+
+def api_gateway(api: httpx.AsyncClient) -> Gateway:
+    transport = api._transport  # the in-process app's gateway
+    app = transport.app  # type: ignore[attr-defined]
+    return app.state.gateway  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status", "task_status", "check"),
+    [
+        ("denied", "denied", "completed", "reason"),
+        ("partial", "partially-approved", "completed", "items"),
+        ("modified", "approved-modified", "completed", "items"),
+        ("pended", "pended", "in-progress", None),
+        ("rejected", "rejected-by-payer", "rejected", "reason"),
+        ("received", "payer-received", "received", None),
+    ],
+)
+async def test_each_payer_answer_puts_the_task_where_the_lifecycle_says(
+    api: httpx.AsyncClient,
+    order: Order,
+    payer: PayerStandIn,
+    scenario: str,
+    status: str,
+    task_status: str,
+    check: str | None,
+) -> None:
+    payer.scenarios.append(scenario)
+    task = await request_pa(api, order)
+    assert (business(task), task["status"]) == (status, task_status)
+    if check == "reason":
+        assert task["statusReason"]["text"]
+    if check == "items":
+        lines = outputs(task, "item-decision")
+        assert lines and all(line.startswith("item ") for line in lines)
+
+
+async def test_a_timeout_leaves_submission_error_and_the_retry_is_a_new_task_version(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.append("timeout")
+    task = await request_pa(api, order)
+    assert business(task) == "submission-error" and task["status"] == "failed"
+    assert "no answer within 1 s" in task["statusReason"]["text"]
+    async with gateway.db.read() as conn:
+        first = await pa_store.submissions_of(conn, task["id"])
+    assert [(s.state, s.attempt) for s in first] == [("failed", 1)]
+    # Not yet due: nothing is sent again.
+    await gateway.payer_worker.run_once()
+    assert len(payer.on("$submit")) == 1
+    # Due (the payer's retry policy: 60 s): sent again under a new Task version and a new key.
+    await gateway.payer_worker.run_once(dates.now_us() + 61_000_000)
+    sent = payer.on("$submit")
+    assert len(sent) == 2
+    keys = [r.headers["idempotency-key"] for r in sent]
+    assert len(set(keys)) == 2 and all(k.startswith(f"{task['id']}/") for k in keys)
+    assert sent[0].body["identifier"] == sent[1].body["identifier"]  # the same request, recognisable
+    after = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(after) == "approved"
+    history = (await api.get(f"/fhir/Task/{task['id']}/_history")).json()
+    seen = [business(e["resource"]) for e in reversed(history["entry"])]
+    assert seen == ["submitted", "submission-error", "submitted", "approved"]
+    # Each Task version was sent at most once.
+    async with gateway.db.read() as conn:
+        rows = await pa_store.submissions_of(conn, task["id"])
+    assert len({(r.task_version, r.kind) for r in rows}) == len(rows)
+
+
+async def test_a_second_request_while_one_is_live_is_refused(
+    api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.append("pended")
+    await request_pa(api, order)
+    again = await api.post(
+        f"/fhir/MedicationRequest/{order.request}/$request-prior-auth", json=parameters(order)
+    )
+    assert again.status_code == 409
+    assert "pended" in again.json()["issue"][0]["diagnostics"]
+    assert len(payer.on("$submit")) == 1
+
+
+async def test_an_insurer_without_a_payer_is_a_clear_error(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order
+) -> None:
+    gateway.priorauth.payers = parse_payers({"payers": []})
+    answer = await api.post(
+        f"/fhir/MedicationRequest/{order.request}/$request-prior-auth", json=parameters(order)
+    )
+    assert answer.status_code == 422
+    assert "No payer is configured" in answer.json()["issue"][0]["diagnostics"]
+
+
+# --- the published PAS examples -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("example", "status", "number", "period"),
+    [
+        (
+            "Bundle-ReferralAuthorizationResponseBundleExample.json",
+            "approved",
+            "AUTH0001",
+            {"start": "2005-05-02", "end": "2005-06-02"},
+        ),
+        ("Bundle-ReferralPendingAuthorizationResponseBundleExample.json", "pended", None, None),
+        ("Bundle-RejectionResponseBundleExample.json", "denied", None, None),
+    ],
+)
+async def test_published_pas_responses_drive_the_task(
+    api: httpx.AsyncClient,
+    order: Order,
+    payer: PayerStandIn,
+    example: str,
+    status: str,
+    number: str | None,
+    period: dict[str, str] | None,
+) -> None:
+    payer.canned.append(corpus(example))
+    task = await request_pa(api, order)
+    assert business(task) == status
+    assert outputs(task, "authorization-number") == ([number] if number else [])
+    if period:
+        assert task["restriction"]["period"] == period
+    if status == "denied":
+        # The example gives no reason code: the Task still says why (the profile requires a reason).
+        assert "A3" in task["statusReason"]["text"]
+
+
+async def test_published_pended_then_approved_by_the_published_notification(
+    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn
+) -> None:
+    payer.canned.append(corpus("Bundle-ReferralPendingAuthorizationResponseBundleExample.json"))
+    task = await request_pa(api, order)
+    assert business(task) == "pended"
+    payer_client = await client_factory("system/ClaimResponse.c")
+    answer = await payer_client.post(
+        "/payer/pas/notifications", json=corpus("Bundle-PASSubscriptionNotification.json")
+    )
+    assert answer.status_code == 200, answer.text
+    after = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(after) == "approved" and outputs(after, "authorization-number") == ["AUTH0001"]
+
+
+# --- payer feeds ----------------------------------------------------------------------------------
+
+
+async def test_notifications_need_the_claimresponse_scope_and_a_matching_request(
+    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn
+) -> None:
+    reader = await client_factory("system/Task.rs")
+    refused = await reader.post(
+        "/payer/pas/notifications", json=corpus("Bundle-PASSubscriptionNotification.json")
+    )
+    assert refused.status_code == 403
+    payer_client = await client_factory("system/ClaimResponse.c")
+    unknown = await payer_client.post(
+        "/payer/pas/notifications", json=corpus("Bundle-PASSubscriptionNotification.json")
+    )
+    assert unknown.status_code == 422
+    assert "No prior-authorization request here matches" in unknown.json()["issue"][0]["diagnostics"]
+    bad = await payer_client.post(
+        "/payer/pas/notifications", json=corpus("Bundle-PASClaimInquiryBundleExample.json")
+    )
+    assert bad.status_code == 400
+
+
+async def test_invalid_transitions_are_refused(
+    api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.append("denied")
+    task = await request_pa(api, order)
+    approved = {
+        **task,
+        "status": "completed",
+        "businessStatus": {
+            "coding": [{"system": f"{GATEWAY}/CodeSystem/pa-business-status", "code": "approved"}]
+        },
+    }
+    answer = await api.put(f"/fhir/Task/{task['id']}", json=approved)
+    assert answer.status_code == 422
+    issue = answer.json()["issue"][0]
+    assert "cannot go from denied to approved" in issue["diagnostics"]
+    assert issue["expression"] == ["Task.businessStatus"]
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "denied"
+
+
+async def test_an_approval_ending_within_the_window_opens_one_renewal_and_later_expires(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.approved_days = 20
+    task = await request_pa(api, order)
+    assert business(task) == "approved"
+    for _ in range(3):  # timer ticks
+        await gateway.payer_worker.run_once()
+    renewals = (
+        (await api.get("/fhir/Task", params={"based-on": f"Task/{task['id']}"})).json().get("entry", [])
+    )
+    assert len(renewals) == 1
+    renewal = renewals[0]["resource"]
+    assert business(renewal) == "pa-required" and renewal["status"] == "draft"
+    assert renewal["code"]["coding"][0]["code"] == "prior-authorization-renewal"
+    assert renewal["focus"]["reference"] == f"MedicationRequest/{order.request}"
+    # After the period ends, the approval is expired (once).
+    later = dates.to_us(datetime.now(UTC) + timedelta(days=22))
+    await gateway.payer_worker.run_once(later)
+    await gateway.payer_worker.run_once(later)
+    after = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(after) == "expired"
+    assert after["meta"]["versionId"] == str(int(task["meta"]["versionId"]) + 1)
+
+
+async def test_turnaround_per_payer(api: httpx.AsyncClient, order: Order, payer: PayerStandIn) -> None:
+    await request_pa(api, order)
+    report = (await api.get("/fhir/Task/$pa-turnaround")).json()
+    part = {
+        p["name"]: next(v for k, v in p.items() if k.startswith("value"))
+        for p in report["parameter"][0]["part"]
+    }
+    assert part["payer"] == "standin" and part["decided"] == 1 and part["pending"] == 0
+    assert 0 <= part["median-hours"] < 0.1
