@@ -352,6 +352,10 @@ class PriorAuthService:
         before = tasks.business_status(task)
         after = lifecycle.outcome(decision)
         item_lines = [tasks.describe_item(i) for i in decision.items]
+        # The payer's numbers find this Task next time, even when this answer changes nothing.
+        keys = [("payer", v) for v in decision.correlation.payer_references]
+        keys += [("payer", i.authorization_number) for i in decision.items if i.authorization_number]
+        await pa_store.add_references(conn, task_id, keys)
         if before == after and _item_lines(task) == item_lines:
             return Applied(task_id, after, False)  # the same answer again (a re-sent notification, a poll)
         problem = lifecycle.transition_problem(before, after)
@@ -372,9 +376,6 @@ class PriorAuthService:
         if isinstance(plan, store.PendingVersion):
             pending.append(plan)
         await self.fhir.write_versions(conn, self.internal, pending)
-        keys = [("payer", v) for v in decision.correlation.payer_references]
-        keys += [("payer", i.authorization_number) for i in decision.items if i.authorization_number]
-        await pa_store.add_references(conn, task_id, keys)
         log.info(
             "prior authorization answered task=%s %s -> %s source=%s", task_id, before, after, decision.source
         )

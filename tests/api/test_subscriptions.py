@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from gateway.fhir import dates
 from gateway.service.context import RequestContext
@@ -18,21 +16,6 @@ from tests.conftest import ClientFactory
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-@pytest_asyncio.fixture
-async def delivering(gateway: Gateway) -> AsyncIterator[Gateway]:
-    gateway.deliverer.poll_s = 0.05
-    await gateway.deliverer.start()
-    yield gateway
-    await gateway.deliverer.stop()
 
 
 async def subscribe(api: httpx.AsyncClient, resource: dict[str, Any]) -> str:

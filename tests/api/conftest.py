@@ -1,0 +1,119 @@
+"""Fixtures shared by the API tests: a real notification receiver, a running deliverer, a payer
+stand-in and a specialty order ready for prior authorization."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from gateway.pa.payers import parse_payers
+from gateway.service.gateway import Gateway
+from tests import factories as f
+from tests.payer_standin import PayerStandIn
+from tests.receiver import Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+@pytest_asyncio.fixture
+async def delivering(gateway: Gateway) -> AsyncIterator[Gateway]:
+    gateway.deliverer.poll_s = 0.05
+    await gateway.deliverer.start()
+    yield gateway
+    await gateway.deliverer.stop()
+
+
+@pytest.fixture
+def payer() -> Iterator[PayerStandIn]:
+    with PayerStandIn() as standin:
+        standin.timeout_delay_s = 2.0
+        yield standin
+
+
+class Order:
+    """A specialty order ready for prior authorization, and the ids of what it refers to."""
+
+    def __init__(self, ids: dict[str, str]) -> None:
+        self.ids = ids
+
+    def __getattr__(self, name: str) -> str:
+        return self.ids[name]
+
+
+async def _create(api: httpx.AsyncClient, resource: dict[str, Any]) -> str:
+    answer = await api.post(f"/fhir/{resource['resourceType']}", json=resource)
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+@pytest_asyncio.fixture
+async def order(gateway: Gateway, api: httpx.AsyncClient, payer: PayerStandIn) -> AsyncIterator[Order]:
+    patient = await _create(api, f.patient())
+    insurer = await _create(
+        api,
+        {
+            "resourceType": "Organization",
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}],
+            "name": "Stand-in Health Plan",
+        },
+    )
+    prescriber = await _create(api, {"resourceType": "Practitioner", "name": [{"family": "Prescriber"}]})
+    coverage = await _create(
+        api,
+        {
+            "resourceType": "Coverage",
+            "status": "active",
+            "beneficiary": {"reference": f"Patient/{patient}"},
+            "payor": [{"reference": f"Organization/{insurer}"}],
+        },
+    )
+    anc = await _create(api, f.lab_observation(patient, code="751-8", value=2.1, unit="10*3/uL"))
+    request = await _create(
+        api,
+        f.medication_request(
+            patient,
+            requester={"reference": f"Practitioner/{prescriber}"},
+            dispenseRequest={"quantity": {"value": 30, "unit": "tablet"}},
+        ),
+    )
+    previous = gateway.priorauth.payers
+    gateway.priorauth.payers = parse_payers(
+        {
+            "payers": [
+                {
+                    "name": "standin",
+                    "base_url": payer.base_url,
+                    "insurers": [f"Organization/{insurer}"],
+                    "auth": {
+                        "type": "client-credentials",
+                        "token_url": payer.token_url,
+                        "client_id": payer.client_id,
+                        "client_secret": payer.client_secret,
+                    },
+                    "timeout_seconds": 1.0,
+                    "retry": {"max_attempts": 3, "first_delay_seconds": 60, "max_delay_seconds": 600},
+                    "inquire_every_seconds": 3600,
+                }
+            ]
+        }
+    )
+    yield Order(
+        {
+            "patient": patient,
+            "insurer": insurer,
+            "prescriber": prescriber,
+            "coverage": coverage,
+            "anc": anc,
+            "request": request,
+        }
+    )
+    gateway.priorauth.payers = previous
