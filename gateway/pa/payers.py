@@ -18,6 +18,7 @@ A YAML (or JSON) file named by GATEWAY_PAYERS_FILE:
         timeout_seconds: 15                   # PAS answers within 15 s
         retry: {max_attempts: 5, first_delay_seconds: 60, max_delay_seconds: 3600}
         inquire_every_seconds: 14400          # Claim/$inquire for pended requests; 0 = never
+        claim_type: professional              # Claim.type: professional (default), institutional, pharmacy
 
 Secrets may also be written inline (`client_secret`, `token`) for local testing.
 """
@@ -94,6 +95,7 @@ class PayerConfig(BaseModel):
     timeout_seconds: float = Field(15, gt=0, le=300)
     retry: RetryPolicy = RetryPolicy()
     inquire_every_seconds: float = Field(4 * 3600, ge=0)
+    claim_type: Literal["professional", "institutional", "pharmacy"] = "professional"
 
     @property
     def fhir_base(self) -> str:

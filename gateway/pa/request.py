@@ -105,6 +105,9 @@ class RequestParts:
     priority: str
     related_claim_id: str | None
     certification_type: str = "I"
+    # Medical-benefit drugs (what PAS carries; pharmacy-benefit ones go through NCPDP ePA) are billed on
+    # professional claims; a payer may want pharmacy or institutional (its `claim_type` setting).
+    claim_type: str = "professional"
     extras: tuple[JSON, ...] = ()
 
 
@@ -306,7 +309,7 @@ def build_claim(parts: RequestParts) -> JSON:
         ],
         "identifier": [{"system": TRACE_SYSTEM, "value": parts.trace_number}],
         "status": "active",
-        "type": {"coding": [{"system": CLAIM_TYPE_SYSTEM, "code": "pharmacy"}]},
+        "type": {"coding": [{"system": CLAIM_TYPE_SYSTEM, "code": parts.claim_type}]},
         "use": "preauthorization",
         "patient": _ref(parts.patient),
         "created": parts.created,

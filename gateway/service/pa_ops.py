@@ -1,6 +1,7 @@
 """Prior-authorization operations as the transports and the CLI call them.
 
 - `request`: `POST /fhir/MedicationRequest/{id}/$request-prior-auth` (prepare, send, return the Task).
+- `appeal`: `POST /fhir/Task/{id}/$appeal` (a denied Task: a new appeal Task partOf it, sent likewise).
 - `payer_message`: `POST /payer/pas/notifications` (PAS response Bundles, PAS subscription notifications).
 - `payer_file`: X12 278 response files and CSV status files (`gateway ingest`, `POST /payer/files`).
 - `turnaround`: per-payer turnaround as a Parameters resource (`GET /fhir/Task/$pa-turnaround`).
@@ -43,7 +44,14 @@ class PriorAuthOps:
 
     async def request(self, ctx: RequestContext, request_id: str, body: bytes) -> Outcome:
         parameters = _json(body) if body.strip() else None
-        sub_id = await self.service.prepare_request(ctx, request_id, parameters)
+        return await self._sent(ctx, await self.service.prepare_request(ctx, request_id, parameters))
+
+    async def appeal(self, ctx: RequestContext, task_id: str, body: bytes) -> Outcome:
+        parameters = _json(body) if body.strip() else None
+        return await self._sent(ctx, await self.service.prepare_appeal(ctx, task_id, parameters))
+
+    async def _sent(self, ctx: RequestContext, sub_id: str) -> Outcome:
+        """Send the recorded request now and answer with its Task as the payer's answer left it."""
         await self.worker.send(sub_id)
         task_id = sub_id.split("/", 1)[0]
         async with self.service.db.read() as conn:

@@ -235,22 +235,8 @@ class PayerWorker:
             new_id = submission_id(row.task_id, version)
             await pa_store.add_submission(
                 conn,
-                Submission(
-                    new_id,
-                    row.task_id,
-                    version,
-                    "submit",
-                    row.payer,
-                    "pending",
-                    row.attempt + 1,
-                    now,
-                    None,
-                    now,
-                    None,
-                    None,
-                    None,
-                    None,
-                    row.body,
+                pa_store.new_submission(
+                    new_id, row.task_id, version, "submit", row.payer, row.attempt + 1, now, row.body
                 ),
             )
         await self.send(new_id)
@@ -277,22 +263,8 @@ class PayerWorker:
             async with self.db.write() as conn:
                 added = await pa_store.add_submission(
                     conn,
-                    Submission(
-                        new_id,
-                        row.task_id,
-                        row.task_version,
-                        "inquire",
-                        submit.payer,
-                        "pending",
-                        1,
-                        now,
-                        None,
-                        now,
-                        None,
-                        None,
-                        None,
-                        None,
-                        submit.body,
+                    pa_store.new_submission(
+                        new_id, row.task_id, row.task_version, "inquire", submit.payer, 1, now, submit.body
                     ),
                 )
             if added:

@@ -35,7 +35,6 @@ from gateway.service.interactions import FhirService
 from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
 from gateway.store import search as store_search
-from gateway.store.priorauth import Submission
 from gateway.types import JSON, Issue
 
 log = logging.getLogger("gateway.priorauth")
@@ -45,6 +44,14 @@ SUBMISSION_SYSTEM = "https://specialty-gateway.org/fhir/pa-submission"
 RESUBMITTABLE = frozenset({"pa-required", "submission-error", "rejected-by-payer", "info-requested"})
 # References followed from the Claim when assembling the Bundle (Claim -> PractitionerRole -> ...).
 MAX_REFERENCE_DEPTH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """A first request (the defaults) or an appeal of a denied Task (its Claim is the related one)."""
+
+    appeal_of: str | None = None
+    related_claim_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +112,43 @@ class PriorAuthService:
             request = _loads(await store.current(conn, "MedicationRequest", request_id))
             if request is None:
                 raise NotFound(f"MedicationRequest/{request_id} does not exist")
-            parts_loaded = await self._load_parts(conn, request, params)
-        payer = self._payer_for(parts_loaded["insurer"])
+            loaded = await self._load_parts(conn, request, params)
+        return await self._record_request(request, loaded, params, _Kind())
+
+    async def prepare_appeal(self, ctx: RequestContext, task_id: str, parameters: JSON | None) -> str:
+        """An appeal of a denied authorization: a new Task partOf the denied one, a Claim related to the
+        denied request's Claim, submitted like a request. Returns the submission id."""
+        ctx.require("Task", "c")
+        ctx.require("Claim", "c")
+        params = _parameters(parameters)
+        async with self.db.read() as conn:
+            denied = _loads(await store.current(conn, "Task", task_id))
+            if denied is None or not tasks.is_pa_task(denied):
+                raise NotFound(f"Task/{task_id} is not a prior-authorization Task here")
+            if tasks.business_status(denied) != "denied":
+                raise Conflict(
+                    f"Only a denied prior authorization can be appealed; Task/{task_id} is"
+                    f" {tasks.business_status(denied)}"
+                )
+            request_ref = _ref(denied.get("focus")) or ""
+            request = _loads(await store.current(conn, "MedicationRequest", request_ref.partition("/")[2]))
+            if request is None:
+                raise Unprocessable(f"{request_ref} (the denied Task's focus) no longer exists")
+            params.coverage = params.coverage or tasks.reference_of(denied, "input", "coverage")
+            loaded = await self._load_parts(conn, request, params)
+        claim_ref = tasks.reference_of(denied, "input", "claim") or ""
+        kind = _Kind(appeal_of=task_id, related_claim_id=claim_ref.partition("/")[2] or None)
+        return await self._record_request(request, loaded, params, kind)
+
+    async def _record_request(
+        self, request: JSON, loaded: dict[str, Any], params: RequestParams, kind: _Kind
+    ) -> str:
+        payer = self._payer_for(loaded["insurer"])
         now = _now()
         now_us = dates.to_us(now)
+        priority = params.priority or str(request.get("priority") or "routine")
         async with self.db.write() as conn:
-            task = await self._task_for(conn, request)
+            task = None if kind.appeal_of else await self._task_for(conn, request)
             task_id = str(task["id"]) if task else str(uuid.uuid4())
             trace = (tasks.trace_number(task) if task else None) or uuid.uuid4().hex[:20].upper()
             claim_id = str(uuid.uuid4())
@@ -122,45 +160,50 @@ class PriorAuthService:
                 created=tasks.instant(now),
                 base_url=self.base_url,
                 medication_request=request,
-                patient=parts_loaded["patient"],
-                coverage=parts_loaded["coverage"],
-                insurer=parts_loaded["insurer"],
-                provider=parts_loaded["provider"],
-                medication=parts_loaded["medication"],
-                supporting=tuple(parts_loaded["supporting"]),
-                priority=params.priority or str(request.get("priority") or "routine"),
-                related_claim_id=None,
-                extras=tuple(parts_loaded["extras"]),
+                patient=loaded["patient"],
+                coverage=loaded["coverage"],
+                insurer=loaded["insurer"],
+                provider=loaded["provider"],
+                medication=loaded["medication"],
+                supporting=tuple(loaded["supporting"]),
+                priority=priority,
+                related_claim_id=kind.related_claim_id,
+                # X12 1322: 1 appeal - immediate, 2 appeal - standard, I initial.
+                certification_type=(
+                    ("1" if priority in tasks.EXPEDITED_PRIORITIES else "2") if kind.appeal_of else "I"
+                ),
+                claim_type=payer.claim_type,
+                extras=tuple(loaded["extras"]),
             )
             try:
                 claim = build_claim(parts)
                 bundle = build_request_bundle(parts)
             except RequestError as exc:
                 raise Unprocessable(str(exc)) from None
-            self.fhir.validate(claim, where=None)
+            self.fhir.validate(claim)
             bundle_issues = [i for i in self.fhir.validator.validate(bundle) if i.is_error]
             if bundle_issues:
                 raise Unprocessable(issues=bundle_issues)
+            current = await store.current(conn, "Task", task_id) if task else None
             if task is None:
                 task = tasks.new_task(
                     task_id,
                     medication_request=request,
-                    priority=_task_priority(parts.priority),
+                    task_type="prior-authorization-appeal" if kind.appeal_of else "prior-authorization",
+                    priority=_task_priority(priority),
                     now=now,
                     trace_number=trace,
+                    part_of=kind.appeal_of,
                 )
-                current = None
-            else:
-                current = await store.current(conn, "Task", task_id)
+            elif not task.get("identifier"):
+                task = {**task, "identifier": [{"system": tasks.TRACE_SYSTEM, "value": trace}]}
             sent = tasks.submitted(
-                {
-                    **task,
-                    "identifier": task.get("identifier") or [{"system": tasks.TRACE_SYSTEM, "value": trace}],
-                },
+                task,
                 claim_id=claim_id,
-                coverage_ref=f"Coverage/{parts_loaded['coverage']['id']}",
-                insurer_ref=f"Organization/{parts_loaded['insurer']['id']}",
+                coverage_ref=f"Coverage/{loaded['coverage']['id']}",
+                insurer_ref=f"Organization/{loaded['insurer']['id']}",
                 now=now,
+                appeal=kind.appeal_of is not None,
             )
             self.fhir.validate(sent)
             plans = [
@@ -174,25 +217,11 @@ class PriorAuthService:
             sub_id = submission_id(task_id, version)
             await pa_store.add_submission(
                 conn,
-                Submission(
-                    sub_id,
-                    task_id,
-                    version,
-                    "submit",
-                    payer.name,
-                    "pending",
-                    1,
-                    now_us,
-                    None,
-                    now_us,
-                    None,
-                    None,
-                    None,
-                    None,
-                    orjson.dumps(bundle).decode(),
+                pa_store.new_submission(
+                    sub_id, task_id, version, "submit", payer.name, 1, now_us, orjson.dumps(bundle).decode()
                 ),
             )
-            bundle_ident = bundle.get("identifier") or {}
+            identifier = bundle.get("identifier") or {}
             await pa_store.add_references(
                 conn,
                 task_id,
@@ -200,7 +229,7 @@ class PriorAuthService:
                     ("claim", claim_id),
                     ("trace", trace),
                     ("trace", f"{tasks.TRACE_SYSTEM}|{trace}"),
-                    ("trace", f"{bundle_ident.get('system')}|{bundle_ident.get('value')}"),
+                    ("trace", f"{identifier.get('system')}|{identifier.get('value')}"),
                 ],
             )
         log.info("prior authorization prepared task=%s claim=%s payer=%s", task_id, claim_id, payer.name)

@@ -149,6 +149,23 @@ class Submission:
     body: str
 
 
+def new_submission(
+    submission_id: str,
+    task_id: str,
+    version: int,
+    kind: str,
+    payer: str,
+    attempt: int,
+    now_us: int,
+    body: str,
+) -> Submission:
+    """A request to send now (state pending)."""
+    return Submission(
+        submission_id, task_id, version, kind, payer, "pending", attempt, now_us, None, now_us,
+        None, None, None, None, body,
+    )  # fmt: skip
+
+
 def _submission(row: Any) -> Submission:
     return Submission(**{name: getattr(row, name) for name in Submission.__dataclass_fields__})
 

@@ -7,6 +7,7 @@ through the lifecycle. Both backends.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from gateway.fhir import dates
 from gateway.pa.payers import parse_payers
 from gateway.service.gateway import Gateway
 from gateway.store import priorauth as pa_store
+from tests import factories as f
 from tests.api.conftest import Order
 from tests.conftest import CORPUS, ClientFactory
 from tests.payer_standin import PayerStandIn
@@ -326,3 +328,103 @@ async def test_turnaround_per_payer(api: httpx.AsyncClient, order: Order, payer:
     }
     assert part["payer"] == "standin" and part["decided"] == 1 and part["pending"] == 0
     assert 0 <= part["median-hours"] < 0.1
+
+
+async def test_a_denied_authorization_is_appealed_as_a_new_task_part_of_it(
+    api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.extend(["denied", "approved"])
+    denied = await request_pa(api, order)
+    assert business(denied) == "denied"
+    answer = await api.post(f"/fhir/Task/{denied['id']}/$appeal")
+    assert answer.status_code == 200, answer.text
+    appeal = answer.json()
+    assert appeal["id"] != denied["id"]
+    assert appeal["partOf"] == [{"reference": f"Task/{denied['id']}"}]
+    assert appeal["code"]["coding"][0]["code"] == "prior-authorization-appeal"
+    assert business(appeal) == "approved"
+    history = (await api.get(f"/fhir/Task/{appeal['id']}/_history")).json()
+    assert [business(e["resource"]) for e in reversed(history["entry"])] == ["appeal-submitted", "approved"]
+    sent = payer.on("$submit")[-1].body["entry"][0]["resource"]
+    denied_claim = next(
+        i["valueReference"]["reference"] for i in denied["input"] if i["type"]["coding"][0]["code"] == "claim"
+    )
+    assert sent["related"][0]["claim"]["reference"] == denied_claim
+    assert business((await api.get(f"/fhir/Task/{denied['id']}")).json()) == "denied"  # stays denied
+    not_denied = await api.post(f"/fhir/Task/{appeal['id']}/$appeal")
+    assert not_denied.status_code == 409
+
+
+async def test_pended_requests_are_asked_about_on_the_payers_cadence(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.append("pended")
+    task = await request_pa(api, order)
+    await gateway.payer_worker.run_once()  # not yet due (every 3600 s)
+    assert payer.on("$inquire") == []
+    hour_later = dates.now_us() + 3_601_000_000
+    await gateway.payer_worker.run_once(hour_later)  # due: asked, still pended, nothing changes
+    assert len(payer.on("$inquire")) == 1
+    still = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(still) == "pended" and still["meta"]["versionId"] == task["meta"]["versionId"]
+    claim_id = outputs_input(task, "claim").split("/")[1]
+    payer.decide(claim_id, "approved")
+    await gateway.payer_worker.run_once(hour_later + 3_601_000_000)
+    assert len(payer.on("$inquire")) == 2
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
+
+
+def outputs_input(task: dict[str, Any], code: str) -> str:
+    return str(
+        next(
+            i["valueReference"]["reference"] for i in task["input"] if i["type"]["coding"][0]["code"] == code
+        )
+    )
+
+
+async def test_an_overdue_decision_raises_pa_overdue_once(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    sub = await api.post(
+        "/fhir/Subscription", json=f.subscription("pa-overdue", "http://127.0.0.1:9/overdue")
+    )
+    assert sub.status_code == 201, sub.text
+    sub_id = sub.json()["id"]
+    payer.scenarios.append("pended")
+    task = await request_pa(api, order, priority="urgent")
+    due = next(e["valueDateTime"] for e in task["extension"] if e["url"].endswith("pa-decision-due"))
+    assert task["priority"] == "urgent"
+    authored = datetime.fromisoformat(task["authoredOn"].replace("Z", "+00:00"))
+    assert datetime.fromisoformat(due.replace("Z", "+00:00")) - authored == timedelta(hours=72)
+
+    async def events() -> int:
+        status = (await api.get(f"/fhir/Subscription/{sub_id}/$status")).json()
+        parameters = status["entry"][0]["resource"]["parameter"]
+        return int(
+            next(p["valueString"] for p in parameters if p["name"] == "events-since-subscription-start")
+        )
+
+    await gateway.payer_worker.run_once()
+    assert await events() == 0  # not overdue yet
+    three_days_later = dates.now_us() + 73 * 3_600_000_000
+    for _ in range(3):
+        await gateway.payer_worker.run_once(three_days_later)
+    assert await events() == 1
+    report = (await api.get("/fhir/Task/$pa-turnaround")).json()
+    part = {
+        p["name"]: next(v for k, v in p.items() if k.startswith("value"))
+        for p in report["parameter"][0]["part"]
+    }
+    assert part["pending"] == 1 and part["decided"] == 0
+
+
+async def test_one_submission_is_sent_once_however_many_workers_try(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    sub_id = await gateway.priorauth.prepare_request(
+        gateway.priorauth.internal, order.request, parameters(order)
+    )
+    await asyncio.gather(*(gateway.payer_worker.send(sub_id) for _ in range(5)))
+    assert len(payer.on("$submit")) == 1
+    await gateway.payer_worker.run_once()
+    assert len(payer.on("$submit")) == 1

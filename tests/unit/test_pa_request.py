@@ -257,7 +257,7 @@ def test_claim_is_first_and_urls_and_identifiers_are_the_gateways() -> None:
 def test_claim_content_for_a_routine_initial_request() -> None:
     claim = build_claim(parts())
     assert claim["status"] == "active"
-    assert claim["type"]["coding"][0]["code"] == "pharmacy"
+    assert claim["type"]["coding"][0]["code"] == "professional"
     assert claim["patient"] == {"reference": "Patient/pat-100"}
     assert claim["insurer"] == {"reference": "Organization/payer-1"}
     assert claim["provider"] == {"reference": "PractitionerRole/role-7"}

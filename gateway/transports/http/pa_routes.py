@@ -23,6 +23,14 @@ async def request_prior_auth(request_id: str, request: Request, ctx: Ctx, gatewa
     return fhir_response(await gateway.pa_ops.request(ctx, request_id, await request.body()))
 
 
+@router.post(
+    "/fhir/Task/{task_id}/$appeal",
+    summary="appeal a denied prior authorization: a new PA Task partOf it, submitted to the payer",
+)
+async def appeal(task_id: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+    return fhir_response(await gateway.pa_ops.appeal(ctx, task_id, await request.body()))
+
+
 @router.get("/fhir/Task/$pa-turnaround", summary="prior-authorization turnaround per payer")
 async def turnaround(ctx: Ctx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.pa_ops.turnaround(ctx))
