@@ -319,7 +319,9 @@ async def test_an_approval_ending_within_the_window_opens_one_renewal_and_later_
     assert after["meta"]["versionId"] == str(int(task["meta"]["versionId"]) + 1)
 
 
-async def test_turnaround_per_payer(api: httpx.AsyncClient, order: Order, payer: PayerStandIn) -> None:
+async def test_turnaround_per_payer_over_the_api_and_in_metrics(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
     await request_pa(api, order)
     report = (await api.get("/fhir/Task/$pa-turnaround")).json()
     part = {
@@ -328,6 +330,11 @@ async def test_turnaround_per_payer(api: httpx.AsyncClient, order: Order, payer:
     }
     assert part["payer"] == "standin" and part["decided"] == 1 and part["pending"] == 0
     assert 0 <= part["median-hours"] < 0.1
+    await gateway.payer_worker.run_once()  # the worker refreshes what /metrics shows
+    metrics = (await api.get("/metrics")).text
+    assert 'gateway_pa_decisions_total{payer="standin"} 1.0' in metrics
+    assert 'gateway_pa_pending{payer="standin"} 0.0' in metrics
+    assert 'gateway_pa_turnaround_hours{payer="standin",statistic="median"}' in metrics
 
 
 async def test_a_denied_authorization_is_appealed_as_a_new_task_part_of_it(

@@ -26,7 +26,12 @@ from gateway.transports.http import (
     subscription_routes,
 )
 from gateway.transports.http.limits import BodySizeLimit
-from gateway.transports.http.observability import HttpMetrics, Observability, PipelineCollector
+from gateway.transports.http.observability import (
+    HttpMetrics,
+    Observability,
+    PipelineCollector,
+    PriorAuthCollector,
+)
 from gateway.transports.http.responses import error_response
 
 log = logging.getLogger("gateway.http")
@@ -41,6 +46,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         app.state.gateway = gateway or await Gateway.start(settings)
         if owned:
             registry.register(PipelineCollector(app.state.gateway.pipeline.counts))
+            registry.register(PriorAuthCollector(lambda: app.state.gateway.payer_worker.turnaround))
         try:
             yield
         finally:
@@ -57,6 +63,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     if gateway is not None:
         app.state.gateway = gateway
         registry.register(PipelineCollector(gateway.pipeline.counts))
+        registry.register(PriorAuthCollector(lambda: gateway.payer_worker.turnaround))
     app.state.metrics_registry = registry
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.service.pa_worker import PayerTurnaround
 
 log = logging.getLogger("gateway.http")
 
@@ -84,3 +86,39 @@ class PipelineCollector:
         for code, count in sorted(self.counts.items()):
             family.add_metric([code], count)
         yield family
+
+
+class PriorAuthCollector:
+    """Prior-authorization turnaround per payer, as the PA worker last computed it (each round)."""
+
+    def __init__(self, source: Callable[[], Sequence[PayerTurnaround]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        rows = list(self.source())
+        decided = CounterMetricFamily(
+            "gateway_pa_decisions", "Prior authorizations decided by the payer", labels=["payer"]
+        )
+        pending = GaugeMetricFamily(
+            "gateway_pa_pending", "Prior authorizations waiting on the payer", labels=["payer"]
+        )
+        overdue = GaugeMetricFamily(
+            "gateway_pa_overdue", "Prior authorizations past their decision due date", labels=["payer"]
+        )
+        turnaround = GaugeMetricFamily(
+            "gateway_pa_turnaround_hours",
+            "Hours from first submission to the payer's decision",
+            labels=["payer", "statistic"],
+        )
+        for row in rows:
+            decided.add_metric([row.payer], row.decided)
+            pending.add_metric([row.payer], row.pending)
+            overdue.add_metric([row.payer], row.overdue)
+            for statistic, value in (
+                ("median", row.median_hours),
+                ("p90", row.p90_hours),
+                ("mean", row.mean_hours),
+            ):
+                if value is not None:
+                    turnaround.add_metric([row.payer, statistic], value)
+        yield from (decided, pending, overdue, turnaround)
