@@ -35,6 +35,8 @@ def _banner(settings: Settings) -> str:
             f"  HL7 v2          MLLP on {settings.host}:{settings.mllp_port}"
             + ("" if settings.mllp_enabled else " (disabled)")
             + f", POST {base}/hl7v2, `gateway ingest FILE...`",
+            f"  Payers          POST {base}/payer/pas/notifications, POST {base}/payer/files"
+            + f" ({settings.payers_file or 'no payers file: set GATEWAY_PAYERS_FILE'})",
             f"  Database        {settings.database_url.split('@')[-1]}",
             "",
             "Get a first token:",
@@ -106,7 +108,8 @@ async def _serve(settings: Settings) -> None:
 def ingest(
     paths: tuple[Path, ...], source_name: str, reprocess_ids: tuple[str, ...], database_url: str | None
 ) -> None:
-    """Feed HL7 v2 files (single messages, several per file, FHS/BHS batches) through the pipeline."""
+    """Feed HL7 v2 files (single messages, several per file, FHS/BHS batches) through the pipeline, and
+    payers' files (X12 278 responses, CSV status files) onto their prior-authorization Tasks."""
     if not paths and not reprocess_ids:
         raise click.UsageError("name files to ingest or --reprocess IDs")
     settings = get_settings(database_url=database_url)

@@ -67,7 +67,13 @@ LIVE_ENV = {"GATEWAY_SUBSCRIPTION_ALLOWLIST": "127.0.0.0/8", "GATEWAY_DELIVERY_P
 
 
 async def start_server(
-    backend: str, database_url: str, log_path: Path, *, port: int | None = None, mllp_port: int | None = None
+    backend: str,
+    database_url: str,
+    log_path: Path,
+    *,
+    port: int | None = None,
+    mllp_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> LiveServer:
     port, mllp_port = port or free_port(), mllp_port or free_port()
     with log_path.open("ab") as log:  # the child keeps its own descriptor
@@ -84,7 +90,7 @@ async def start_server(
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **LIVE_ENV},
+            env={**os.environ, **LIVE_ENV, **(env or {})},
         )
     server = LiveServer(backend, database_url, f"http://127.0.0.1:{port}", process, mllp_port)
     async with httpx.AsyncClient() as http:
