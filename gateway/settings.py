@@ -42,8 +42,6 @@ class Settings(BaseSettings):
     delivery_poll_seconds: float = 1.0
     # pa-expiring: an approved authorization whose period ends within this many days fires the topic.
     pa_expiring_days: int = 30
-    # How often the pa-expiring timer runs.
-    pa_expiring_check_seconds: float = 3600
     # Payers' PAS endpoints, auth, timeouts, retries (YAML; see gateway/pa/payers.py). Empty: none.
     payers_file: Path | None = None
     # How often the prior-authorization worker sends due retries, polls pended requests and runs timers.

@@ -19,7 +19,6 @@ from gateway.service import pa_tracking
 from gateway.service.bundles import BundleProcessor
 from gateway.service.clients import AuthService
 from gateway.service.delivery import Deliverer
-from gateway.service.expiry import ExpiryWatch
 from gateway.service.interactions import FhirService
 from gateway.service.pa_ops import PriorAuthOps
 from gateway.service.pa_worker import PayerWorker
@@ -49,7 +48,6 @@ class Gateway:
     subscriptions: SubscriptionManager
     deliverer: Deliverer
     subscription_ops: SubscriptionOps
-    expiry: ExpiryWatch
     priorauth: PriorAuthService
     payer_worker: PayerWorker
     pa_ops: PriorAuthOps
@@ -84,6 +82,7 @@ class Gateway:
         )
         fhir.write_observers.append(pa_tracking.observe)  # lifecycle first: a refused move matches nothing
         fhir.write_observers.append(manager.observe)
+        await pa_tracking.backfill(db)
         await manager.reload()
         deliverer = Deliverer(
             fhir,
@@ -91,9 +90,6 @@ class Gateway:
             base_url=settings.base_url or f"http://{settings.host}:{settings.port}/fhir",
             horizon_s=settings.subscription_retry_horizon_seconds,
             poll_s=settings.delivery_poll_seconds,
-        )
-        expiry = ExpiryWatch(
-            manager, window_days=settings.pa_expiring_days, interval_s=settings.pa_expiring_check_seconds
         )
         base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
         priorauth = PriorAuthService(fhir, load_payers(settings.payers_file), base_url=base_url)
@@ -127,21 +123,18 @@ class Gateway:
             manager,
             deliverer,
             SubscriptionOps(manager, deliverer),
-            expiry,
             priorauth,
             payer_worker,
             PriorAuthOps(priorauth, payer_worker),
         )
 
     async def start_background(self) -> None:
-        """Delivery of subscription notifications and the pa-expiring timer (what `serve` runs)."""
+        """Delivery of subscription notifications and the prior-authorization worker (what `serve` runs)."""
         await self.deliverer.start()
-        await self.expiry.start()
         await self.payer_worker.start()
 
     async def close(self) -> None:
         await self.payer_worker.stop()
-        await self.expiry.stop()
         await self.deliverer.stop()
         await self.pipeline.stop()
         await self.db.dispose()

@@ -18,9 +18,14 @@ from gateway.pa import tasks
 from gateway.pa.lifecycle import AWAITING_PAYER, transition_problem
 from gateway.service.context import RequestContext
 from gateway.store import priorauth as pa_store
+from gateway.store import search as store_search
+from gateway.store.database import Database
 from gateway.store.resources import PendingVersion, Stored
 from gateway.types import JSON, Issue
 
+PA_TASK_TYPES = frozenset(
+    {"prior-authorization", "prior-authorization-renewal", "prior-authorization-appeal"}
+)
 DECISIONS = frozenset(
     {"approved", "approved-modified", "partially-approved", "denied", "rejected-by-payer", "cancelled"}
 )
@@ -99,3 +104,23 @@ async def _track(
     if claim and claim.startswith("Claim/"):
         keys.append(("claim", claim.split("/", 1)[1]))
     await pa_store.add_references(conn, task_id, keys)
+
+
+async def backfill(db: Database) -> int:
+    """Tracking rows for PA Tasks stored before the gateway kept them (the first start after upgrading).
+
+    Runs only while no Task is tracked at all, so it costs one query on every later start.
+    """
+    async with db.write() as conn:
+        if await pa_store.any_tracked(conn):
+            return 0
+        found = await store_search.by_token(conn, "Task", "code", sorted(PA_TASK_TYPES))
+        now = dates.now_us()
+        count = 0
+        for stored in found:
+            task = _pa_task(stored.content)
+            status = tasks.business_status(task) if task else None
+            if task is not None and status is not None:
+                await _track(conn, stored.id, stored.version, task, None, status, now)
+                count += 1
+    return count

@@ -8,8 +8,9 @@
   not sent again (the payer may have it): it counts as a failed attempt whose outcome is unknown.
 - Pended Tasks are asked about with `Claim/$inquire` every `inquire_every_seconds` of their payer.
 - Timers: decision overdue (CMS due date passed) raises `pa-overdue` once per due date; an approval
-  ending within the window opens a renewal Task once per authorization period (the `pa-expiring`
-  notification itself comes from the ExpiryWatch); a period that has ended moves the Task to expired.
+  ending within the window raises `pa-expiring` and opens a renewal Task, once per authorization
+  period (whatever the timer's pace, in any number of processes); a period that has ended moves the
+  Task to expired. All of it reads the `pa_tracking` rows, never the Tasks themselves.
 """
 
 from __future__ import annotations
@@ -290,8 +291,9 @@ class PayerWorker:
                             conn, row.task_id, "expired", f"The authorization ended {row.auth_end}"
                         )
                 elif end_us - now <= self.window_us and await pa_store.fire_once(
-                    conn, row.task_id, "renewal", row.auth_end, now
+                    conn, row.task_id, "expiring", row.auth_end, now
                 ):
+                    await self._emit_timer(conn, "pa-expiring", row.task_id, now)
                     await self._open_renewal(conn, row.task_id, now)
 
     async def _open_renewal(self, conn: AsyncConnection, task_id: str, now: int) -> None:

@@ -68,6 +68,10 @@ async def save_tracking(conn: AsyncConnection, row: Tracking) -> None:
     await conn.execute(statement)
 
 
+async def any_tracked(conn: AsyncConnection) -> bool:
+    return (await conn.execute(select(pa_tracking.c.task_id).limit(1))).first() is not None
+
+
 async def forget_tracking(conn: AsyncConnection, task_id: str) -> None:
     await conn.execute(delete(pa_tracking).where(pa_tracking.c.task_id == task_id))
 

@@ -250,19 +250,8 @@ subscription_generation = Table(
     Column("value", BigInteger, nullable=False),
 )
 
-# Timer-driven topics (pa-expiring) fire once per resource version and reason: what already fired.
-topic_timer_fired = Table(
-    "topic_timer_fired",
-    metadata,
-    Column("topic", String(255), primary_key=True),
-    Column("focus_type", String(64), primary_key=True),
-    Column("focus_id", String(64), primary_key=True),
-    Column("focus_version", Integer, primary_key=True),
-    Column("fired_us", BigInteger, nullable=False),
-)
 
 SUBSCRIPTION_TABLES = (
-    topic_timer_fired,
     subscription_counter,
     subscription_event,
     subscription_delivery,

@@ -297,11 +297,18 @@ async def test_invalid_transitions_are_refused(
 async def test_an_approval_ending_within_the_window_opens_one_renewal_and_later_expires(
     gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
 ) -> None:
+    expiring = await api.post(
+        "/fhir/Subscription", json=f.subscription("pa-expiring", "http://127.0.0.1:9/expiring")
+    )
+    sub_id = expiring.json()["id"]
     payer.approved_days = 20
     task = await request_pa(api, order)
     assert business(task) == "approved"
     for _ in range(3):  # timer ticks
         await gateway.payer_worker.run_once()
+    status = (await api.get(f"/fhir/Subscription/{sub_id}/$status")).json()["entry"][0]["resource"]
+    counts = [p["valueString"] for p in status["parameter"] if p["name"] == "events-since-subscription-start"]
+    assert counts == ["1"]  # pa-expiring once, not every tick
     renewals = (
         (await api.get("/fhir/Task", params={"based-on": f"Task/{task['id']}"})).json().get("entry", [])
     )
@@ -317,6 +324,24 @@ async def test_an_approval_ending_within_the_window_opens_one_renewal_and_later_
     after = (await api.get(f"/fhir/Task/{task['id']}")).json()
     assert business(after) == "expired"
     assert after["meta"]["versionId"] == str(int(task["meta"]["versionId"]) + 1)
+
+
+async def test_tasks_stored_before_tracking_existed_are_tracked_on_start(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    from sqlalchemy import delete
+
+    from gateway.service import pa_tracking
+    from gateway.store.tables import pa_tracking as tracking_table
+
+    task = await request_pa(api, order)
+    async with gateway.db.write() as conn:
+        await conn.execute(delete(tracking_table))
+    assert await pa_tracking.backfill(gateway.db) == 1
+    assert await pa_tracking.backfill(gateway.db) == 0  # only while nothing is tracked
+    async with gateway.db.read() as conn:
+        row = await pa_store.tracking(conn, task["id"])
+    assert row is not None and row.business_status == "approved" and row.auth_end is not None
 
 
 async def test_turnaround_per_payer_over_the_api_and_in_metrics(

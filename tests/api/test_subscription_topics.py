@@ -135,8 +135,8 @@ async def test_pa_expiring_timer_fires_once_per_authorization(
     denied = f.pa_task(patient_id, request_id, status="completed", business_status="denied")
     denied["restriction"] = {"period": {"end": soon}}
     await api.post("/fhir/Task", json=denied)
-    assert await gateway.expiry.run_once() == 1
-    assert await gateway.expiry.run_once() == 0  # not again for the same Task version
+    await gateway.payer_worker.run_once()
+    await gateway.payer_worker.run_once()  # not again for the same authorization period
     fired = await events(api, sub_id)
     assert len(fired) == 1
     detail = {k.rsplit("/", 1)[-1]: v for k, v in fired[0]["detail"].items()}
