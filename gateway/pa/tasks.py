@@ -270,3 +270,37 @@ def renewal(task: JSON, renewal_id: str, now: datetime) -> JSON:
         now=now,
         based_on=str(task["id"]),
     )
+
+
+SOURCES = {
+    "pas-response": "PAS Claim/$submit response",
+    "pas-inquiry": "PAS Claim/$inquire response",
+    "pas-notification": "PAS subscription notification",
+    "x12-278": "X12 278 response file",
+    "csv": "CSV status file",
+}
+
+
+def answer_provenance(
+    provenance_id: str, targets: list[str], payer: str | None, source: str, now: datetime
+) -> JSON:
+    """Who said so: the payer's answer (by format) behind a ClaimResponse and the Task version it made."""
+    who: JSON = {"reference": payer} if payer else {"display": "payer"}
+    return {
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "target": [{"reference": t} for t in targets],
+        "recorded": instant(now),
+        "activity": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE"}]
+        },
+        "agent": [
+            {
+                "type": _coding(
+                    "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "author"
+                ),
+                "who": who,
+            }
+        ],
+        "entity": [{"role": "source", "what": {"display": SOURCES.get(source, source)}}],
+    }

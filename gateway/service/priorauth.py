@@ -402,8 +402,14 @@ class PriorAuthService:
         self.fhir.validate(moved)
         plan = self.fhir.plan_update(self.internal, moved, task_id, stored, None, now_us)
         pending = [self.fhir.plan_new(self.internal, response, str(response["id"]), "POST", now_us)]
+        targets = [f"ClaimResponse/{response['id']}/_history/1"]
         if isinstance(plan, store.PendingVersion):
             pending.append(plan)
+            targets.insert(0, f"Task/{task_id}/_history/{plan.version}")
+        provenance = tasks.answer_provenance(
+            str(uuid.uuid4()), targets, _ref(task.get("owner")), decision.source, now
+        )
+        pending.append(self.fhir.plan_new(self.internal, provenance, str(provenance["id"]), "POST", now_us))
         await self.fhir.write_versions(conn, self.internal, pending)
         log.info(
             "prior authorization answered task=%s %s -> %s source=%s", task_id, before, after, decision.source

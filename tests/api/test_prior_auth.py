@@ -107,6 +107,13 @@ async def test_the_request_bundle_passes_the_profile_and_holds_each_resource_onc
     assert outputs(task, "authorization-number") == ["AUTH-1"]
     assert task["restriction"]["period"]["end"] == outputs(task, "authorization-period")[0]["end"]
     assert task["owner"]["reference"] == f"Organization/{order.insurer}"
+    # Who said so: a Provenance per answer, naming the payer and the Task version it made.
+    provenance = (await api.get("/fhir/Provenance", params={"target": f"Task/{task['id']}"})).json()
+    (entry,) = provenance["entry"]
+    targets = [t["reference"] for t in entry["resource"]["target"]]
+    assert f"Task/{task['id']}/_history/{task['meta']['versionId']}" in targets
+    assert entry["resource"]["agent"][0]["who"] == {"reference": f"Organization/{order.insurer}"}
+    assert entry["resource"]["entity"][0]["what"]["display"] == "PAS Claim/$submit response"
 
 
 def api_gateway(api: httpx.AsyncClient) -> Gateway:
