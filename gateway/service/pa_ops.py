@@ -2,6 +2,7 @@
 
 - `request`: `POST /fhir/MedicationRequest/{id}/$request-prior-auth` (prepare, send, return the Task).
 - `appeal`: `POST /fhir/Task/{id}/$appeal` (a denied Task: a new appeal Task partOf it, sent likewise).
+- `cancel`: `POST /fhir/Task/{id}/$cancel` (withdraw: the Task is cancelled, the payer told if it has it).
 - `payer_message`: `POST /payer/pas/notifications` (PAS response Bundles, PAS subscription notifications).
 - `payer_file`: X12 278 response files and CSV status files (`gateway ingest`, `POST /payer/files`).
 - `turnaround`: per-payer turnaround as a Parameters resource (`GET /fhir/Task/$pa-turnaround`).
@@ -50,10 +51,19 @@ class PriorAuthOps:
         parameters = _json(body) if body.strip() else None
         return await self._sent(ctx, await self.service.prepare_appeal(ctx, task_id, parameters))
 
+    async def cancel(self, ctx: RequestContext, task_id: str, body: bytes) -> Outcome:
+        parameters = _json(body) if body.strip() else None
+        sub_id = await self.service.prepare_cancel(ctx, task_id, parameters)
+        if sub_id is not None:
+            await self.worker.send(sub_id)
+        return await self._task(ctx, task_id)
+
     async def _sent(self, ctx: RequestContext, sub_id: str) -> Outcome:
         """Send the recorded request now and answer with its Task as the payer's answer left it."""
         await self.worker.send(sub_id)
-        task_id = sub_id.split("/", 1)[0]
+        return await self._task(ctx, sub_id.split("/", 1)[0])
+
+    async def _task(self, ctx: RequestContext, task_id: str) -> Outcome:
         async with self.service.db.read() as conn:
             stored = await store.current(conn, "Task", task_id)
         assert stored is not None and stored.content is not None

@@ -131,15 +131,22 @@ class PayerWorker:
             await self._record(row, None, Failed(f"payer {row.payer!r} is no longer configured", None, 0))
             return
         body = row.body.encode()
-        if row.kind == "submit":
-            outcome = await self.client.submit(payer, body, row.id)
-        else:
+        if row.kind == "inquire":
             outcome = await self.client.inquire(payer, body, row.id)
+        else:  # submit and cancel are both Claim/$submit
+            outcome = await self.client.submit(payer, body, row.id)
         await self._record(row, payer, outcome)
 
     async def _record(self, row: Submission, payer: PayerConfig | None, outcome: Outcome) -> None:
         now = dates.now_us()
         source = "pas-response" if row.kind == "submit" else "pas-inquiry"
+        if isinstance(outcome, Answered) and row.kind == "cancel":  # the Task was cancelled already
+            async with self.db.write() as conn:
+                await pa_store.finish_submission(
+                    conn, row.id, state="sent", sent_us=now, duration_us=outcome.duration_us,
+                    http_status=outcome.http_status, error=None,
+                )  # fmt: skip
+            return
         if isinstance(outcome, Answered):
             try:
                 decisions = pas.decisions_from_response(outcome.body, source)
@@ -167,7 +174,7 @@ class PayerWorker:
                     )
                 return
             retry = payer.retry if payer else None
-            gives_up = retry is None or row.attempt >= retry.max_attempts or row.kind != "submit"
+            gives_up = retry is None or row.attempt >= retry.max_attempts or row.kind == "inquire"
             next_at = 0 if gives_up or retry is None else now + int(retry.delay_s(row.attempt) * 1_000_000)
             await pa_store.finish_submission(
                 conn,
@@ -224,20 +231,26 @@ class PayerWorker:
             return None
 
     async def retry(self, row: Submission, now: int) -> None:
+        """Send a failed request again under a new key: a submission as a new Task version
+        (submission-error -> submitted), a cancellation as a new row for the same (cancelled) version."""
         async with self.db.write() as conn:
             if not await pa_store.set_submission_state(conn, row.id, "retried", "failed"):
-                return
-            task = _loads(await store.current(conn, "Task", row.task_id))
-            if task is None or tasks.business_status(task) != "submission-error":
-                return  # answered meanwhile (a late notification), cancelled, or resubmitted by hand
-            version = await self._move(conn, row.task_id, "submitted", "")
-            if version is None:
-                return
-            new_id = submission_id(row.task_id, version)
+                return  # another worker took it
+            if row.kind == "cancel":
+                version = row.task_version
+                new_id = submission_id(row.task_id, row.task_version, "cancel", row.attempt + 1)
+            else:
+                task = _loads(await store.current(conn, "Task", row.task_id))
+                if task is None or tasks.business_status(task) != "submission-error":
+                    return  # answered meanwhile (a late notification), cancelled, or resubmitted by hand
+                moved = await self._move(conn, row.task_id, "submitted", "")
+                if moved is None:
+                    return
+                version, new_id = moved, submission_id(row.task_id, moved)
             await pa_store.add_submission(
                 conn,
                 pa_store.new_submission(
-                    new_id, row.task_id, version, "submit", row.payer, row.attempt + 1, now, row.body
+                    new_id, row.task_id, version, row.kind, row.payer, row.attempt + 1, now, row.body
                 ),
             )
         await self.send(new_id)

@@ -48,10 +48,21 @@ MAX_REFERENCE_DEPTH = 3
 
 @dataclass(frozen=True, slots=True)
 class _Kind:
-    """A first request (the defaults) or an appeal of a denied Task (its Claim is the related one)."""
+    """A request (the defaults; a resubmission relates to the Task's previous Claim), an appeal of a
+    denied Task, or the cancellation of a Task's request."""
 
     appeal_of: str | None = None
+    cancel_of: str | None = None
     related_claim_id: str | None = None
+    reason: str | None = None
+
+    def certification(self, priority: str) -> str:
+        """X12 1322: 3 cancel, 1 appeal - immediate, 2 appeal - standard, I initial."""
+        if self.cancel_of:
+            return "3"
+        if self.appeal_of:
+            return "1" if priority in tasks.EXPEDITED_PRIORITIES else "2"
+        return "I"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +151,37 @@ class PriorAuthService:
         kind = _Kind(appeal_of=task_id, related_claim_id=claim_ref.partition("/")[2] or None)
         return await self._record_request(request, loaded, params, kind)
 
+    async def prepare_cancel(self, ctx: RequestContext, task_id: str, parameters: JSON | None) -> str | None:
+        """Withdraw a PA request: the Task becomes cancelled now; when the payer has the request, a
+        cancellation (certification type 3, related to the Task's Claim) is recorded for sending.
+
+        Returns the submission id to send, or None when the payer never had the request.
+        """
+        ctx.require("Task", "u")
+        reason = _reason(parameters)
+        async with self.db.read() as conn:
+            task = _loads(await store.current(conn, "Task", task_id))
+            if task is None or not tasks.is_pa_task(task):
+                raise NotFound(f"Task/{task_id} is not a prior-authorization Task here")
+            status = tasks.business_status(task)
+            problem = lifecycle.transition_problem(status, "cancelled")
+            if problem:
+                raise Conflict(f"Task/{task_id}: {problem}")
+            claim_ref = tasks.reference_of(task, "input", "claim")
+            request_ref = _ref(task.get("focus")) or ""
+            request = _loads(await store.current(conn, "MedicationRequest", request_ref.partition("/")[2]))
+            loaded = None
+            # The payer has the request (it was sent and not refused): it is told of the withdrawal.
+            if claim_ref and request and status not in ("pa-required", "rejected-by-payer"):
+                params = RequestParams(coverage=tasks.reference_of(task, "input", "coverage"))
+                loaded = await self._load_parts(conn, request, params)
+        if claim_ref is None or request is None or loaded is None:
+            async with self.db.write() as conn:
+                await self.move(conn, task_id, "cancelled", reason or "Withdrawn by the requester")
+            return None
+        kind = _Kind(cancel_of=task_id, related_claim_id=claim_ref.partition("/")[2], reason=reason)
+        return await self._record_request(request, loaded, RequestParams(), kind)
+
     async def _record_request(
         self, request: JSON, loaded: dict[str, Any], params: RequestParams, kind: _Kind
     ) -> str:
@@ -148,7 +190,11 @@ class PriorAuthService:
         now_us = dates.to_us(now)
         priority = params.priority or str(request.get("priority") or "routine")
         async with self.db.write() as conn:
-            task = None if kind.appeal_of else await self._task_for(conn, request)
+            task = None if kind.appeal_of or kind.cancel_of else await self._task_for(conn, request)
+            if kind.cancel_of:
+                task = _loads(await store.current(conn, "Task", kind.cancel_of))
+            previous_claim = (tasks.reference_of(task, "input", "claim") or "") if task else ""
+            related = kind.related_claim_id or previous_claim.partition("/")[2] or None
             task_id = str(task["id"]) if task else str(uuid.uuid4())
             trace = (tasks.trace_number(task) if task else None) or uuid.uuid4().hex[:20].upper()
             claim_id = str(uuid.uuid4())
@@ -167,11 +213,8 @@ class PriorAuthService:
                 medication=loaded["medication"],
                 supporting=tuple(loaded["supporting"]),
                 priority=priority,
-                related_claim_id=kind.related_claim_id,
-                # X12 1322: 1 appeal - immediate, 2 appeal - standard, I initial.
-                certification_type=(
-                    ("1" if priority in tasks.EXPEDITED_PRIORITIES else "2") if kind.appeal_of else "I"
-                ),
+                related_claim_id=related,
+                certification_type=kind.certification(priority),
                 claim_type=payer.claim_type,
                 extras=tuple(loaded["extras"]),
             )
@@ -197,14 +240,17 @@ class PriorAuthService:
                 )
             elif not task.get("identifier"):
                 task = {**task, "identifier": [{"system": tasks.TRACE_SYSTEM, "value": trace}]}
-            sent = tasks.submitted(
-                task,
-                claim_id=claim_id,
-                coverage_ref=f"Coverage/{loaded['coverage']['id']}",
-                insurer_ref=f"Organization/{loaded['insurer']['id']}",
-                now=now,
-                appeal=kind.appeal_of is not None,
-            )
+            if kind.cancel_of:
+                sent = tasks.moved(task, "cancelled", now, reason=kind.reason or "Withdrawn by the requester")
+            else:
+                sent = tasks.submitted(
+                    task,
+                    claim_id=claim_id,
+                    coverage_ref=f"Coverage/{loaded['coverage']['id']}",
+                    insurer_ref=f"Organization/{loaded['insurer']['id']}",
+                    now=now,
+                    appeal=kind.appeal_of is not None,
+                )
             self.fhir.validate(sent)
             plans = [
                 self.fhir.plan_new(self.internal, claim, claim_id, "POST", now_us),
@@ -214,11 +260,12 @@ class PriorAuthService:
                 conn, self.internal, [p for p in plans if isinstance(p, store.PendingVersion)]
             )
             version = written[-1].version
-            sub_id = submission_id(task_id, version)
+            sub_kind = "cancel" if kind.cancel_of else "submit"
+            sub_id = submission_id(task_id, version, sub_kind)
             await pa_store.add_submission(
                 conn,
                 pa_store.new_submission(
-                    sub_id, task_id, version, "submit", payer.name, 1, now_us, orjson.dumps(bundle).decode()
+                    sub_id, task_id, version, sub_kind, payer.name, 1, now_us, orjson.dumps(bundle).decode()
                 ),
             )
             identifier = bundle.get("identifier") or {}
@@ -473,6 +520,19 @@ def _item_lines(task: JSON) -> list[str]:
         for o in task.get("output") or []
         if any(c.get("code") == "item-decision" for c in (o.get("type") or {}).get("coding") or [])
     ]
+
+
+def _reason(body: JSON | None) -> str | None:
+    """`reason` (string) from an optional Parameters body."""
+    if not body:
+        return None
+    if body.get("resourceType") != "Parameters":
+        raise BadRequest("The body must be a Parameters resource (reason)")
+    for parameter in body.get("parameter") or []:
+        if isinstance(parameter, dict) and parameter.get("name") == "reason":
+            value = parameter.get("valueString")
+            return str(value)[:500] if value else None
+    return None
 
 
 def _task_priority(priority: str) -> str:

@@ -467,3 +467,70 @@ async def test_one_submission_is_sent_once_however_many_workers_try(
     assert len(payer.on("$submit")) == 1
     await gateway.payer_worker.run_once()
     assert len(payer.on("$submit")) == 1
+
+
+def certification(bundle: dict[str, Any]) -> str:
+    claim = bundle["entry"][0]["resource"]
+    extension = next(e for e in claim["item"][0]["extension"] if e["url"].endswith("certificationType"))
+    return str(extension["valueCodeableConcept"]["coding"][0]["code"])
+
+
+async def test_withdrawing_a_pended_request_tells_the_payer_and_cancels_the_task(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.extend(["pended", "timeout"])
+    task = await request_pa(api, order)
+    claim = outputs_input(task, "claim")
+    answer = await api.post(
+        f"/fhir/Task/{task['id']}/$cancel",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [{"name": "reason", "valueString": "therapy stopped"}],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    cancelled = answer.json()
+    assert (business(cancelled), cancelled["status"]) == ("cancelled", "cancelled")
+    assert cancelled["statusReason"]["text"] == "therapy stopped"
+    sent = payer.on("$submit")
+    assert len(sent) == 2 and certification(sent[1].body) == "3"
+    assert sent[1].body["entry"][0]["resource"]["related"][0]["claim"]["reference"] == claim
+    assert sent[1].headers["idempotency-key"].endswith("/cancel")
+    # The payer did not answer in time: the cancellation is sent again later, the Task stays cancelled.
+    await gateway.payer_worker.run_once(dates.now_us() + 61_000_000)
+    again = payer.on("$submit")
+    assert len(again) == 3 and certification(again[2].body) == "3"
+    assert again[2].headers["idempotency-key"] != sent[1].headers["idempotency-key"]
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "cancelled"
+
+
+async def test_final_states_cannot_be_cancelled_and_unsent_ones_are_not_sent(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.append("denied")
+    denied = await request_pa(api, order)
+    refused = await api.post(f"/fhir/Task/{denied['id']}/$cancel")
+    assert refused.status_code == 409
+    assert "cannot go from denied to cancelled" in refused.json()["issue"][0]["diagnostics"]
+    draft = f.pa_task(order.patient, order.request, status="draft", business_status="pa-required")
+    created = (await api.post("/fhir/Task", json=draft)).json()
+    answer = await api.post(f"/fhir/Task/{created['id']}/$cancel")
+    assert answer.status_code == 200 and business(answer.json()) == "cancelled"
+    assert len(payer.on("$submit")) == 1  # only the denied request ever went out
+
+
+async def test_answering_an_information_request_resubmits_as_an_update_of_the_claim(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.extend(["pended", "approved"])
+    task = await request_pa(api, order)
+    first_claim = outputs_input(task, "claim")
+    report = await gateway.pa_ops.payer_file(
+        f"task_id,decision,reason\n{task['id']},info-requested,send labs\n"
+    )
+    assert [a.business_status for a in report.applied] == ["info-requested"]
+    again = await request_pa(api, order)
+    assert again["id"] == task["id"] and business(again) == "approved"
+    resent = payer.on("$submit")[-1].body["entry"][0]["resource"]
+    assert resent["related"][0]["claim"]["reference"] == first_claim
+    assert outputs_input(again, "claim") != first_claim

@@ -31,6 +31,14 @@ async def appeal(task_id: str, request: Request, ctx: Ctx, gateway: GatewayDep) 
     return fhir_response(await gateway.pa_ops.appeal(ctx, task_id, await request.body()))
 
 
+@router.post(
+    "/fhir/Task/{task_id}/$cancel",
+    summary="withdraw a prior-authorization request (the payer is sent a cancellation when it has it)",
+)
+async def cancel(task_id: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+    return fhir_response(await gateway.pa_ops.cancel(ctx, task_id, await request.body()))
+
+
 @router.get("/fhir/Task/$pa-turnaround", summary="prior-authorization turnaround per payer")
 async def turnaround(ctx: Ctx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.pa_ops.turnaround(ctx))
