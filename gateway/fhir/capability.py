@@ -83,6 +83,21 @@ def _with_subscriptions(entry: dict[str, Any], topic_urls: list[str]) -> dict[st
     return entry
 
 
+_GATEWAY_OPERATIONS = "https://specialty-gateway.org/fhir/OperationDefinition"
+# Prior-authorization operations (README, "Prior authorization with payers").
+_OPERATIONS = {
+    "MedicationRequest": ["request-prior-auth"],
+    "Task": ["appeal", "cancel", "pa-turnaround"],
+}
+
+
+def _with_operations(entry: dict[str, Any]) -> dict[str, Any]:
+    names = _OPERATIONS.get(entry["type"])
+    if names:
+        entry["operation"] = [{"name": n, "definition": f"{_GATEWAY_OPERATIONS}/{n}"} for n in names]
+    return entry
+
+
 def capability_statement(
     *,
     base_url: str,
@@ -91,7 +106,7 @@ def capability_statement(
     profiles_for: Callable[[str], list[str]],
     topic_urls: list[str] | None = None,
 ) -> dict[str, Any]:
-    resources = [_resource_entry(t, profiles_for(t)) for t in RESOURCE_TYPES]
+    resources = [_with_operations(_resource_entry(t, profiles_for(t))) for t in RESOURCE_TYPES]
     resources = [
         _with_subscriptions(r, topic_urls or []) if r["type"] == "Subscription" else r for r in resources
     ]

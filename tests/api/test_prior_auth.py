@@ -534,3 +534,14 @@ async def test_answering_an_information_request_resubmits_as_an_update_of_the_cl
     resent = payer.on("$submit")[-1].body["entry"][0]["resource"]
     assert resent["related"][0]["claim"]["reference"] == first_claim
     assert outputs_input(again, "claim") != first_claim
+
+
+async def test_the_capability_statement_lists_the_prior_authorization_operations(
+    api: httpx.AsyncClient,
+) -> None:
+    statement = (await api.get("/fhir/metadata")).json()
+    entries = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert [o["name"] for o in entries["MedicationRequest"]["operation"]] == ["request-prior-auth"]
+    assert [o["name"] for o in entries["Task"]["operation"]] == ["appeal", "cancel", "pa-turnaround"]
+    assert "operation" not in entries["Observation"]
+    assert f"{GATEWAY}/StructureDefinition/pas-claim" in entries["Claim"]["supportedProfile"]
