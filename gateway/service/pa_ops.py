@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
 
 from gateway.adapters.payer import csv_status, pas, x12_278
-from gateway.exceptions import BadRequest, Unprocessable
+from gateway.exceptions import BadRequest, Conflict, Unprocessable
 from gateway.fhir.outcome import operation_outcome
 from gateway.pa.decision import PayerDecision
 from gateway.service.context import RequestContext
@@ -23,6 +25,7 @@ from gateway.service.interactions import Outcome
 from gateway.service.pa_worker import PayerWorker
 from gateway.service.priorauth import Applied, PriorAuthService
 from gateway.store import resources as store
+from gateway.store.resources import VersionConflict
 from gateway.types import JSON, Issue
 
 
@@ -38,6 +41,17 @@ class PayerFileReport:
         return [head, *(f"  Task/{a.task_id}: {a.business_status}" for a in self.applied), *self.problems]
 
 
+@contextlib.contextmanager
+def _conflicts_as_409() -> Iterator[None]:
+    """A Task written by someone else between read and write: the client may simply try again."""
+    try:
+        yield
+    except VersionConflict as exc:
+        raise Conflict(
+            f"A prior-authorization Task changed while this was being applied ({exc}); try again"
+        ) from exc
+
+
 class PriorAuthOps:
     def __init__(self, service: PriorAuthService, worker: PayerWorker) -> None:
         self.service = service
@@ -45,15 +59,20 @@ class PriorAuthOps:
 
     async def request(self, ctx: RequestContext, request_id: str, body: bytes) -> Outcome:
         parameters = _json(body) if body.strip() else None
-        return await self._sent(ctx, await self.service.prepare_request(ctx, request_id, parameters))
+        with _conflicts_as_409():
+            sub_id = await self.service.prepare_request(ctx, request_id, parameters)
+        return await self._sent(ctx, sub_id)
 
     async def appeal(self, ctx: RequestContext, task_id: str, body: bytes) -> Outcome:
         parameters = _json(body) if body.strip() else None
-        return await self._sent(ctx, await self.service.prepare_appeal(ctx, task_id, parameters))
+        with _conflicts_as_409():
+            sub_id = await self.service.prepare_appeal(ctx, task_id, parameters)
+        return await self._sent(ctx, sub_id)
 
     async def cancel(self, ctx: RequestContext, task_id: str, body: bytes) -> Outcome:
         parameters = _json(body) if body.strip() else None
-        sub_id = await self.service.prepare_cancel(ctx, task_id, parameters)
+        with _conflicts_as_409():
+            sub_id = await self.service.prepare_cancel(ctx, task_id, parameters)
         if sub_id is not None:
             await self.worker.send(sub_id)
         return await self._task(ctx, task_id)
@@ -77,7 +96,8 @@ class PriorAuthOps:
             decisions = pas.decisions_from_any(_json(body))
         except pas.PasError as exc:
             raise BadRequest(exc.message, expression=exc.expression) from None
-        applied = await self.service.receive(decisions)
+        with _conflicts_as_409():
+            applied = await self.service.receive(decisions)
         issues = [
             Issue(
                 "information",
@@ -91,7 +111,11 @@ class PriorAuthOps:
         return Outcome(200, None, orjson.dumps(operation_outcome(issues)), issues)
 
     async def payer_file(self, text: str) -> PayerFileReport:
-        """An X12 278 response or a CSV status file: all its answers applied, or (X12) none."""
+        """An X12 278 response or a CSV status file: all its answers applied, or none."""
+        with _conflicts_as_409():
+            return await self._payer_file(text)
+
+    async def _payer_file(self, text: str) -> PayerFileReport:
         if x12_278.looks_like_x12(text):
             try:
                 decisions: list[PayerDecision] = x12_278.parse_278_response(text)

@@ -26,16 +26,20 @@ from gateway.types import JSON, Issue
 PA_TASK_TYPES = frozenset(
     {"prior-authorization", "prior-authorization-renewal", "prior-authorization-appeal"}
 )
-DECISIONS = frozenset(
-    {"approved", "approved-modified", "partially-approved", "denied", "rejected-by-payer", "cancelled"}
-)
+# The payer's decisions (a withdrawal or a refusal to process is not one): they end the turnaround clock.
+DECISIONS = frozenset({"approved", "approved-modified", "partially-approved", "denied"})
 
 
-def _pa_task(content: bytes | None) -> JSON | None:
+def _task(content: bytes | None) -> JSON | None:
     if content is None:
         return None
     task = orjson.loads(content)
-    return task if isinstance(task, dict) and tasks.is_pa_task(task) else None
+    return task if isinstance(task, dict) else None
+
+
+def _pa_task(content: bytes | None) -> JSON | None:
+    task = _task(content)
+    return task if task is not None and tasks.is_pa_task(task) else None
 
 
 def _due_us(task: JSON) -> int | None:
@@ -56,11 +60,23 @@ async def observe(
         if p.type != "Task":
             continue
         current = _pa_task(p.content)
+        previous = _task(p.previous)
+        was_pa = previous is not None and tasks.is_pa_task(previous)
         if current is None:
             if p.content is None:
                 await pa_store.forget_tracking(conn, s.id)
+            elif was_pa:  # dropping Task.code would let the next write skip the lifecycle
+                raise Unprocessable(
+                    issues=[
+                        Issue(
+                            "error",
+                            "business-rule",
+                            "A prior-authorization Task cannot stop being one",
+                            ("Task.code",),
+                        )
+                    ]
+                )
             continue
-        previous = _pa_task(p.previous)
         before = tasks.business_status(previous) if previous else None
         after = tasks.business_status(current)
         if after is None:

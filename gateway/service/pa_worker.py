@@ -18,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import statistics
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -39,6 +42,7 @@ from gateway.service.subscriptions import SubscriptionManager
 from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
 from gateway.store.priorauth import Submission
+from gateway.store.resources import VersionConflict
 
 log = logging.getLogger("gateway.priorauth")
 
@@ -105,12 +109,15 @@ class PayerWorker:
         async with self.db.read() as conn:
             due = await pa_store.due_submissions(conn, now)
         for row in due:
-            if row.state == "failed":
-                await self.retry(row, now)
-            elif row.state == "sending":
-                await self._record(row, self.payers.by_name(row.payer), Failed(UNKNOWN, None, 0))
-            else:
-                await self.send(row.id)
+            try:
+                if row.state == "failed":
+                    await self.retry(row, now)
+                elif row.state == "sending":
+                    await self._recover(row, now)
+                else:
+                    await self.send(row.id)
+            except Exception:
+                log.exception("payer request %s could not be handled", row.id)
         await self._inquire_pended(now)
         await self._timers(now)
         self.turnaround = await self.compute_turnaround(now)
@@ -118,36 +125,62 @@ class PayerWorker:
     # -- sending ---------------------------------------------------------------------------------
 
     async def send(self, sub_id: str) -> None:
+        """Send one recorded request, unless someone else does or its Task has moved on."""
         now = dates.now_us()
+        token = uuid.uuid4().hex
         async with self.db.write() as conn:
             row = await pa_store.submission(conn, sub_id)
             if row is None:
                 return
             payer = self.payers.by_name(row.payer)
-            lease = LEASE_MARGIN_US + int((payer.timeout_seconds if payer else 0) * 1_000_000)
-            if not await pa_store.claim_submission(conn, sub_id, now, lease):
+            lease = LEASE_MARGIN_US + int(_call_budget_s(payer) * 1_000_000)
+            if not await pa_store.claim_submission(conn, sub_id, now, lease, token):
                 return  # someone else sends it (or sent it)
+            if row.kind != "inquire" and await self._task_version(conn, row.task_id) != row.task_version:
+                # Answered, cancelled or resubmitted since this was recorded: sending it now would act
+                # on a request the Task no longer stands for.
+                await pa_store.supersede(conn, sub_id, token)
+                return
         if payer is None:
-            await self._record(row, None, Failed(f"payer {row.payer!r} is no longer configured", None, 0))
+            failed = Failed(f"payer {row.payer!r} is no longer configured", None, 0)
+            await self._record(row, token, None, failed)
             return
         body = row.body.encode()
-        if row.kind == "inquire":
-            outcome = await self.client.inquire(payer, body, row.id)
-        else:  # submit and cancel are both Claim/$submit
-            outcome = await self.client.submit(payer, body, row.id)
-        await self._record(row, payer, outcome)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(_call_budget_s(payer)):
+                if row.kind == "inquire":
+                    outcome = await self.client.inquire(payer, body, row.id)
+                else:  # submit and cancel are both Claim/$submit
+                    outcome = await self.client.submit(payer, body, row.id)
+        except TimeoutError:
+            took = int((time.perf_counter() - started) * 1_000_000)
+            outcome = Failed(f"no answer within {_call_budget_s(payer):g} s", None, took)
+        await self._record(row, token, payer, outcome)
 
-    async def _record(self, row: Submission, payer: PayerConfig | None, outcome: Outcome) -> None:
+    async def _recover(self, row: Submission, now: int) -> None:
+        """A request left `sending` by a process that died: a failed attempt whose outcome is unknown."""
+        token = uuid.uuid4().hex
+        async with self.db.write() as conn:
+            if not await pa_store.recover_stale(conn, row.id, now, token):
+                return
+        await self._record(row, token, self.payers.by_name(row.payer), Failed(UNKNOWN, None, 0))
+
+    async def _task_version(self, conn: AsyncConnection, task_id: str) -> int | None:
+        stored = await store.current(conn, "Task", task_id)
+        return None if stored is None or stored.deleted else stored.version
+
+    async def _record(self, row: Submission, token: str, payer: PayerConfig | None, outcome: Outcome) -> None:
         now = dates.now_us()
-        source = "pas-response" if row.kind == "submit" else "pas-inquiry"
         if isinstance(outcome, Answered) and row.kind == "cancel":  # the Task was cancelled already
             async with self.db.write() as conn:
                 await pa_store.finish_submission(
-                    conn, row.id, state="sent", sent_us=now, duration_us=outcome.duration_us,
+                    conn, row.id, token, state="sent", sent_us=now, duration_us=outcome.duration_us,
                     http_status=outcome.http_status, error=None,
                 )  # fmt: skip
             return
         if isinstance(outcome, Answered):
+            source = "pas-response" if row.kind == "submit" else "pas-inquiry"
             try:
                 decisions = pas.decisions_from_response(outcome.body, source)
             except pas.PasError as exc:
@@ -155,38 +188,34 @@ class PayerWorker:
                     f"the payer's answer is not a PAS response: {exc}"[:500], outcome.http_status, 0
                 )
             else:
-                await self._answered(row, outcome, decisions[0], now)
+                await self._answered(row, token, payer, outcome, decisions[0], now)
                 return
         async with self.db.write() as conn:
+            current = await self._task_version(conn, row.task_id) == row.task_version
             if isinstance(outcome, Refused):
-                await pa_store.finish_submission(
-                    conn,
-                    row.id,
-                    state="sent",
-                    sent_us=now,
-                    duration_us=outcome.duration_us,
-                    http_status=outcome.http_status,
-                    error=outcome.error,
-                )
-                if row.kind == "submit":
+                if not await pa_store.finish_submission(
+                    conn, row.id, token, state="sent", sent_us=now, duration_us=outcome.duration_us,
+                    http_status=outcome.http_status, error=outcome.error,
+                ):  # fmt: skip
+                    return  # not ours to record any more
+                if row.kind == "submit" and current:
                     await self._move(
                         conn, row.task_id, "rejected-by-payer", f"Refused by the payer: {outcome.error}"
                     )
+                log.warning("payer request %s refused: HTTP %s", row.id, outcome.http_status)
                 return
             retry = payer.retry if payer else None
             gives_up = retry is None or row.attempt >= retry.max_attempts or row.kind == "inquire"
             next_at = 0 if gives_up or retry is None else now + int(retry.delay_s(row.attempt) * 1_000_000)
-            await pa_store.finish_submission(
-                conn,
-                row.id,
-                state="abandoned" if gives_up else "failed",
-                sent_us=now,
-                duration_us=outcome.duration_us,
-                http_status=outcome.http_status,
-                error=outcome.error,
+            if not await pa_store.finish_submission(
+                conn, row.id, token, state="abandoned" if gives_up else "failed", sent_us=now,
+                duration_us=outcome.duration_us, http_status=outcome.http_status, error=outcome.error,
                 next_attempt_us=next_at,
-            )
-            if row.kind == "submit":
+            ):  # fmt: skip
+                return
+            # Only the Task version this request stood for turns into a submission error: a Task that
+            # moved on meanwhile (the payer's question, an answer by notification) keeps its state.
+            if row.kind == "submit" and current:
                 note = (
                     f"gave up after {row.attempt} attempts: {outcome.error}"
                     if gives_up
@@ -194,40 +223,53 @@ class PayerWorker:
                     f" retry at {dates.format_instant(next_at)}"
                 )
                 await self._move(conn, row.task_id, "submission-error", note)
-        log.warning("payer request %s failed: %s", row.id, outcome.error)
+        # The payer's diagnostics may hold patient details: the log gets the status only.
+        log.warning("payer request %s failed: HTTP %s", row.id, outcome.http_status or "-")
 
-    async def _answered(self, row: Submission, outcome: Answered, decision: PayerDecision, now: int) -> None:
-        async with self.db.write() as conn:
-            await pa_store.finish_submission(
-                conn,
-                row.id,
-                state="sent",
-                sent_us=now,
-                duration_us=outcome.duration_us,
-                http_status=outcome.http_status,
-                error=None,
-            )
-            try:
-                async with conn.begin_nested():
-                    await self.service.apply(conn, row.task_id, decision)
-            except FhirError as exc:  # e.g. the Task was cancelled meanwhile: keep the row, say why
-                await pa_store.finish_submission(
-                    conn,
-                    row.id,
-                    state="sent",
-                    sent_us=now,
-                    duration_us=outcome.duration_us,
-                    http_status=outcome.http_status,
-                    error=f"answer not applied: {exc}",
-                )
-                log.warning("answer to %s not applied: %s", row.id, exc)
+    async def _answered(
+        self,
+        row: Submission,
+        token: str,
+        payer: PayerConfig | None,
+        outcome: Answered,
+        decision: PayerDecision,
+        now: int,
+    ) -> None:
+        for attempt in range(3):
+            unusable: str | None = None
+            async with self.db.write() as conn:
+                try:
+                    async with conn.begin_nested():
+                        await self.service.apply(conn, row.task_id, decision)
+                except VersionConflict:
+                    if attempt < 2:
+                        continue  # a concurrent write to the Task: apply again on the newer version
+                    unusable = "the Task kept changing while the answer was applied"
+                except FhirError as exc:
+                    unusable = str(exc)
+                moved_on = await self._task_version(conn, row.task_id) != row.task_version
+                if unusable is None or moved_on:
+                    # Applied; or the Task was answered, cancelled or resubmitted meanwhile: keep the
+                    # answer's record and say why it was not applied.
+                    await pa_store.finish_submission(
+                        conn, row.id, token, state="sent", sent_us=now, duration_us=outcome.duration_us,
+                        http_status=outcome.http_status,
+                        error=f"answer not applied: {unusable}"[:2000] if unusable else None,
+                    )  # fmt: skip
+                    if unusable:
+                        log.warning("answer to %s not applied: the Task moved on", row.id)
+                    return
+            # The answer itself is unusable (e.g. an invalid ClaimResponse): a failed attempt.
+            failed = Failed(f"the payer's answer could not be used: {unusable}"[:500], outcome.http_status, 0)
+            await self._record(row, token, payer, failed)
+            return
 
     async def _move(self, conn: AsyncConnection, task_id: str, status: str, reason: str) -> int | None:
         try:
             async with conn.begin_nested():
                 return await self.service.move(conn, task_id, status, reason)
-        except FhirError as exc:
-            log.warning("Task/%s not moved to %s: %s", task_id, status, exc)
+        except (FhirError, VersionConflict) as exc:
+            log.warning("Task/%s not moved to %s: %s", task_id, status, type(exc).__name__)
             return None
 
     async def retry(self, row: Submission, now: int) -> None:
@@ -240,6 +282,9 @@ class PayerWorker:
                 version = row.task_version
                 new_id = submission_id(row.task_id, row.task_version, "cancel", row.attempt + 1)
             else:
+                task = _loads(await store.current(conn, "Task", row.task_id))
+                focus = str((task or {}).get("focus", {}).get("reference", ""))
+                await pa_store.lock_order(conn, focus.partition("/")[2])  # as a resubmission by hand does
                 task = _loads(await store.current(conn, "Task", row.task_id))
                 if task is None or tasks.business_status(task) != "submission-error":
                     return  # answered meanwhile (a late notification), cancelled, or resubmitted by hand
@@ -289,8 +334,7 @@ class PayerWorker:
     async def _timers(self, now: int) -> None:
         async with self.db.write() as conn:
             for row in await pa_store.overdue(conn, sorted(lifecycle.AWAITING_PAYER), now):
-                if await pa_store.fire_once(conn, row.task_id, "overdue", str(row.due_us), now):
-                    await self._emit_timer(conn, "pa-overdue", row.task_id, now)
+                await self._once(conn, row.task_id, "overdue", str(row.due_us), now, self._overdue)
             for row in await pa_store.in_status(conn, sorted(lifecycle.APPROVED)):
                 if not row.auth_end:
                     continue
@@ -299,15 +343,42 @@ class PayerWorker:
                 except ValueError:
                     continue
                 if end_us <= now:
-                    if await pa_store.fire_once(conn, row.task_id, "expired", row.auth_end, now):
-                        await self._move(
-                            conn, row.task_id, "expired", f"The authorization ended {row.auth_end}"
-                        )
-                elif end_us - now <= self.window_us and await pa_store.fire_once(
-                    conn, row.task_id, "expiring", row.auth_end, now
-                ):
-                    await self._emit_timer(conn, "pa-expiring", row.task_id, now)
-                    await self._open_renewal(conn, row.task_id, now)
+                    await self._once(conn, row.task_id, "expired", row.auth_end, now, self._expired)
+                elif end_us - now <= self.window_us:
+                    await self._once(conn, row.task_id, "expiring", row.auth_end, now, self._expiring)
+
+    async def _once(
+        self,
+        conn: AsyncConnection,
+        task_id: str,
+        kind: str,
+        key: str,
+        now: int,
+        action: Callable[[AsyncConnection, str, int], Awaitable[None]],
+    ) -> None:
+        """Fire a timer once (in any process); a failing one is undone alone and tried next round."""
+        try:
+            async with conn.begin_nested():
+                if await pa_store.fire_once(conn, task_id, kind, key, now):
+                    await action(conn, task_id, now)
+        except (FhirError, VersionConflict) as exc:
+            log.warning(
+                "%s timer for Task/%s failed (%s); next round tries again", kind, task_id, type(exc).__name__
+            )
+
+    async def _overdue(self, conn: AsyncConnection, task_id: str, now: int) -> None:
+        await self._emit_timer(conn, "pa-overdue", task_id, now)
+
+    async def _expired(self, conn: AsyncConnection, task_id: str, now: int) -> None:
+        stored = await store.current(conn, "Task", task_id)
+        task = _loads(stored)
+        end = tasks.authorized_end(task) if task else None
+        async with conn.begin_nested():
+            await self.service.move(conn, task_id, "expired", f"The authorization ended {end}")
+
+    async def _expiring(self, conn: AsyncConnection, task_id: str, now: int) -> None:
+        await self._emit_timer(conn, "pa-expiring", task_id, now)
+        await self._open_renewal(conn, task_id, now)
 
     async def _open_renewal(self, conn: AsyncConnection, task_id: str, now: int) -> None:
         task = _loads(await store.current(conn, "Task", task_id))
@@ -359,11 +430,17 @@ class PayerWorker:
                     len(waiting),
                     sum(1 for r in waiting if r.due_us is not None and r.due_us < now),
                     statistics.median(hours) if hours else None,
-                    hours[min(len(hours) - 1, int(0.9 * len(hours)))] if hours else None,
+                    hours[math.ceil(0.9 * len(hours)) - 1] if hours else None,  # nearest rank
                     statistics.fmean(hours) if hours else None,
                 )
             )
         return report
+
+
+def _call_budget_s(payer: PayerConfig | None) -> float:
+    """The longest one request to a payer may take in all: a token, the call, and one retry of both
+    after a 401 (httpx timeouts apply per phase, not to the whole call)."""
+    return 4 * (payer.timeout_seconds if payer else 15.0) + 5
 
 
 UNKNOWN = "the gateway stopped while this request was in flight; whether the payer got it is unknown"

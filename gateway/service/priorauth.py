@@ -190,9 +190,21 @@ class PriorAuthService:
         now_us = dates.to_us(now)
         priority = params.priority or str(request.get("priority") or "routine")
         async with self.db.write() as conn:
-            task = None if kind.appeal_of or kind.cancel_of else await self._task_for(conn, request)
+            # One PA flow per order at a time (two clicks, a retry racing a resubmission, ...).
+            await pa_store.lock_order(conn, str(request["id"]))
             if kind.cancel_of:
-                task = _loads(await store.current(conn, "Task", kind.cancel_of))
+                current = await store.current(conn, "Task", kind.cancel_of)
+                problem = lifecycle.transition_problem(
+                    tasks.business_status(_loads(current) or {}), "cancelled"
+                )
+                if problem:
+                    raise Conflict(f"Task/{kind.cancel_of}: {problem}")
+            elif kind.appeal_of:
+                current = None
+                await self._no_live_appeal(conn, kind.appeal_of)
+            else:
+                current = await self._task_for(conn, request)
+            task = _loads(current)
             previous_claim = (tasks.reference_of(task, "input", "claim") or "") if task else ""
             related = kind.related_claim_id or previous_claim.partition("/")[2] or None
             task_id = str(task["id"]) if task else str(uuid.uuid4())
@@ -227,7 +239,6 @@ class PriorAuthService:
             bundle_issues = [i for i in self.fhir.validator.validate(bundle) if i.is_error]
             if bundle_issues:
                 raise Unprocessable(issues=bundle_issues)
-            current = await store.current(conn, "Task", task_id) if task else None
             if task is None:
                 task = tasks.new_task(
                     task_id,
@@ -293,20 +304,34 @@ class PriorAuthService:
             )
         return payer
 
-    async def _task_for(self, conn: AsyncConnection, request: JSON) -> JSON | None:
-        """The MedicationRequest's PA Task to (re)submit, None for a new one; 409 while one is live."""
+    async def _task_for(self, conn: AsyncConnection, request: JSON) -> store.Stored | None:
+        """The MedicationRequest's PA Task to (re)submit (as stored now), None for a new one; 409 while
+        one is live."""
         found = await store_search.by_reference(conn, "Task", "focus", [f"MedicationRequest/{request['id']}"])
         live = [t for t in (_loads(s) for s in found) if t and tasks.is_pa_task(t)]
         for task in sorted(live, key=lambda t: str(t.get("authoredOn") or ""), reverse=True):
             status = tasks.business_status(task)
             if status in RESUBMITTABLE:
-                return task
+                current = await store.current(conn, "Task", str(task["id"]))  # the version to build on
+                if tasks.business_status(_loads(current) or {}) in RESUBMITTABLE:
+                    return current
+                status = tasks.business_status(_loads(current) or {})
             if status in lifecycle.AWAITING_PAYER or status in lifecycle.APPROVED:
                 raise Conflict(
                     f"MedicationRequest/{request['id']} already has a prior authorization that is {status}"
                     f" (Task/{task['id']})"
                 )
         return None
+
+    async def _no_live_appeal(self, conn: AsyncConnection, denied_id: str) -> None:
+        """One appeal at a time: 409 while an earlier appeal of this denial is not finished."""
+        for stored in await store_search.by_reference(conn, "Task", "part-of", [f"Task/{denied_id}"]):
+            appeal = _loads(stored)
+            status = tasks.business_status(appeal) if appeal else None
+            if appeal and tasks.is_pa_task(appeal) and status not in lifecycle.FINAL | {"rejected-by-payer"}:
+                raise Conflict(
+                    f"Task/{denied_id} already has an appeal that is {status} (Task/{appeal['id']})"
+                )
 
     async def _load_parts(
         self, conn: AsyncConnection, request: JSON, params: RequestParams
@@ -528,7 +553,8 @@ def _reason(body: JSON | None) -> str | None:
         return None
     if body.get("resourceType") != "Parameters":
         raise BadRequest("The body must be a Parameters resource (reason)")
-    for parameter in body.get("parameter") or []:
+    given = body.get("parameter") or []
+    for parameter in given if isinstance(given, list) else []:
         if isinstance(parameter, dict) and parameter.get("name") == "reason":
             value = parameter.get("valueString")
             return str(value)[:500] if value else None
@@ -553,7 +579,10 @@ def _parameters(body: JSON | None) -> RequestParams:
         return found
     if body.get("resourceType") != "Parameters":
         raise BadRequest("The body must be a Parameters resource (coverage, supportingInfo, priority)")
-    for index, parameter in enumerate(body.get("parameter") or []):
+    given = body.get("parameter") or []
+    if not isinstance(given, list):
+        raise BadRequest("Parameters.parameter must be a list", expression="Parameters.parameter")
+    for index, parameter in enumerate(given):
         name = parameter.get("name") if isinstance(parameter, dict) else None
         where = f"Parameters.parameter[{index}]"
         if name in ("coverage", "supportingInfo"):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -64,6 +64,7 @@ async def save_tracking(conn: AsyncConnection, row: Tracking) -> None:
     statement = statement.on_conflict_do_update(
         index_elements=[pa_tracking.c.task_id],
         set_={k: v for k, v in values.items() if k != "task_id"},
+        where=pa_tracking.c.task_version <= row.task_version,  # an older version never wins
     )
     await conn.execute(statement)
 
@@ -95,6 +96,15 @@ async def submitted_ever(conn: AsyncConnection) -> list[Tracking]:
     """Every Task that was submitted at least once (turnaround figures)."""
     rows = await conn.execute(select(pa_tracking).where(pa_tracking.c.submitted_us.is_not(None)))
     return [_tracking(r) for r in rows]
+
+
+async def lock_order(conn: AsyncConnection, request_id: str) -> None:
+    """Serialise PA work on one MedicationRequest for the rest of the transaction (PostgreSQL; SQLite
+    has one writer at a time already)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"prior-auth:{request_id}"}
+        )
 
 
 # --- correlation keys -----------------------------------------------------------------------------
@@ -145,6 +155,7 @@ class Submission:
     attempt: int
     next_attempt_us: int
     lease_until_us: int | None
+    claim_token: str | None
     created_us: int
     sent_us: int | None
     duration_us: int | None
@@ -165,7 +176,7 @@ def new_submission(
 ) -> Submission:
     """A request to send now (state pending)."""
     return Submission(
-        submission_id, task_id, version, kind, payer, "pending", attempt, now_us, None, now_us,
+        submission_id, task_id, version, kind, payer, "pending", attempt, now_us, None, None, now_us,
         None, None, None, None, body,
     )  # fmt: skip
 
@@ -194,24 +205,51 @@ async def submissions_of(conn: AsyncConnection, task_id: str) -> list[Submission
     return [_submission(r) for r in rows]
 
 
-async def claim_submission(conn: AsyncConnection, submission_id: str, now_us: int, lease_us: int) -> bool:
-    """pending -> sending, or take over a `sending` whose process died; True when this caller may send."""
+async def claim_submission(
+    conn: AsyncConnection, submission_id: str, now_us: int, lease_us: int, token: str
+) -> bool:
+    """pending -> sending for this caller (`token`); False when someone else has it or it is done.
+
+    A `sending` row whose process died is never taken over here (the payer may have it):
+    `recover_stale` turns it into a failed attempt instead.
+    """
     s = pa_submission.c
     result = await conn.execute(
         update(pa_submission)
-        .where(
-            s.id == submission_id,
-            or_(s.state == "pending", and_(s.state == "sending", s.lease_until_us < now_us)),
-        )
-        .values(state="sending", lease_until_us=now_us + lease_us)
+        .where(s.id == submission_id, s.state == "pending")
+        .values(state="sending", lease_until_us=now_us + lease_us, claim_token=token)
         .returning(s.id)
     )
     return result.first() is not None
 
 
+async def recover_stale(conn: AsyncConnection, submission_id: str, now_us: int, token: str) -> bool:
+    """A `sending` row past its lease (its process died mid-call) becomes this caller's to record as a
+    failed attempt; True for exactly one caller."""
+    s = pa_submission.c
+    result = await conn.execute(
+        update(pa_submission)
+        .where(s.id == submission_id, s.state == "sending", s.lease_until_us < now_us)
+        .values(claim_token=token, lease_until_us=now_us + 60_000_000)
+        .returning(s.id)
+    )
+    return result.first() is not None
+
+
+async def supersede(conn: AsyncConnection, submission_id: str, token: str) -> None:
+    """Not sent: the Task moved on (answered, cancelled, resubmitted) before this request went out."""
+    s = pa_submission.c
+    await conn.execute(
+        update(pa_submission)
+        .where(s.id == submission_id, s.claim_token == token)
+        .values(state="superseded", lease_until_us=None)
+    )
+
+
 async def finish_submission(
     conn: AsyncConnection,
     submission_id: str,
+    token: str,
     *,
     state: str,
     sent_us: int | None,
@@ -219,10 +257,12 @@ async def finish_submission(
     http_status: int | None,
     error: str | None,
     next_attempt_us: int = 0,
-) -> None:
-    await conn.execute(
+) -> bool:
+    """Record the outcome; only the caller that claimed the row (`token`) may, and only once."""
+    s = pa_submission.c
+    result = await conn.execute(
         update(pa_submission)
-        .where(pa_submission.c.id == submission_id)
+        .where(s.id == submission_id, s.state == "sending", s.claim_token == token)
         .values(
             state=state,
             sent_us=sent_us,
@@ -232,7 +272,9 @@ async def finish_submission(
             next_attempt_us=next_attempt_us,
             lease_until_us=None,
         )
+        .returning(s.id)
     )
+    return result.first() is not None
 
 
 async def due_submissions(conn: AsyncConnection, now_us: int, limit: int = 100) -> list[Submission]:

@@ -299,10 +299,12 @@ pa_submission = Table(
     Column("task_version", Integer, nullable=False),
     Column("kind", String(16), nullable=False),  # submit | inquire
     Column("payer", String(255), nullable=False),  # the payer's name in the configuration
-    Column("state", String(16), nullable=False),  # pending | sending | sent | failed | abandoned
+    # pending | sending | sent | failed (retry due) | retried | abandoned | superseded (Task moved on)
+    Column("state", String(16), nullable=False),
     Column("attempt", Integer, nullable=False),  # 1 for the first submission of a Task, +1 per retry
     Column("next_attempt_us", BigInteger, nullable=False),
     Column("lease_until_us", BigInteger, nullable=True),
+    Column("claim_token", String(40), nullable=True),  # who is sending it: only they may record the outcome
     Column("created_us", BigInteger, nullable=False),
     Column("sent_us", BigInteger, nullable=True),
     Column("duration_us", BigInteger, nullable=True),

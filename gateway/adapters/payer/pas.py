@@ -34,10 +34,11 @@ ClaimResponse the gateway keeps with the PA Task, shaped the way PAS shapes its 
 from __future__ import annotations
 
 import copy
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, ParamSpec
 
 from gateway.pa.decision import (
     CERTIFIED,
@@ -95,6 +96,7 @@ _DETAIL_TYPES = {
 }
 
 Located = tuple[str, JSON]  # (FHIRPath-like location, resource)
+P = ParamSpec("P")
 
 
 class PasError(ValueError):
@@ -109,11 +111,31 @@ class PasError(ValueError):
 # ---------------------------------------------------------------------------------------------- entry points
 
 
+def _guarded(read: Callable[P, list[PayerDecision]]) -> Callable[P, list[PayerDecision]]:
+    """Whatever a payer sends, the caller gets decisions or a PasError, never a TypeError: the readers
+    check the shapes they rely on, and anything they missed is still a malformed answer, not a crash."""
+
+    @functools.wraps(read)
+    def reading(*args: P.args, **kwargs: P.kwargs) -> list[PayerDecision]:
+        try:
+            return read(*args, **kwargs)
+        except PasError:
+            raise
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
+            raise PasError(
+                f"malformed PAS content ({type(exc).__name__}: an element has the wrong shape)"
+            ) from None
+
+    return reading
+
+
+@_guarded
 def decisions_from_response(bundle: JSON, source: str = "pas-response") -> list[PayerDecision]:
     """One decision per ClaimResponse of a PAS response Bundle ($submit or $inquire answer)."""
     return _from_response(bundle, "Bundle", source)
 
 
+@_guarded
 def decisions_from_notification(bundle: JSON) -> list[PayerDecision]:
     """Decisions carried by an R4 backport subscription notification; [] for handshakes and heartbeats."""
     _require_bundle(bundle, "history", "Bundle")
@@ -149,6 +171,7 @@ def decisions_from_notification(bundle: JSON) -> list[PayerDecision]:
     return decisions
 
 
+@_guarded
 def decisions_from_any(body: JSON) -> list[PayerDecision]:
     """A response Bundle, a subscription notification or a lone ClaimResponse, told apart by shape."""
     if not isinstance(body, dict):

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("next_attempt_us", sa.BigInteger(), nullable=False),
         sa.Column("lease_until_us", sa.BigInteger(), nullable=True),
+        sa.Column("claim_token", sa.String(length=40), nullable=True),
         sa.Column("created_us", sa.BigInteger(), nullable=False),
         sa.Column("sent_us", sa.BigInteger(), nullable=True),
         sa.Column("duration_us", sa.BigInteger(), nullable=True),
