@@ -19,6 +19,7 @@ A YAML (or JSON) file named by GATEWAY_PAYERS_FILE:
         retry: {max_attempts: 5, first_delay_seconds: 60, max_delay_seconds: 3600}
         inquire_every_seconds: 14400          # Claim/$inquire for pended requests; 0 = never
         claim_type: professional              # Claim.type: professional (default), institutional, pharmacy
+        clients: [acme-pas-client-id]         # API clients that post this payer's answers (only its own)
 
 Secrets may also be written inline (`client_secret`, `token`) for local testing.
 """
@@ -96,6 +97,8 @@ class PayerConfig(BaseModel):
     retry: RetryPolicy = RetryPolicy()
     inquire_every_seconds: float = Field(4 * 3600, ge=0)
     claim_type: Literal["professional", "institutional", "pharmacy"] = "professional"
+    # API clients (their client_id) this payer posts answers with; they may answer only its requests.
+    clients: list[str] = Field(default_factory=list)
 
     @property
     def fhir_base(self) -> str:
@@ -109,9 +112,14 @@ class PayerDirectory:
         self.payers = payers
         self._by_key = {key: p for p in payers for key in p.insurers}
         self._by_name = {p.name: p for p in payers}
+        self._by_client = {client: p for p in payers for client in p.clients}
 
     def by_name(self, name: str) -> PayerConfig | None:
         return self._by_name.get(name)
+
+    def for_client(self, client_id: str) -> PayerConfig | None:
+        """The payer an API client is bound to; None for a client bound to none (e.g. an internal tool)."""
+        return self._by_client.get(client_id)
 
     def for_insurer(self, reference: str | None, identifiers: list[str]) -> PayerConfig | None:
         for key in ([reference] if reference else []) + identifiers:
@@ -135,6 +143,9 @@ def parse_payers(data: Any, source: str = "payers") -> PayerDirectory:
     names = [p.name for p in payers]
     if len(set(names)) != len(names):
         raise PayerConfigError(f"{source}: payer names must be unique")
+    clients = [c for p in payers for c in p.clients]
+    if len(set(clients)) != len(clients):
+        raise PayerConfigError(f"{source}: a client may be bound to one payer only")
     return PayerDirectory(payers)
 
 

@@ -97,7 +97,7 @@ class PriorAuthOps:
         except pas.PasError as exc:
             raise BadRequest(exc.message, expression=exc.expression) from None
         with _conflicts_as_409():
-            applied = await self.service.receive(decisions)
+            applied = await self.service.receive(decisions, ctx.client_id)
         issues = [
             Issue(
                 "information",
@@ -110,24 +110,24 @@ class PriorAuthOps:
         ] or [Issue("information", "informational", "Nothing to apply (handshake or heartbeat)", ())]
         return Outcome(200, None, orjson.dumps(operation_outcome(issues)), issues)
 
-    async def payer_file(self, text: str) -> PayerFileReport:
+    async def payer_file(self, text: str, client_id: str | None = None) -> PayerFileReport:
         """An X12 278 response or a CSV status file: all its answers applied, or none."""
         with _conflicts_as_409():
-            return await self._payer_file(text)
+            return await self._payer_file(text, client_id)
 
-    async def _payer_file(self, text: str) -> PayerFileReport:
+    async def _payer_file(self, text: str, client_id: str | None) -> PayerFileReport:
         if x12_278.looks_like_x12(text):
             try:
                 decisions: list[PayerDecision] = x12_278.parse_278_response(text)
             except x12_278.X12Error as exc:
                 raise BadRequest(str(exc)) from None
-            return PayerFileReport("x12-278", await self.service.receive(decisions))
+            return PayerFileReport("x12-278", await self.service.receive(decisions, client_id))
         if csv_status.looks_like_status_csv(text):
             try:
                 result = csv_status.parse_status_csv(text)
             except csv_status.CsvStatusError as exc:
                 raise BadRequest(str(exc)) from None
-            report = PayerFileReport("csv", await self.service.receive(result.decisions))
+            report = PayerFileReport("csv", await self.service.receive(result.decisions, client_id))
             report.problems = [
                 f"  line {p.line}{f' ({p.column})' if p.column else ''}: {p.message}" for p in result.problems
             ]

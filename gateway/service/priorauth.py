@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.payer import pas
-from gateway.exceptions import BadRequest, Conflict, NotFound, Unprocessable
+from gateway.exceptions import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from gateway.fhir import dates
 from gateway.pa import lifecycle, tasks
 from gateway.pa.decision import PayerDecision
@@ -418,10 +418,12 @@ class PriorAuthService:
 
     # -- applying payers' answers ------------------------------------------------------------------
 
-    async def receive(self, decisions: list[PayerDecision]) -> list[Applied]:
-        """Answers from a payer feed, all or nothing: each must match a request the gateway made."""
+    async def receive(self, decisions: list[PayerDecision], client_id: str | None = None) -> list[Applied]:
+        """Answers from a payer feed, all or nothing: each must match a request the gateway made, and a
+        client bound to a payer (its `clients` in the payers file) may answer only that payer's requests."""
         if not decisions:
             return []
+        bound = self.payers.for_client(client_id) if client_id else None
         async with self.db.write() as conn:
             applied = []
             for index, decision in enumerate(decisions):
@@ -433,8 +435,22 @@ class PriorAuthService:
                         + ")",
                         expression=f"decision[{index}]",
                     )
+                if bound is not None and await self._payer_of(conn, task_id) is not bound:
+                    raise Forbidden(
+                        f"Task/{task_id} is not a request to {bound.name}, the payer this client answers for"
+                    )
                 applied.append(await self.apply(conn, task_id, decision))
         return applied
+
+    async def _payer_of(self, conn: AsyncConnection, task_id: str) -> PayerConfig | None:
+        """The configured payer of the insurer a PA Task was sent to (its owner)."""
+        task = _loads(await store.current(conn, "Task", task_id))
+        owner = _ref((task or {}).get("owner"))
+        if owner is None:
+            return None
+        rtype, _, rid = owner.partition("/")
+        insurer = _loads(await store.current(conn, rtype, rid))
+        return self.payers.for_insurer(owner, _identifiers(insurer) if insurer else [])
 
     async def correlate(self, conn: AsyncConnection, decision: PayerDecision) -> str | None:
         correlation = decision.correlation

@@ -196,3 +196,45 @@ async def test_bad_operation_parameters_are_a_400(api: httpx.AsyncClient, order:
     unknown = {"resourceType": "Parameters", "parameter": [{"name": "color", "valueCode": "blue"}]}
     answer = await api.post(f"/fhir/MedicationRequest/{order.request}/$request-prior-auth", json=unknown)
     assert answer.status_code == 400 and "color" in answer.json()["issue"][0]["diagnostics"]
+
+
+def client_id_of(http: httpx.AsyncClient) -> str:
+    """The client id inside the bearer token the factory obtained (JWT payload, not verified here)."""
+    import base64
+
+    payload = http.headers["Authorization"].split()[1].split(".")[1]
+    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims.get("client_id") or claims["sub"])
+
+
+async def test_a_client_bound_to_a_payer_answers_only_that_payers_requests(
+    gateway: Gateway, api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn
+) -> None:
+    from gateway.pa.payers import parse_payers
+
+    payer.scenarios.extend(["pended", "pended"])
+    task = await request_pa(api, order)
+    ours = await client_factory("system/ClaimResponse.c")
+    theirs = await client_factory("system/ClaimResponse.c")
+    standin = gateway.priorauth.payers.payers[0].model_dump()
+    other = {
+        "name": "other-plan",
+        "base_url": "https://other.example/fhir",
+        "insurers": ["Organization/none"],
+    }
+    gateway.priorauth.payers = parse_payers(
+        {
+            "payers": [
+                {**standin, "clients": [client_id_of(ours)]},
+                {**other, "clients": [client_id_of(theirs)]},
+            ]
+        }
+    )
+    row = f"task_id,decision,authorization_number\n{task['id']},approved,A-1\n"
+    refused = await theirs.post("/payer/files", content=row.encode())
+    assert refused.status_code == 403
+    assert "not a request to other-plan" in refused.json()["issue"][0]["diagnostics"]
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "pended"
+    accepted = await ours.post("/payer/files", content=row.encode())
+    assert accepted.status_code == 200, accepted.text
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"

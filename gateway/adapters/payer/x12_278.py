@@ -44,7 +44,7 @@ SOURCE = "x12-278"
 VERSION = "005010X217"
 TRANSACTION_SET = "278"
 RESPONSE = "11"  # BHT02 transaction set purpose: response
-HCR_REASON_SYSTEM = "https://codesystem.x12.org/005010/886"
+HCR_REASON_SYSTEM = "https://codesystem.x12.org/external/886"  # the system PAS binds reason codes to
 REJECT_REASON_SYSTEM = "https://codesystem.x12.org/005010/901"
 
 # X12 901 reject reason codes (AAA03) with a short text; other codes keep display None.

@@ -55,5 +55,6 @@ async def payer_notifications(request: Request, ctx: AuthCtx, gateway: GatewayDe
 @router.post("/payer/files", summary="an X12 278 response or a CSV status file (as `gateway ingest` takes)")
 async def payer_files(request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Response:
     ctx.require("ClaimResponse", "c")
-    report = await gateway.pa_ops.payer_file((await request.body()).decode("utf-8-sig", errors="replace"))
+    text = (await request.body()).decode("utf-8-sig", errors="replace")
+    report = await gateway.pa_ops.payer_file(text, ctx.client_id)
     return PlainTextResponse("\n".join(report.lines()) + "\n")
