@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,19 @@ def _banner(settings: Settings) -> str:
     )
 
 
+@contextlib.contextmanager
+def _configuration_errors() -> Iterator[None]:
+    """A bad payers, mapping or topic file is the operator's to fix: one clear line, exit status 1."""
+    from gateway.mapping.files import MappingError
+    from gateway.pa.payers import PayerConfigError
+    from gateway.routing.topics import TopicError
+
+    try:
+        yield
+    except (PayerConfigError, MappingError, TopicError) as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
 @click.group()
 @click.version_option(package_name="specialty-gateway")
 def main() -> None:
@@ -67,7 +82,8 @@ def serve(host: str | None, port: int | None, mllp_port: int | None, database_ur
     """Serve the HTTP API; migrates the database on start."""
     settings = get_settings(host=host, port=port, mllp_port=mllp_port, database_url=database_url)
     _configure_logging(settings.log_level)
-    asyncio.run(_serve(settings))
+    with _configuration_errors():
+        asyncio.run(_serve(settings))
 
 
 async def _serve(settings: Settings) -> None:
@@ -114,7 +130,8 @@ def ingest(
         raise click.UsageError("name files to ingest or --reprocess IDs")
     settings = get_settings(database_url=database_url)
     _configure_logging("WARNING")
-    summary = asyncio.run(_ingest(settings, paths, source_name, reprocess_ids))
+    with _configuration_errors():
+        summary = asyncio.run(_ingest(settings, paths, source_name, reprocess_ids))
     click.echo(summary.report())
     if summary.failed:
         sys.exit(1)

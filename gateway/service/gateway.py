@@ -54,6 +54,9 @@ class Gateway:
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
+        payers = load_payers(
+            settings.payers_file
+        )  # a bad file fails the start before the database is touched
         db = Database(settings.database_url, pool_size=settings.db_pool_size)
         if run_migrations:
             await migrate.upgrade(db)
@@ -92,7 +95,7 @@ class Gateway:
             poll_s=settings.delivery_poll_seconds,
         )
         base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
-        priorauth = PriorAuthService(fhir, load_payers(settings.payers_file), base_url=base_url)
+        priorauth = PriorAuthService(fhir, payers, base_url=base_url)
         payer_worker = PayerWorker(
             priorauth,
             PayerClient(),

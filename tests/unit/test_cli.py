@@ -54,3 +54,19 @@ def test_serve_banner_says_where_everything_is() -> None:
     banner = _banner(Settings(host="127.0.0.1", port=8080))
     for part in ("http://127.0.0.1:8080/fhir", "/docs", "/healthz", "clients add", "/auth/token"):
         assert part in banner
+
+
+def test_a_bad_payers_file_is_one_clear_line_and_a_failed_exit(tmp_path: Path) -> None:
+    payers = tmp_path / "payers.yaml"
+    payers.write_text("payers:\n  - name: acme\n    base_url: https://pas.acme.example/fhir\n")
+    message = tmp_path / "msg.hl7"
+    message.write_text("MSH|^~\\&|A|B|C|D|20240101||ADT^A04|1|P|2.5.1\r")
+    result = CliRunner().invoke(
+        main,
+        ["ingest", str(message), "--database-url", f"sqlite+aiosqlite:///{tmp_path}/p.db"],
+        env={"GATEWAY_PAYERS_FILE": str(payers)},
+    )
+    assert result.exit_code == 1
+    assert "configuration:" in result.output and "payers[0]: insurers: Field required" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "p.db").exists()  # refused before the database was touched
