@@ -16,11 +16,11 @@ from typing import Any
 
 from gateway.pa.decision import REVIEW_ACTIONS, ItemDecision, PayerDecision
 from gateway.pa.lifecycle import BUSINESS_STATUS_SYSTEM, TASK_STATUS, TASK_TYPE_SYSTEM
+from gateway.pa.request import TRACE_SYSTEM
 
 PA_TASK_PROFILE = "https://specialty-gateway.org/fhir/StructureDefinition/pa-task"
 PARAMETER_SYSTEM = "https://specialty-gateway.org/fhir/CodeSystem/pa-task-parameter"
 DUE_EXTENSION = "https://specialty-gateway.org/fhir/StructureDefinition/pa-decision-due"
-TRACE_SYSTEM = "https://specialty-gateway.org/fhir/pa-trace-number"
 
 # CMS-0057-F decision time limits.
 EXPEDITED = timedelta(hours=72)
@@ -102,8 +102,7 @@ def business_status(task: JSON) -> str | None:
 
 
 def is_pa_task(task: JSON) -> bool:
-    codings = (task.get("code") or {}).get("coding") or []
-    return any(isinstance(c, dict) and c.get("system") == TASK_TYPE_SYSTEM for c in codings)
+    return any(c.get("system") == TASK_TYPE_SYSTEM for c in _codings(task.get("code")))
 
 
 def trace_number(task: JSON) -> str | None:

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from gateway.fhir.dates import date_range, format_instant
 from gateway.fhir.extract import IndexRows
 from gateway.mapping.monitoring import MonitoringRules
+from gateway.pa.lifecycle import APPROVED, AWAITING_PAYER
+from gateway.pa.tasks import due as due_date
+from gateway.pa.tasks import is_pa_task
 from gateway.routing import labs
 from gateway.routing.filters import token_keys
 from gateway.types import JSON
 
-PA_TASK_TYPES = "https://specialty-gateway.org/fhir/CodeSystem/task-type"
 _VALUE_ELEMENTS = (
     "valueQuantity",
     "valueCodeableConcept",
@@ -176,12 +178,6 @@ def medication_order(change: Change, _: EvaluationContext) -> list[Fired]:
     ]
 
 
-def is_pa_task(task: JSON) -> bool:
-    code = task.get("code")
-    codings = code.get("coding", []) if isinstance(code, dict) else []
-    return any(isinstance(c, dict) and c.get("system") == PA_TASK_TYPES for c in codings)
-
-
 def _business_status(task: JSON) -> str | None:
     concept = task.get("businessStatus")
     if not isinstance(concept, dict):
@@ -211,9 +207,6 @@ def pa_medication_keys(task: JSON, context: EvaluationContext) -> frozenset[str]
     focus = task.get("focus", {}).get("reference") if isinstance(task.get("focus"), dict) else None
     request = context.medications.get(focus) if isinstance(focus, str) else None
     return _medication_keys(request) if request else frozenset()
-
-
-APPROVED = frozenset({"approved", "approved-modified", "partially-approved"})
 
 
 def authorization_end_us(task: JSON) -> int | None:
@@ -253,10 +246,6 @@ def pa_expiring(change: Change, context: EvaluationContext) -> list[Fired]:
     return [Fired(details, pa_medication_keys(task, context))]
 
 
-AWAITING_PAYER = frozenset({"submitted", "appeal-submitted", "payer-received", "pended", "info-requested"})
-DUE_EXTENSION = "https://specialty-gateway.org/fhir/StructureDefinition/pa-decision-due"
-
-
 def pa_overdue(change: Change, context: EvaluationContext) -> list[Fired]:
     """A PA Task still waiting on the payer after its decision due date (`pa-decision-due`).
 
@@ -265,9 +254,7 @@ def pa_overdue(change: Change, context: EvaluationContext) -> list[Fired]:
     task = change.current
     if task is None or not is_pa_task(task) or _business_status(task) not in AWAITING_PAYER:
         return []
-    due = next(
-        (e.get("valueDateTime") for e in task.get("extension") or [] if e.get("url") == DUE_EXTENSION), None
-    )
+    due = due_date(task)
     try:
         due_us = date_range(due)[0] if isinstance(due, str) else None
     except ValueError:

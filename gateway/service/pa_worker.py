@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.payer import pas
@@ -37,7 +36,7 @@ from gateway.pa.decision import PayerDecision
 from gateway.pa.payers import PayerConfig, PayerDirectory
 from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
 from gateway.service.payer_client import Answered, Failed, Outcome, PayerClient, Refused
-from gateway.service.priorauth import PriorAuthService, submission_id
+from gateway.service.priorauth import PriorAuthService, resource_of, submission_id
 from gateway.service.subscriptions import SubscriptionManager
 from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
@@ -282,10 +281,10 @@ class PayerWorker:
                 version = row.task_version
                 new_id = submission_id(row.task_id, row.task_version, "cancel", row.attempt + 1)
             else:
-                task = _loads(await store.current(conn, "Task", row.task_id))
+                task = resource_of(await store.current(conn, "Task", row.task_id))
                 focus = str((task or {}).get("focus", {}).get("reference", ""))
                 await pa_store.lock_order(conn, focus.partition("/")[2])  # as a resubmission by hand does
-                task = _loads(await store.current(conn, "Task", row.task_id))
+                task = resource_of(await store.current(conn, "Task", row.task_id))
                 if task is None or tasks.business_status(task) != "submission-error":
                     return  # answered meanwhile (a late notification), cancelled, or resubmitted by hand
                 moved = await self._move(conn, row.task_id, "submitted", "")
@@ -305,9 +304,10 @@ class PayerWorker:
     async def _inquire_pended(self, now: int) -> None:
         async with self.db.read() as conn:
             pended = await pa_store.in_status(conn, ["pended"])
+            histories = await pa_store.submissions_of_tasks(conn, [row.task_id for row in pended])
             plans = []
             for row in pended:
-                history = await pa_store.submissions_of(conn, row.task_id)
+                history = histories.get(row.task_id, [])
                 submits = [s for s in history if s.kind == "submit"]
                 if not submits:
                     continue
@@ -371,7 +371,7 @@ class PayerWorker:
 
     async def _expired(self, conn: AsyncConnection, task_id: str, now: int) -> None:
         stored = await store.current(conn, "Task", task_id)
-        task = _loads(stored)
+        task = resource_of(stored)
         end = tasks.authorized_end(task) if task else None
         async with conn.begin_nested():
             await self.service.move(conn, task_id, "expired", f"The authorization ended {end}")
@@ -381,7 +381,7 @@ class PayerWorker:
         await self._open_renewal(conn, task_id, now)
 
     async def _open_renewal(self, conn: AsyncConnection, task_id: str, now: int) -> None:
-        task = _loads(await store.current(conn, "Task", task_id))
+        task = resource_of(await store.current(conn, "Task", task_id))
         if task is None:
             return
         renewal_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"renewal:{task_id}:{tasks.authorized_end(task)}"))
@@ -393,7 +393,7 @@ class PayerWorker:
 
     async def _emit_timer(self, conn: AsyncConnection, evaluator: str, task_id: str, now: int) -> None:
         stored = await store.current(conn, "Task", task_id)
-        task = _loads(stored)
+        task = resource_of(stored)
         topics = [t for t in self.manager.topics.topics if t.evaluator == evaluator]
         if task is None or stored is None or not any(self.manager.index.has_topic(t.url) for t in topics):
             return
@@ -444,10 +444,3 @@ def _call_budget_s(payer: PayerConfig | None) -> float:
 
 
 UNKNOWN = "the gateway stopped while this request was in flight; whether the payer got it is unknown"
-
-
-def _loads(stored: store.Stored | None) -> dict | None:  # type: ignore[type-arg]
-    if stored is None or stored.deleted or stored.content is None:
-        return None
-    value = orjson.loads(stored.content)
-    return value if isinstance(value, dict) else None

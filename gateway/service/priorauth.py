@@ -29,7 +29,14 @@ from gateway.fhir import dates
 from gateway.pa import lifecycle, tasks
 from gateway.pa.decision import PayerDecision
 from gateway.pa.payers import PayerConfig, PayerDirectory
-from gateway.pa.request import RequestError, RequestParts, build_claim, build_request_bundle, referenced
+from gateway.pa.request import (
+    TRACE_SYSTEM,
+    RequestError,
+    RequestParts,
+    build_claim,
+    build_request_bundle,
+    referenced,
+)
 from gateway.service.context import RequestContext
 from gateway.service.interactions import FhirService
 from gateway.store import priorauth as pa_store
@@ -39,7 +46,6 @@ from gateway.types import JSON, Issue
 
 log = logging.getLogger("gateway.priorauth")
 
-SUBMISSION_SYSTEM = "https://specialty-gateway.org/fhir/pa-submission"
 # Statuses from which a MedicationRequest's PA Task is submitted again rather than replaced.
 RESUBMITTABLE = frozenset({"pa-required", "submission-error", "rejected-by-payer", "info-requested"})
 # References followed from the Claim when assembling the Bundle (Claim -> PractitionerRole -> ...).
@@ -76,7 +82,8 @@ def _now() -> datetime:
     return dates.from_us(dates.now_us())
 
 
-def _loads(stored: store.Stored | None) -> JSON | None:
+def resource_of(stored: store.Stored | None) -> JSON | None:
+    """The JSON of a stored current version; None when absent or deleted."""
     if stored is None or stored.deleted or stored.content is None:
         return None
     value = orjson.loads(stored.content)
@@ -120,7 +127,7 @@ class PriorAuthService:
         ctx.require("Claim", "c")
         params = _parameters(parameters)
         async with self.db.read() as conn:
-            request = _loads(await store.current(conn, "MedicationRequest", request_id))
+            request = resource_of(await store.current(conn, "MedicationRequest", request_id))
             if request is None:
                 raise NotFound(f"MedicationRequest/{request_id} does not exist")
             loaded = await self._load_parts(conn, request, params)
@@ -133,7 +140,7 @@ class PriorAuthService:
         ctx.require("Claim", "c")
         params = _parameters(parameters)
         async with self.db.read() as conn:
-            denied = _loads(await store.current(conn, "Task", task_id))
+            denied = resource_of(await store.current(conn, "Task", task_id))
             if denied is None or not tasks.is_pa_task(denied):
                 raise NotFound(f"Task/{task_id} is not a prior-authorization Task here")
             if tasks.business_status(denied) != "denied":
@@ -142,7 +149,9 @@ class PriorAuthService:
                     f" {tasks.business_status(denied)}"
                 )
             request_ref = _ref(denied.get("focus")) or ""
-            request = _loads(await store.current(conn, "MedicationRequest", request_ref.partition("/")[2]))
+            request = resource_of(
+                await store.current(conn, "MedicationRequest", request_ref.partition("/")[2])
+            )
             if request is None:
                 raise Unprocessable(f"{request_ref} (the denied Task's focus) no longer exists")
             params.coverage = params.coverage or tasks.reference_of(denied, "input", "coverage")
@@ -160,7 +169,7 @@ class PriorAuthService:
         ctx.require("Task", "u")
         reason = _reason(parameters)
         async with self.db.read() as conn:
-            task = _loads(await store.current(conn, "Task", task_id))
+            task = resource_of(await store.current(conn, "Task", task_id))
             if task is None or not tasks.is_pa_task(task):
                 raise NotFound(f"Task/{task_id} is not a prior-authorization Task here")
             status = tasks.business_status(task)
@@ -169,7 +178,9 @@ class PriorAuthService:
                 raise Conflict(f"Task/{task_id}: {problem}")
             claim_ref = tasks.reference_of(task, "input", "claim")
             request_ref = _ref(task.get("focus")) or ""
-            request = _loads(await store.current(conn, "MedicationRequest", request_ref.partition("/")[2]))
+            request = resource_of(
+                await store.current(conn, "MedicationRequest", request_ref.partition("/")[2])
+            )
             loaded = None
             # The payer has the request (it was sent and not refused): it is told of the withdrawal.
             if claim_ref and request and status not in ("pa-required", "rejected-by-payer"):
@@ -195,7 +206,7 @@ class PriorAuthService:
             if kind.cancel_of:
                 current = await store.current(conn, "Task", kind.cancel_of)
                 problem = lifecycle.transition_problem(
-                    tasks.business_status(_loads(current) or {}), "cancelled"
+                    tasks.business_status(resource_of(current) or {}), "cancelled"
                 )
                 if problem:
                     raise Conflict(f"Task/{kind.cancel_of}: {problem}")
@@ -204,7 +215,7 @@ class PriorAuthService:
                 await self._no_live_appeal(conn, kind.appeal_of)
             else:
                 current = await self._task_for(conn, request)
-            task = _loads(current)
+            task = resource_of(current)
             previous_claim = (tasks.reference_of(task, "input", "claim") or "") if task else ""
             related = kind.related_claim_id or previous_claim.partition("/")[2] or None
             task_id = str(task["id"]) if task else str(uuid.uuid4())
@@ -250,7 +261,7 @@ class PriorAuthService:
                     part_of=kind.appeal_of,
                 )
             elif not task.get("identifier"):
-                task = {**task, "identifier": [{"system": tasks.TRACE_SYSTEM, "value": trace}]}
+                task = {**task, "identifier": [{"system": TRACE_SYSTEM, "value": trace}]}
             if kind.cancel_of:
                 sent = tasks.moved(task, "cancelled", now, reason=kind.reason or "Withdrawn by the requester")
             else:
@@ -286,7 +297,7 @@ class PriorAuthService:
                 [
                     ("claim", claim_id),
                     ("trace", trace),
-                    ("trace", f"{tasks.TRACE_SYSTEM}|{trace}"),
+                    ("trace", f"{TRACE_SYSTEM}|{trace}"),
                     ("trace", f"{identifier.get('system')}|{identifier.get('value')}"),
                 ],
             )
@@ -308,14 +319,14 @@ class PriorAuthService:
         """The MedicationRequest's PA Task to (re)submit (as stored now), None for a new one; 409 while
         one is live."""
         found = await store_search.by_reference(conn, "Task", "focus", [f"MedicationRequest/{request['id']}"])
-        live = [t for t in (_loads(s) for s in found) if t and tasks.is_pa_task(t)]
+        live = [t for t in (resource_of(s) for s in found) if t and tasks.is_pa_task(t)]
         for task in sorted(live, key=lambda t: str(t.get("authoredOn") or ""), reverse=True):
             status = tasks.business_status(task)
             if status in RESUBMITTABLE:
                 current = await store.current(conn, "Task", str(task["id"]))  # the version to build on
-                if tasks.business_status(_loads(current) or {}) in RESUBMITTABLE:
+                if tasks.business_status(resource_of(current) or {}) in RESUBMITTABLE:
                     return current
-                status = tasks.business_status(_loads(current) or {})
+                status = tasks.business_status(resource_of(current) or {})
             if status in lifecycle.AWAITING_PAYER or status in lifecycle.APPROVED:
                 raise Conflict(
                     f"MedicationRequest/{request['id']} already has a prior authorization that is {status}"
@@ -326,7 +337,7 @@ class PriorAuthService:
     async def _no_live_appeal(self, conn: AsyncConnection, denied_id: str) -> None:
         """One appeal at a time: 409 while an earlier appeal of this denial is not finished."""
         for stored in await store_search.by_reference(conn, "Task", "part-of", [f"Task/{denied_id}"]):
-            appeal = _loads(stored)
+            appeal = resource_of(stored)
             status = tasks.business_status(appeal) if appeal else None
             if appeal and tasks.is_pa_task(appeal) and status not in lifecycle.FINAL | {"rejected-by-payer"}:
                 raise Conflict(
@@ -385,7 +396,7 @@ class PriorAuthService:
             wanted = {key for r in frontier for key in referenced(r, self.base_url)} - have
             if not wanted:
                 break
-            found = [_loads(s) for s in await store.load_by_keys(conn, wanted)]
+            found = [resource_of(s) for s in await store.load_by_keys(conn, wanted)]
             frontier = [r for r in found if r]
             have |= wanted
             extras += frontier
@@ -395,7 +406,7 @@ class PriorAuthService:
         found = [
             c
             for c in (
-                _loads(s)
+                resource_of(s)
                 for s in await store_search.by_reference(conn, "Coverage", "beneficiary", [patient_ref])
             )
             if c and c.get("status") == "active"
@@ -409,7 +420,7 @@ class PriorAuthService:
 
     async def _must(self, conn: AsyncConnection, reference: str, where: str) -> JSON:
         rtype, _, rid = reference.partition("/")
-        resource = _loads(await store.current(conn, rtype, rid)) if rid else None
+        resource = resource_of(await store.current(conn, rtype, rid)) if rid else None
         if resource is None:
             raise Unprocessable(
                 f"{reference} does not exist here; a PA request must include it", expression=where
@@ -444,18 +455,18 @@ class PriorAuthService:
 
     async def _payer_of(self, conn: AsyncConnection, task_id: str) -> PayerConfig | None:
         """The configured payer of the insurer a PA Task was sent to (its owner)."""
-        task = _loads(await store.current(conn, "Task", task_id))
+        task = resource_of(await store.current(conn, "Task", task_id))
         owner = _ref((task or {}).get("owner"))
         if owner is None:
             return None
         rtype, _, rid = owner.partition("/")
-        insurer = _loads(await store.current(conn, rtype, rid))
+        insurer = resource_of(await store.current(conn, rtype, rid))
         return self.payers.for_insurer(owner, _identifiers(insurer) if insurer else [])
 
     async def correlate(self, conn: AsyncConnection, decision: PayerDecision) -> str | None:
         correlation = decision.correlation
         if correlation.task_id:
-            task = _loads(await store.current(conn, "Task", correlation.task_id))
+            task = resource_of(await store.current(conn, "Task", correlation.task_id))
             if task is not None and tasks.is_pa_task(task):
                 return correlation.task_id
         return await pa_store.find_task(conn, [k for k in correlation.lookups() if k[0] != "task"])
@@ -463,7 +474,7 @@ class PriorAuthService:
     async def apply(self, conn: AsyncConnection, task_id: str, decision: PayerDecision) -> Applied:
         """One answer onto its Task: store the ClaimResponse, move the Task, remember the payer's numbers."""
         stored = await store.current(conn, "Task", task_id)
-        task = _loads(stored)
+        task = resource_of(stored)
         if task is None:
             raise NotFound(f"Task/{task_id} does not exist")
         before = tasks.business_status(task)
@@ -543,7 +554,7 @@ class PriorAuthService:
     ) -> int | None:
         """Put a Task in `status` (a submission error, a retry, expiry); returns the new version."""
         stored = await store.current(conn, "Task", task_id)
-        task = _loads(stored)
+        task = resource_of(stored)
         if task is None:
             return None
         now = _now()

@@ -200,9 +200,21 @@ async def submission(conn: AsyncConnection, submission_id: str) -> Submission | 
 
 
 async def submissions_of(conn: AsyncConnection, task_id: str) -> list[Submission]:
+    return (await submissions_of_tasks(conn, [task_id])).get(task_id, [])
+
+
+async def submissions_of_tasks(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str, list[Submission]]:
+    """Each Task's requests to payers, oldest first, in one query."""
     s = pa_submission.c
-    rows = await conn.execute(select(pa_submission).where(s.task_id == task_id).order_by(s.created_us, s.id))
-    return [_submission(r) for r in rows]
+    found: dict[str, list[Submission]] = {}
+    if not task_ids:
+        return found
+    rows = await conn.execute(
+        select(pa_submission).where(s.task_id.in_(list(task_ids))).order_by(s.created_us, s.id)
+    )
+    for row in rows:
+        found.setdefault(row.task_id, []).append(_submission(row))
+    return found
 
 
 async def claim_submission(
