@@ -58,7 +58,7 @@ def oru(
         *extra,
         f"ORC|RE|{placer}^EHR|F{placer}^LAB",
         f"OBR|1|{placer}^EHR|F{placer}^LAB|57021-8^CBC W Auto Differential panel^LN|||20240301070000-0500"
-        "||||||||||||||20240301083000-0500|||F",
+        "|||||||||||||||20240301083000-0500|||F",  # OBR-22 report time, OBR-25 status
         *results,
     ]
     return "\r".join(segments) + "\r"

@@ -20,8 +20,35 @@ import yaml
 
 from gateway.mapping.tables import CodeTables
 
-RULE_KEYS = {"from", "with", "table", "key", "repeat", "default", "fixed", "merge", "as"}
-SITE_KEYS = {"site", "description", "match", "timezone", "codes", "tables", "zsegments", "elements"}
+RULE_KEYS = {
+    "from",
+    "with",
+    "table",
+    "key",
+    "repeat",
+    "default",
+    "fixed",
+    "merge",
+    "defaults",
+    "system",
+    "as",
+}
+SITE_KEYS = {
+    "site",
+    "description",
+    "match",
+    "timezone",
+    "codes",
+    "tables",
+    "zsegments",
+    "elements",
+    "identity",
+    "duplicates",
+    "category",
+}
+IDENTITY_KEYS = {"patient_identifier_system", "unidentified", "on_conflict", "demographics"}
+# Which messages may replace a Patient's stored demographics (the others only fill in what is missing).
+DEMOGRAPHIC_SOURCES = ("adt", "orders", "results")
 
 
 class MappingError(ValueError):
@@ -33,6 +60,25 @@ class MessageDef:
     event: str  # e.g. ORU^R01
     structure: str
     adapter: str
+    # Observation.category of its results when OBR-24, the code and the site say nothing (ORU: laboratory).
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """How a sender's patients are identified and what happens when identity is in doubt."""
+
+    # System for PID-2/3/4 identifiers that carry no assigning authority; None: derived from MSH-4/MSH-3.
+    patient_identifier_system: str | None = None
+    unidentified: str = "refuse"  # refuse (AE) | quarantine (held, AA with a warning)
+    on_conflict: str = "refuse"  # refuse (AE) | accept (filed under the matched Patient, not overwritten)
+    # adt | orders | results -> replace | fill: who may replace stored demographics
+    demographics: dict[str, str] = field(
+        default_factory=lambda: {"adt": "replace", "orders": "fill", "results": "fill"}
+    )
+
+
+DEFAULT_IDENTITY = IdentityPolicy()
 
 
 @dataclass
@@ -44,6 +90,11 @@ class Site:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     zsegments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     elements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    identity: IdentityPolicy = DEFAULT_IDENTITY
+    # A message reusing a stored message's MSH-10 with other content: process (as new) | refuse (AE).
+    reused_control_id: str = "process"
+    # Observation.category for results when neither OBR-24 nor the code says (a lab site: laboratory).
+    category: str | None = None
 
     def matches(self, sending_application: str, sending_facility: str) -> bool:
         wanted = {"sending_application": sending_application, "sending_facility": sending_facility}
@@ -109,7 +160,12 @@ def _load_messages(path: Path) -> dict[str, MessageDef]:
     for event, spec in content["messages"].items():
         if not isinstance(spec, dict) or not {"structure", "adapter"} <= set(spec):
             raise MappingError(f"{path}: {event} needs 'structure' and 'adapter'")
-        messages[str(event)] = MessageDef(str(event), str(spec["structure"]), str(spec["adapter"]))
+        if set(spec) - {"structure", "adapter", "category"}:
+            raise MappingError(f"{path}: {event} takes only structure, adapter and category")
+        category = spec.get("category")
+        messages[str(event)] = MessageDef(
+            str(event), str(spec["structure"]), str(spec["adapter"]), str(category) if category else None
+        )
     return messages
 
 
@@ -127,6 +183,15 @@ def _load_site(path: Path) -> Site:
         _check_rules(path, elements)
         if not isinstance(resource, str):
             raise MappingError(f"{path}: 'elements' keys are FHIR resource types")
+    duplicates = content.get("duplicates") or {}
+    if not isinstance(duplicates, dict) or set(duplicates) - {"reused_control_id"}:
+        raise MappingError(f"{path}: 'duplicates' takes only reused_control_id")
+    reused = str(duplicates.get("reused_control_id", "process"))
+    if reused not in ("process", "refuse"):
+        raise MappingError(f"{path}: duplicates.reused_control_id must be process or refuse, not {reused!r}")
+    category = content.get("category")
+    if category is not None and not (isinstance(category, str) and category.strip()):
+        raise MappingError(f"{path}: 'category' must be an observation-category code such as laboratory")
     return Site(
         name=str(content.get("site") or path.stem),
         match={k: str(v) for k, v in match.items()},
@@ -135,6 +200,37 @@ def _load_site(path: Path) -> Site:
         tables={k: {str(c): v for c, v in t.items()} for k, t in (content.get("tables") or {}).items()},
         zsegments=dict(content.get("zsegments") or {}),
         elements=dict(content.get("elements") or {}),
+        identity=_identity_policy(path, content.get("identity")),
+        reused_control_id=reused,
+        category=category,
+    )
+
+
+def _identity_policy(path: Path, spec: Any) -> IdentityPolicy:
+    if spec is None:
+        return DEFAULT_IDENTITY
+    if not isinstance(spec, dict) or set(spec) - IDENTITY_KEYS:
+        raise MappingError(f"{path}: 'identity' takes {sorted(IDENTITY_KEYS)}")
+    system = spec.get("patient_identifier_system")
+    if system is not None and not (isinstance(system, str) and ":" in system):
+        raise MappingError(f"{path}: identity.patient_identifier_system must be a URI such as urn:oid:1.2.3")
+    choices = {"unidentified": ("refuse", "quarantine"), "on_conflict": ("refuse", "accept")}
+    for key, allowed in choices.items():
+        if key in spec and spec[key] not in allowed:
+            raise MappingError(f"{path}: identity.{key} must be one of {list(allowed)}, not {spec[key]!r}")
+    demographics = dict(DEFAULT_IDENTITY.demographics)
+    given = spec.get("demographics") or {}
+    if not isinstance(given, dict) or set(given) - set(DEMOGRAPHIC_SOURCES):
+        raise MappingError(f"{path}: identity.demographics keys are {list(DEMOGRAPHIC_SOURCES)}")
+    for source, mode in given.items():
+        if mode not in ("replace", "fill"):
+            raise MappingError(f"{path}: identity.demographics.{source} must be replace or fill")
+        demographics[source] = mode
+    return IdentityPolicy(
+        patient_identifier_system=system,
+        unidentified=str(spec.get("unidentified", DEFAULT_IDENTITY.unidentified)),
+        on_conflict=str(spec.get("on_conflict", DEFAULT_IDENTITY.on_conflict)),
+        demographics=demographics,
     )
 
 

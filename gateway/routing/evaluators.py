@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.fhir.dates import date_range, format_instant
+from gateway.fhir.demographics import is_identity_review
 from gateway.fhir.extract import IndexRows
 from gateway.mapping.monitoring import MonitoringRules
 from gateway.pa.lifecycle import APPROVED, AWAITING_PAYER
@@ -270,6 +271,22 @@ def pa_overdue(change: Change, context: EvaluationContext) -> list[Fired]:
     return [Fired(details, pa_medication_keys(task, context))]
 
 
+def patient_identity_conflict(change: Change, _: EvaluationContext) -> list[Fired]:
+    """An identity-review Task opened, reopened, or given another conflicting message."""
+    current, previous = change.current, change.previous
+    if current is None or not is_identity_review(current):
+        return []
+    inputs = len(current.get("input") or [])
+    if previous is not None:
+        grew = inputs > len(previous.get("input") or [])
+        reopened = current.get("status") == "requested" and previous.get("status") != "requested"
+        if not (grew or reopened):
+            return []
+    reason: JSON = current["reasonCode"] if isinstance(current.get("reasonCode"), dict) else {}
+    details: JSON = {"status": current.get("status"), "reason": reason.get("text"), "messages": str(inputs)}
+    return [Fired(details)]
+
+
 EVALUATORS: dict[str, Evaluator] = {
     "abnormal-lab-result": abnormal_lab_result,
     "critical-lab-result": critical_lab_result,
@@ -278,4 +295,5 @@ EVALUATORS: dict[str, Evaluator] = {
     "pa-status-changed": pa_status_changed,
     "pa-expiring": pa_expiring,
     "pa-overdue": pa_overdue,
+    "patient-identity-conflict": patient_identity_conflict,
 }

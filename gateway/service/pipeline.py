@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -25,8 +26,9 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.adapters.hl7v2 import loss
 from gateway.adapters.hl7v2.ack import AckError, build_ack, build_nak, hl7_timestamp
-from gateway.adapters.hl7v2.er7 import ER7Error, Message
+from gateway.adapters.hl7v2.er7 import ER7Error, Message, Segment, split_segments
 from gateway.adapters.hl7v2.identity import stable_id
 from gateway.adapters.hl7v2.translate import (
     PROVENANCE_MESSAGE_SYSTEM,
@@ -39,9 +41,11 @@ from gateway.fhir.references import iter_references
 from gateway.fhir.validation import Validator
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
+from gateway.service.patient_matching import IdentityOutcome, Matcher, match_keys, replace_patient
 from gateway.store import messages as message_log
 from gateway.store import resources as store
 from gateway.store import search as store_search
+from gateway.store.messages import LoggedMessage
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.store.tables import sp_reference
 from gateway.types import JSON
@@ -49,6 +53,13 @@ from gateway.types import JSON
 log = logging.getLogger("gateway.pipeline")
 
 AckCode = Literal["AA", "AE", "AR"]
+# A result left out of a later version of its report: kept, tagged, and named in the message log.
+RESULT_FLAGS = "https://specialty-gateway.org/fhir/CodeSystem/result-flag"
+ABSENT_FROM_REPORT = {
+    "system": RESULT_FLAGS,
+    "code": "absent-from-report",
+    "display": "Not in the latest version of its report",
+}
 # Messages written per transaction at most; larger bursts are split. Big enough to amortise the commit,
 # small enough that one transaction never holds the SQLite write lock for long.
 MAX_BATCH = 200
@@ -87,6 +98,7 @@ class Job:
     errors: list[AckError]
     ack_control_id: str
     key: tuple[str, str]  # (sender, control id)
+    content_hash: str
     reprocess_id: str | None = None
     future: asyncio.Future[Result] | None = None
 
@@ -101,6 +113,11 @@ def decode(raw: bytes) -> str:
         if charset.startswith("8859") or charset in ("ASCII", "ISO IR100"):
             return raw.decode("latin-1")
     return raw.decode("utf-8", errors="replace")
+
+
+def content_hash(text: str) -> str:
+    """A digest of a message's segments: the same content whatever its segment separators or BOM."""
+    return hashlib.sha256("\r".join(split_segments(text)).encode()).hexdigest()
 
 
 def _now_stamp() -> str:
@@ -245,6 +262,7 @@ class Pipeline:
             errors,
             _ack_control_id(),
             (message.sender, message.control_id or f"no-control-id:{uuid.uuid4()}"),
+            content_hash(text),
             reprocess_id,
         )
 
@@ -263,6 +281,7 @@ class Pipeline:
             [ack_error],
             _ack_control_id(),
             ("", f"unparsed:{uuid.uuid4()}"),
+            content_hash(text),
             reprocess_id,
         )
 
@@ -320,7 +339,7 @@ class Pipeline:
 
 
 class _Batch:
-    """One transaction's worth of messages: duplicates, resource versions, Provenance, log rows."""
+    """One transaction's worth of messages: duplicates, identity, resource versions, Provenance, log rows."""
 
     def __init__(self, pipeline: Pipeline, conn: AsyncConnection) -> None:
         self.pipeline = pipeline
@@ -332,7 +351,8 @@ class _Batch:
         self.pending_keys: set[tuple[str, str]] = set()
         self.log_inserts: list[dict[str, Any]] = []
         self.log_updates: list[tuple[str, dict[str, Any]]] = []
-        self.known_patients: dict[tuple[str | None, str], str] = {}
+        self.coverage: dict[tuple[str, str, str], tuple[int, str]] = {}
+        self.matcher = Matcher(self.currents, {}, self._load, self.now)
 
     async def commit(self, jobs: Sequence[Job]) -> list[Result]:
         logged = await message_log.by_keys(self.conn, [j.key for j in jobs])
@@ -343,74 +363,150 @@ class _Batch:
             for p in j.translation.resources
         }
         wanted |= {("Provenance", self._provenance_id(j)) for j in jobs if j.translation and j.code == "AA"}
-        self.currents = await store.current_many(self.conn, wanted)
+        self.currents.update(await store.current_many(self.conn, wanted))
         await self._find_known_patients(jobs)
-        accepted_here: dict[tuple[str, str], Result] = {}
+        seen: dict[tuple[str, str], list[tuple[str, Result]]] = {}  # this batch's messages by key
         results: list[Result] = []
         for job in jobs:
-            previous = logged.get(job.key)
-            if job.reprocess_id is None and job.key in accepted_here:
-                first = accepted_here[job.key]
-                results.append(
-                    Result(first.ack, first.code, first.log_id, duplicate=True, resources=first.resources)
-                )
-                continue
-            if job.reprocess_id is None and previous is not None and previous.status == "accepted":
-                results.append(
-                    Result(
-                        previous.ack,
-                        "AA",
-                        previous.id,
-                        duplicate=True,
-                        resources=orjson.loads(previous.resources),
-                    )
-                )
-                continue
-            result = await self._one(job, previous.id if previous is not None else job.reprocess_id)
-            if result.code == "AA":
-                accepted_here[job.key] = result
+            result = await self._dispatch(job, logged.get(job.key, []), seen.get(job.key, []))
+            seen.setdefault(job.key, []).append((job.content_hash, result))
             results.append(result)
         await self._flush()
         await message_log.insert_many(self.conn, self.log_inserts)
         for log_id, values in self.log_updates:
             await message_log.replace(self.conn, log_id, values)
+        await message_log.count_unmapped(self.conn, self.coverage, self.now)
         return results
 
-    def _provenance_id(self, job: Job) -> str:
-        return stable_id("Provenance", *job.key)
+    async def _dispatch(
+        self, job: Job, logged: list[LoggedMessage], earlier: list[tuple[str, Result]]
+    ) -> Result:
+        """Duplicates by content: only a re-send identical to a stored message gets that message's ACK."""
+        if job.reprocess_id is not None:
+            return await self._one(job, job.reprocess_id)
+        for digest, result in earlier:
+            if digest == job.content_hash and result.code == "AA" and not result.duplicate:
+                return Result(result.ack, "AA", result.log_id, duplicate=True, resources=result.resources)
+        same = next((row for row in logged if _hash_of(row) == job.content_hash), None)
+        if same is not None and same.status in ("accepted", "quarantined"):
+            resources = orjson.loads(same.resources)
+            return Result(same.ack, "AA", same.id, duplicate=True, resources=resources)
+        if same is not None:
+            return await self._one(job, same.id)  # a failed message sent again: processed again, same row
+        if not (logged or earlier) or job.message is None:
+            return await self._one(job, None)
+        previous = logged[-1].id if logged else (earlier[-1][1].log_id or "")
+        policy = job.translation.reused_control_id if job.translation is not None else "process"
+        note: JSON = {"kind": "reused-control-id", "previous": previous}
+        if policy == "refuse":
+            note["outcome"] = "refused"
+            text = (
+                f"MSH-10 {job.key[1]!r} was already used by another message from this sender with other"
+                f" content (logged as {previous}); refused"
+            )
+            error = AckError("205", text, segment="MSH", sequence=1, field=10)
+            return await self._one(job, None, refuse=error, notes=[note])
+        note["outcome"] = "processed as a new message"
+        problem = (
+            f"MSH-10 {job.key[1]!r} was already used by message {previous} from this sender with other"
+            " content; this one was processed as a new message"
+        )
+        return await self._one(job, None, notes=[note], problems=[problem])
 
-    async def _one(self, job: Job, existing_log_id: str | None) -> Result:
+    def _provenance_id(self, job: Job) -> str:
+        return stable_id("Provenance", *job.key, job.content_hash)
+
+    async def _load(self, key: tuple[str, str]) -> Stored | None:
+        return await store.current(self.conn, *key)
+
+    async def _one(
+        self,
+        job: Job,
+        existing_log_id: str | None,
+        *,
+        refuse: AckError | None = None,
+        notes: list[JSON] | None = None,
+        problems: list[str] | None = None,
+    ) -> Result:
         log_id = existing_log_id or str(uuid.uuid4())
         refs: list[str] = []
         code, errors = job.code, list(job.errors)
-        if code == "AA" and job.translation is not None:
-            refs = await self._write(job, log_id)
+        notes, problems = list(notes or []), list(problems or [])
+        translation = job.translation
+        status = {"AA": "accepted", "AE": "error", "AR": "rejected"}[code]
+        if refuse is not None:
+            code, status, errors = "AE", "error", [refuse, *errors]
+        elif code == "AA" and translation is not None and translation.quarantine:
+            status = "quarantined"
+            errors.append(AckError("101", f"{translation.quarantine}; held in quarantine", "W", "PID", 1, 3))
+        elif code == "AA" and translation is not None:
+            checked = await self._check_identity(job, log_id)
+            problems += checked.problems
+            notes += checked.notes
+            if checked.refused:
+                code, status = "AE", "error"
+                errors += checked.errors
+                refs = await self._write_tasks(job, log_id, checked.tasks)
+            else:
+                errors += checked.warnings
+                refs = await self._write(job, log_id, checked, notes, problems)
         ack = self._ack(job, code, errors)
-        row = {
-            "id": log_id,
-            "sender": job.key[0],
-            "control_id": job.key[1],
-            "message_type": job.translation.event
-            if job.translation
-            else (f"{job.message.message_code}^{job.message.trigger}" if job.message else ""),
-            "source": job.source.kind,
-            "source_detail": job.source.detail[:500],
-            "received_us": job.received_us,
-            "processed_us": dates.now_us(),
-            "status": {"AA": "accepted", "AE": "error", "AR": "rejected"}[code],
-            "ack_code": code,
-            "raw": job.raw,
-            "ack": ack,
-            "errors": orjson.dumps([_error_json(e) for e in errors]).decode(),
-            "problems": orjson.dumps(job.translation.problems if job.translation else []).decode(),
-            "unused": orjson.dumps(job.translation.unused if job.translation else []).decode(),
-            "resources": orjson.dumps(refs).decode(),
-        }
+        row = self._log_row(job, log_id, status, code, ack, errors, problems, notes, refs)
         if existing_log_id is not None:
             self.log_updates.append((log_id, row))
         else:
             self.log_inserts.append({**row, "attempts": 1})
-        return Result(ack, code, log_id, resources=refs, errors=[e.text for e in errors])
+        self._count_coverage(job, log_id)
+        return Result(ack, code, log_id, resources=refs, errors=[e.text for e in errors if e.severity == "E"])
+
+    def _log_row(
+        self,
+        job: Job,
+        log_id: str,
+        status: str,
+        code: AckCode,
+        ack: str,
+        errors: list[AckError],
+        problems: list[str],
+        notes: list[JSON],
+        refs: list[str],
+    ) -> dict[str, Any]:
+        translation = job.translation
+        message_type = (
+            translation.event
+            if translation
+            else (f"{job.message.message_code}^{job.message.trigger}" if job.message else "")
+        )
+        return {
+            "id": log_id,
+            "sender": job.key[0],
+            "control_id": job.key[1],
+            "content_hash": job.content_hash,
+            "message_type": message_type,
+            "source": job.source.kind,
+            "source_detail": job.source.detail[:500],
+            "received_us": job.received_us,
+            "processed_us": dates.now_us(),
+            "status": status,
+            "ack_code": code,
+            "raw": job.raw,
+            "ack": ack,
+            "errors": orjson.dumps([_error_json(e) for e in errors]).decode(),
+            "problems": orjson.dumps([*(translation.problems if translation else []), *problems]).decode(),
+            "unused": orjson.dumps(translation.unused if translation else []).decode(),
+            "unmapped": orjson.dumps(translation.unmapped if translation else []).decode(),
+            "notes": orjson.dumps(notes).decode(),
+            "resources": orjson.dumps(refs).decode(),
+        }
+
+    def _count_coverage(self, job: Job, log_id: str) -> None:
+        """Each field a message carried and no mapping read counts once for its sender and type."""
+        if job.translation is None or not job.translation.unmapped:
+            return
+        for name in sorted({loss.field_name(entry) for entry in job.translation.unmapped}):
+            key = (job.key[0], job.translation.event, name)
+            count, _ = self.coverage.get(key, (0, log_id))
+            self.coverage[key] = (count + 1, log_id)
 
     def _ack(self, job: Job, code: AckCode, errors: list[AckError]) -> str:
         if job.message is None:
@@ -428,29 +524,106 @@ class _Batch:
             job.message, code, errors=errors, control_id=job.ack_control_id, timestamp=_now_stamp()
         )
 
+    # -- identity --------------------------------------------------------------------------------
+
+    async def _find_known_patients(self, jobs: Sequence[Job]) -> None:
+        """Stored Patients carrying the match keys of this batch's messages (one query), with content."""
+        keys = [
+            key
+            for job in jobs
+            if job.translation is not None and job.code == "AA"
+            for key in match_keys(job.translation)
+        ]
+        if not keys:
+            return
+        self.matcher.known = await store_search.all_ids_by_identifier(self.conn, "Patient", keys)
+        found = {("Patient", pid) for ids in self.matcher.known.values() for pid in ids}
+        missing = [key for key in found if key not in self.currents]
+        if missing:
+            self.currents.update(await store.current_many(self.conn, missing))
+
+    async def _check_identity(self, job: Job, log_id: str) -> IdentityOutcome:
+        translation = job.translation
+        assert translation is not None and job.message is not None
+        if any(("Patient", i.patient_id) in self.pending_keys for i in translation.patients):
+            await self._flush()  # a Patient an earlier message of this batch wrote: compare with it
+        message = job.message
+
+        def sequence(segment: Segment) -> int:
+            return sum(1 for s in message.segments[: segment.index + 1] if s.name == segment.name)
+
+        return await self.matcher.check(translation, sender=job.key[0], log_id=log_id, sequence=sequence)
+
     # -- resources -------------------------------------------------------------------------------
 
-    async def _write(self, job: Job, log_id: str) -> list[str]:
+    async def _write(
+        self, job: Job, log_id: str, checked: IdentityOutcome, notes: list[JSON], problems: list[str]
+    ) -> list[str]:
         """Plan every resource of the message (and its Provenance); returns their versioned references."""
         assert job.translation is not None
         translation = job.translation
-        self._adopt_known_patients(translation)
         refs: list[str] = []
         for produced in translation.resources:
-            if (produced.resource["resourceType"], produced.resource["id"]) in self.pending_keys:
+            resource = produced.resource
+            key = (resource["resourceType"], resource["id"])
+            if key[0] == "Patient" and key[1] in checked.keep:
+                continue  # identity in doubt: the stored demographics stay as they are
+            if key in self.pending_keys:
                 # Written earlier in this batch (by this message or another): make that version current first.
                 await self._flush()
-            refs.append(self._plan(produced.resource, produced.mode))
+            if key[0] == "DiagnosticReport":
+                refs += self._flag_absent_results(resource, notes, problems)
+            refs.append(self._plan(resource, produced.mode))
         if translation.merge is not None:
-            refs += await self._merge(*translation.merge)
-        refs.append(self._plan(self._provenance(job, log_id, refs), "replace"))
+            refs += await self._merge(*translation.merge, translation.merge_keys)
+        refs += [self._plan(task, "replace") for task in checked.tasks]
+        if refs:  # a Provenance always has targets (R4: target is 1..*)
+            refs.append(self._plan(self._provenance(job, log_id, refs), "replace"))
+        return refs
+
+    async def _write_tasks(self, job: Job, log_id: str, tasks: list[JSON]) -> list[str]:
+        """A refused message still opens (or adds itself to) its identity-review Task."""
+        refs = [self._plan(task, "replace") for task in tasks]
+        if refs:
+            refs.append(self._plan(self._provenance(job, log_id, refs), "replace"))
+        return refs
+
+    def _flag_absent_results(self, report: JSON, notes: list[JSON], problems: list[str]) -> list[str]:
+        """Results of the stored version of a report that this version leaves out: kept as they were,
+        no longer linked from the report, tagged, and named in the message log."""
+        current = self.currents.get(("DiagnosticReport", report["id"]))
+        if current is None or current.deleted or current.content is None:
+            return []
+        before = {r.get("reference") for r in orjson.loads(current.content).get("result", [])}
+        now = {r.get("reference") for r in report.get("result", [])}
+        refs: list[str] = []
+        for reference in sorted(r for r in before - now if isinstance(r, str)):
+            stored = self.currents.get(tuple(reference.split("/", 1)))  # type: ignore[arg-type]
+            note: JSON = {"kind": "absent-from-report", "report": f"DiagnosticReport/{report['id']}"}
+            problems.append(
+                f"{reference} was in the previous version of DiagnosticReport/{report['id']} and is not in"
+                " this one: kept as it was, no longer linked from the report, tagged absent-from-report"
+            )
+            notes.append({**note, "result": reference})
+            if stored is None or stored.deleted or stored.content is None:
+                continue
+            content = orjson.loads(stored.content)
+            tags = content.setdefault("meta", {}).setdefault("tag", [])
+            if not any(t.get("code") == ABSENT_FROM_REPORT["code"] for t in tags):
+                tags.append(dict(ABSENT_FROM_REPORT))
+                refs.append(self._plan(content, "replace"))
         return refs
 
     def _plan(self, resource: JSON, mode: str) -> str:
         key = (resource["resourceType"], resource["id"])
         current = self.currents.get(key)
-        if mode == "fill" and current is not None and current.content is not None and not current.deleted:
+        live = current is not None and current.content is not None and not current.deleted
+        if live and mode == "fill":
+            assert current is not None and current.content is not None
             resource = _fill(orjson.loads(current.content), resource)
+        elif live and key[0] == "Patient":
+            assert current is not None and current.content is not None
+            resource = replace_patient(orjson.loads(current.content), resource)
         plan = self.fhir.plan_update(self.pipeline.ctx, resource, resource["id"], current, None, self.now)
         if isinstance(plan, Stored):
             return f"{key[0]}/{key[1]}/_history/{plan.version}"
@@ -464,48 +637,6 @@ class _Batch:
         for stored in await self.fhir.write_versions(self.conn, self.pipeline.ctx, self.pending):
             self.currents[(stored.type, stored.id)] = stored
         self.pending, self.pending_keys = [], set()
-
-    async def _find_known_patients(self, jobs: Sequence[Job]) -> None:
-        """For Patients this batch would create: a stored Patient with the same identifier (one query)."""
-        pairs = [
-            (i.get("system"), i["value"])
-            for job in jobs
-            if job.translation is not None and job.code == "AA"
-            for p in job.translation.resources
-            if p.resource["resourceType"] == "Patient" and ("Patient", p.resource["id"]) not in self.currents
-            for i in p.resource.get("identifier", [])
-            if i.get("value")
-        ]
-        if not pairs:
-            return
-        self.known_patients = await store_search.ids_by_identifier(self.conn, "Patient", pairs)
-        if self.known_patients:
-            keys = [("Patient", pid) for pid in set(self.known_patients.values())]
-            self.currents.update(await store.current_many(self.conn, keys))
-
-    def _adopt_known_patients(self, translation: Translation) -> None:
-        """A Patient the message would create, but one with the same identifier exists (registered over
-        the FHIR API, say): use that one, so results and orders join the patient already known."""
-        for produced in translation.resources:
-            resource = produced.resource
-            if resource["resourceType"] != "Patient" or ("Patient", resource["id"]) in self.currents:
-                continue
-            match = next(
-                (
-                    self.known_patients[key]
-                    for key in ((i.get("system"), i.get("value")) for i in resource.get("identifier", []))
-                    if key in self.known_patients
-                ),
-                None,
-            )
-            if match is None:
-                continue
-            old = f"Patient/{resource['id']}"
-            resource["id"] = match
-            for other in translation.resources:
-                for reference in iter_references(other.resource):
-                    if reference["reference"] == old:
-                        reference["reference"] = f"Patient/{match}"
 
     def _provenance(self, job: Job, log_id: str, refs: list[str]) -> JSON:
         message = job.message
@@ -547,18 +678,27 @@ class _Batch:
             ],
         }
 
-    async def _merge(self, prior_id: str, survivor_id: str) -> list[str]:
-        """ADT^A40: the prior Patient points at the survivor, and what pointed at the prior moves over."""
+    async def _merge(self, prior_id: str, survivor_id: str, prior_keys: list[tuple[str, str]]) -> list[str]:
+        """ADT^A40: the prior Patient points at the survivor, and what pointed at the prior moves over.
+        The prior Patient is the one its identifiers derive, else the one stored Patient carrying them."""
         await self._flush()
         old_key, new_key = ("Patient", prior_id), ("Patient", survivor_id)
         self.currents.update(await store.current_many(self.conn, [old_key, new_key]))
+        prior_stored = self.currents.get(old_key)
+        if prior_stored is None or prior_stored.deleted:
+            found = await store_search.all_ids_by_identifier(self.conn, "Patient", prior_keys)
+            candidates = {pid for ids in found.values() for pid in ids} - {survivor_id}
+            if len(candidates) == 1:
+                prior_id = candidates.pop()
+                old_key = ("Patient", prior_id)
+                self.currents.update(await store.current_many(self.conn, [old_key]))
         refs: list[str] = []
         prior = self.currents.get(old_key)
         if prior is not None and prior.content is not None and not prior.deleted:
             content = orjson.loads(prior.content)
             content["active"] = False
             content["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
-            refs.append(self._plan(content, "replace"))
+            refs.append(self._plan_exact(content))
         survivor = self.currents.get(new_key)
         if survivor is not None and survivor.content is not None:
             content = orjson.loads(survivor.content)
@@ -568,7 +708,7 @@ class _Batch:
                 if link.get("other", {}).get("reference") != f"Patient/{prior_id}"
             ]
             content["link"] = [*links, {"other": {"reference": f"Patient/{prior_id}"}, "type": "replaces"}]
-            refs.append(self._plan(content, "replace"))
+            refs.append(self._plan_exact(content))
         rows = await self.conn.execute(
             select(sp_reference.c.rid)
             .where(sp_reference.c.target_type == "Patient", sp_reference.c.target_id == prior_id)
@@ -586,6 +726,26 @@ class _Batch:
             refs.append(self._plan(content, "replace"))
         return refs
 
+    def _plan_exact(self, resource: JSON) -> str:
+        """A new version exactly as given (merge links are set, not merged with what is stored)."""
+        key = (resource["resourceType"], resource["id"])
+        plan = self.fhir.plan_update(
+            self.pipeline.ctx, resource, resource["id"], self.currents.get(key), None, self.now
+        )
+        if isinstance(plan, Stored):
+            return f"{key[0]}/{key[1]}/_history/{plan.version}"
+        self.pending.append(plan)
+        self.pending_keys.add(key)
+        return f"{key[0]}/{key[1]}/_history/{plan.version}"
+
+
+def _hash_of(row: LoggedMessage) -> str:
+    """A logged message's content hash (rows from before hashes were kept: computed from the raw text)."""
+    return row.content_hash or content_hash(row.raw)
+
 
 def _error_json(error: AckError) -> dict[str, Any]:
-    return {"code": error.code, "text": error.text, "segment": error.segment, "field": error.field}
+    found = {"code": error.code, "text": error.text, "segment": error.segment, "field": error.field}
+    if error.severity != "E":
+        found["severity"] = error.severity
+    return found

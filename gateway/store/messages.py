@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.tables import hl7_message
+from gateway.store.tables import hl7_field_coverage, hl7_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,7 @@ class LoggedMessage:
     id: str
     sender: str
     control_id: str
+    content_hash: str | None
     message_type: str
     source: str
     source_detail: str
@@ -30,6 +32,8 @@ class LoggedMessage:
     errors: str
     problems: str
     unused: str
+    unmapped: str | None
+    notes: str | None
     resources: str
 
 
@@ -42,14 +46,19 @@ def _row(row: Any) -> LoggedMessage:
 
 async def by_keys(
     conn: AsyncConnection, keys: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], LoggedMessage]:
-    """Logged messages by (sender, control id)."""
+) -> dict[tuple[str, str], list[LoggedMessage]]:
+    """Logged messages by (sender, control id), oldest first (a control id may have been reused)."""
     wanted = sorted(set(keys))
     if not wanted:
         return {}
     clauses = [and_(hl7_message.c.sender == s, hl7_message.c.control_id == c) for s, c in wanted]
-    rows = await conn.execute(select(hl7_message).where(or_(*clauses)))
-    return {(row.sender, row.control_id): _row(row) for row in rows}
+    rows = await conn.execute(
+        select(hl7_message).where(or_(*clauses)).order_by(hl7_message.c.received_us, hl7_message.c.id)
+    )
+    found: dict[tuple[str, str], list[LoggedMessage]] = {}
+    for row in rows:
+        found.setdefault((row.sender, row.control_id), []).append(_row(row))
+    return found
 
 
 async def get(conn: AsyncConnection, message_id: str) -> LoggedMessage | None:
@@ -91,3 +100,76 @@ async def search(
         .offset(offset)
     )
     return [_row(row) for row in rows], int(total)
+
+
+async def count_unmapped(
+    conn: AsyncConnection, counts: dict[tuple[str, str, str], tuple[int, str]], now_us: int
+) -> None:
+    """Add to the per-sender coverage: (sender, message type, field) -> (messages, last message id)."""
+    if not counts:
+        return
+    rows = [
+        {
+            "sender": sender,
+            "message_type": message_type,
+            "field": field,
+            "messages": messages,
+            "first_seen_us": now_us,
+            "last_seen_us": now_us,
+            "last_message_id": last,
+        }
+        for (sender, message_type, field), (messages, last) in sorted(counts.items())
+    ]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(hl7_field_coverage)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["sender", "message_type", "field"],
+            set_={
+                "messages": hl7_field_coverage.c.messages + statement.excluded.messages,
+                "last_seen_us": statement.excluded.last_seen_us,
+                "last_message_id": statement.excluded.last_message_id,
+            },
+        ),
+        rows,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCoverage:
+    message_type: str
+    field: str
+    messages: int
+    first_seen_us: int
+    last_seen_us: int
+    last_message_id: str
+
+
+async def coverage(conn: AsyncConnection, sender: str) -> tuple[dict[str, int], list[FieldCoverage]]:
+    """Messages logged per type for a sender, and the fields it sends that no mapping reads."""
+    totals = await conn.execute(
+        select(hl7_message.c.message_type, func.count())
+        .where(hl7_message.c.sender == sender)
+        .group_by(hl7_message.c.message_type)
+    )
+    rows = await conn.execute(
+        select(hl7_field_coverage)
+        .where(hl7_field_coverage.c.sender == sender)
+        .order_by(hl7_field_coverage.c.messages.desc(), hl7_field_coverage.c.field)
+    )
+    fields = [
+        FieldCoverage(r.message_type, r.field, r.messages, r.first_seen_us, r.last_seen_us, r.last_message_id)
+        for r in rows
+    ]
+    return {str(t): int(n) for t, n in totals}, fields
+
+
+async def senders(conn: AsyncConnection) -> list[tuple[str, int, int]]:
+    """Every sender in the log: (sender, messages, last received)."""
+    rows = await conn.execute(
+        select(hl7_message.c.sender, func.count(), func.max(hl7_message.c.received_us))
+        .where(hl7_message.c.sender != "")
+        .group_by(hl7_message.c.sender)
+        .order_by(hl7_message.c.sender)
+    )
+    return [(str(s), int(n), int(last)) for s, n, last in rows]

@@ -257,6 +257,33 @@ async def ids_by_identifier(
     return found
 
 
+async def all_ids_by_identifier(
+    conn: AsyncConnection, resource_type: str, identifiers: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """Ids of every live resource of a type carrying each (system, value) identifier: the system must
+    match exactly (a bare value matches nothing but bare values)."""
+    if not identifiers:
+        return {}
+    wanted = set(identifiers)
+    rows = await conn.execute(
+        select(sp_token.c.system, sp_token.c.code, resource.c.res_id)
+        .join(resource, resource.c.rid == sp_token.c.rid)
+        .where(
+            sp_token.c.res_type == resource_type,
+            sp_token.c.param == "identifier",
+            sp_token.c.code.in_(sorted({value for _, value in wanted})),
+            resource.c.deleted.is_(False),
+        )
+        .order_by(resource.c.rid)
+    )
+    found: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        key = (row.system, row.code)
+        if key in wanted and row.res_id not in found.get(key, []):
+            found.setdefault(key, []).append(row.res_id)
+    return found
+
+
 async def all_current(conn: AsyncConnection, resource_type: str) -> list[Stored]:
     """Every live resource of a type, current versions (for small types such as Subscription)."""
     rows = await conn.execute(

@@ -150,12 +150,14 @@ hl7_message = Table(
     Column("id", String(36), primary_key=True),
     Column("sender", String(255), nullable=False),  # MSH-3|MSH-4
     Column("control_id", String(255), nullable=False),  # MSH-10
+    # SHA-256 of the message's segments: only a re-send with the same content is a duplicate of it.
+    Column("content_hash", String(64), nullable=True),
     Column("message_type", String(32), nullable=False),
     Column("source", String(16), nullable=False),  # mllp | http | file
     Column("source_detail", String(500), nullable=False),
     Column("received_us", BigInteger, nullable=False),
     Column("processed_us", BigInteger, nullable=False),
-    Column("status", String(16), nullable=False),  # accepted | error | rejected
+    Column("status", String(16), nullable=False),  # accepted | error | rejected | quarantined
     Column("ack_code", String(2), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("raw", Text, nullable=False),
@@ -163,9 +165,25 @@ hl7_message = Table(
     Column("errors", Text, nullable=False),  # JSON: [{code, text, segment, field}]
     Column("problems", Text, nullable=False),  # JSON: values that could not be mapped
     Column("unused", Text, nullable=False),  # JSON: segments no mapping read ("ZPI#7")
+    Column("unmapped", Text, nullable=True),  # JSON: fields with a value no mapping read ("PID#2-19")
+    Column("notes", Text, nullable=True),  # JSON: [{kind: identity-conflict | reused-control-id | ...}]
     Column("resources", Text, nullable=False),  # JSON: "Type/id/_history/n" produced
-    UniqueConstraint("sender", "control_id"),
+    Index(None, "sender", "control_id"),
     Index(None, "status", "received_us"),
+)
+
+# Per sender and message type, the fields that arrive with a value no mapping reads: what an analyst
+# needs to write a site override. Counted in the transaction that logs each message.
+hl7_field_coverage = Table(
+    "hl7_field_coverage",
+    metadata,
+    Column("sender", String(255), primary_key=True),
+    Column("message_type", String(32), primary_key=True),
+    Column("field", String(16), primary_key=True),  # "PID-19"
+    Column("messages", BigInteger, nullable=False),  # messages in which it carried an unmapped value
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False),
+    Column("last_message_id", String(36), nullable=False),
 )
 
 # -- topic-based subscriptions --------------------------------------------------------------------

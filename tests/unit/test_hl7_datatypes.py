@@ -38,6 +38,10 @@ def obx(value_type: str, value: str, units: str = "", ref: str = "", flags: str 
     return segment(f"OBX|1|{value_type}|718-7^Hemoglobin^LN||{value}|{units}|{ref}|{flags}|||F")
 
 
+# The OBX-3 of `obx()`, as each component of a repeating value carries it.
+HEMOGLOBIN = {"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin"}
+
+
 def ucum(number: float, code: str, unit: str | None = None) -> dict[str, Any]:
     return {"value": number, "unit": unit or code, "system": UCUM, "code": code}
 
@@ -601,7 +605,27 @@ PDF = base64.b64encode(b"%PDF-1.4 fake").decode()
         ),
         ("NM", "<0.5", "ng/mL", ("valueQuantity", {**ucum(0.5, "ng/mL"), "comparator": "<"}), "comparator"),
         ("NM", "positive", "", ("valueString", "positive"), "could not be converted"),  # never dropped
-        ("NM", "1.2~1.3", "mg/L", ("valueQuantity", ucum(1.2, "mg/L")), "repetitions"),  # first one used
+        (  # a repeating value: one component per repetition, each with the OBX-3 code (the IG's reading)
+            "NM",
+            "1.2~1.3",
+            "mg/L",
+            (
+                "component",
+                [
+                    {"code": {"coding": [HEMOGLOBIN]}, "valueQuantity": ucum(1.2, "mg/L")},
+                    {"code": {"coding": [HEMOGLOBIN]}, "valueQuantity": ucum(1.3, "mg/L")},
+                ],
+            ),
+            None,
+        ),
+        (
+            "SN",
+            "<0.10",
+            "mg/L",
+            ("valueQuantity", {**ucum(0.10, "mg/L"), "comparator": "<"}),
+            None,
+        ),  # 1 comp.
+        ("SN", "5", "", ("valueQuantity", {"value": 5}), None),  # a bare number in component 1
         ("SN", "<^0.5", "ng/mL", ("valueQuantity", {**ucum(0.5, "ng/mL"), "comparator": "<"}), None),
         ("SN", ">=^5", "", ("valueQuantity", {"value": 5, "comparator": ">="}), None),
         ("SN", "=^7", "", ("valueQuantity", {"value": 7}), None),  # = is no FHIR comparator
@@ -622,8 +646,17 @@ PDF = base64.b64encode(b"%PDF-1.4 fake").decode()
             "SN",
             "^1^:^128~^1^:^256",
             "",
-            ("valueRatio", {"numerator": {"value": 1}, "denominator": {"value": 128}}),
-            "repetitions",
+            (
+                "component",
+                [
+                    {
+                        "code": {"coding": [HEMOGLOBIN]},
+                        "valueRatio": {"numerator": {"value": 1}, "denominator": {"value": d}},
+                    }
+                    for d in (128, 256)
+                ],
+            ),
+            None,
         ),
         ("ST", "Positive~see note", "", ("valueString", "Positive\nsee note"), None),  # repetitions joined
         ("TX", r"a \T\ b", "", ("valueString", "a & b"), None),
@@ -642,8 +675,17 @@ PDF = base64.b64encode(b"%PDF-1.4 fake").decode()
             "CE",
             "POS^Positive^L~NEG^Negative^L",
             "",
-            ("valueCodeableConcept", {"coding": [{"code": "POS", "display": "Positive"}]}),
-            "repetitions",
+            (
+                "component",
+                [
+                    {
+                        "code": {"coding": [HEMOGLOBIN]},
+                        "valueCodeableConcept": {"coding": [{"code": c, "display": d}]},
+                    }
+                    for c, d in (("POS", "Positive"), ("NEG", "Negative"))
+                ],
+            ),
+            None,
         ),
         ("DT", "20240301", "", ("valueDateTime", "2024-03-01"), None),
         ("DTM", "202403010830-0500", "", ("valueDateTime", "2024-03-01T08:30:00-05:00"), None),
@@ -652,20 +694,21 @@ PDF = base64.b64encode(b"%PDF-1.4 fake").decode()
         ("TM", "1430", "", ("valueTime", "14:30:00"), None),
         ("ED", f"LAB^TEXT^PLAIN^Base64^{TEXT_REPORT}", "", ("valueString", "Culture: no growth"), None),
         ("ED", "LAB^TEXT^^A^Plain report text", "", ("valueString", "Plain report text"), None),
-        (
+        (  # a document: an Attachment, which the results adapter puts in the report's presentedForm
             "ED",
             f"LAB^AP^PDF^Base64^{PDF}",
             "",
-            ("valueString", "[AP/PDF data not included: 13 bytes]"),
-            "AP/PDF (13 bytes)",
+            ("valueAttachment", {"contentType": "application/pdf", "data": PDF, "size": 13}),
+            None,
         ),
-        (
+        (  # a MIME type written out in ED-2/ED-3
             "ED",
-            "LAB^AP^PDF^Base64^abc",
+            f"^application^pdf^Base64^{PDF}",
             "",
-            ("valueString", "[AP/PDF data not included: unreadable]"),
-            "not valid Base64",
+            ("valueAttachment", {"contentType": "application/pdf", "data": PDF, "size": 13}),
+            None,
         ),
+        ("ED", "LAB^AP^PDF^Base64^abc", "", ("valueString", "LAB AP PDF Base64 abc"), "not valid Base64"),
         (
             "RP",
             "https://pacs.hospital.test/study/1.2.3^PACS^IM^JPEG",
@@ -673,7 +716,9 @@ PDF = base64.b64encode(b"%PDF-1.4 fake").decode()
             ("valueString", "https://pacs.hospital.test/study/1.2.3"),
             None,
         ),
-        ("NA", "1^2^3", "", ("valueString", "1^2^3"), "value type NA mapped as text"),  # unsupported type
+        # an unsupported type: its parts as text, never with ER7 delimiters in it
+        ("NA", "1^2^3", "", ("valueString", "1 2 3"), "value type NA mapped as text"),
+        ("ST", "raw^^99ROC", "", ("valueString", "raw 99ROC"), "unescaped component separators"),
         ("", "free", "", ("valueString", "free"), "none in OBX-2"),
     ],
 )
@@ -792,6 +837,8 @@ def test_registry_has_every_mapping_name() -> None:
         "string", "text", "code", "boolean", "integer", "decimal", "date", "dateTime", "instant", "time",
         "CodeableConcept", "Coding", "Identifier", "Identifier-EI", "HumanName", "HumanName-XCN", "Address",
         "ContactPoint", "PractitionerReference", "OrganizationReference", "Quantity", "interpretation",
+        "DeviceReference", "identifier-value", "Identifier-DLN", "Identifier-XON", "Identifier-CWE",
+        "nature-of-abnormal-test", "analysis-date-time", "specimen-reject-reason",
     }  # fmt: skip
     assert set(CONVERTERS) == expected
     assert all(callable(c) for c in CONVERTERS.values())
@@ -842,7 +889,8 @@ def test_status_tables_use_fhir_codes(table: str) -> None:
 
 def test_order_control_actions() -> None:
     codes = TABLES.codes("order-control")
-    assert codes["NW"] == {"status": "active", "action": "new"}
+    assert codes["NW"] == {"status": "active", "action": "new", "request_status": "active"}
+    assert codes["CA"]["request_status"] == "revoked"  # a ServiceRequest has no cancelled status
     assert codes["CA"]["status"] == "cancelled" and codes["DC"]["status"] == "stopped"
     assert codes["XO"]["action"] == "replace"
     assert "status" not in codes["SC"]  # status changed: ORC-5 decides

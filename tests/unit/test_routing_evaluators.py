@@ -70,6 +70,7 @@ def test_every_topic_evaluator_is_registered() -> None:
         "pa-status-changed",
         "pa-expiring",
         "pa-overdue",
+        "patient-identity-conflict",
     }
     assert EVALUATORS["pa-expiring"] is pa_expiring
 

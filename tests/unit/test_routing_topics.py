@@ -26,6 +26,7 @@ REAL_TOPICS = {
     "pa-status-changed": ("Task",),
     "pa-expiring": (),  # timer-driven: no resource trigger
     "pa-overdue": (),  # timer-driven too
+    "patient-identity-conflict": ("Task",),
 }
 
 
@@ -117,8 +118,8 @@ def test_for_type(topics: TopicSet) -> None:
         "medication-monitoring",
     ]
     assert [t.id for t in topics.for_type("MedicationRequest")] == ["medication-order"]
-    # pa-expiring is timer-driven: writes of Tasks only fire pa-status-changed
-    assert [t.id for t in topics.for_type("Task")] == ["pa-status-changed"]
+    # pa-expiring is timer-driven: writes of Tasks fire pa-status-changed and identity reviews only
+    assert sorted(t.id for t in topics.for_type("Task")) == ["pa-status-changed", "patient-identity-conflict"]
     assert topics.for_type("Patient") == []
 
 

@@ -90,9 +90,29 @@ def _use_entry(ctx: Context, table: str, key: str, what: str) -> dict[str, Any]:
 
 
 def string(value: Value, ctx: Context) -> str | None:
-    """ST, ID, IS: the whole value as text; blanks around it are padding, not data."""
-    found = value.text.strip()
-    return found or None
+    """ST, ID, IS: one value; blanks around it are padding, not data.
+
+    These types have no components, so component separators in them are the sender's structure, never
+    text: the first component is the value and what follows is reported (no FHIR string ever carries an
+    ER7 delimiter).
+    """
+    if not value.structured:
+        found = value.text.strip()
+        return found or None
+    pieces = value.pieces()
+    extra = sum(1 for piece in pieces[1:] if piece.strip())
+    if extra:
+        ctx.report(f"a text value has {extra} component(s) after the first; only the first is mapped")
+    return pieces[0].strip() or None
+
+
+def free_text(value: Value, ctx: Context) -> str:
+    """TX, FT and NTE comments as text: unescaped separators in free text are the sender's slip, not
+    structure, so the parts are kept, joined with spaces, and the slip is reported."""
+    if not value.structured:
+        return value.text
+    ctx.report("free text holds unescaped component separators; its parts were joined with spaces")
+    return " ".join(piece for piece in value.pieces() if piece)
 
 
 def text(value: Value, ctx: Context) -> str | None:
@@ -100,7 +120,7 @@ def text(value: Value, ctx: Context) -> str | None:
 
     Leading blanks can be layout (indented report lines), so only trailing ones are trimmed.
     """
-    found = value.text.rstrip()
+    found = free_text(value, ctx).rstrip()
     return found or None
 
 
@@ -434,6 +454,83 @@ def identifier_ei(value: Value, ctx: Context) -> JSON | None:
     return _identifier(number_, system, "", value.c(2).strip())
 
 
+def identifier_value(value: Value, ctx: Context) -> JSON | None:
+    """A bare number (ST: PID-19's SSN) as an Identifier value; the rule's `merge` adds system and type."""
+    found = string(value, ctx)
+    return {"value": found} if found else None
+
+
+def identifier_dln(value: Value, ctx: Context) -> JSON | None:
+    """DLN (PID-20): 1 licence number, 2 issuing state (table `drivers-license-systems` names the
+    state's identifier system), 3 expiration date; type DL."""
+    number_ = value.c(1).strip()
+    if not number_:
+        return None
+    state = value.c(2).strip()
+    system = _entry_str(ctx, "drivers-license-systems", state.upper()) if state else None
+    if state and system is None:
+        system = LOCAL_AUTHORITY + "drivers-license:" + quote(state, safe="")
+    ident = _identifier(number_, system, "DL", "")
+    expires = date(value.part(3), ctx) if value.c(3).strip() else None
+    if expires:
+        ident["period"] = {"end": expires}
+    return ident
+
+
+def identifier_xon(value: Value, ctx: Context) -> JSON | None:
+    """XON: 10 organization identifier (or the older 3), 6 assigning authority, 7 identifier type."""
+    number_ = value.c(10).strip() or value.c(3).strip()
+    if not number_:
+        return None
+    return _identifier(number_, authority(value.part(6), ctx), value.c(7).strip(), "")
+
+
+def identifier_cwe(value: Value, ctx: Context) -> JSON | None:
+    """A coded id (CWE: OBX-15's producer id, a CLIA number) as an Identifier: code and its system."""
+    number_ = value.c(1).strip()
+    if not number_:
+        return None
+    system = coding_system(value.c(3), ctx)
+    return _identifier(number_, system, "", "")
+
+
+def device_reference(value: Value, ctx: Context) -> JSON | None:
+    """EI (OBX-18, equipment instance) as a logical reference to the Device that made the result."""
+    ident = identifier_ei(value, ctx)
+    return {"type": "Device", "identifier": ident} if ident else None
+
+
+NATURE_OF_ABNORMAL_TEST = "http://hl7.org/fhir/StructureDefinition/observation-nature-of-abnormal-test"
+ANALYSIS_DATE_TIME = "http://hl7.org/fhir/StructureDefinition/observation-analysis-date-time"
+SPECIMEN_REJECT_REASON = "https://specialty-gateway.org/fhir/StructureDefinition/specimen-reject-reason"
+
+
+def nature_of_abnormal_test(value: Value, ctx: Context) -> JSON | None:
+    """OBX-10 (table 0080: A age, S sex, R race based...) as the core extension the IG names."""
+    flag = value.c(1).strip()
+    if not flag:
+        return None
+    coding_ = {"system": V2_TABLE.format("0080"), "code": flag}
+    return {"url": NATURE_OF_ABNORMAL_TEST, "valueCodeableConcept": {"coding": [coding_]}}
+
+
+def analysis_date_time(value: Value, ctx: Context) -> JSON | None:
+    """OBX-19 (date/time of the analysis) as the core extension the IG names."""
+    found = date_time(value, ctx)
+    return {"url": ANALYSIS_DATE_TIME, "valueDateTime": found} if found else None
+
+
+def specimen_reject_reason(value: Value, ctx: Context) -> JSON | None:
+    """SPM-21 (table 0490: RB broken container, RC clotted, RH hemolysis...): the gateway's extension,
+    since R4 Specimen has no element for it."""
+    concept = codeable_concept(value, ctx)
+    if concept is None:
+        return None
+    for coding_ in concept.get("coding", []):
+        coding_.setdefault("system", V2_TABLE.format("0490"))
+    return {"url": SPECIMEN_REJECT_REASON, "valueCodeableConcept": concept}
+
+
 # --- names, addresses, telecoms ----------------------------------------------------------------------
 
 
@@ -608,21 +705,26 @@ def _ucum(label: str, ctx: Context) -> tuple[str, str] | None:
 
 
 def units(value: Value, ctx: Context) -> JSON:
-    """The unit keys of a Quantity from a CE/CWE units value (OBX-6, CQ-2, RXE-5...).
+    """The unit keys of a Quantity from a CE/CWE units value (OBX-6, CQ-2, RXE-5...), as the V2-to-FHIR IG
+    reads a CWE: text (component 2, else the identifier) as `unit`; identifier and coding system as
+    `code` and `system` when the system is one FHIR knows (UCUM, MDC for device data).
 
-    Units already coded in UCUM are taken as they are; other spellings go through table `units`;
-    unknown ones keep their text as `unit` without system and code (valid FHIR, nothing reported).
+    Uncoded or locally coded spellings go through table `units` to UCUM; unknown ones keep their text
+    as `unit` without system and code (valid FHIR, nothing reported).
     """
     ident, label, system_name = value.c(1).strip(), value.c(2).strip(), value.c(3).strip()
     if not (ident or label):
         return {}
-    if ident and (system_name.upper() == "UCUM" or coding_system(system_name, ctx) == UCUM):
+    system = coding_system(system_name, ctx) if system_name else None
+    if ident and (system_name.upper() == "UCUM" or system == UCUM):
         return {"unit": label or ident, "system": UCUM, "code": ident}
+    if ident and system:
+        return {"unit": label or ident, "system": system, "code": ident}
     for spelling in (ident, label):
         known = _ucum(spelling, ctx) if spelling else None
         if known:
             return {"unit": known[1], "system": UCUM, "code": known[0]}
-    return {"unit": ident or label}
+    return {"unit": label or ident}
 
 
 def quantity(number_text: str, units_value: Value, ctx: Context) -> JSON | None:
@@ -665,8 +767,14 @@ def _nm_value(rep: Value, obx: Segment, ctx: Context) -> tuple[str, Any] | None:
 
 
 def _sn_value(rep: Value, obx: Segment, ctx: Context) -> tuple[str, Any] | None:
-    """SN: comparator ^ num1 ^ separator/suffix ^ num2."""
+    """SN: comparator ^ num1 ^ separator/suffix ^ num2 (senders also write `<0.10` in one component)."""
     comparator, first, separator, second = (rep.c(n).strip() for n in (1, 2, 3, 4))
+    if not first and not separator and not second:
+        prefixed = _PREFIXED.fullmatch(comparator)  # "<0.10" or ">=5" written as one component
+        if prefixed:
+            comparator, first = prefixed[1], prefixed[2]
+        elif _NUMBER.fullmatch(comparator):
+            comparator, first = "", comparator
     written = "".join((comparator, first, separator, second))
     if not first:
         return None
@@ -702,35 +810,53 @@ def _sn_value(rep: Value, obx: Segment, ctx: Context) -> tuple[str, Any] | None:
 def _decoded(data: str, encoding: str, ctx: Context) -> bytes | None:
     try:
         if encoding == "BASE64":
-            return base64.b64decode(data)
+            return base64.b64decode(data, validate=False)
         if encoding == "HEX":
             return bytes.fromhex(data)
     except (binascii.Error, ValueError):
-        ctx.report(f"OBX-5 ED data is not valid {encoding.title()}; mapped as a placeholder")
+        ctx.report(f"OBX-5 ED data is not valid {encoding.title()}; left out")
         return None
-    ctx.report(f"OBX-5 ED encoding {encoding!r} is not A, Hex or Base64; mapped as a placeholder")
+    ctx.report(f"OBX-5 ED encoding {encoding!r} is not A, Hex or Base64; left out")
     return None
 
 
+# HL7 table 0191 (type of referenced data) to the top-level MIME type it stands for.
+_MIME_TOP = {"AP": "application", "AU": "audio", "IM": "image", "TEXT": "text", "TX": "text", "FT": "text"}
+
+
+def content_type(kind: str, subtype: str) -> str:
+    """A MIME type from ED-2 (0191 type or a MIME top-level type) and ED-3 (subtype, or a whole type)."""
+    if "/" in subtype:
+        return subtype.lower()
+    top = _MIME_TOP.get(kind.upper(), kind.lower() or "application")
+    if top in ("text",) and not subtype:
+        return "text/plain"
+    return f"{top}/{(subtype or 'octet-stream').lower()}"
+
+
 def _ed_value(rep: Value, obx: Segment, ctx: Context) -> tuple[str, Any] | None:
-    """ED: 2 type of data (0191), 3 subtype, 4 encoding (0299: A, Hex, Base64), 5 data."""
+    """ED: 2 type of data (0191), 3 subtype, 4 encoding (0299: A, Hex, Base64), 5 data.
+
+    Text comes back as valueString; anything else (a PDF, an image) as an Attachment under the key
+    `valueAttachment`, which R4 Observations do not have: the results adapter puts it in the report's
+    presentedForm (or a cross-version extension when the OBX belongs to no report).
+    """
     kind, subtype, encoding, data = (rep.c(n).strip() for n in (2, 3, 4, 5))
-    label = "/".join(p for p in (kind, subtype) if p) or "ED"
     if not data:
         return None
     if encoding.upper() in ("A", ""):
         return "valueString", rep.c(5)
     raw = _decoded(data, encoding.upper(), ctx)
-    if raw is not None and (kind.upper() in _TEXT_DATA or subtype.upper() in _TEXT_SUBTYPES):
+    if raw is None:
+        return None
+    if kind.upper() in _TEXT_DATA or subtype.upper() in _TEXT_SUBTYPES:
         try:
             return "valueString", raw.decode("utf-8")
         except UnicodeDecodeError:
             return "valueString", raw.decode("latin-1")  # declared text: latin-1 never fails
-    if raw is not None:
-        # A PDF or image is no observation value; the original message keeps it for a DocumentReference.
-        ctx.report(f"OBX-5 ED data of type {label} ({len(raw)} bytes) is not text; a placeholder was mapped")
-    size = f"{len(raw)} bytes" if raw is not None else "unreadable"
-    return "valueString", f"[{label} data not included: {size}]"
+    attachment: JSON = {"contentType": content_type(kind, subtype), "data": base64.b64encode(raw).decode()}
+    attachment["size"] = len(raw)
+    return "valueAttachment", attachment
 
 
 def _coded_value(rep: Value, obx: Segment, ctx: Context) -> tuple[str, Any] | None:
@@ -753,6 +879,11 @@ def _pointer_value(rep: Value, obx: Segment, ctx: Context) -> tuple[str, Any] | 
     return ("valueString", pointer) if pointer else None
 
 
+def _string_value(rep: Value, obx: Segment, ctx: Context) -> tuple[str, Any] | None:
+    found = string(rep, ctx)
+    return ("valueString", found) if found else None
+
+
 _VALUE_TYPES: dict[str, ValueHandler] = {
     "NM": _nm_value,
     "SN": _sn_value,
@@ -766,33 +897,48 @@ _VALUE_TYPES: dict[str, ValueHandler] = {
     "TM": _time_value,
     "ED": _ed_value,
     "RP": _pointer_value,
+    "ID": _string_value,
+    "IS": _string_value,
 }
+
+
+def _one_value(rep: Value, kind: str, obx: Segment, ctx: Context) -> tuple[str, Any]:
+    handler = _VALUE_TYPES.get(kind)
+    if handler is None:
+        ctx.report(f"OBX-5 value type {kind or '(none in OBX-2)'} mapped as text")
+        return "valueString", free_text(rep, ctx)
+    found = handler(rep, obx, ctx)
+    if found is None:
+        ctx.report(f"OBX-5 {kind} value could not be converted; mapped as text")
+        return "valueString", free_text(rep, ctx)
+    return found
 
 
 def observation_value(obx: Segment, ctx: Context) -> tuple[str, Any] | None:
     """OBX-5 by its value type (OBX-2) as (element name, value), e.g. ("valueQuantity", {...}).
 
     None when OBX-5 is empty (the caller adds dataAbsentReason). Nothing is dropped: types without a
-    FHIR equivalent and values that do not convert become valueString, with a problem noted.
+    FHIR equivalent and values that do not convert become valueString, with a problem noted. Repeated
+    text (TX, FT, ST) is lines of one text; any other repeated value becomes one `component` per
+    repetition, each with the OBX-3 code (the V2-to-FHIR IG's reading of a repeating OBX-5).
     """
     reps = [rep for rep in obx.repetitions(5) if rep]
     if not reps:
         return None
     kind = obx.get(2).c(1).strip().upper()
     if kind in _TEXT_TYPES:
-        return "valueString", "\n".join(rep.text for rep in reps)
-    handler = _VALUE_TYPES.get(kind)
-    if handler is None:
-        ctx.report(f"OBX-5 value type {kind or '(none in OBX-2)'} mapped as text")
-        return "valueString", "~".join(rep.text for rep in reps)
-    if len(reps) > 1:
-        others = "~".join(rep.raw for rep in reps[1:])
-        ctx.report(f"OBX-5 has {len(reps)} {kind} repetitions; the first is mapped, not {others!r}")
-    found = handler(reps[0], obx, ctx)
-    if found is None:
-        ctx.report(f"OBX-5 {kind} value {reps[0].text!r} could not be converted; mapped as text")
-        return "valueString", reps[0].text
-    return found
+        return "valueString", "\n".join(free_text(rep, ctx) for rep in reps)
+    if len(reps) == 1:
+        return _one_value(reps[0], kind, obx, ctx)
+    code_ = codeable_concept(obx.get(3), ctx) or {"text": "OBX-5 repetition"}
+    components: list[JSON] = []
+    for rep in reps:
+        name, value = _one_value(rep, kind, obx, ctx)
+        if name == "valueAttachment":
+            ctx.report("OBX-5 repeats an ED value; a component cannot hold an attachment, left out")
+            continue
+        components.append({"code": code_, name: value})
+    return ("component", components) if components else None
 
 
 _RANGE = re.compile(rf"\s*({_NUMBER.pattern})\s*-\s*({_NUMBER.pattern})\s*")
@@ -850,7 +996,7 @@ def interpretation(value: Value, ctx: Context) -> JSON | None:
 
 def annotation(nte: Segment, ctx: Context) -> JSON | None:
     """NTE: 3 comment lines joined, 5 entered by (XCN) -> authorString, 6 entered at -> time."""
-    lines = [rep.text.rstrip() for rep in nte.repetitions(3)]
+    lines = [free_text(rep, ctx).rstrip() for rep in nte.repetitions(3)]
     note_text = "\n".join(lines).strip("\n")
     if not note_text.strip():
         return None
@@ -885,6 +1031,14 @@ CONVERTERS: dict[str, Callable[[Value, Context], Any]] = {
     "Address": address,
     "ContactPoint": contact_point,
     "PractitionerReference": practitioner_reference,
+    "DeviceReference": device_reference,
+    "identifier-value": identifier_value,
+    "Identifier-DLN": identifier_dln,
+    "Identifier-XON": identifier_xon,
+    "Identifier-CWE": identifier_cwe,
+    "nature-of-abnormal-test": nature_of_abnormal_test,
+    "analysis-date-time": analysis_date_time,
+    "specimen-reject-reason": specimen_reject_reason,
     "OrganizationReference": organization_reference,
     "Quantity": quantity_cq,
     "interpretation": interpretation,

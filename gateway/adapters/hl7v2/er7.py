@@ -10,6 +10,7 @@ declares.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -158,8 +159,27 @@ class Value:
 
     @property
     def text(self) -> str:
-        """The whole value as text with escapes resolved (for ST, TX, FT and the like)."""
+        """The whole value with escapes resolved, delimiters and all: for logs and keys, never for FHIR."""
         return "" if self.raw == '""' else _unescape(self.raw, self.enc)
+
+    def pieces(self) -> list[str]:
+        """Every component and subcomponent at this level, unescaped, in order (empty ones included)."""
+        if self.raw == '""':
+            return [""]
+        if self.level >= 2:
+            return [_unescape(self.raw, self.enc)]
+        parts = self._split() if self.level == 0 else [self.raw]
+        found: list[str] = []
+        for part in parts:
+            found += [_unescape(sub, self.enc) for sub in part.split(self.enc.subcomponent)]
+        return found
+
+    @property
+    def structured(self) -> bool:
+        """Whether the value holds component or subcomponent separators (not escaped ones)."""
+        return self.level < 2 and (
+            (self.level == 0 and self.enc.component in self.raw) or self.enc.subcomponent in self.raw
+        )
 
     @property
     def components(self) -> int:
@@ -167,12 +187,18 @@ class Value:
 
 
 EMPTY = Value("")
+# `Segment.taken` value for "every repetition was read".
+ALL = 1 << 30
 
 
 class Segment:
-    """One segment: its name and raw fields. Field numbers follow HL7: MSH-1 is the field separator."""
+    """One segment: its name and raw fields. Field numbers follow HL7: MSH-1 is the field separator.
 
-    __slots__ = ("_reps", "enc", "fields", "index", "name")
+    A segment remembers which fields (and how many of their repetitions) were read: what a mapping
+    never read is what the message log reports as not mapped, field by field.
+    """
+
+    __slots__ = ("_reps", "enc", "fields", "index", "name", "taken")
 
     def __init__(self, line: str, enc: Encoding, index: int) -> None:
         self.enc = enc
@@ -184,22 +210,25 @@ class Segment:
             parts = [parts[0], enc.field, *parts[1:]]
         self.fields = parts
         self._reps: dict[int, list[Value]] = {}
+        # field number -> repetitions read (a large number: all of them)
+        self.taken: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return f"<{self.name} #{self.index}>"
 
     def raw(self, n: int) -> str:
+        """Field n as written, every repetition (counts as reading all of them)."""
+        self.taken[n] = ALL
         return self.fields[n] if n < len(self.fields) else ""
 
     def has(self, n: int) -> bool:
         return n < len(self.fields) and self.fields[n] not in ("", '""')
 
-    def repetitions(self, n: int) -> list[Value]:
-        """The repetitions of field n (split once, then remembered: mappings read fields many times)."""
+    def _split(self, n: int) -> list[Value]:
         cached = self._reps.get(n)
         if cached is not None:
             return cached
-        raw = self.raw(n)
+        raw = self.fields[n] if n < len(self.fields) else ""
         if not raw:
             reps: list[Value] = []
         elif self.name == "MSH" and n in (1, 2):
@@ -211,10 +240,31 @@ class Segment:
         self._reps[n] = reps
         return reps
 
+    def repetitions(self, n: int) -> list[Value]:
+        """Every repetition of field n (split once, then remembered: mappings read fields many times)."""
+        self.taken[n] = ALL
+        return self._split(n)
+
     def get(self, n: int) -> Value:
-        """The first repetition of field n."""
-        reps = self.repetitions(n)
+        """The first repetition of field n (only that one counts as read)."""
+        if n not in self.taken:
+            self.taken[n] = 1
+        reps = self._split(n)
         return reps[0] if reps else EMPTY
+
+    def peek(self, n: int) -> Value:
+        """The first repetition of field n without counting it as read (structure checks, keys)."""
+        reps = self._split(n)
+        return reps[0] if reps else EMPTY
+
+    def present(self) -> Iterator[tuple[int, int]]:
+        """(field, repetitions) of every field that carries a value; HL7's explicit null ("") is none."""
+        for n in range(1, len(self.fields)):
+            raw = self.fields[n]
+            if raw and raw != '""':
+                count = sum(1 for rep in self._split(n) if rep)
+                if count:
+                    yield n, count
 
     def __getitem__(self, n: int) -> Value:
         return self.get(n)

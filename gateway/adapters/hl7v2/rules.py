@@ -104,16 +104,20 @@ class Rule:
     default: Any = None
     fixed: Any = None
     merge: dict[str, Any] | None = None
+    defaults: dict[str, Any] | None = None  # keys added to each value that lacks them
+    system: str | None = None  # for codes sent without a coding system (an IS/ID field's HL7 table)
     as_name: str | None = None  # for choice elements (deceased[x]): the concrete element this rule fills
     _fixed_json: bytes = field(default=b"", init=False, repr=False)
     _default_json: bytes = field(default=b"", init=False, repr=False)
     _merge_json: bytes = field(default=b"", init=False, repr=False)
+    _defaults_json: bytes = field(default=b"", init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Literal values are copied per use (resources are edited later); a JSON round trip is the cheap copy.
         self._fixed_json = orjson.dumps(self.fixed) if self.kind == "fixed" else b""
         self._default_json = orjson.dumps(self.default) if self.default is not None else b""
         self._merge_json = orjson.dumps(self.merge) if self.merge else b""
+        self._defaults_json = orjson.dumps(self.defaults) if self.defaults else b""
 
     def inputs(self, scope: Scope) -> list[Any]:
         """What the converter reads, in order: field values, whole segments, or the scope."""
@@ -127,14 +131,15 @@ class Rule:
                 if source.field is None:
                     found.append(segment)
                     continue
-                reps = segment.repetitions(source.field)
-                if not reps:
-                    continue
                 if self.repeat:
+                    reps = segment.repetitions(source.field)
                     found += [v.part(source.component) for v in reps] if source.component else reps
-                else:
-                    found.append(reps[0].part(source.component) if source.component else reps[0])
-                    break
+                    continue
+                first = segment.get(source.field)  # only the first repetition counts as mapped
+                if not first:
+                    continue
+                found.append(first.part(source.component) if source.component else first)
+                break
         return found
 
     def results(self, scope: Scope, ctx: Any) -> list[Any]:
@@ -144,7 +149,7 @@ class Rule:
         found: list[Any] = []
         convert = self.convert
         assert convert is not None
-        finish = self.table is not None or self.merge
+        finish = self.table is not None or self.merge or self.defaults or self.system
         for item in self.inputs(scope):
             if type(item) is Value and not item:
                 continue
@@ -173,7 +178,21 @@ class Rule:
             value = mapped
         if self._merge_json and isinstance(value, dict):
             value = {**value, **orjson.loads(self._merge_json)}
+        if self._defaults_json and isinstance(value, dict):
+            value = {**orjson.loads(self._defaults_json), **value}
+        if self.system is not None and isinstance(value, dict):
+            _default_system(value, self.system)
         return value
+
+
+def _default_system(value: dict[str, Any], system: str) -> None:
+    """Give a Coding, or each coding of a CodeableConcept, the rule's system when it has none."""
+    codings: list[Any] = (
+        value.get("coding") or [] if "coding" in value else [value] if "code" in value else []
+    )
+    for coding in codings:
+        if isinstance(coding, dict) and "code" in coding and "system" not in coding:
+            coding["system"] = system
 
 
 # Converted values remembered per converter; cleared when a converter's memory grows past this.
@@ -253,6 +272,8 @@ def compile_rule(element: str, spec: Mapping[str, Any], converters: Converters) 
         key=spec.get("key"),
         default=spec.get("default"),
         merge=spec.get("merge"),
+        defaults=spec.get("defaults"),
+        system=spec.get("system"),
         as_name=spec.get("as"),
     )
 

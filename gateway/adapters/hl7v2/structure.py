@@ -208,3 +208,22 @@ def group_segments(segments: list[Segment], definition: GroupDef) -> Group:
             stack[-1].group.unexpected.append(segment)
             stack[-1].group.items.append(segment)
     return root
+
+
+@cache
+def segment_field_types(version: str, segment: str) -> dict[int, str]:
+    """Field number -> HL7 datatype of a segment in hl7apy's definitions of `version` (empty if unknown)."""
+    module = "hl7apy.v" + version.replace(".", "_")
+    try:
+        segments = importlib.import_module(f"{module}.segments").SEGMENTS
+    except ImportError:
+        return {}
+    definition = segments.get(segment)
+    if definition is None:
+        return {}
+    types: dict[int, str] = {}
+    for number, (_name, detail, _card, _kind) in enumerate(definition[1], start=1):
+        datatype = detail[2] if detail[0] == "leaf" else detail[2] if len(detail) > 2 else None
+        if isinstance(datatype, str):
+            types[number] = datatype
+    return types

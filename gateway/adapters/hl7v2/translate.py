@@ -1,111 +1,52 @@
 """HL7 v2 message -> FHIR resources: the adapters per message kind, driven by `mappings/`.
 
-The mapping files say which field goes where; this module decides which resources a message yields and how
-they link: one Patient per PID, a DiagnosticReport per order and an Observation per OBX in results, a
-MedicationRequest per pharmacy order, a MedicationDispense per RXD. Ids are derived from the source's
-identifiers (see identity.py), so re-sent and corrected messages update the same resources.
+The mapping files say which field goes where; the adapters decide which resources a message yields and how
+they link: a Patient per PID (patients.py), a report, ServiceRequest, Specimen and Observations per order
+in results (results.py), a ServiceRequest per non-pharmacy order (orders.py), a MedicationRequest per
+pharmacy order and a MedicationDispense per RXD (here). Ids are derived from the source's identifiers (see
+identity.py), so re-sent and corrected messages update the same resources. What no mapping read is listed
+field by field (loss.py).
 """
 
 from __future__ import annotations
 
-import base64
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
-from gateway.adapters.hl7v2 import datatypes, pharmacy
-from gateway.adapters.hl7v2.er7 import Message, Segment, Value
+from gateway.adapters.hl7v2 import datatypes, loss, orders, patients, pharmacy, results
+from gateway.adapters.hl7v2.er7 import Message, Segment
 from gateway.adapters.hl7v2.identity import stable_id
-from gateway.adapters.hl7v2.rules import Converters, ResourceMapping, Scope
+from gateway.adapters.hl7v2.rules import Converters, ResourceMapping
+from gateway.adapters.hl7v2.run import (
+    Mode,
+    PatientIdentity,
+    Produced,
+    Run,
+    Translation,
+    TranslationError,
+    direct,
+    following,
+    order_groups,
+    segments_in,
+)
 from gateway.adapters.hl7v2.structure import Group, group_message
 from gateway.mapping.files import MappingSet, Site
-from gateway.types import JSON
+
+__all__ = ["PatientIdentity", "Produced", "Translation", "TranslationError", "Translator"]
 
 # Segments that carry the message's envelope: read by the pipeline, never "unused".
-ENVELOPE = {"MSH", "SFT", "EVN", "UAC"}
-# OBX value types whose content is text: without a code they are lines of a report, not Observations.
-TEXT_TYPES = {"TX", "FT", "ST"}
-DR_NOTE_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note"
+ENVELOPE = loss.ENVELOPE
+TEXT_TYPES = results.TEXT_TYPES
 PROVENANCE_MESSAGE_SYSTEM = "urn:specialty-gateway:hl7v2-message"
 _OFFSET = re.compile(r"([+-])(\d{2})(\d{2})$")
 
-Mode = Literal["replace", "fill"]
-
-
-class TranslationError(Exception):
-    """The message cannot be turned into resources. `ack` is AR (rejected) or AE (application error)."""
-
-    def __init__(
-        self,
-        text: str,
-        *,
-        ack: Literal["AE", "AR"] = "AE",
-        code: str = "207",
-        segment: str | None = None,
-        sequence: int | None = None,
-        field: int | None = None,
-    ) -> None:
-        super().__init__(text)
-        self.text = text
-        self.ack = ack
-        self.code = code
-        self.segment = segment
-        self.sequence = sequence
-        self.field = field
-
-
-@dataclass
-class Produced:
-    """One resource a message yields, how to write it, and the segment it mainly came from."""
-
-    resource: JSON
-    mode: Mode
-    source: Segment | None = None
-
-
-@dataclass
-class Translation:
-    event: str
-    resources: list[Produced]
-    problems: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    merge: tuple[str, str] | None = None  # (id of the Patient merged away, id of the survivor)
-    site: str | None = None
-
-
-def walk(group: Group, ancestors: tuple[Group, ...] = ()) -> Iterator[tuple[Segment, tuple[Group, ...]]]:
-    """Every segment in message order with the groups that enclose it, outermost first."""
-    path = (*ancestors, group)
-    for item in group.items:
-        if isinstance(item, Group):
-            yield from walk(item, path)
-        else:
-            yield item, path
-
-
-def _following(parent: Group, segment: Segment, name: str) -> list[Segment]:
-    """The `name` segments directly after `segment` in its group (the NTEs of an OBX)."""
-    found: list[Segment] = []
-    seen = False
-    for item in parent.items:
-        if item is segment:
-            seen = True
-        elif seen:
-            if isinstance(item, Segment) and item.name == name:
-                found.append(item)
-            else:
-                break
-    return found
-
-
-def _direct(group: Group, name: str) -> Segment | None:
-    segment = group.segment(name)
-    if segment is None:
-        for sub in group.items:  # 2.8 puts ORC in a COMMON_ORDER group
-            if isinstance(sub, Group) and sub.name.endswith("COMMON_ORDER"):
-                segment = sub.segment(name)
-    return segment
+# The names the pharmacy adapters below were written with.
+_Run = Run
+_direct = direct
+_following = following
+_order_groups = order_groups
+_segments_in = segments_in
 
 
 def offset_of(timestamp: str) -> str | None:
@@ -114,239 +55,20 @@ def offset_of(timestamp: str) -> str | None:
     return f"{match[1]}{match[2]}:{match[3]}" if match else None
 
 
-class _Run:
-    """One translation in progress: the message, its groups, its site, and what has been read."""
-
-    def __init__(self, message: Message, root: Group, mappings: dict[str, ResourceMapping], ctx: Any) -> None:
-        self.message = message
-        self.root = root
-        self.mappings = mappings
-        self.ctx = ctx
-        self.used: set[int] = set()
-        self.produced: list[Produced] = []
-        self.patients: dict[int, str] = {}  # PID segment index -> Patient id
-        self.merge: tuple[str, str] | None = None
-        self._pids: list[Segment] | None = None
-
-    @property
-    def facility(self) -> str:
-        return self.message.sending_facility or self.message.sending_application
-
-    def scope(self, *segments: Segment | None) -> Scope:
-        return Scope(self.used).add(s for s in segments if s is not None)
-
-    def apply(self, resource_type: str, scope: Scope) -> JSON:
-        return self.mappings[resource_type].apply(scope, self.ctx)
-
-    # -- identity --------------------------------------------------------------------------------
-
-    def patient_key(self, cx: Value) -> tuple[str, str]:
-        authority = datatypes.authority(cx.part(4), self.ctx) or f"facility:{self.facility}"
-        return authority, cx.c(1)
-
-    def patient_identifier(self, pid: Segment) -> Value | None:
-        """The PID-3 repetition that identifies the patient: the MR-typed one, else the first."""
-        reps = [r for r in pid.repetitions(3) if r.c(1)]
-        if not reps and pid.get(2).c(1):
-            reps = [pid.get(2)]  # PID-2, the external id of older versions
-        for rep in reps:
-            if rep.c(5) == "MR":
-                return rep
-        return reps[0] if reps else None
-
-    def order_key(self, placer: Value, filler: Value, *extra: str, where: Segment) -> tuple[str, ...]:
-        """Placer order number (else filler) in its namespace; without either, the order's place in this
-        message (so re-sending the message updates it, and two orders of one message stay apart)."""
-        chosen = placer if placer.c(1) else filler
-        if not chosen.c(1):
-            return ("message", self.message.sender, self.message.control_id, str(where.index), *extra)
-        namespace = chosen.c(2) or chosen.c(3) or f"facility:{self.facility}"
-        return (namespace, chosen.c(1), *extra)
-
-    # -- resources -------------------------------------------------------------------------------
-
-    def patient(self, pid: Segment, mode: Mode) -> str:
-        if pid.index in self.patients:
-            return self.patients[pid.index]
-        identifier = self.patient_identifier(pid)
-        if identifier is not None:
-            patient_id = stable_id("Patient", *self.patient_key(identifier))
-        else:
-            # Nothing to match on: a Patient of this message alone, never merged with anyone by name.
-            patient_id = stable_id(
-                "Patient", "unidentified", self.message.sender, self.message.control_id, str(pid.index)
-            )
-            self.ctx.problems.append(
-                "PID has no identifier (PID-3): the Patient is kept for this message only and is not matched"
-                " with other messages"
-            )
-        resource = self.apply("Patient", self.scope(pid))
-        resource["id"] = patient_id
-        self.produced.append(Produced(resource, mode, pid))
-        self.patients[pid.index] = patient_id
-        return patient_id
-
-    def current_patient(self, before: Segment) -> str:
-        """The Patient of the last PID before `before` (PIDs precede what they are about)."""
-        if self._pids is None:
-            self._pids = [s for s in self.message.segments if s.name == "PID"]
-        last = None
-        for segment in self._pids:
-            if segment.index >= before.index:
-                break
-            last = segment
-        if last is None:
-            raise TranslationError(
-                f"{before.name} has no PID before it to say whose it is", code="100", segment="PID"
-            )
-        return self.patient(last, "fill")
-
-    def observation(
-        self, obx: Segment, parent: Group, context: list[Segment | None], key: tuple[str, ...], lab: bool
-    ) -> JSON | None:
-        """The Observation of an OBX, or None for an OBX without OBX-3 (no code: not an Observation)."""
-        if not obx.get(3):
-            self.ctx.problems.append(
-                f"OBX#{obx.index + 1} has no observation identifier (OBX-3)"
-                + ("; its text is in the report's presentedForm" if obx.get(2).c(1) in TEXT_TYPES else "")
-            )
-            return None
-        scope = self.scope(obx, *_following(parent, obx, "NTE"), *context)
-        resource = self.apply("Observation", scope)
-        if not lab:
-            resource.pop("category", None)
-        resource["id"] = stable_id("Observation", *key)
-        resource["subject"] = {"reference": f"Patient/{self.current_patient(obx)}"}
-        if not any(k.startswith("value") for k in resource) and "component" not in resource:
-            resource["dataAbsentReason"] = {
-                "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "unknown"}
-                ]
-            }
-        self.produced.append(Produced(resource, "replace", obx))
-        return resource
-
-    def _sequence(self, segment: Segment) -> int:
-        """Which occurrence of its segment name `segment` is (ERR-2.2)."""
-        return sum(1 for s in self.message.segments[: segment.index + 1] if s.name == segment.name)
-
-
 # -- adapters per message kind -------------------------------------------------------------------
 
 
-def _order_groups(root: Group, marker: str) -> list[Group]:
-    """Groups that directly hold `marker` (OBR for results, ORC for orders), in message order."""
-    found: list[Group] = []
-
-    def visit(group: Group) -> None:
-        if _direct(group, marker) is not None:
-            found.append(group)
-        for item in group.items:
-            if isinstance(item, Group) and not item.name.endswith("COMMON_ORDER"):
-                visit(item)
-
-    visit(root)
-    return found
-
-
-def _segments_in(group: Group, stop: Callable[[Group], bool]) -> Iterator[tuple[Segment, Group]]:
-    """Segments of a group and its sub-groups, not descending into groups `stop` accepts."""
-    for item in group.items:
-        if isinstance(item, Group):
-            if not stop(item):
-                yield from _segments_in(item, stop)
-        else:
-            yield item, group
-
-
-def _specimen_of(order: Group, ancestors: tuple[Group, ...]) -> Segment | None:
-    for sub in order.find("SPECIMEN"):
-        spm = sub.segment("SPM")
-        if spm is not None:
-            return spm
-    for ancestor in reversed(ancestors):  # OUL: the order sits inside its SPECIMEN group
-        spm = ancestor.segment("SPM")
-        if spm is not None:
-            return spm
-    return None
-
-
-def _results(run: _Run) -> None:
-    orders = _order_groups(run.root, "OBR")
-    order_ids = {id(g) for g in orders}
-    ancestors_of: dict[int, tuple[Group, ...]] = {}
-    obx_order: dict[int, Group] = {}
-    for segment, path in walk(run.root):
-        for group in path:
-            ancestors_of.setdefault(id(group), path[: path.index(group)])
-        if segment.name == "OBX":
-            owner = next((g for g in reversed(path) if id(g) in order_ids), None)
-            if owner is not None:
-                obx_order[segment.index] = owner
-    for order in orders:
-        _report(run, order, ancestors_of.get(id(order), ()), obx_order)
-    _loose_observations(run, set(obx_order))
-
-
-def _report(run: _Run, order: Group, ancestors: tuple[Group, ...], obx_order: dict[int, Group]) -> None:
-    obr = _direct(order, "OBR")
-    orc = _direct(order, "ORC")
-    assert obr is not None
-    spm = _specimen_of(order, ancestors)
-    key = run.order_key(
-        obr.get(2) or (orc.get(2) if orc else obr.get(2)), obr.get(3), obr.get(4).c(1), where=obr
-    )
-    observations = []
-    lines: list[str] = []
-    position = 0
-    for segment, parent in _segments_in(order, lambda g: False):
-        if segment.name == "OBX" and obx_order.get(segment.index) is order:
-            position += 1
-            obs = run.observation(segment, parent, [obr, orc, spm], (*key, str(position)), lab=True)
-            if obs is not None:
-                observations.append(obs)
-            elif segment.get(2).c(1) in TEXT_TYPES:
-                run.used.add(segment.index)
-                lines += [rep.text for rep in segment.repetitions(5)] or [""]
-    report = run.apply("DiagnosticReport", run.scope(obr, orc, spm))
-    report["id"] = stable_id("DiagnosticReport", *key)
-    report["subject"] = {"reference": f"Patient/{run.current_patient(obr)}"}
-    if observations:
-        report["result"] = [{"reference": f"Observation/{o['id']}"} for o in observations]
-    notes = [datatypes.annotation(n, run.ctx) for n in _following(order, obr, "NTE")]
-    for nte in _following(order, obr, "NTE"):
-        run.used.add(nte.index)
-    if notes:
-        report["extension"] = [{"url": DR_NOTE_EXTENSION, "valueAnnotation": n} for n in notes if n]
-    if lines:
-        text = "\n".join(lines)
-        report["presentedForm"] = [
-            {
-                "contentType": "text/plain",
-                "data": base64.b64encode(text.encode()).decode(),
-                "title": "Report text",
-            }
-        ]
-    run.produced.append(Produced(report, "replace", obr))
-
-
-def _loose_observations(run: _Run, placed: set[int]) -> None:
-    """OBX outside any order (patient observations, ADT vitals): Observations keyed by their place."""
-    counts: dict[str, int] = {}
-    for segment, path in walk(run.root):
-        if segment.name != "OBX" or segment.index in placed:
-            continue
-        parent = path[-1]
-        where = parent.name
-        counts[where] = counts.get(where, 0) + 1
-        patient = run.current_patient(segment)
-        lab = run.message.message_code in ("ORU", "OUL")
-        run.observation(segment, parent, [], ("patient", patient, where, str(counts[where])), lab=lab)
-
-
 def _orders(run: _Run) -> None:
+    """Pharmacy orders become MedicationRequests, the others (OBR) ServiceRequests. An order of another
+    kind (a diet order's ODS) makes nothing; its fields are reported as not mapped."""
     for order in _order_groups(run.root, "ORC"):
-        _medication_request(run, order)
+        request_id = _medication_request(run, order)
+        if request_id is None:
+            request_id = orders.service_order(run, order)
+            if request_id is not None:
+                run.order_refs[id(order)] = f"ServiceRequest/{request_id}"
+        else:
+            run.order_refs[id(order)] = f"MedicationRequest/{request_id}"
     _results_in_orders(run)
 
 
@@ -381,11 +103,8 @@ def _results_in_orders(run: _Run) -> None:
         orc = _direct(order, "ORC")
         assert orc is not None
         key = run.order_key(orc.get(2), orc.get(3), where=orc)
-        position = 0
-        for segment, parent in _segments_in(order, lambda g: False):
-            if segment.name == "OBX":
-                position += 1
-                run.observation(segment, parent, [orc], (*key, "obx", str(position)), lab=False)
+        based_on = run.order_refs.get(id(order))
+        orders.order_observations(run, order, {"reference": based_on} if based_on else None, key)
 
 
 def _dispenses(run: _Run) -> None:
@@ -403,14 +122,17 @@ def _dispenses(run: _Run) -> None:
             if request_id:
                 dispense["authorizingPrescription"] = [{"reference": f"MedicationRequest/{request_id}"}]
             run.produced.append(Produced(dispense, "replace", rxd))
+        if request_id:
+            run.order_refs[id(order)] = f"MedicationRequest/{request_id}"
     _results_in_orders(run)
 
 
 def _patients(run: _Run) -> None:
+    mode: Mode = "replace" if run.identity.demographics.get("adt") == "replace" else "fill"
     for segment in run.message.segments:
         if segment.name == "PID":
-            run.patient(segment, "replace")
-    _loose_observations(run, set())
+            patients.patient(run, segment, mode)
+    results.loose_observations(run, set())
 
 
 def _merge(run: _Run) -> None:
@@ -420,25 +142,41 @@ def _merge(run: _Run) -> None:
         raise TranslationError(
             "A merge needs PID (survivor) and MRG-1 (prior identifier)", code="101", segment="MRG", field=1
         )
-    survivor = run.patient(pid, "fill")
+    survivor = patients.patient(run, pid, "fill")
     run.used.add(mrg.index)
-    prior = stable_id("Patient", *run.patient_key(mrg.get(1)))
+    prior_key = patients.match_keys(mrg, run)  # MRG-1 (prior identifiers), read like PID-3
+    if not prior_key:
+        raise TranslationError("MRG-1 has no usable prior identifier", code="101", segment="MRG", field=1)
+    prior = stable_id("Patient", *prior_key[0])
     if prior == survivor:
         raise TranslationError("MRG-1 names the surviving patient itself", code="205", segment="MRG", field=1)
     run.merge = (prior, survivor)
+    run.merge_keys = prior_key
 
 
 ADAPTERS: dict[str, Callable[[_Run], None]] = {
-    "results": _results,
+    "results": results.results,
     "pharmacy-order": _orders,
+    "orders": _orders,
     "dispense": _dispenses,
     "patient": _patients,
     "merge": _merge,
 }
+# Whose demographics precedence (site key identity.demographics) an adapter's PIDs follow.
+ADAPTER_KINDS = {
+    "results": "results",
+    "pharmacy-order": "orders",
+    "orders": "orders",
+    "dispense": "orders",
+    "patient": "adt",
+    "merge": "adt",
+}
+# The adapters whose messages must yield more than Patients (an ADT's product is its Patient).
+_CLINICAL = ("results", "pharmacy-order", "orders", "dispense")
 
 # What each segment converter's result depends on, so that results can be remembered (see rules.memoized).
 SEGMENT_KEYS: dict[str, Callable[[Segment], Any]] = {
-    "observation-value": lambda obx: (obx.enc, obx.raw(2), obx.raw(5), obx.raw(6)),
+    "observation-value": lambda obx: (obx.enc, obx.raw(2), obx.raw(3), obx.raw(5), obx.raw(6)),
     "reference-range": lambda obx: (obx.enc, obx.raw(6), obx.raw(7)),
 }
 
@@ -510,16 +248,37 @@ class Translator:
         )
         ctx = datatypes.Context(tables=tables, default_offset=offset)
         mappings = self._per_site[site.name] if site else self._base
-        run = _Run(message, root, mappings, ctx)
+        run = _Run(message, root, mappings, ctx, site)
+        run.adapter_kind = ADAPTER_KINDS[definition.adapter]
+        run.category = definition.category
         ADAPTERS[definition.adapter](run)
         if site is not None:
             _apply_site(site, run)
-        unused = [
-            f"{s.name}#{s.index + 1}"
-            for s in message.segments
-            if s.index not in run.used and s.name not in ENVELOPE and s.index != 0
-        ]
-        return Translation(event, run.produced, ctx.problems, unused, run.merge, site.name if site else None)
+        if definition.adapter in _CLINICAL and all(
+            p.resource["resourceType"] == "Patient" for p in run.produced
+        ):
+            marker = "OBR" if definition.adapter == "results" else "ORC"
+            missing = "" if any(s.name == marker for s in message.segments) else f" (it has no {marker})"
+            raise TranslationError(
+                f"The {event} message yields nothing but its patient: no order or result the gateway could"
+                f" map{missing}",
+                code="101",
+                segment=marker,
+            )
+        return Translation(
+            event,
+            run.produced,
+            ctx.problems,
+            loss.unused_segments(message, run.used),
+            run.merge,
+            site.name if site else None,
+            unmapped=loss.unmapped_fields(message),
+            patients=run.identities,
+            identity=run.identity,
+            reused_control_id=site.reused_control_id if site else "process",
+            quarantine=run.quarantine,
+            merge_keys=run.merge_keys,
+        )
 
 
 def _apply_site(site: Site, run: _Run) -> None:
@@ -553,7 +312,7 @@ def _apply_site(site: Site, run: _Run) -> None:
                         )
 
 
-def _replace_coding(concept: JSON, rule: dict[str, Any]) -> bool:
+def _replace_coding(concept: dict[str, Any], rule: dict[str, Any]) -> bool:
     """Put the site's standard coding first when a local coding matches; keep the local one after it."""
     wanted = rule["from"]
     codings = concept.get("coding") or []

@@ -44,6 +44,8 @@ def _summary(row: LoggedMessage) -> dict[str, Any]:
         "errors": orjson.loads(row.errors),
         "problems": orjson.loads(row.problems),
         "unusedSegments": orjson.loads(row.unused),
+        "unmappedFields": orjson.loads(row.unmapped or "[]"),
+        "notes": orjson.loads(row.notes or "[]"),
         "resources": orjson.loads(row.resources),
     }
 
