@@ -120,8 +120,9 @@ def test_date_time(raw: str, default: str | None, expected: str | None, problem:
     [
         ("instant", "20240301083015", "2024-03-01T08:30:15Z", False),  # precise to the second
         ("instant", "20240301083015.25-0500", "2024-03-01T08:30:15.25-05:00", False),
-        ("instant", "202403010830", None, True),  # minutes are not enough for an instant
-        ("instant", "20240301", None, True),  # neither is a date
+        ("instant", "202403010830", "2024-03-01T08:30:00Z", False),  # minute precision: seconds padded
+        ("instant", "2024030108", "2024-03-01T08:00:00Z", False),  # hour precision: minutes too
+        ("instant", "20240301", None, True),  # a date alone is no instant
         ("date", "20240301083015+0200", "2024-03-01", False),  # the date part of a DTM
         ("date", "202403", "2024-03", False),
         ("date", "202413", None, True),  # month 13

@@ -180,7 +180,6 @@ class _Moment:
     date: str  # YYYY, YYYY-MM or YYYY-MM-DD
     time: str | None  # HH:MM:SS[.f] when the value has a time part
     offset: str | None  # the value's own offset as +HH:MM
-    seconds: bool  # precise to the second
 
 
 def _offset(raw: str) -> str | None:
@@ -217,7 +216,7 @@ def _moment(raw: str, ctx: Context) -> _Moment | None:
         ctx.report(f"{raw!r} is not a valid date/time; left out")
         return None
     date_ = "-".join(p for p in (parts["Y"], month, day) if p)
-    return _Moment(date_, clock, offset, parts["s"] is not None)
+    return _Moment(date_, clock, offset)
 
 
 def _default_offset(ctx: Context) -> str:
@@ -252,12 +251,13 @@ def date(value: Value, ctx: Context) -> str | None:
 
 
 def instant(value: Value, ctx: Context) -> str | None:
-    """A DTM that must be precise to the second (FHIR instant)."""
+    """A DTM as a FHIR instant, which must name a time of day to the second: a value to the hour or the
+    minute (as many labs write OBR-22) gets zero minutes and seconds, a date alone is reported."""
     moment = _moment(value.c(1), ctx)
     if moment is None:
         return None
-    if not moment.seconds:
-        ctx.report(f"{value.c(1).strip()!r} is not precise to the second, as an instant must be; left out")
+    if moment.time is None:
+        ctx.report(f"{value.c(1).strip()!r} has no time of day, as an instant must; left out")
         return None
     return _date_time(value.c(1), ctx)
 
