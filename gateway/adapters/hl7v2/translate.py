@@ -20,6 +20,7 @@ from gateway.adapters.hl7v2.identity import stable_id
 from gateway.adapters.hl7v2.rules import Converters, ResourceMapping, Scope
 from gateway.adapters.hl7v2.structure import Group, group_message
 from gateway.mapping.files import MappingSet, Site
+from gateway.mapping.zones import UTC, Zone
 from gateway.types import JSON
 
 # Segments that carry the message's envelope: read by the pipeline, never "unused".
@@ -453,9 +454,9 @@ SEGMENT_CONVERTERS = {
 class Translator:
     """Turns tokenized messages into resources with the mappings loaded at start."""
 
-    def __init__(self, mappings: MappingSet, *, default_offset: str | None = None) -> None:
+    def __init__(self, mappings: MappingSet, *, default_zone: Zone = UTC) -> None:
         self.mappings = mappings
-        self.default_offset = default_offset
+        self.default_zone = default_zone  # for senders whose site sets no `timezone`
         self.converters = Converters(
             value={**datatypes.CONVERTERS, **pharmacy.VALUE_CONVERTERS},
             segment=SEGMENT_CONVERTERS,
@@ -505,10 +506,9 @@ class Translator:
             )
         site = self.mappings.site_for(message.sending_application, message.sending_facility)
         tables = self.mappings.tables.with_overlay(site.tables) if site else self.mappings.tables
-        offset = (
-            (site.timezone if site else None) or offset_of(message.msh.get(7).c(1)) or self.default_offset
-        )
-        ctx = datatypes.Context(tables=tables, default_offset=offset)
+        # Never MSH-7's offset: it is right for the sending time only, not for a result from another season.
+        zone = (site.timezone if site else None) or self.default_zone
+        ctx = datatypes.Context(tables=tables, zone=zone)
         mappings = self._per_site[site.name] if site else self._base
         run = _Run(message, root, mappings, ctx)
         ADAPTERS[definition.adapter](run)
