@@ -161,7 +161,8 @@ def observation_ids(texts: list[str]) -> list[str]:
     """
     settings = Settings()
     translator = Translator(
-        mapping_files.load(settings.mappings_dir), default_offset=settings.hl7_default_offset
+        mapping_files.load(settings.mappings_dir),
+        default_zone=mapping_files.default_zone(settings.hl7_default_offset),
     )
     ids = []
     for text in texts:

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     pa_worker_seconds: float = 30.0
     # Subscription topics (SubscriptionTopic JSON); default: profiles_dir/topics.
     topics_dir: Path | None = None
-    # Offset for HL7 v2 times written without one when neither the site mapping nor MSH-7 gives one.
+    # Time zone for HL7 v2 times written without an offset whose sender's site file sets no `timezone`: an
+    # IANA name (America/Chicago) or a UTC offset (-06:00, -0600, Z). Checked at start (mapping/zones.py).
     hl7_default_offset: str = "Z"
     # MLLP frames larger than this are answered with an AR and discarded.
     mllp_max_bytes: int = 5 * 1024 * 1024

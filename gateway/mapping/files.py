@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from gateway.mapping.tables import CodeTables
+from gateway.mapping.zones import Zone, ZoneError, parse_zone
 
 RULE_KEYS = {
     "from",
@@ -85,7 +86,7 @@ DEFAULT_IDENTITY = IdentityPolicy()
 class Site:
     name: str
     match: dict[str, str]
-    timezone: str | None = None
+    timezone: Zone | None = None  # for this sender's times without an offset; None: the gateway's default
     codes: list[dict[str, Any]] = field(default_factory=list)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     zsegments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -169,6 +170,24 @@ def _load_messages(path: Path) -> dict[str, MessageDef]:
     return messages
 
 
+def _site_zone(path: Path, value: Any) -> Zone | None:
+    """A site's `timezone`, parsed now so a typo stops the start instead of stamping times UTC."""
+    if value is None:
+        return None
+    try:
+        return parse_zone(value)
+    except ZoneError as exc:
+        raise MappingError(f"{path}: timezone {exc}") from None
+
+
+def default_zone(setting: str) -> Zone:
+    """GATEWAY_HL7_DEFAULT_OFFSET as a Zone; a bad value stops the start like a bad mapping file does."""
+    try:
+        return parse_zone(setting)
+    except ZoneError as exc:
+        raise MappingError(f"GATEWAY_HL7_DEFAULT_OFFSET {exc}") from None
+
+
 def _load_site(path: Path) -> Site:
     content = _read(path)
     if not isinstance(content, dict):
@@ -195,7 +214,7 @@ def _load_site(path: Path) -> Site:
     return Site(
         name=str(content.get("site") or path.stem),
         match={k: str(v) for k, v in match.items()},
-        timezone=content.get("timezone"),
+        timezone=_site_zone(path, content.get("timezone")),
         codes=list(content.get("codes") or []),
         tables={k: {str(c): v for c, v in t.items()} for k, t in (content.get("tables") or {}).items()},
         zsegments=dict(content.get("zsegments") or {}),

@@ -54,9 +54,10 @@ class Gateway:
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
-        payers = load_payers(
-            settings.payers_file
-        )  # a bad file fails the start before the database is touched
+        # A bad payers file, mapping file or time zone fails the start before the database is touched.
+        payers = load_payers(settings.payers_file)
+        mappings = mapping_files.load(settings.mappings_dir)
+        default_zone = mapping_files.default_zone(settings.hl7_default_offset)
         db = Database(settings.database_url, pool_size=settings.db_pool_size)
         if run_migrations:
             await migrate.upgrade(db)
@@ -66,7 +67,6 @@ class Gateway:
         if db.dialect == "postgresql":
             await statistics.refresh()  # a database loaded while the gateway was down
         profiles = ProfileSet.load(settings.profiles_dir)
-        mappings = mapping_files.load(settings.mappings_dir)
         validator = Validator(profiles)
         fhir = FhirService(
             db,
@@ -103,7 +103,7 @@ class Gateway:
             expiring_days=settings.pa_expiring_days,
             interval_s=settings.pa_worker_seconds,
         )
-        translator = Translator(mappings, default_offset=settings.hl7_default_offset)
+        translator = Translator(mappings, default_zone=default_zone)
         pipeline = Pipeline(fhir, translator, validator)
         log.info(
             "gateway started database=%s profiles=%d hl7v2-messages=%d sites=%d topics=%d subscriptions=%d",

@@ -11,6 +11,7 @@ import pytest
 from gateway.adapters.hl7v2 import datatypes
 from gateway.adapters.hl7v2.datatypes import CONVERTERS, INTERPRETATION, UCUM, Context
 from gateway.adapters.hl7v2.er7 import Message, Segment, Value
+from gateway.mapping.zones import UTC, parse_zone
 from tests.unit.hl7_tables import TABLES_DIR, YamlTables, load_table
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -22,9 +23,10 @@ NPI = "http://hl7.org/fhir/sid/us-npi"
 TABLES = YamlTables(extra={"assigning-authorities": {"STMARY": STMARY, "NPI": NPI}})
 
 
-def convert(name: str, raw: str, default_offset: str | None = None) -> tuple[Any, list[str]]:
-    """Run the converter registered as `name` on one HL7 value; return its result and the problems."""
-    ctx = Context(TABLES, default_offset=default_offset)
+def convert(name: str, raw: str, zone: str | None = None) -> tuple[Any, list[str]]:
+    """Run the converter registered as `name` on one HL7 value, the sender in `zone` (default: UTC);
+    return its result and the problems."""
+    ctx = Context(TABLES, zone=parse_zone(zone) if zone else UTC)
     return CONVERTERS[name](Value(raw), ctx), ctx.problems
 
 
@@ -110,7 +112,6 @@ def test_primitives(name: str, raw: str, expected: Any, problem: bool) -> None:
         ("2024030125", None, None, True),  # hour 25
         ("20240301083015+1500", None, None, True),  # offset beyond +14:00
         ("2024-03-01", None, None, True),  # ISO text is not an HL7 DTM
-        ("202403010830", "bogus", "2024-03-01T08:30:00Z", True),  # bad site setting: Z, and said so
     ],
 )
 def test_date_time(raw: str, default: str | None, expected: str | None, problem: bool) -> None:
@@ -124,8 +125,9 @@ def test_date_time(raw: str, default: str | None, expected: str | None, problem:
     [
         ("instant", "20240301083015", "2024-03-01T08:30:15Z", False),  # precise to the second
         ("instant", "20240301083015.25-0500", "2024-03-01T08:30:15.25-05:00", False),
-        ("instant", "202403010830", None, True),  # minutes are not enough for an instant
-        ("instant", "20240301", None, True),  # neither is a date
+        ("instant", "202403010830", "2024-03-01T08:30:00Z", False),  # minute precision: seconds padded
+        ("instant", "2024030108", "2024-03-01T08:00:00Z", False),  # hour precision: minutes too
+        ("instant", "20240301", None, True),  # a date alone is no instant
         ("date", "20240301083015+0200", "2024-03-01", False),  # the date part of a DTM
         ("date", "202403", "2024-03", False),
         ("date", "202413", None, True),  # month 13

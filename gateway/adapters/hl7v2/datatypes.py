@@ -18,10 +18,12 @@ import calendar
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from gateway.adapters.hl7v2.er7 import Segment, Value
+from gateway.mapping.zones import UTC, Zone
 
 JSON = dict[str, Any]
 
@@ -45,7 +47,7 @@ class Context:
     """What every converter needs besides the value: tables, the sender's time zone, a problem log."""
 
     tables: Tables
-    default_offset: str | None = None  # "+02:00"/"-05:00"/"Z": for times written without an offset
+    zone: Zone = UTC  # the sender's time zone, for times written without an offset (site, else default)
     problems: list[str] = field(default_factory=list)  # notes on values that could not be mapped
 
     def report(self, note: str) -> None:
@@ -200,7 +202,7 @@ class _Moment:
     date: str  # YYYY, YYYY-MM or YYYY-MM-DD
     time: str | None  # HH:MM:SS[.f] when the value has a time part
     offset: str | None  # the value's own offset as +HH:MM
-    seconds: bool  # precise to the second
+    wall: datetime | None  # the local date and time (to the second) when there is a time part
 
 
 def _offset(raw: str) -> str | None:
@@ -237,27 +239,37 @@ def _moment(raw: str, ctx: Context) -> _Moment | None:
         ctx.report(f"{raw!r} is not a valid date/time; left out")
         return None
     date_ = "-".join(p for p in (parts["Y"], month, day) if p)
-    return _Moment(date_, clock, offset, parts["s"] is not None)
+    wall = None
+    if clock is not None and month and day:  # the pattern allows a time only after a full date
+        hour, minute, second = (int(parts[k] or 0) for k in ("h", "m", "s"))
+        wall = datetime(year, int(month), int(day), hour, minute, second)
+    return _Moment(date_, clock, offset, wall)
 
 
-def _default_offset(ctx: Context) -> str:
-    if ctx.default_offset is None:
-        return "Z"
-    found = _offset(ctx.default_offset)
-    if found is None:
-        ctx.report(f"the default time-zone offset {ctx.default_offset!r} is not valid; Z used")
-        return "Z"
-    return found
+def _zone_offset(wall: datetime, ctx: Context) -> str | None:
+    """The sender's zone's offset on the value's own date and time (not the message's: a January
+    message may carry a July result); None, reported, where that is no FHIR offset (local mean time
+    beyond +14:00 before 1867 in Alaska)."""
+    offset = ctx.zone.offset_at(wall)
+    if _FHIR_OFFSET.fullmatch(offset):
+        return offset
+    ctx.report(f"time zone {ctx.zone.key} gives {offset} at {wall.isoformat()}, beyond FHIR's +/-14:00")
+    return None
+
+
+def _stamp(moment: _Moment, ctx: Context) -> str | None:
+    """A parsed value as a FHIR dateTime: a bare date as it is, a time with its own offset, else the
+    sender's zone's."""
+    if moment.wall is None:
+        return moment.date  # FHIR dateTime allows a bare date of the same precision, never an offset
+    # A time without an offset fails FHIR validation: the sender's zone (site, else default) fills it in.
+    offset = moment.offset or _zone_offset(moment.wall, ctx)
+    return f"{moment.date}T{moment.time}{offset}" if offset else None
 
 
 def _date_time(raw: str, ctx: Context) -> str | None:
     moment = _moment(raw, ctx)
-    if moment is None:
-        return None
-    if moment.time is None:
-        return moment.date  # FHIR dateTime allows a bare date of the same precision, never an offset
-    # A time without an offset fails FHIR validation: the sender's zone (site setting) fills it in.
-    return f"{moment.date}T{moment.time}{moment.offset or _default_offset(ctx)}"
+    return _stamp(moment, ctx) if moment else None
 
 
 def date_time(value: Value, ctx: Context) -> str | None:
@@ -272,14 +284,15 @@ def date(value: Value, ctx: Context) -> str | None:
 
 
 def instant(value: Value, ctx: Context) -> str | None:
-    """A DTM that must be precise to the second (FHIR instant)."""
+    """A DTM as a FHIR instant, which must name a time of day to the second: a value to the hour or the
+    minute (as many labs write OBR-22) gets zero minutes and seconds, a date alone is reported."""
     moment = _moment(value.c(1), ctx)
     if moment is None:
         return None
-    if not moment.seconds:
-        ctx.report(f"{value.c(1).strip()!r} is not precise to the second, as an instant must be; left out")
+    if moment.wall is None:
+        ctx.report(f"{value.c(1).strip()!r} has no time of day, as an instant must; left out")
         return None
-    return _date_time(value.c(1), ctx)
+    return _stamp(moment, ctx)
 
 
 def time(value: Value, ctx: Context) -> str | None:

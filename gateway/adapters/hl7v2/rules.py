@@ -202,14 +202,14 @@ MEMO_LIMIT = 50_000
 def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
     """A converter that remembers results: feeds repeat the same codes, units, ranges and times endlessly.
 
-    The key is the raw input plus what the context contributes (time-zone offset, the code tables in use);
+    The key is the raw input plus what the context contributes (the sender's time zone, the code tables);
     results are kept as JSON and handed out as fresh copies (resources are edited later), and the problems a
     conversion reported are reported again on every reuse.
     """
     memo: dict[Any, tuple[bytes, list[str], bool]] = {}
 
     def run(item: Any, ctx: Any) -> Any:
-        memo_key = (key(item), ctx.default_offset, id(ctx.tables))
+        memo_key = (key(item), ctx.zone.key, id(ctx.tables))
         hit = memo.get(memo_key)
         if hit is None:
             before = len(ctx.problems)

@@ -10,7 +10,6 @@ field by field (loss.py).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from gateway.adapters.hl7v2.run import (
 )
 from gateway.adapters.hl7v2.structure import Group, group_message
 from gateway.mapping.files import MappingSet, Site
+from gateway.mapping.zones import UTC, Zone
 
 __all__ = ["PatientIdentity", "Produced", "Translation", "TranslationError", "Translator"]
 
@@ -39,7 +39,6 @@ __all__ = ["PatientIdentity", "Produced", "Translation", "TranslationError", "Tr
 ENVELOPE = loss.ENVELOPE
 TEXT_TYPES = results.TEXT_TYPES
 PROVENANCE_MESSAGE_SYSTEM = "urn:specialty-gateway:hl7v2-message"
-_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})$")
 
 # The names the pharmacy adapters below were written with.
 _Run = Run
@@ -47,12 +46,6 @@ _direct = direct
 _following = following
 _order_groups = order_groups
 _segments_in = segments_in
-
-
-def offset_of(timestamp: str) -> str | None:
-    """The time-zone offset an HL7 timestamp carries ("+0215" -> "+02:15")."""
-    match = _OFFSET.search(timestamp.strip())
-    return f"{match[1]}{match[2]}:{match[3]}" if match else None
 
 
 # -- adapters per message kind -------------------------------------------------------------------
@@ -191,9 +184,9 @@ SEGMENT_CONVERTERS = {
 class Translator:
     """Turns tokenized messages into resources with the mappings loaded at start."""
 
-    def __init__(self, mappings: MappingSet, *, default_offset: str | None = None) -> None:
+    def __init__(self, mappings: MappingSet, *, default_zone: Zone = UTC) -> None:
         self.mappings = mappings
-        self.default_offset = default_offset
+        self.default_zone = default_zone  # for senders whose site sets no `timezone`
         self.converters = Converters(
             value={**datatypes.CONVERTERS, **pharmacy.VALUE_CONVERTERS},
             segment=SEGMENT_CONVERTERS,
@@ -243,10 +236,9 @@ class Translator:
             )
         site = self.mappings.site_for(message.sending_application, message.sending_facility)
         tables = self.mappings.tables.with_overlay(site.tables) if site else self.mappings.tables
-        offset = (
-            (site.timezone if site else None) or offset_of(message.msh.get(7).c(1)) or self.default_offset
-        )
-        ctx = datatypes.Context(tables=tables, default_offset=offset)
+        # Never MSH-7's offset: it is right for the sending time only, not for a result from another season.
+        zone = (site.timezone if site else None) or self.default_zone
+        ctx = datatypes.Context(tables=tables, zone=zone)
         mappings = self._per_site[site.name] if site else self._base
         run = _Run(message, root, mappings, ctx, site)
         run.adapter_kind = ADAPTER_KINDS[definition.adapter]
