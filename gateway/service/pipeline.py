@@ -456,7 +456,7 @@ class _Batch:
             self.log_updates.append((log_id, row))
         else:
             self.log_inserts.append({**row, "attempts": 1})
-        self._count_coverage(job, log_id)
+            self._count_coverage(job, log_id)  # once per message: a retry or reprocessing adds nothing
         return Result(ack, code, log_id, resources=refs, errors=[e.text for e in errors if e.severity == "E"])
 
     def _log_row(
@@ -572,7 +572,7 @@ class _Batch:
                 # Written earlier in this batch (by this message or another): make that version current first.
                 await self._flush()
             if key[0] == "DiagnosticReport":
-                refs += self._flag_absent_results(resource, notes, problems)
+                refs += await self._flag_absent_results(resource, notes, problems)
             refs.append(self._plan(resource, produced.mode))
         if translation.merge is not None:
             refs += await self._merge(*translation.merge, translation.merge_keys)
@@ -588,7 +588,7 @@ class _Batch:
             refs.append(self._plan(self._provenance(job, log_id, refs), "replace"))
         return refs
 
-    def _flag_absent_results(self, report: JSON, notes: list[JSON], problems: list[str]) -> list[str]:
+    async def _flag_absent_results(self, report: JSON, notes: list[JSON], problems: list[str]) -> list[str]:
         """Results of the stored version of a report that this version leaves out: kept as they were,
         no longer linked from the report, tagged, and named in the message log."""
         current = self.currents.get(("DiagnosticReport", report["id"]))
@@ -596,9 +596,16 @@ class _Batch:
             return []
         before = {r.get("reference") for r in orjson.loads(current.content).get("result", [])}
         now = {r.get("reference") for r in report.get("result", [])}
+        absent = sorted(r for r in before - now if isinstance(r, str) and r.startswith("Observation/"))
+        keys = [("Observation", r.split("/", 1)[1]) for r in absent]
+        missing = [key for key in keys if key not in self.currents]
+        if missing:
+            self.currents.update(await store.current_many(self.conn, missing))
         refs: list[str] = []
-        for reference in sorted(r for r in before - now if isinstance(r, str)):
-            stored = self.currents.get(tuple(reference.split("/", 1)))  # type: ignore[arg-type]
+        for reference, key in zip(absent, keys, strict=True):
+            if key in self.pending_keys:
+                await self._flush()
+            stored = self.currents.get(key)
             note: JSON = {"kind": "absent-from-report", "report": f"DiagnosticReport/{report['id']}"}
             problems.append(
                 f"{reference} was in the previous version of DiagnosticReport/{report['id']} and is not in"
@@ -672,7 +679,7 @@ class _Batch:
                     "role": "source",
                     "what": {
                         "identifier": {"system": PROVENANCE_MESSAGE_SYSTEM, "value": log_id},
-                        "display": f"{job.translation.event} message {message.control_id}",
+                        "display": f"{job.translation.event.replace('^', ' ')} message {message.control_id}",
                     },
                 }
             ],

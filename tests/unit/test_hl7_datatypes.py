@@ -720,7 +720,10 @@ PDF = base64.b64encode(b"%PDF-1.4 fake").decode()
         ),
         # an unsupported type: its parts as text, never with ER7 delimiters in it
         ("NA", "1^2^3", "", ("valueString", "1 2 3"), "value type NA mapped as text"),
-        ("ST", "raw^^99ROC", "", ("valueString", "raw 99ROC"), "unescaped component separators"),
+        # ST has no components: a separator in it is structure, so the first component is the value
+        ("ST", "raw^^99ROC", "", ("valueString", "raw"), "only the first is mapped"),
+        # TX is free text: a separator in it is the sender's slip, so no text is lost
+        ("TX", "see^attached", "", ("valueString", "see attached"), "unescaped component separators"),
         ("", "free", "", ("valueString", "free"), "none in OBX-2"),
     ],
 )

@@ -146,18 +146,22 @@ def _default_category(run: Run) -> str | None:
 
 
 def _category_code(run: Run, obr: Segment | None, obx: Segment) -> str | None:
-    """OBR-24's section, else the result's code (vital signs), else the site's or message kind's default."""
-    found = _section_category(run, obr)
-    if found:
-        return found
+    """A vital sign by its code (whatever report carries it), else OBR-24's section, else the site's or
+    the message kind's default."""
     coding = obx.peek(3)
     system = datatypes.coding_system(coding.c(3), run.ctx) or ""
-    if system == MDC:
+    if system == MDC or _mdc_units(obx, run):
         return "vital-signs"  # ISO/IEEE 11073 device nomenclature: what monitors and devices measure
     by_code = run.ctx.tables.map("vital-sign-codes", f"{system}|{coding.c(1).strip()}")
     if isinstance(by_code, str):
         return by_code
-    return _default_category(run)
+    return _section_category(run, obr) or _default_category(run)
+
+
+def _mdc_units(obx: Segment, run: Run) -> bool:
+    """Units coded in MDC: the value came from a device's own nomenclature."""
+    units = obx.peek(6)
+    return bool(units.c(1).strip()) and datatypes.coding_system(units.c(3), run.ctx) == MDC
 
 
 def category(code: str) -> list[JSON]:

@@ -82,6 +82,46 @@ async def get_message(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSO
     return JSONResponse({**_summary(row), "raw": row.raw, "ack": row.ack})
 
 
+@router.get("/hl7v2/senders", summary="every sender in the message log, with its message count")
+async def list_senders(ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
+    ctx.require("Patient", READ)
+    async with gateway.db.read() as conn:
+        rows = await message_log.senders(conn)
+    return JSONResponse(
+        {"senders": [{"sender": s, "messages": n, "lastReceived": last} for s, n, last in rows]}
+    )
+
+
+@router.get(
+    "/hl7v2/senders/{sender}/coverage",
+    summary="the fields a sender sends that no mapping reads (what a site override would need)",
+)
+async def sender_coverage(sender: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
+    ctx.require("Patient", READ)
+    async with gateway.db.read() as conn:
+        totals, fields = await message_log.coverage(conn, sender)
+    if not totals:
+        raise NotFound(f"No HL7 v2 messages from sender {sender!r} (MSH-3|MSH-4) are logged")
+    return JSONResponse(
+        {
+            "sender": sender,
+            "messages": totals,
+            "unmappedFields": [
+                {
+                    "field": f.field,
+                    "messageType": f.message_type,
+                    "messages": f.messages,
+                    "share": round(f.messages / totals.get(f.message_type, f.messages), 4),
+                    "firstSeen": f.first_seen_us,
+                    "lastSeen": f.last_seen_us,
+                    "lastMessage": f.last_message_id,
+                }
+                for f in fields
+            ],
+        }
+    )
+
+
 @router.post(
     "/hl7v2/messages/{message_id}/$reprocess", summary="run a logged message again (after a mapping fix)"
 )
