@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.hl7v2 import loss
@@ -37,17 +36,16 @@ from gateway.adapters.hl7v2.translate import (
     Translator,
 )
 from gateway.fhir import dates
-from gateway.fhir.references import iter_references
 from gateway.fhir.validation import Validator
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
 from gateway.service.patient_matching import IdentityOutcome, Matcher, match_keys, replace_patient
+from gateway.service.patient_merge import merged_versions
 from gateway.store import messages as message_log
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store.messages import LoggedMessage
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
-from gateway.store.tables import sp_reference
 from gateway.types import JSON
 
 log = logging.getLogger("gateway.pipeline")
@@ -700,37 +698,11 @@ class _Batch:
                 old_key = ("Patient", prior_id)
                 self.currents.update(await store.current_many(self.conn, [old_key]))
         refs: list[str] = []
-        prior = self.currents.get(old_key)
-        if prior is not None and prior.content is not None and not prior.deleted:
-            content = orjson.loads(prior.content)
-            content["active"] = False
-            content["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
-            refs.append(self._plan_exact(content))
-        survivor = self.currents.get(new_key)
-        if survivor is not None and survivor.content is not None:
-            content = orjson.loads(survivor.content)
-            links = [
-                link
-                for link in content.get("link", [])
-                if link.get("other", {}).get("reference") != f"Patient/{prior_id}"
-            ]
-            content["link"] = [*links, {"other": {"reference": f"Patient/{prior_id}"}, "type": "replaces"}]
-            refs.append(self._plan_exact(content))
-        rows = await self.conn.execute(
-            select(sp_reference.c.rid)
-            .where(sp_reference.c.target_type == "Patient", sp_reference.c.target_id == prior_id)
-            .distinct()
-        )
-        movers = await store.load_by_rids(self.conn, [row.rid for row in rows])
-        for stored in movers.values():
-            if stored.deleted or stored.content is None or stored.type == "Patient":
-                continue
-            content = orjson.loads(stored.content)
-            for reference in iter_references(content):
-                if reference["reference"] == f"Patient/{prior_id}":
-                    reference["reference"] = f"Patient/{survivor_id}"
-            self.currents[(stored.type, stored.id)] = stored
-            refs.append(self._plan(content, "replace"))
+        for content, stored in await merged_versions(self.conn, prior_id, survivor_id):
+            key = (content["resourceType"], content["id"])
+            if stored is not None:
+                self.currents[key] = stored
+            refs.append(self._plan_exact(content) if key[0] == "Patient" else self._plan(content, "replace"))
         return refs
 
     def _plan_exact(self, resource: JSON) -> str:

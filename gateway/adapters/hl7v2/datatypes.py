@@ -941,8 +941,8 @@ def observation_value(obx: Segment, ctx: Context) -> tuple[str, Any] | None:
     kind = obx.get(2).c(1).strip().upper()
     if kind in _TEXT_TYPES:
         # ST has no components (a separator in it is structure, not text); TX and FT are free text.
-        read = (lambda rep: string(rep, ctx) or "") if kind == "ST" else (lambda rep: free_text(rep, ctx))
-        return "valueString", "\n".join(read(rep) for rep in reps)
+        texts = [string(rep, ctx) or "" if kind == "ST" else free_text(rep, ctx) for rep in reps]
+        return "valueString", "\n".join(texts)
     if len(reps) == 1:
         return _one_value(reps[0], kind, obx, ctx)
     code_ = codeable_concept(obx.get(3), ctx) or {"text": "OBX-5 repetition"}
