@@ -34,7 +34,7 @@ from gateway.adapters.hl7v2.translate import (
     TranslationError,
     Translator,
 )
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.fhir.references import iter_references
 from gateway.fhir.validation import Validator
 from gateway.service.context import CREATE, UPDATE, RequestContext
@@ -450,7 +450,7 @@ class _Batch:
         key = (resource["resourceType"], resource["id"])
         current = self.currents.get(key)
         if mode == "fill" and current is not None and current.content is not None and not current.deleted:
-            resource = _fill(orjson.loads(current.content), resource)
+            resource = _fill(jsonio.loads(current.content), resource)
         plan = self.fhir.plan_update(self.pipeline.ctx, resource, resource["id"], current, None, self.now)
         if isinstance(plan, Stored):
             return f"{key[0]}/{key[1]}/_history/{plan.version}"
@@ -555,13 +555,13 @@ class _Batch:
         refs: list[str] = []
         prior = self.currents.get(old_key)
         if prior is not None and prior.content is not None and not prior.deleted:
-            content = orjson.loads(prior.content)
+            content = jsonio.loads(prior.content)
             content["active"] = False
             content["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
             refs.append(self._plan(content, "replace"))
         survivor = self.currents.get(new_key)
         if survivor is not None and survivor.content is not None:
-            content = orjson.loads(survivor.content)
+            content = jsonio.loads(survivor.content)
             links = [
                 link
                 for link in content.get("link", [])
@@ -578,7 +578,7 @@ class _Batch:
         for stored in movers.values():
             if stored.deleted or stored.content is None or stored.type == "Patient":
                 continue
-            content = orjson.loads(stored.content)
+            content = jsonio.loads(stored.content)
             for reference in iter_references(content):
                 if reference["reference"] == f"Patient/{prior_id}":
                     reference["reference"] = f"Patient/{survivor_id}"
