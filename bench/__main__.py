@@ -1,16 +1,21 @@
-"""`python -m bench [store|hl7|subscriptions] [--backends sqlite,postgresql] [--sizes 10000,200000]`."""
+"""`python -m bench [store|hl7|subscriptions|jsonio] [--backends sqlite,postgresql] [--sizes 10000,...]`.
+
+`jsonio` runs in this process, with no database and no gateway.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 
-from bench import hl7, store, subscriptions
+from bench import hl7, jsonio, store, subscriptions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions"])
+    parser.add_argument(
+        "suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions", "jsonio"]
+    )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
         "--sizes", default="10000,200000", help="stored Observations at which to measure search"
@@ -28,6 +33,10 @@ def main() -> None:
         if args.suite == "all":
             print()
         asyncio.run(subscriptions.run(backends, args.postgres_url))
+    if args.suite in ("all", "jsonio"):
+        if args.suite == "all":
+            print()
+        jsonio.run()
 
 
 main()

@@ -89,6 +89,7 @@ class Recorded:
     body: Any  # the parsed JSON (FHIR operations) or form fields (token requests); None if unreadable
     at: float  # time.time() on arrival
     status: int = 0  # the status answered, set once the answer is known
+    raw: bytes = b""  # the body as sent (FHIR operations), for what parsing would change
 
 
 @dataclass
@@ -366,7 +367,7 @@ class PayerStandIn:
         if path in ("/fhir/Claim/$submit", "/fhir/Claim/$inquire"):
             if method != "POST":
                 raise _Reply(405, operation_outcome("not-supported", f"{method} is not supported here"))
-            recorded = Recorded(path, headers, None, time.time())
+            recorded = Recorded(path, headers, None, time.time(), raw=raw)
             with self._lock:
                 self.requests.append(recorded)
             with contextlib.suppress(orjson.JSONDecodeError):

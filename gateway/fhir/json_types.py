@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from gateway.fhir.jsonio import DecimalLiteral
 from gateway.types import Issue
 
 _KINDS: dict[Any, str] = {
@@ -34,14 +35,24 @@ _KINDS: dict[Any, str] = {
     datetime.time: "string",
     bytes: "string",
 }
-_JSON_NAMES = {bool: "boolean", int: "number", float: "number", str: "string", dict: "object", list: "array"}
+_JSON_NAMES = {
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    DecimalLiteral: "number",
+    str: "string",
+    dict: "object",
+    list: "array",
+}
 _EXPECTED = {
     "boolean": "a JSON boolean",
     "integer": "a JSON integer",
     "decimal": "a JSON number",
     "string": "a JSON string",
 }
-# Primitive values already validated, per declared type; cleared when it grows past this many.
+# Primitive values already validated, per declared type; cleared when it grows past this many. A decimal
+# is remembered by its value: 7.20 and 7.2 are the same entry, which is right because a FHIR decimal's
+# validity never depends on how it was written (every JSON number literal is a valid FHIR decimal).
 _SEEN_LIMIT = 200_000
 
 
@@ -106,6 +117,13 @@ def _value_problem(annotation: Any, value: Any) -> str | None:
     return None
 
 
+def _json_type(value: Any) -> type:
+    """The Python type standing for a value's JSON type in shapes: a decimal literal is a float there, so
+    content parsed with literals (`jsonio`) and content built in code share accepted shapes."""
+    found = type(value)
+    return float if found is DecimalLiteral else found
+
+
 def _kind_ok(kind: str, value: Any) -> bool:
     if kind == "boolean":
         return isinstance(value, bool)
@@ -163,7 +181,7 @@ def _check(
             problem = _value_problem(spec.annotation, item)
             if problem is not None:
                 issues.append(Issue("error", "value", problem, (_item_path(*where),)))
-        return type(item)
+        return _json_type(item)
     if type(item) is dict:
         if kind == "resource":
             rtype = item.get("resourceType")
@@ -216,7 +234,7 @@ def shape_of(node: Any) -> Any:
         )
     if isinstance(node, list):
         return ("list", frozenset(shape_of(item) for item in node))
-    return type(node)
+    return _json_type(node)
 
 
 def repeats(model: type, element: str) -> bool | None:

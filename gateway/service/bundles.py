@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.exceptions import BadRequest, Conflict, FhirError, PreconditionFailed, Unprocessable
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.outcome import outcome_bytes
 from gateway.fhir.references import iter_references, parse_reference
@@ -68,9 +68,10 @@ def _at_entry(error: FhirError, entry: PlannedEntry) -> FhirError:
 
 
 def parse_bundle(body: bytes) -> JSON:
+    """A posted transaction or batch Bundle; its resources' decimals keep their literals (`jsonio`)."""
     try:
-        bundle = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError as exc:
+        bundle = jsonio.loads(body) if body else None
+    except jsonio.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}") from exc
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         found = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__

@@ -32,7 +32,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.auth.scopes import Grants
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.fhir.extract import extract
 from gateway.routing.endpoints import endpoint_host, endpoint_problem
 from gateway.routing.notifications import (
@@ -278,6 +278,7 @@ class Deliverer:
             stored = await store.current(conn, "Subscription", sub_id)
         if state is None or stored is None or stored.deleted or stored.content is None:
             return
+        # Only read (channel, topic, filters): orjson is enough and faster here.
         spec = self.manager.spec(sub_id) or self.manager.spec_of(orjson.loads(stored.content))
         lane = self._lane_state(state)
         status = state.status
@@ -404,7 +405,8 @@ class Deliverer:
                 resources[key] = None
                 continue
             stored = await store.version(conn, event.focus_type, event.focus_id, event.focus_version)
-            focus = orjson.loads(stored.content) if stored is not None and stored.content else None
+            # Embedded in the notification: decimals keep their literals.
+            focus = jsonio.loads(stored.content) if stored is not None and stored.content else None
             resources[key] = focus
             if focus is not None:
                 await self._includes(conn, spec, grants, focus, resources)
@@ -427,7 +429,7 @@ class Deliverer:
         keys = {(t, i) for param, t, i in index.references if param in wanted and grants.allows(t, "r")}
         for stored in await store.load_by_keys(conn, keys):
             if stored.content is not None:
-                into[(stored.type, stored.id, stored.version)] = orjson.loads(stored.content)
+                into[(stored.type, stored.id, stored.version)] = jsonio.loads(stored.content)
 
     _last_error: str | None = None
 
@@ -441,7 +443,7 @@ class Deliverer:
         first: int | None,
         last: int | None,
     ) -> bool:
-        body = orjson.dumps(bundle)
+        body = jsonio.dumps(bundle)  # full-resource payloads carry decimal literals
         started_us = dates.now_us()
         clock = time.perf_counter()
         http_status: int | None = None
@@ -551,7 +553,7 @@ class Deliverer:
             current = await store.current(conn, "Subscription", sub_id)
             if current is None or current.deleted or current.content is None:
                 return
-            resource = orjson.loads(current.content)
+            resource = jsonio.loads(current.content)  # written back: literals kept
             resource["status"] = status
             if error:
                 resource["error"] = error[:1000]

@@ -25,7 +25,7 @@ from gateway.exceptions import (
     PreconditionFailed,
     Unprocessable,
 )
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.extract import extract
 from gateway.fhir.outcome import outcome_bytes
@@ -70,15 +70,18 @@ class Outcome:
 
 
 def parse_resource(body: bytes | JSON, expected_type: str | None = None) -> JSON:
-    """A resource from request bytes: a JSON object with a resourceType (matching `expected_type`)."""
+    """A resource from request bytes: a JSON object with a resourceType (matching `expected_type`).
+
+    Decimals keep the literal they were sent with (`jsonio`), and so does whatever is stored from it.
+    """
     if isinstance(body, dict):
         resource = body
     else:
         if not body:
             raise BadRequest("The request body is empty; a FHIR resource in JSON was expected")
         try:
-            resource = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            resource = jsonio.loads(body)
+        except jsonio.JSONDecodeError as exc:
             raise BadRequest(f"The body is not valid JSON: {exc}") from exc
     if not isinstance(resource, dict):
         raise BadRequest("The body must be a JSON object (a FHIR resource)")
@@ -119,7 +122,23 @@ def stamp(resource: JSON, resource_id: str, version: int, updated_us: int) -> by
     meta["lastUpdated"] = dates.format_instant(updated_us)
     ordered: JSON = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
     ordered.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
-    return orjson.dumps(ordered)
+    return jsonio.dumps(ordered)
+
+
+def same_content(stored: bytes, resource: JSON) -> bool:
+    """Whether `resource` says exactly what the `stored` version says, server stamps aside.
+
+    Written precision counts: 7.2 where 7.20 was stored is a new version, because a lab correcting the
+    precision of a result has changed it (7.20 has three significant figures, 7.2 two). Equal values
+    are compared first (the cheap, usual answer when something changed); only then the literals, as
+    the JSON each side would write with its keys sorted, so that key order alone is no change.
+    """
+    before = _without_meta_stamps(jsonio.loads(stored))
+    after = _without_meta_stamps(resource)
+    if before != after:
+        return False
+    sort = orjson.OPT_SORT_KEYS
+    return jsonio.dumps(before, option=sort) == jsonio.dumps(after, option=sort)
 
 
 class FhirService:
@@ -247,10 +266,13 @@ class FhirService:
         if current is None:
             ctx.require(rtype, CREATE)
             return self.plan_new(ctx, resource, resource_id, "PUT", now)
-        if not current.deleted and current.content is not None:
-            before = _without_meta_stamps(orjson.loads(current.content))
-            if before == _without_meta_stamps({**resource, "id": resource_id}):
-                return current  # no change: no new version
+        unchanged = (
+            not current.deleted
+            and current.content is not None
+            and same_content(current.content, {**resource, "id": resource_id})
+        )
+        if unchanged:
+            return current  # no change (written precision included): no new version
         version = current.version + 1
         return PendingVersion(
             rtype,

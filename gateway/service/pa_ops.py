@@ -18,6 +18,7 @@ import orjson
 
 from gateway.adapters.payer import csv_status, pas, x12_278
 from gateway.exceptions import BadRequest, Conflict, Unprocessable
+from gateway.fhir import jsonio
 from gateway.fhir.outcome import operation_outcome
 from gateway.pa.decision import PayerDecision
 from gateway.service.context import RequestContext
@@ -160,9 +161,11 @@ class PriorAuthOps:
 
 
 def _json(body: bytes) -> JSON:
+    """A JSON object from a request body. Decimals keep their literals: a payer's ClaimResponse is
+    stored as received."""
     try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        value = jsonio.loads(body)
+    except jsonio.JSONDecodeError:
         raise BadRequest("The body is not JSON") from None
     if not isinstance(value, dict):
         raise Unprocessable("The body must be a FHIR resource (a JSON object)")

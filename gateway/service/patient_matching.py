@@ -24,7 +24,7 @@ import orjson
 from gateway.adapters.hl7v2.ack import AckError
 from gateway.adapters.hl7v2.identity import stable_id
 from gateway.adapters.hl7v2.run import PatientIdentity, Translation
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.fhir.demographics import disagreements, message_input, review_task
 from gateway.fhir.references import iter_references
 from gateway.store.resources import Stored
@@ -186,7 +186,7 @@ class Matcher:
                 self.currents[key] = stored
         current = self.currents.get(key)
         if current is not None and not current.deleted and current.content is not None:
-            task: JSON = orjson.loads(current.content)
+            task: JSON = jsonio.loads(current.content)
             inputs = task.setdefault("input", [])
             if message_input(log_id) not in inputs:
                 inputs.append(message_input(log_id))

@@ -7,10 +7,10 @@ The caller writes them (in its own transaction, so subscriptions see the moves) 
 
 from __future__ import annotations
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.fhir import jsonio
 from gateway.fhir.references import iter_references
 from gateway.store import resources as store
 from gateway.store.resources import Stored
@@ -31,14 +31,14 @@ async def merged_versions(
     prior = found.get(("Patient", prior_id))
     if _live(prior):
         assert prior is not None and prior.content is not None
-        content = orjson.loads(prior.content)
+        content = jsonio.loads(prior.content)
         content["active"] = False
         content["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
         changes.append((content, prior))
     survivor = found.get(("Patient", survivor_id))
     if _live(survivor):
         assert survivor is not None and survivor.content is not None
-        content = orjson.loads(survivor.content)
+        content = jsonio.loads(survivor.content)
         links = [
             link
             for link in content.get("link", [])
@@ -63,7 +63,7 @@ async def repointed(conn: AsyncConnection, old_id: str, new_id: str) -> list[tup
         if not _live(stored) or stored.type == "Patient":
             continue
         assert stored.content is not None
-        content = orjson.loads(stored.content)
+        content = jsonio.loads(stored.content)
         for reference in iter_references(content):
             if reference["reference"] == f"Patient/{old_id}":
                 reference["reference"] = f"Patient/{new_id}"

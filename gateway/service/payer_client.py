@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 import httpx
-import orjson
 
+from gateway.fhir import jsonio
 from gateway.pa.payers import PayerConfig
 from gateway.types import JSON
 
@@ -149,9 +149,10 @@ class TokenError(Exception):
 
 
 def _json(response: httpx.Response) -> JSON | None:
+    """The payer's JSON answer, decimals as the payer wrote them (its ClaimResponse is stored as received)."""
     try:
-        parsed = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
+        parsed = jsonio.loads(response.content)
+    except jsonio.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
 

@@ -35,7 +35,7 @@ from gateway.adapters.hl7v2.translate import (
     TranslationError,
     Translator,
 )
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.fhir.validation import Validator
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
@@ -612,7 +612,7 @@ class _Batch:
             notes.append({**note, "result": reference})
             if stored is None or stored.deleted or stored.content is None:
                 continue
-            content = orjson.loads(stored.content)
+            content = jsonio.loads(stored.content)
             tags = content.setdefault("meta", {}).setdefault("tag", [])
             if not any(t.get("code") == ABSENT_FROM_REPORT["code"] for t in tags):
                 tags.append(dict(ABSENT_FROM_REPORT))
@@ -625,10 +625,10 @@ class _Batch:
         live = current is not None and current.content is not None and not current.deleted
         if live and mode == "fill":
             assert current is not None and current.content is not None
-            resource = _fill(orjson.loads(current.content), resource)
+            resource = _fill(jsonio.loads(current.content), resource)
         elif live and key[0] == "Patient":
             assert current is not None and current.content is not None
-            resource = replace_patient(orjson.loads(current.content), resource)
+            resource = replace_patient(jsonio.loads(current.content), resource)
         plan = self.fhir.plan_update(self.pipeline.ctx, resource, resource["id"], current, None, self.now)
         if isinstance(plan, Stored):
             return f"{key[0]}/{key[1]}/_history/{plan.version}"

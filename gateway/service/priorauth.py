@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.payer import pas
 from gateway.exceptions import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.pa import lifecycle, tasks
 from gateway.pa.decision import PayerDecision
 from gateway.pa.payers import PayerConfig, PayerDirectory
@@ -83,10 +82,14 @@ def _now() -> datetime:
 
 
 def resource_of(stored: store.Stored | None) -> JSON | None:
-    """The JSON of a stored current version; None when absent or deleted."""
+    """The JSON of a stored current version; None when absent or deleted.
+
+    Decimals keep their literals: what is loaded here is written back (Tasks moved) or sent to payers
+    (the PAS request Bundle embeds the order, the patient, the coverage, ...).
+    """
     if stored is None or stored.deleted or stored.content is None:
         return None
-    value = orjson.loads(stored.content)
+    value = jsonio.loads(stored.content)
     return value if isinstance(value, dict) else None
 
 
@@ -287,7 +290,7 @@ class PriorAuthService:
             await pa_store.add_submission(
                 conn,
                 pa_store.new_submission(
-                    sub_id, task_id, version, sub_kind, payer.name, 1, now_us, orjson.dumps(bundle).decode()
+                    sub_id, task_id, version, sub_kind, payer.name, 1, now_us, jsonio.dumps(bundle).decode()
                 ),
             )
             identifier = bundle.get("identifier") or {}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.exceptions import BadRequest, Forbidden, NotFound
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.routing.notifications import EventRecord, StatusHeader, notification_bundle, status_parameters
 from gateway.routing.topics import GATEWAY_FHIR
@@ -29,7 +29,8 @@ MAX_EVENTS_PER_QUERY = 1000
 
 
 def _json(body: JSON, status: int = 200) -> Outcome:
-    return Outcome(status, body=orjson.dumps(body))
+    # `$events` with full-resource content embeds stored resources, decimal literals and all.
+    return Outcome(status, body=jsonio.dumps(body))
 
 
 @dataclass

@@ -189,6 +189,8 @@ class SubscriptionManager:
 
     @staticmethod
     def _change(p: PendingVersion, s: Stored) -> Change:
+        # Topics only read values (codes, statuses, numbers compared as floats), and nothing parsed here
+        # is written or sent: orjson, faster than `jsonio`, is right. Likewise the other loads here.
         return Change(
             s.type,
             s.id,

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.fhir import jsonio
 from gateway.store.resources import bulk_insert
 from gateway.store.tables import (
     delivery_attempt,
@@ -186,7 +187,8 @@ async def append_events(
         first = int(last) - len(batch) + 1
         numbered[sub_id] = (first, int(last))
         for offset, event in enumerate(batch):
-            details = orjson.dumps(event.details).decode() if event.details is not None else None
+            # Details may quote a resource's values (a Task's, a result's): decimals as written.
+            details = jsonio.dumps(event.details).decode() if event.details is not None else None
             rows.append(
                 (
                     sub_id,
@@ -217,7 +219,7 @@ def _event(row: Any) -> StoredEvent:
         row.focus_id,
         int(row.focus_version),
         int(row.created_us),
-        orjson.loads(row.details) if row.details else None,
+        jsonio.loads(row.details) if row.details else None,
     )
 
 
