@@ -391,3 +391,19 @@ async def test_the_corpus_keeps_its_ack_codes_with_no_empty_provenance_and_no_er
                 if "&" in line and line.replace("&", "\\T\\") not in raw:
                     leaks.append((rtype, line))
     assert leaks == [], "\n".join(f"{t}: {x[:100]!r}" for t, x in leaks[:40])
+
+
+async def test_decimals_from_hl7_come_back_as_written(api: httpx.AsyncClient) -> None:
+    message = lines(
+        msh("ORU^R01", "DEC-1"),
+        PID,
+        "OBR|1|DEC-1^EHR|F-DEC-1^LAB|24323-8^Metabolic panel^LN|||20240301070000-0500",
+        "OBX|1|NM|2160-0^Creatinine^LN||7.20|mg/dL^^UCUM|0.50-1.10|H|||F",
+        "OBX|2|NM|1975-2^Bilirubin^LN||0.100|mg/dL^^UCUM|||||F",
+        "OBX|3|NM|2345-7^Glucose^LN||+090.0|mg/dL^^UCUM|||||F",
+    )
+    assert ack_code(await send(api, message)) == "AA"
+    body = (await api.get("/fhir/Observation", params={"code": "2160-0"})).content
+    assert b'"value":7.20,' in body and b'"value":0.50,' in body and b'"value":1.10,' in body
+    assert b'"value":0.100,' in (await api.get("/fhir/Observation", params={"code": "1975-2"})).content
+    assert b'"value":90.0,' in (await api.get("/fhir/Observation", params={"code": "2345-7"})).content

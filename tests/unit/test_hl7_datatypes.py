@@ -11,6 +11,7 @@ import pytest
 from gateway.adapters.hl7v2 import datatypes
 from gateway.adapters.hl7v2.datatypes import CONVERTERS, INTERPRETATION, UCUM, Context
 from gateway.adapters.hl7v2.er7 import Message, Segment, Value
+from gateway.fhir.jsonio import DecimalLiteral
 from gateway.mapping.zones import UTC, parse_zone
 from tests.unit.hl7_tables import TABLES_DIR, YamlTables, load_table
 
@@ -72,10 +73,15 @@ def ucum(number: float, code: str, unit: str | None = None) -> dict[str, Any]:
         ("integer", "+007", 7, False),  # leading sign and zeros
         ("integer", "3.5", None, True),  # not whole
         ("integer", "99999999999", None, True),  # beyond FHIR's 32-bit integer
-        ("decimal", "+007.50", 7.5, False),  # leading + and zeros, trailing zero
+        (
+            "decimal",
+            "+007.50",
+            DecimalLiteral("7.50"),
+            False,
+        ),  # leading + and zeros go, the trailing zero stays
         ("decimal", "0010", 10, False),  # integral: stays an int
-        ("decimal", "7.0", 7.0, False),  # written with a decimal: a float, precision kept
-        ("decimal", "-.5", -0.5, False),  # no digit before the point
+        ("decimal", "7.0", DecimalLiteral("7.0"), False),  # written with a decimal: precision kept
+        ("decimal", "-.5", DecimalLiteral("-0.5"), False),  # no digit before the point
         ("decimal", "5.", 5, False),  # trailing point
         ("decimal", "1e3", None, True),  # NM has no exponent
         ("decimal", "12,5", None, True),  # a decimal comma is not NM
@@ -86,6 +92,7 @@ def test_primitives(name: str, raw: str, expected: Any, problem: bool) -> None:
     result, problems = convert(name, raw)
     assert result == expected
     assert type(result) is type(expected)
+    assert str(result) == str(expected)  # a decimal keeps the digits it was written with
     assert bool(problems) is problem
 
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from gateway.adapters.hl7v2.er7 import Segment, Value
+from gateway.fhir import jsonio
 from gateway.mapping.zones import UTC, Zone
 
 JSON = dict[str, Any]
@@ -166,8 +167,8 @@ def integer(value: Value, ctx: Context) -> int | None:
 def number(raw: str, ctx: Context) -> int | float | None:
     """HL7 NM text as a JSON number: leading + and zeros allowed, no exponent.
 
-    Values written without decimals stay ints; values with decimals become floats, so "7.0" keeps
-    being written 7.0 (one decimal of precision) rather than 7.
+    Values written without decimals stay ints; values with decimals keep the digits as written
+    (a DecimalLiteral: "7.20" is stored and served as 7.20, never 7.2; significant figures matter).
     """
     raw = raw.strip()
     if not raw:
@@ -175,10 +176,10 @@ def number(raw: str, ctx: Context) -> int | float | None:
     if not _NUMBER.fullmatch(raw):
         ctx.report(f"{raw!r} is not an HL7 number (NM); left out")
         return None
-    whole, _, fraction = raw.partition(".")
-    if not fraction:
-        return int(whole) if whole.strip("+-") else 0
-    return float(raw)
+    found = jsonio.decimal_literal(raw)
+    if found is None:
+        ctx.report(f"{raw!r} is beyond the range of a number; left out")
+    return found
 
 
 def decimal(value: Value, ctx: Context) -> int | float | None:

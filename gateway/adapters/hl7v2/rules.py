@@ -206,7 +206,7 @@ def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> C
     results are kept as JSON and handed out as fresh copies (resources are edited later), and the problems a
     conversion reported are reported again on every reuse.
     """
-    memo: dict[Any, tuple[bytes, list[str], bool]] = {}
+    memo: dict[Any, tuple[Any, list[str]]] = {}
 
     def run(item: Any, ctx: Any) -> Any:
         memo_key = (key(item), ctx.zone.key, id(ctx.tables))
@@ -214,17 +214,31 @@ def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> C
         if hit is None:
             before = len(ctx.problems)
             result = convert(item, ctx)
-            # A tuple (element name, value) must stay a tuple: a list means several values.
-            hit = (orjson.dumps(result), ctx.problems[before:], isinstance(result, tuple))
+            hit = (copy_json(result), ctx.problems[before:])
             if len(memo) >= MEMO_LIMIT:
                 memo.clear()
             memo[memo_key] = hit
         elif hit[1]:
             ctx.problems.extend(hit[1])
-        value = orjson.loads(hit[0])
-        return tuple(value) if hit[2] else value
+        return copy_json(hit[0])
 
     return run
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of converted JSON: dicts, lists and the (element, value) tuples converters return.
+
+    Numbers and strings are immutable (a DecimalLiteral too), so they are shared; faster than a JSON
+    round trip, and it keeps decimal literals as written.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {k: copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [copy_json(v) for v in value]
+    if kind is tuple:
+        return tuple(copy_json(v) for v in value)
+    return value
 
 
 def value_key(value: Value) -> Any:
