@@ -265,3 +265,111 @@ def clients_remove(name_or_id: str, database_url: str | None) -> None:
     if not removed:
         raise click.ClickException(f"no client named {name_or_id!r}")
     click.echo(f"removed {name_or_id}")
+
+
+@main.group()
+def identity() -> None:
+    """Find and repair Patients joined across senders or with conflicting demographics."""
+
+
+async def _with_gateway(settings: Settings, action: Any) -> Any:
+    from gateway.service.gateway import Gateway
+
+    gateway = await Gateway.start(settings)
+    try:
+        return await action(gateway)
+    finally:
+        await gateway.close()
+
+
+@identity.command("audit")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def identity_audit(as_json: bool, database_url: str | None) -> None:
+    """List Patients whose data came from several senders through identifiers without an authority, or
+    whose demographics changed from one person to another. Prints ids, senders and element names only."""
+    from gateway.service import identity_repair
+
+    async def run(gateway: Any) -> list[Any]:
+        async with gateway.db.read() as conn:
+            return await identity_repair.audit(conn)
+
+    settings = get_settings(database_url=database_url)
+    _configure_logging("WARNING")
+    with _configuration_errors():
+        findings = asyncio.run(_with_gateway(settings, run))
+    if as_json:
+        click.echo(orjson.dumps({"findings": [f.as_json() for f in findings]}).decode())
+        return
+    if not findings:
+        click.echo("no Patient to review")
+        return
+    for finding in findings:
+        detail = (
+            f" elements: {', '.join(finding.elements)} (versions {finding.versions})"
+            if finding.elements
+            else ""
+        )
+        click.echo(
+            f"Patient/{finding.patient}  {', '.join(finding.kinds)}  senders: {', '.join(finding.senders) or '-'}"
+            + detail
+        )
+    click.echo(f"{len(findings)} Patient(s) to review; `gateway identity repair PATIENT_ID` separates them")
+
+
+@identity.command("repair")
+@click.argument("patient_id")
+@click.option("--dry-run", is_flag=True, help="Say what would change, change nothing")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def identity_repair_command(patient_id: str, dry_run: bool, as_json: bool, database_url: str | None) -> None:
+    """Give each sender that wrote PATIENT_ID its own Patient again, rebuilt from its logged messages under
+    today's identity rules; each resource moves to the Patient of the sender that last wrote it. The
+    sender of the oldest message keeps PATIENT_ID. New versions and a Provenance record the repair."""
+    from gateway.service import identity_repair
+
+    async def run(gateway: Any) -> Any:
+        async with gateway.db.write() as conn:
+            return await identity_repair.repair(
+                conn, gateway.fhir, gateway.pipeline.translator, patient_id, dry_run=dry_run
+            )
+
+    settings = get_settings(database_url=database_url)
+    _configure_logging("WARNING")
+    try:
+        with _configuration_errors():
+            done = asyncio.run(_with_gateway(settings, run))
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(orjson.dumps(done.as_json()).decode())
+        return
+    for sender, target in done.senders.items():
+        moved = done.moved.get(target, [])
+        click.echo(f"{sender}: Patient/{target}" + (f" ({len(moved)} resources moved)" if moved else ""))
+    for note in done.skipped:
+        click.echo(f"skipped message {note}")
+    click.echo("dry run: nothing written" if dry_run else f"written: {len(done.written)}; {done.provenance}")
+
+
+@identity.command("merge")
+@click.argument("source_id")
+@click.argument("target_id")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def identity_merge(source_id: str, target_id: str, database_url: str | None) -> None:
+    """Merge Patient SOURCE_ID into TARGET_ID (one person recorded twice), as an ADT^A40 does: SOURCE
+    becomes inactive with a replaced-by link and everything that referred to it moves to TARGET."""
+    from gateway.service import identity_repair
+
+    async def run(gateway: Any) -> list[str]:
+        async with gateway.db.write() as conn:
+            return await identity_repair.merge(conn, gateway.fhir, source_id, target_id)
+
+    settings = get_settings(database_url=database_url)
+    _configure_logging("WARNING")
+    try:
+        with _configuration_errors():
+            written = asyncio.run(_with_gateway(settings, run))
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"merged Patient/{source_id} into Patient/{target_id}: {len(written)} versions written")

@@ -127,7 +127,7 @@ def _ack_control_id() -> str:
     return "A" + uuid.uuid4().hex[:19]
 
 
-def _fill(existing: JSON, incoming: JSON) -> JSON:
+def fill(existing: JSON, incoming: JSON) -> JSON:
     """`incoming` merged into `existing` without overwriting: missing elements added, identifiers joined."""
     merged = {k: v for k, v in existing.items() if k != "meta"}
     for key, value in incoming.items():
@@ -625,7 +625,7 @@ class _Batch:
         live = current is not None and current.content is not None and not current.deleted
         if live and mode == "fill":
             assert current is not None and current.content is not None
-            resource = _fill(jsonio.loads(current.content), resource)
+            resource = fill(jsonio.loads(current.content), resource)
         elif live and key[0] == "Patient":
             assert current is not None and current.content is not None
             resource = replace_patient(jsonio.loads(current.content), resource)
