@@ -87,6 +87,27 @@ def test_route_without_a_coding_system_is_table_0162() -> None:
     }
 
 
+def test_rxc_components_make_a_referenced_medication() -> None:
+    translation = translate(
+        rde(
+            ORC,
+            "RXE||CMPD-1^clozapine oral suspension (compounded)^L|50||mg|SUSP^Suspension",
+            "TQ1|1||TID",
+            "RXR|PO",
+            "RXC|B|OP-50^oral suspending vehicle^L|100|mL^milliliter^UCUM",
+            "RXC|A|2626^clozapine^RXNORM|5000|mg^milligram^UCUM",
+        )
+    )
+    (medication,) = resources(translation, "Medication")
+    (request,) = resources(translation, "MedicationRequest")
+    assert request["medicationReference"]["reference"] == f"Medication/{medication['id']}"
+    assert [i["itemCodeableConcept"]["coding"][0]["code"] for i in medication["ingredient"]] == [
+        "OP-50",
+        "2626",
+    ]
+    assert not [u for u in translation.unused if u.startswith("RXC")]
+
+
 # --- timing ------------------------------------------------------------------------------------------
 
 GTS = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
@@ -469,3 +490,176 @@ V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 def test_route_site_and_method(rxr: str, version: str, expected: dict[str, Any]) -> None:
     dosage = dosage_of(rde(ORC, "RXE||2626^clozapine^RXNORM|100||mg", rxr, version=version))
     assert {k: v for k, v in dosage.items() if k in ("route", "site", "method")} == expected
+
+
+# --- compound and IV mixture components (RXC) --------------------------------------------------------
+
+NS = "RXC|B|313002^sodium chloride 0.9 % injectable solution^RXNORM|250|mL"
+VANCO = "RXC|A|11124^vancomycin^RXNORM|1|g"
+
+
+def medication_of(*order: str) -> tuple[dict[str, Any], dict[str, Any], Translation]:
+    translation = translate(rde(ORC, *order))
+    (medication,) = resources(translation, "Medication")
+    (request,) = resources(translation, "MedicationRequest")
+    return medication, request, translation
+
+
+def quantity(value: float, code: str, unit: str | None = None) -> dict[str, Any]:
+    return {"value": value, "unit": unit or code, "system": UCUM, "code": code}
+
+
+@pytest.mark.parametrize(
+    ("components", "expected"),
+    [
+        # an IV mixture: the base (B) is not active and is all of one preparation; the additive (A) is active
+        # and its amount is per the base's volume
+        (
+            [NS, VANCO],
+            [
+                {
+                    "isActive": False,
+                    "strength": {"numerator": quantity(250, "mL"), "denominator": {"value": 1}},
+                },
+                {
+                    "isActive": True,
+                    "strength": {"numerator": quantity(1, "g"), "denominator": quantity(250, "mL")},
+                },
+            ],
+        ),
+        # a strength in RXC-5/6 wins over the amount; mg/mL is 5 mg per 1 mL
+        (
+            ["RXC|A|11124^vancomycin^RXNORM|1|g|5|mg/mL"],
+            [
+                {
+                    "isActive": True,
+                    "strength": {"numerator": quantity(5, "mg"), "denominator": quantity(1, "mL")},
+                }
+            ],
+        ),
+        # RXC-8/9 (strength volume): 40 mg per 200 mL
+        (
+            ["RXC|A|7417^nicardipine^RXNORM|||40|mg||200|mL"],
+            [
+                {
+                    "isActive": True,
+                    "strength": {"numerator": quantity(40, "mg"), "denominator": quantity(200, "mL")},
+                }
+            ],
+        ),
+        # a strength that is not x/y: per one unit of the medication
+        (
+            ["RXC|A|4850^glucose^RXNORM|||5|%"],
+            [{"isActive": True, "strength": {"numerator": quantity(5, "%"), "denominator": {"value": 1}}}],
+        ),
+        # no amount, no strength: the component alone
+        (["RXC|A|11124^vancomycin^RXNORM"], [{"isActive": True}]),
+    ],
+)
+def test_ingredients(components: list[str], expected: list[dict[str, Any]]) -> None:
+    medication, _, _ = medication_of(
+        "RXE||VANCO-NS^vancomycin in NS^L|1||g", "TQ1|1||Q12H", "RXR|IV", *components
+    )
+    found = [{k: v for k, v in i.items() if k != "itemCodeableConcept"} for i in medication["ingredient"]]
+    assert found == expected
+
+
+def test_the_medication_of_an_order_with_components() -> None:
+    medication, request, translation = medication_of(
+        "RXE||VANCO-NS^vancomycin 1 g in NS 250 mL^L|1||g|IVPB^IV piggyback^L",
+        "TQ1|1||Q12H",
+        "RXR|IV",
+        NS,
+        VANCO,
+    )
+    # the same order makes the same Medication, and two orders two
+    again, _, _ = medication_of(
+        "RXE||VANCO-NS^vancomycin 1 g in NS 250 mL^L|1||g", "TQ1|1||Q12H", "RXR|IV", VANCO
+    )
+    other = translate(rde("ORC|NW|RX7002^EHR", "RXE||VANCO-NS^vancomycin in NS^L|1||g", "TQ1|1||Q12H", VANCO))
+    assert again["id"] == medication["id"] != resources(other, "Medication")[0]["id"]
+    assert medication["code"] == {"coding": [{"code": "VANCO-NS", "display": "vancomycin 1 g in NS 250 mL"}]}
+    assert medication["form"] == {"coding": [{"code": "IVPB", "display": "IV piggyback"}]}
+    assert [i["itemCodeableConcept"]["coding"][0]["code"] for i in medication["ingredient"]] == [
+        "313002",
+        "11124",
+    ]
+    assert request["medicationReference"] == {
+        "reference": f"Medication/{medication['id']}",
+        "display": "vancomycin 1 g in NS 250 mL",
+    }
+    assert "medicationCodeableConcept" not in request
+    # the Medication is produced before the request that references it
+    order = [p.resource["resourceType"] for p in translation.resources]
+    assert order.index("Medication") < order.index("MedicationRequest")
+
+
+def test_an_order_without_components_keeps_its_code() -> None:
+    translation = translate(rde(ORC, "RXE||2626^clozapine^RXNORM|100||mg", "TQ1|1||BID"))
+    (request,) = resources(translation, "MedicationRequest")
+    assert request["medicationCodeableConcept"]["coding"][0]["code"] == "2626"
+    assert resources(translation, "Medication") == []
+
+
+@pytest.mark.parametrize(
+    ("order", "codes", "unused"),
+    [
+        # the encoded order's components win over the requested order's, which stay unused (and listed)
+        (
+            [
+                "RXO|VANCO-NS^vancomycin in NS^L|1||g",
+                "RXR|IV",
+                "RXC|A|11124^vancomycin^RXNORM|1|g",
+                "RXE||VANCO-NS^vancomycin in NS^L|1||g",
+                "TQ1|1||Q12H",
+                "RXR|IV",
+                NS,
+                VANCO,
+            ],
+            ["313002", "11124"],
+            ["RXC#6"],
+        ),
+        # without an RXE, the requested order's components
+        (["RXO|VANCO-NS^vancomycin in NS^L|1||g", "RXR|IV", NS, VANCO], ["313002", "11124"], []),
+    ],
+)
+def test_which_components_describe_the_order(order: list[str], codes: list[str], unused: list[str]) -> None:
+    medication, _, translation = medication_of(*order)
+    assert [i["itemCodeableConcept"]["coding"][0]["code"] for i in medication["ingredient"]] == codes
+    assert [u for u in translation.unused if u.startswith("RXC")] == unused
+
+
+@pytest.mark.parametrize(
+    ("rxc", "problem"),
+    [
+        ("RXC|X|11124^vancomycin^RXNORM|1|g", "RXC#7: component type 'X' is not A or B (table 0166)"),
+        ("RXC|A||1|g", "RXC#7 has no component code (RXC-2); left out"),
+    ],
+)
+def test_components_that_cannot_be_mapped_are_reported(rxc: str, problem: str) -> None:
+    _, _, translation = medication_of("RXE||VANCO-NS^vancomycin in NS^L|1||g", "TQ1|1||Q12H", "RXR|IV", rxc)
+    assert problem in translation.problems
+
+
+def test_a_dispense_of_a_mixture_still_points_at_its_order() -> None:
+    rds = rde(
+        ORC,
+        "RXE||VANCO-NS^vancomycin in NS^L|1||g",
+        "TQ1|1||Q12H",
+        "RXR|IV",
+        NS,
+        VANCO,
+        "RXD|1|VANCO-NS^vancomycin in NS^L|20240301101500-0500|1|EA^each",
+        "RXR|IV",
+        "RXC|A|11124^vancomycin^RXNORM|1|g",
+    ).replace("RDE^O11^RDE_O11", "RDS^O13^RDS_O13")
+    translation = translate(rds)
+    (medication,) = resources(translation, "Medication")
+    (request,) = resources(translation, "MedicationRequest")
+    (dispense,) = resources(translation, "MedicationDispense")
+    assert request["medicationReference"]["reference"] == f"Medication/{medication['id']}"
+    assert len(medication["ingredient"]) == 2  # the order's components, not the dispense's
+    assert dispense["medicationCodeableConcept"]["coding"][0]["code"] == "VANCO-NS"
+    assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{request['id']}"}]
+    assert dispense["dosageInstruction"][0]["timing"]["code"]["coding"][0]["code"] == "Q12H"
+    assert [u for u in translation.unused if u.startswith("RXC")] == ["RXC#11"]  # the dispense's: listed

@@ -1,10 +1,10 @@
-"""Pharmacy converters: dosage, priority, dispense request and dispensed quantity.
+"""Pharmacy converters: dosage, priority, dispense request, dispensed quantity and compound ingredients.
 
 These read several segments of one order at once (scope converters). The encoded order (RXE, what the
-pharmacist verified) wins over the requested one (RXO), and the route and timing that follow RXE win over
-those that follow RXO. Older messages (before TQ1 existed) carry timing in RXE-1 or ORC-7 (the TQ type):
-a TQ1 fills each part of the timing it has, the TQ the parts it leaves empty (a 2.5 sender must send TQ1
-and often sends it empty, keeping the TQ where it always was).
+pharmacist verified) wins over the requested one (RXO), and the route, timing and components that follow
+RXE win over those that follow RXO. Older messages (before TQ1 existed) carry timing in RXE-1 or ORC-7
+(the TQ type): a TQ1 fills each part of the timing it has, the TQ the parts it leaves empty (a 2.5 sender
+must send TQ1 and often sends it empty, keeping the TQ where it always was).
 
 Units are read here rather than with datatypes.units: pharmacy systems send their own unit number as the
 CWE identifier (`43^mg/hr`), so the text is the unit as the sender meant it, and time units must be UCUM
@@ -14,6 +14,7 @@ for the FHIR Duration and Timing elements that carry them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -632,9 +633,96 @@ def pharmacy_instructions(value: Value, ctx: Any) -> JSON | None:
     return {"text": f"Pharmacy instructions: {text}"} if text else None
 
 
+# --- compound and IV mixture components (RXC) --------------------------------------------------------
+
+
+def order_components(segments: Iterable[Segment]) -> list[Segment]:
+    """The RXC segments that describe the ordered product: the encoded order's (after RXE, before any RXD),
+    else the requested order's (before RXE). RXC after an RXD describe what was dispensed, not the order."""
+    body = list(segments)
+    rxe = next((s for s in body if s.name == "RXE"), None)
+    rxd = next((s for s in body if s.name == "RXD" and (rxe is None or s.index > rxe.index)), None)
+    components = [s for s in body if s.name == "RXC" and (rxd is None or s.index < rxd.index)]
+    if rxe is None:
+        return components
+    encoded = [s for s in components if s.index > rxe.index]
+    return encoded or [s for s in components if s.index < rxe.index]
+
+
+def _per_unit(amount: JSON, ctx: Any) -> JSON:
+    """A strength written as one quantity: 5 mg/mL becomes 5 mg per 1 mL when both halves are UCUM units;
+    otherwise the quantity per one unit of the medication."""
+    label = str(amount.get("code") or amount.get("unit") or "")
+    top, slash, bottom = label.partition("/")
+    if slash and top and bottom and "/" not in bottom:
+        upper, lower = units(Value(top), ctx), units(Value(bottom), ctx)
+        if upper.get("system") == UCUM and lower.get("system") == UCUM:
+            return {"numerator": {"value": amount["value"], **upper}, "denominator": {"value": 1, **lower}}
+    return {"numerator": amount, "denominator": {"value": 1}}
+
+
+def _strength(rxc: Segment, base: Segment | None, ctx: Any) -> JSON | None:
+    """Ingredient.strength: RXC-5/6 per RXC-8/9 (strength per volume); RXC-5/6 alone per one unit; else the
+    amount (RXC-3/4), an additive's per the base's amount (1 g in 250 mL), the base's per one preparation."""
+    if rxc.get(5):
+        strength = quantity(rxc.get(5).c(1), rxc.get(6), ctx)
+        volume = quantity(rxc.get(8).c(1), rxc.get(9), ctx) if rxc.get(8) else None
+        if strength and volume:
+            return {"numerator": strength, "denominator": volume}
+        if strength:
+            return _per_unit(strength, ctx)
+    amount = quantity(rxc.get(3).c(1), rxc.get(4), ctx) if rxc.get(3) else None
+    if amount is None:
+        return None
+    volume = quantity(base.get(3).c(1), base.get(4), ctx) if base is not None and base is not rxc else None
+    return {"numerator": amount, "denominator": volume or {"value": 1}}
+
+
+def _ingredient(rxc: Segment, base: Segment | None, ctx: Any) -> JSON | None:
+    """One RXC as a Medication.ingredient: the component code, whether it is active, its strength."""
+    item = datatypes.codeable_concept(rxc.get(2), ctx)
+    if item is None:
+        _report(ctx, f"RXC#{rxc.index + 1} has no component code (RXC-2); left out")
+        return None
+    found: JSON = {"itemCodeableConcept": item}
+    kind = rxc.get(1).c(1).strip().upper()
+    if kind in ("A", "B"):
+        # The sender's role of the component (table 0166): the additive is the drug, the base its vehicle.
+        found["isActive"] = kind == "A"
+    elif kind:
+        _report(ctx, f"RXC#{rxc.index + 1}: component type {kind!r} is not A or B (table 0166)")
+    strength = _strength(rxc, base, ctx)
+    if strength:
+        found["strength"] = strength
+    return found
+
+
+def ingredients(scope: Scope, ctx: Any) -> list[JSON]:
+    """Medication.ingredient, one per RXC of the order (the scope holds the order's components only)."""
+    components = scope.segments("RXC")
+    base = next((c for c in components if c.get(1).c(1).strip().upper() == "B" and c.get(3)), None)
+    return [i for i in (_ingredient(c, base, ctx) for c in components) if i]
+
+
+def refer_to(request: JSON, medication: JSON) -> JSON:
+    """The MedicationRequest with medicationReference to `medication` where medicationCodeableConcept was."""
+    reference: JSON = {"reference": f"Medication/{medication['id']}"}
+    display = _concept_text(medication.get("code"))
+    if display:
+        reference["display"] = display
+    referring: JSON = {}
+    for key, value in request.items():  # in place of the code, so the resource reads in the same order
+        if key == "medicationCodeableConcept":
+            referring["medicationReference"] = reference
+        else:
+            referring[key] = value
+    return referring
+
+
 SCOPE_CONVERTERS = {
     "dosage": dosage,
     "dispense-request": dispense_request,
     "request-priority": request_priority,
+    "ingredients": ingredients,
 }
 VALUE_CONVERTERS = {"pharmacy-instructions": pharmacy_instructions}

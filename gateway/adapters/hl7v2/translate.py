@@ -368,6 +368,16 @@ def _medication_request(run: _Run, order: Group) -> str | None:
         raise TranslationError(
             "The order has no medication (RXE-2 or RXO-1)", code="101", segment="RXO", field=1
         )
+    components = pharmacy.order_components(body)
+    if components and "Medication" not in run.mappings:
+        run.ctx.report("RXC: the mappings have no Medication rules (medication.yaml); components not mapped")
+    elif components:
+        # A compound or IV mixture: its product is a Medication of its own, built from its components only.
+        product = run.scope(*[s for s in body if s.name != "RXC"], *components).add_group("ORDER", order)
+        medication = run.apply("Medication", product)
+        medication["id"] = stable_id("Medication", *key)
+        request = pharmacy.refer_to(request, medication)
+        run.produced.append(Produced(medication, "replace", components[0]))
     action = run.ctx.tables.map("order-control", orc.get(1).c(1))
     mode: Mode = "replace"
     if isinstance(action, dict) and action.get("action") == "status-only":
