@@ -305,15 +305,11 @@ def identity_audit(as_json: bool, database_url: str | None) -> None:
         click.echo("no Patient to review")
         return
     for finding in findings:
-        detail = (
-            f" elements: {', '.join(finding.elements)} (versions {finding.versions})"
-            if finding.elements
-            else ""
-        )
-        click.echo(
-            f"Patient/{finding.patient}  {', '.join(finding.kinds)}  senders: {', '.join(finding.senders) or '-'}"
-            + detail
-        )
+        senders = ", ".join(finding.senders) or "-"
+        line = f"Patient/{finding.patient}  {', '.join(finding.kinds)}  senders: {senders}"
+        if finding.elements:
+            line += f"  elements: {', '.join(finding.elements)} (versions {finding.versions})"
+        click.echo(line)
     click.echo(f"{len(findings)} Patient(s) to review; `gateway identity repair PATIENT_ID` separates them")
 
 

@@ -82,6 +82,24 @@ def rde(control_id: str, mrn: str, *, control: str = "NW", placer: str = "RX5001
     return "\r".join(segments) + "\r"
 
 
+def compound_rde(control_id: str, mrn: str, *, placer: str = "RX6001") -> str:
+    """A compounded clozapine suspension: TQ1 TID at three times, a dose in mg, a route without a coding
+    system, and two RXC components (the suspending vehicle and clozapine). The product's own code and name
+    (RXE-2) do not name the drug: only the clozapine component does."""
+    segments = [
+        msh("RDE^O11", control_id, application="EHR", facility="CITY HOSPITAL"),
+        pid(mrn),
+        f"ORC|NW|{placer}^EHR|||||||20240301090000-0500|||1234567893^Prescriber^Pat^^^^^^NPI",
+        "RXE||CMPD-101^Compounded oral suspension 25 mg/mL^L|50||mg^milligram^ISO+|SUSP^Suspension^L|||"
+        "|180|mL^milliliter^UCUM|1",
+        "TQ1|1||TID|0800~1400~2000|||20240301090000-0500||R^Routine^HL70485",
+        "RXR|PO^Oral",
+        "RXC|B|ORAPLUS^oral suspending vehicle^L|100|mL^milliliter^UCUM",
+        "RXC|A|2626^clozapine^RXNORM|2500|mg^milligram^UCUM",
+    ]
+    return "\r".join(segments) + "\r"
+
+
 def a40(control_id: str, survivor_mrn: str, prior_mrn: str) -> str:
     segments = [
         msh("ADT^A40", control_id, application="ADT", facility="CITY HOSPITAL"),

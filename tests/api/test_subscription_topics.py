@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.adapters.hl7v2.identity import stable_id
 from gateway.service.gateway import Gateway
 from gateway.service.pipeline import Source
 from tests import factories as f
-from tests.hl7_messages import ack_code, anc_oru, obx, oru, rde
+from tests.hl7_messages import ack_code, anc_oru, compound_rde, obx, oru, rde
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -79,6 +80,50 @@ async def test_medication_monitoring_names_drug_rule_and_action_from_hl7_feeds(
     assert detail["action"]
     assert len(await events(api, unfiltered)) == 1
     assert await events(api, other_drug) == []
+
+
+async def test_medication_monitoring_finds_the_drug_in_a_compound_orders_medication(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    # The order's own code (RXE-2) is a compound's; clozapine is one of its components (RXC), which the
+    # referenced Medication carries as an ingredient.
+    clozapine = await subscribe(api, "medication-monitoring", "medication=clozapine-anc")
+    order = await gateway.pipeline.submit(compound_rde("CM-1", "CM-MRN"), Source("http"))
+    assert order.code == "AA", order.ack
+    result = await gateway.pipeline.submit(anc_oru("CM-2", "CM-MRN", "0.4"), Source("http"))
+    assert result.code == "AA", result.ack
+    (event,) = await events(api, clozapine)
+    assert event["context"] == [f"MedicationRequest/{stable_id('MedicationRequest', 'EHR', 'RX6001')}"]
+    detail = {k.rsplit("/", 1)[-1]: v for k, v in event["detail"].items()}
+    assert detail["rule"] == "clozapine-anc" and detail["severity"] == "critical"
+
+
+async def test_medication_order_fires_for_a_compound_order(gateway: Gateway, api: httpx.AsyncClient) -> None:
+    every_order = await subscribe(api, "medication-order")
+    order = await gateway.pipeline.submit(compound_rde("CO-1", "CO-MRN"), Source("http"))
+    assert order.code == "AA", order.ack
+    (event,) = await events(api, every_order)
+    assert event["focus"] == f"MedicationRequest/{stable_id('MedicationRequest', 'EHR', 'RX6001')}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/routing: the medication-order evaluator keys an order by medicationCodeableConcept only "
+    "(it does not resolve medicationReference), and a `medication=Medication/id` filter is parsed as a "
+    "token while the evaluator emits a reference key; compound orders (RXC) reference a Medication",
+)
+@pytest.mark.parametrize(
+    "criteria",
+    ["code=CMPD-101", f"medication=Medication/{stable_id('Medication', 'EHR', 'RX6001')}"],
+    ids=["product-code", "medication-reference"],
+)
+async def test_medication_order_filters_find_a_compound_order(
+    gateway: Gateway, api: httpx.AsyncClient, criteria: str
+) -> None:
+    filtered = await subscribe(api, "medication-order", criteria)
+    order = await gateway.pipeline.submit(compound_rde("CF-1", "CF-MRN"), Source("http"))
+    assert order.code == "AA", order.ack
+    assert len(await events(api, filtered)) == 1
 
 
 async def test_medication_order_fires_on_create_and_status_change_only(api: httpx.AsyncClient) -> None:

@@ -22,6 +22,9 @@ from tests.conftest import CORPUS
 
 MAPPINGS = load(PROJECT_ROOT / "mappings")
 TRANSLATOR = Translator(MAPPINGS)
+UCUM = "http://unitsofmeasure.org"
+GTS = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
+V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-"
 ALL_SAMPLES = sorted((CORPUS / "hl7v2" / "FHIR-Converter").glob("*.hl7"))
 SUPPORTED = [p for p in ALL_SAMPLES if TRANSLATOR.supports(Message(p.read_text(encoding="utf-8")))]
 OUT_OF_SCOPE = [p for p in ALL_SAMPLES if p not in SUPPORTED]
@@ -151,32 +154,127 @@ def test_observations_match_the_reference_output(path: Path) -> None:
         assert extra.source is not None and extra.source.name == "OBX" and extra.source.get(3)
 
 
-def _their_medication(request: dict[str, Any], resources: list[dict[str, Any]]) -> list[str]:
+def _by_reference(resources: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    resource_type, _, rid = reference.partition("/")
+    return next(r for r in resources if r["resourceType"] == resource_type and r["id"] == rid)
+
+
+def _medication(
+    request: dict[str, Any], resources: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ordered medication's concept and its ingredients' concepts, from the code or the Medication
+    referenced. FHIR-Converter makes every ingredient a Medication of its own (itemReference)."""
     concept = request.get("medicationCodeableConcept")
-    if concept is None:
-        ref = request["medicationReference"]["reference"].split("/")[-1]
-        concept = next(r for r in resources if r["resourceType"] == "Medication" and r["id"] == ref)["code"]
-    return [c["code"] for c in concept["coding"]]
+    if concept is not None:
+        return concept, []
+    medication = _by_reference(resources, request["medicationReference"]["reference"])
+    items = [
+        i["itemCodeableConcept"]
+        if "itemCodeableConcept" in i
+        else _by_reference(resources, i["itemReference"]["reference"])["code"]
+        for i in medication.get("ingredient", [])
+    ]
+    return medication["code"], items
+
+
+def _ours(request: dict[str, Any], produced: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What to resolve our request's Medication in: the gateway produces it just before its request (the
+    corpus has messages whose two orders share a placer number, and so their ids)."""
+    at = next(i for i, r in enumerate(produced) if r is request)
+    return produced[at - 1 : at] if "medicationReference" in request else []
+
+
+def _codes(concepts: list[dict[str, Any]]) -> list[str]:
+    return [c["coding"][0]["code"] for c in concepts]
+
+
+def _check_quantity(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
+    """Same value; the unit theirs (the sender's text), or UCUM where the units table knows their spelling.
+    Their non-UCUM unit codes (SNOMED CT dose forms) are not kept: a unit code is UCUM or nothing here."""
+    assert ours["value"] == theirs["value"], where
+    if ours.get("unit") != theirs.get("unit"):
+        mapped = MAPPINGS.tables.map("units", theirs.get("unit", ""))
+        assert isinstance(mapped, dict) and mapped["code"] == ours.get("code"), where
+
+
+def _check_timing(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
+    if "code" in theirs:
+        their_coding, our_coding = theirs["code"]["coding"][0], ours["code"]["coding"][0]
+        assert our_coding["code"] == their_coding["code"], where
+        if our_coding.get("system") != their_coding.get("system"):
+            # deliberate: FHIR's TimingAbbreviation where table repeat-pattern marks the code as one
+            assert (
+                our_coding["system"] == GTS
+                and MAPPINGS.tables.map("repeat-pattern", our_coding["code"])["gts"]
+            )
+    their_repeat, our_repeat = theirs.get("repeat", {}), ours.get("repeat", {})
+    for key in ("frequency", "period", "periodUnit", "count"):
+        if key in their_repeat:
+            assert our_repeat.get(key) == their_repeat[key], f"{where}: {key}"
+    # deliberate: explicit times (TQ1-4) are mapped where they map none, and `when` gives way to them (tim-10)
+    assert set(their_repeat.get("timeOfDay", [])) <= set(our_repeat.get("timeOfDay", [])), where
+    if "when" in their_repeat:
+        assert our_repeat.get("when") == their_repeat["when"] or our_repeat.get("timeOfDay"), where
+    for bound in ("start", "end"):
+        their_bound = their_repeat.get("boundsPeriod", {}).get(bound)
+        if their_bound:
+            assert _instant(our_repeat["boundsPeriod"][bound]) == _instant(their_bound), where
+    if "boundsDuration" in their_repeat:
+        # deliberate: a Duration's unit is a UCUM unit of time ("d"; theirs writes the sender's "D")
+        ours_duration = our_repeat["boundsDuration"]
+        assert ours_duration["value"] == their_repeat["boundsDuration"]["value"], where
+        assert ours_duration["system"] == UCUM and ours_duration["code"] in ("s", "min", "h", "d", "wk", "mo")
+
+
+def _check_dosage(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
+    """Timing, dose, rate, route and site of the first Dosage."""
+    if "timing" in theirs:
+        _check_timing(ours["timing"], theirs["timing"], where)
+    for their_rate in theirs.get("doseAndRate", [])[:1]:
+        our_rate = ours["doseAndRate"][0]
+        if "doseQuantity" in their_rate:
+            _check_quantity(our_rate["doseQuantity"], their_rate["doseQuantity"], where)
+        for bound in ("low", "high"):
+            if "doseRange" in their_rate:
+                _check_quantity(our_rate["doseRange"][bound], their_rate["doseRange"][bound], where)
+        if "rateQuantity" in our_rate:  # their RXO "rate" is RXO-21/22, a strength; ours is RXE-23/24
+            _check_quantity(our_rate["rateQuantity"], their_rate["rateQuantity"], where)
+    for element in ("route", "site"):
+        if element in theirs:
+            their_coding, our_coding = theirs[element]["coding"][0], ours[element]["coding"][0]
+            assert our_coding["code"] == their_coding["code"], f"{where}: {element}"
+            # deliberate: a code sent without a coding system is the code of the field's HL7 table
+            assert our_coding["system"].startswith(V2_TABLE), f"{where}: {element}"
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
 def test_medication_requests_match_the_reference_output(path: Path) -> None:
-    produced = _translate(path)
+    produced = [p.resource for p in _translate(path)]
     expected = _expected(path)
-    ours = [p.resource for p in produced if p.resource["resourceType"] == "MedicationRequest"]
+    ours = [r for r in produced if r["resourceType"] == "MedicationRequest"]
     theirs = [r for r in expected if r["resourceType"] == "MedicationRequest"]
     if not theirs:
         assert not ours
         return
     for request in ours:
-        code = request["medicationCodeableConcept"]["coding"][0]["code"]
+        # deliberate: a Medication resource only for compounds and mixtures (orders with RXC), else the code
+        concept, items = _medication(request, _ours(request, produced))
+        code = concept["coding"][0]["code"]
         # deliberate: one MedicationRequest per order; FHIR-Converter's one of the same intent is the match
         match = next(
             t
             for t in theirs
-            if t["intent"] == request["intent"] and _their_medication(t, expected)[0] == code
+            if t["intent"] == request["intent"] and _codes([_medication(t, expected)[0]])[0] == code
         )
+        where = f"{path.stem} {request['intent']} {code}"
+        if items:  # the same components, as ingredient codes rather than Medications of their own
+            assert _codes(items) == _codes(_medication(match, expected)[1]), where
         assert request["status"] == match["status"]
+        assert request.get("priority") == match.get("priority"), where
+        for our_dosage, their_dosage in zip(
+            request.get("dosageInstruction", [])[:1], match.get("dosageInstruction", [])[:1], strict=False
+        ):
+            _check_dosage(our_dosage, their_dosage, where)
         ours_text = " ".join(d.get("text", "") for d in request.get("dosageInstruction", []))
         for dosage in match.get("dosageInstruction", []):
             # deliberate: the SIG holds the administration instructions (their patientInstruction) and TQ1-11;

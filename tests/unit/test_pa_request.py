@@ -15,9 +15,12 @@ import pytest
 from fhirpathpy.models import models
 from fhirpathpy.parser import parse
 
+from gateway.adapters.hl7v2.er7 import Message
+from gateway.adapters.hl7v2.translate import Translator
 from gateway.fhir.profiles import ProfileSet
 from gateway.fhir.profiles.fhirpath import child_model_path, typed_node
 from gateway.fhir.profiles.native import compile_native
+from gateway.mapping.files import load
 from gateway.pa.request import (
     PAS_CLAIM_PROFILE,
     PAS_REQUEST_BUNDLE_PROFILE,
@@ -29,12 +32,15 @@ from gateway.pa.request import (
     check_request_bundle,
     referenced,
 )
+from gateway.settings import PROJECT_ROOT
 from gateway.types import JSON
+from tests.hl7_messages import compound_rde
 
 PARSE: Callable[[str], Any] = parse  # fhirpathpy's parser is untyped
 PROFILES_DIR = pathlib.Path(__file__).resolve().parents[2] / "profiles"
 PROFILES = ProfileSet.load(PROFILES_DIR)
 
+TRANSLATOR = Translator(load(PROJECT_ROOT / "mappings"))
 BASE_URL = "https://gateway.example.org/fhir"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
@@ -366,6 +372,20 @@ def test_medication_reference_includes_the_medication() -> None:
     bundle = build_request_bundle(parts(medication_request=order, medication=medication))
     assert entry_keys(bundle).count("Medication/med-1") == 1
     assert bundle["entry"][0]["resource"]["item"][0]["productOrService"] == medication["code"]
+    assert errors(bundle) == [] and check_request_bundle(bundle) == []
+
+
+def test_an_hl7_compound_order_is_requested_by_its_medications_code() -> None:
+    # An order with RXC components references the Medication the HL7 adapter makes for it.
+    translated = TRANSLATOR.translate(Message(compound_rde("PA-1", "MRN-PA")))
+    produced = {p.resource["resourceType"]: p.resource for p in translated.resources}
+    medication, request = produced["Medication"], produced["MedicationRequest"]
+    order = medication_request(
+        medicationCodeableConcept=None, medicationReference=request["medicationReference"]
+    )
+    bundle = build_request_bundle(parts(medication_request=order, medication=medication))
+    assert bundle["entry"][0]["resource"]["item"][0]["productOrService"] == medication["code"]
+    assert entry_keys(bundle).count(f"Medication/{medication['id']}") == 1
     assert errors(bundle) == [] and check_request_bundle(bundle) == []
 
 

@@ -72,7 +72,8 @@ def _medication_request(run: _Run, order: Group) -> str | None:
     if not any(s.name in ("RXO", "RXE", "RXD") for s in body):
         return None  # not a pharmacy order (a lab ORM); its segments stay unused and are reported
     key = run.order_key(orc.get(2), orc.get(3), where=orc)
-    scope = run.scope(*body).add_group("ORDER", order)
+    # MSH too: which table RXR-2's site codes come from depends on the version.
+    scope = run.scope(*body, run.message.msh).add_group("ORDER", order)
     request = run.apply("MedicationRequest", scope)
     request["id"] = stable_id("MedicationRequest", *key)
     # The pharmacy's encoded order (RXE) is the filler's order; without one it is the prescriber's original.
@@ -82,6 +83,16 @@ def _medication_request(run: _Run, order: Group) -> str | None:
         raise TranslationError(
             "The order has no medication (RXE-2 or RXO-1)", code="101", segment="RXO", field=1
         )
+    components = pharmacy.order_components(body)
+    if components and "Medication" not in run.mappings:
+        run.ctx.report("RXC: the mappings have no Medication rules (medication.yaml); components not mapped")
+    elif components:
+        # A compound or IV mixture: its product is a Medication of its own, built from its components only.
+        product = run.scope(*[s for s in body if s.name != "RXC"], *components).add_group("ORDER", order)
+        medication = run.apply("Medication", product)
+        medication["id"] = stable_id("Medication", *key)
+        request = pharmacy.refer_to(request, medication)
+        run.produced.append(Produced(medication, "replace", components[0]))
     action = run.ctx.tables.map("order-control", orc.get(1).c(1))
     mode: Mode = "replace"
     if isinstance(action, dict) and action.get("action") == "status-only":
@@ -108,7 +119,9 @@ def _dispenses(run: _Run) -> None:
         key = run.order_key(orc.get(2), orc.get(3), where=orc)
         context = [s for s, _ in _segments_in(order, lambda g: g.name.endswith("OBSERVATION"))]
         for number, rxd in enumerate(order.segments("RXD"), start=1):
-            scope = run.scope(rxd, *_following(order, rxd, "NTE"), *[s for s in context if s.name != "NTE"])
+            scope = run.scope(
+                rxd, *_following(order, rxd, "NTE"), *[s for s in context if s.name != "NTE"], run.message.msh
+            )
             dispense = run.apply("MedicationDispense", scope.add_group("ORDER", order))
             dispense["id"] = stable_id("MedicationDispense", *key, rxd.get(1).text or str(number))
             dispense["subject"] = {"reference": f"Patient/{run.current_patient(rxd)}"}
