@@ -152,20 +152,27 @@ def labs_rule_key(rule_id: str) -> str:
     return f"*|{rule_id}"
 
 
-def _medication_keys(resource: JSON) -> frozenset[str]:
+def _medication_keys(resource: JSON, medications: Mapping[str, JSON] | None = None) -> frozenset[str]:
+    """Filter keys for an order's drug: its codes (`medication=` and `code=`), and the Medication it
+    references, whose codes count as the order's own (compound orders reference one)."""
     keys: set[str] = set()
     concept = resource.get("medicationCodeableConcept")
+    reference = resource.get("medicationReference")
+    if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
+        keys.add(f"medication={reference['reference']}")
+        medication = (medications or {}).get(reference["reference"])
+        if medication is not None and concept is None:
+            concept = medication.get("code")
     if isinstance(concept, dict):
         for coding in concept.get("coding", []):
             if isinstance(coding, dict) and isinstance(coding.get("code"), str):
                 keys.update(token_keys("medication", coding.get("system"), coding["code"]))
-    reference = resource.get("medicationReference")
-    if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
-        keys.add(f"medication={reference['reference']}")
+                if reference is not None:
+                    keys.update(token_keys("code", coding.get("system"), coding["code"]))
     return frozenset(keys)
 
 
-def medication_order(change: Change, _: EvaluationContext) -> list[Fired]:
+def medication_order(change: Change, context: EvaluationContext) -> list[Fired]:
     current, previous = change.current, change.previous
     if current is None:
         return []
@@ -174,7 +181,7 @@ def medication_order(change: Change, _: EvaluationContext) -> list[Fired]:
     return [
         Fired(
             {"status": current.get("status"), "previousStatus": (previous or {}).get("status")},
-            _medication_keys(current),
+            _medication_keys(current, context.medications),
         )
     ]
 

@@ -58,6 +58,10 @@ REFERENCE_PARAMETERS: dict[str, str | None] = {
 }
 
 
+# Token parameters that may also name a resource: the prefix such a value starts with.
+REFERENCE_VALUES = {"medication": "Medication/"}
+
+
 def parse_filters(criteria: Iterable[str], topic: Topic) -> list[Filter]:
     """Filters from the criteria strings; raises FilterError for anything the topic does not offer.
 
@@ -97,7 +101,13 @@ def parse_filters(criteria: Iterable[str], topic: Topic) -> list[Filter]:
                 default_type = REFERENCE_PARAMETERS[parameter]
                 keys = frozenset(_reference_key(parameter, v, default_type) for v in values)
             else:
-                keys = frozenset(_token_key(parameter, v) for v in values)
+                # `medication` takes codes and, for orders that reference one, `Medication/id`.
+                keys = frozenset(
+                    f"{parameter}={v}"
+                    if v.startswith(REFERENCE_VALUES.get(parameter, "\0"))
+                    else _token_key(parameter, v)
+                    for v in values
+                )
             filters.append(Filter(parameter, keys, text))
     return filters
 

@@ -127,6 +127,20 @@ def _ack_control_id() -> str:
     return "A" + uuid.uuid4().hex[:19]
 
 
+# FHIR type names that end a choice element's name (medicationReference, valueQuantity, deceasedBoolean).
+_CHOICE_TYPES = (
+    "CodeableConcept", "Reference", "Quantity", "String", "Boolean", "Integer", "Range", "Ratio", "Period",
+    "DateTime", "Date", "Time", "Instant", "Timing", "Age", "Duration", "Attachment", "SampledData", "Coding",
+)  # fmt: skip
+
+
+def _choice_base(key: str) -> str | None:
+    for suffix in _CHOICE_TYPES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)]
+    return None
+
+
 def fill(existing: JSON, incoming: JSON) -> JSON:
     """`incoming` merged into `existing` without overwriting: missing elements added, identifiers joined."""
     merged = {k: v for k, v in existing.items() if k != "meta"}
@@ -137,6 +151,9 @@ def fill(existing: JSON, incoming: JSON) -> JSON:
             if extra:
                 merged["identifier"] = [*merged.get("identifier", []), *extra]
         elif key not in merged:
+            base = _choice_base(key)
+            if base is not None and any(_choice_base(k) == base for k in merged):
+                continue  # one choice element holds one type: the stored one stays (medication[x])
             merged[key] = value
     return merged
 

@@ -236,7 +236,22 @@ class SubscriptionManager:
     async def _prefetch(
         self, conn: AsyncConnection, changes: Sequence[Change], context: EvaluationContext
     ) -> None:
-        """Active MedicationRequests of the patients in this batch, when a monitoring topic is subscribed."""
+        """What evaluators need beyond the change: Medications that orders of this batch reference (their
+        codes are the orders' drug), and the active MedicationRequests of the batch's patients when a
+        monitoring topic is subscribed."""
+        referenced = {
+            ("Medication", reference.split("/", 1)[1])
+            for c in changes
+            if c.type == "MedicationRequest" and c.current
+            for reference in [str((c.current.get("medicationReference") or {}).get("reference", ""))]
+            if reference.startswith("Medication/")
+        }
+        if referenced:
+            context.medications = {
+                f"Medication/{m.id}": orjson.loads(m.content)
+                for m in await store.load_by_keys(conn, referenced)
+                if m.content
+            }
         monitoring = [t for t in self.topics.topics if t.evaluator == "medication-monitoring"]
         if not any(self._index.has_topic(t.url) for t in monitoring):
             return
@@ -260,9 +275,12 @@ class SubscriptionManager:
         context.active_requests = by_patient
         if medication_refs:
             context.medications = {
-                f"Medication/{m.id}": orjson.loads(m.content)
-                for m in await store.load_by_keys(conn, medication_refs)
-                if m.content
+                **context.medications,
+                **{
+                    f"Medication/{m.id}": orjson.loads(m.content)
+                    for m in await store.load_by_keys(conn, medication_refs)
+                    if m.content
+                },
             }
 
     # -- Subscription writes ---------------------------------------------------------------------

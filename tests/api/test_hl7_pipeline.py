@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from gateway.adapters.hl7v2.identity import stable_id
 from gateway.service.gateway import Gateway
@@ -174,11 +173,6 @@ async def test_an_rde_with_tq1_times_dose_route_and_components_is_stored(api: ht
     assert (await api.get(f"/fhir/MedicationRequest/{order['id']}")).json()["meta"]["versionId"] == "1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/service/pipeline._fill (status-only order control codes) adds medicationCodeableConcept "
-    "next to a stored medicationReference: it merges by key and does not know medication[x] is one element",
-)
 async def test_a_status_only_message_keeps_one_medication_choice(api: httpx.AsyncClient) -> None:
     await send(api, compound_rde("SO-1", "MRN-30"))
     # The pharmacy reports a status change (SC: status only) and does not repeat the components.

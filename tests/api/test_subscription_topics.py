@@ -106,12 +106,6 @@ async def test_medication_order_fires_for_a_compound_order(gateway: Gateway, api
     assert event["focus"] == f"MedicationRequest/{stable_id('MedicationRequest', 'EHR', 'RX6001')}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/routing: the medication-order evaluator keys an order by medicationCodeableConcept only "
-    "(it does not resolve medicationReference), and a `medication=Medication/id` filter is parsed as a "
-    "token while the evaluator emits a reference key; compound orders (RXC) reference a Medication",
-)
 @pytest.mark.parametrize(
     "criteria",
     ["code=CMPD-101", f"medication=Medication/{stable_id('Medication', 'EHR', 'RX6001')}"],
