@@ -62,6 +62,14 @@ REFERENCE_PARAMETERS: dict[str, str | None] = {
 REFERENCE_VALUES = {"medication": "Medication/"}
 
 
+def _value_key(parameter: str, value: str) -> str:
+    """`medication` takes codes and, for orders that reference one, `Medication/id`."""
+    prefix = REFERENCE_VALUES.get(parameter)
+    if prefix is not None and value.startswith(prefix):
+        return f"{parameter}={value}"
+    return _token_key(parameter, value)
+
+
 def parse_filters(criteria: Iterable[str], topic: Topic) -> list[Filter]:
     """Filters from the criteria strings; raises FilterError for anything the topic does not offer.
 
@@ -101,13 +109,7 @@ def parse_filters(criteria: Iterable[str], topic: Topic) -> list[Filter]:
                 default_type = REFERENCE_PARAMETERS[parameter]
                 keys = frozenset(_reference_key(parameter, v, default_type) for v in values)
             else:
-                # `medication` takes codes and, for orders that reference one, `Medication/id`.
-                keys = frozenset(
-                    f"{parameter}={v}"
-                    if v.startswith(REFERENCE_VALUES.get(parameter, "\0"))
-                    else _token_key(parameter, v)
-                    for v in values
-                )
+                keys = frozenset(_value_key(parameter, v) for v in values)
             filters.append(Filter(parameter, keys, text))
     return filters
 
