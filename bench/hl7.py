@@ -35,7 +35,7 @@ def six_obx_oru(n: int) -> str:
         f"PID|1||BM{n % 2000}^^^BENCH&2.16.840.1.113883.19.99&ISO^MR||Benchmark^Pat||19700101|F",
         f"ORC|RE|P{n}^EHR|F{n}^LAB",
         f"OBR|1|P{n}^EHR|F{n}^LAB|57021-8^CBC W Auto Differential panel^LN|||20240301070000-0500"
-        "||||||||||||||20240301083000-0500|||F",
+        "|||||||||||||||20240301083000-0500|||F",  # OBR-22 report time, OBR-25 status
     ]
     for i, (code, name, value, unit, rng, flag) in enumerate(OBX, start=1):
         segments.append(

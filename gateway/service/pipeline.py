@@ -542,12 +542,17 @@ class _Batch:
     # -- identity --------------------------------------------------------------------------------
 
     async def _find_known_patients(self, jobs: Sequence[Job]) -> None:
-        """Stored Patients carrying the match keys of this batch's messages (one query), with content."""
+        """Stored Patients carrying the match keys of this batch's messages (one query), with content.
+
+        A message with one match key whose Patient is stored under the id that key derives needs no
+        look-up: that Patient is the one carrying the key (the common case, skipped for speed)."""
         keys = [
             key
             for job in jobs
             if job.translation is not None and job.code == "AA"
-            for key in match_keys(job.translation)
+            for identity in job.translation.patients
+            if len(identity.match_keys) > 1 or not self._stored_patient(identity.patient_id)
+            for key in identity.match_keys
         ]
         if not keys:
             return
@@ -556,6 +561,10 @@ class _Batch:
         missing = [key for key in found if key not in self.currents]
         if missing:
             self.currents.update(await store.current_many(self.conn, missing))
+
+    def _stored_patient(self, patient_id: str) -> bool:
+        stored = self.currents.get(("Patient", patient_id))
+        return stored is not None and not stored.deleted
 
     async def _check_identity(self, job: Job, log_id: str) -> IdentityOutcome:
         translation = job.translation

@@ -249,7 +249,9 @@ class Segment:
         """The first repetition of field n (only that one counts as read)."""
         if n not in self.taken:
             self.taken[n] = 1
-        reps = self._split(n)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._split(n)
         return reps[0] if reps else EMPTY
 
     def peek(self, n: int) -> Value:
@@ -257,14 +259,23 @@ class Segment:
         reps = self._split(n)
         return reps[0] if reps else EMPTY
 
-    def present(self) -> Iterator[tuple[int, int]]:
-        """(field, repetitions) of every field that carries a value; HL7's explicit null ("") is none."""
+    def unread(self) -> Iterator[tuple[int, int, int]]:
+        """(field, repetitions read, repetitions with a value) of every field with a value not all of
+        whose repetitions were read; HL7's explicit null ("") is no value."""
+        taken = self.taken
         for n in range(1, len(self.fields)):
+            read = taken.get(n, 0)
+            if read == ALL:
+                continue
             raw = self.fields[n]
-            if raw and raw != '""':
-                count = sum(1 for rep in self._split(n) if rep)
-                if count:
-                    yield n, count
+            if not raw or raw == '""':
+                continue
+            if read == 0 and self.enc.repetition not in raw:
+                yield n, 0, 1
+                continue
+            count = sum(1 for rep in self._split(n) if rep)
+            if count > read:
+                yield n, read, count
 
     def __getitem__(self, n: int) -> Value:
         return self.get(n)

@@ -30,10 +30,9 @@ def unmapped_fields(message: Message) -> list[str]:
         if segment.index == 0 or segment.name in ENVELOPE:
             continue
         structural = _set_id_fields(message.version, segment.name)
-        for number, count in segment.present():
+        for number, taken, count in segment.unread():
             if number in structural:
                 continue
-            taken = segment.taken.get(number, 0)
             where = f"{segment.name}#{segment.index + 1}-{number}"
             if taken == 0:
                 found.append(where)

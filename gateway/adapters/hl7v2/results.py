@@ -149,13 +149,23 @@ def _category_code(run: Run, obr: Segment | None, obx: Segment) -> str | None:
     """A vital sign by its code (whatever report carries it), else OBR-24's section, else the site's or
     the message kind's default."""
     coding = obx.peek(3)
-    system = datatypes.coding_system(coding.c(3), run.ctx) or ""
-    if system == MDC or _mdc_units(obx, run):
-        return "vital-signs"  # ISO/IEEE 11073 device nomenclature: what monitors and devices measure
-    by_code = run.ctx.tables.map("vital-sign-codes", f"{system}|{coding.c(1).strip()}")
-    if isinstance(by_code, str):
-        return by_code
+    key = (coding.raw, obx.peek(6).raw, id(run.ctx.tables))
+    vital = _VITAL.get(key)
+    if vital is None:
+        system = datatypes.coding_system(coding.c(3), run.ctx) or ""
+        by_code = run.ctx.tables.map("vital-sign-codes", f"{system}|{coding.c(1).strip()}")
+        # ISO/IEEE 11073 (MDC) codes or units: a device's own nomenclature, what monitors measure.
+        vital = system == MDC or _mdc_units(obx, run) or by_code == "vital-signs"
+        if len(_VITAL) >= 10_000:
+            _VITAL.clear()
+        _VITAL[key] = vital
+    if vital:
+        return "vital-signs"
     return _section_category(run, obr) or _default_category(run)
+
+
+# Whether an OBX-3 code and OBX-6 units make a vital sign, per code table set (feeds repeat codes).
+_VITAL: dict[tuple[str, str, int], bool] = {}
 
 
 def _mdc_units(obx: Segment, run: Run) -> bool:

@@ -206,7 +206,7 @@ def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> C
     results are kept as JSON and handed out as fresh copies (resources are edited later), and the problems a
     conversion reported are reported again on every reuse.
     """
-    memo: dict[Any, tuple[Any, list[str]]] = {}
+    memo: dict[Any, tuple[_Kept, list[str]]] = {}
 
     def run(item: Any, ctx: Any) -> Any:
         memo_key = (key(item), ctx.zone.key, id(ctx.tables))
@@ -214,15 +214,59 @@ def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> C
         if hit is None:
             before = len(ctx.problems)
             result = convert(item, ctx)
-            hit = (copy_json(result), ctx.problems[before:])
+            hit = (_Kept.of(result), ctx.problems[before:])
             if len(memo) >= MEMO_LIMIT:
                 memo.clear()
             memo[memo_key] = hit
         elif hit[1]:
             ctx.problems.extend(hit[1])
-        return copy_json(hit[0])
+        return hit[0].copy()
 
     return run
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_CONTAINERS = (dict, list, tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A remembered converter result, handed out as a fresh copy each time (resources are edited later).
+
+    Scalars are immutable and shared; other values are kept as orjson bytes (its parser copies fastest),
+    except those holding a decimal written with its precision, which a JSON round trip would lose.
+    """
+
+    value: Any
+    form: str  # scalar | json | tree
+    is_tuple: bool = False
+
+    @classmethod
+    def of(cls, result: Any) -> _Kept:
+        if isinstance(result, _SCALARS):
+            return cls(result, "scalar")
+        if _has_literal(result):
+            return cls(copy_json(result), "tree")
+        # A tuple (element name, value) must stay a tuple: a list means several values.
+        return cls(orjson.dumps(result), "json", type(result) is tuple)
+
+    def copy(self) -> Any:
+        if self.form == "scalar":
+            return self.value
+        if self.form == "tree":
+            return copy_json(self.value)
+        found = orjson.loads(self.value)
+        return tuple(found) if self.is_tuple else found
+
+
+def _has_literal(value: Any) -> bool:
+    """Whether a converted value holds a number orjson would not write back as it was written."""
+    kind = type(value)
+    if kind is dict:
+        return any(_has_literal(v) for v in value.values())
+    if kind in (list, tuple):
+        return any(_has_literal(v) for v in value)
+    return kind is not float and isinstance(value, float)
 
 
 def copy_json(value: Any) -> Any:
