@@ -48,10 +48,6 @@ class IdentityOutcome:
     keep: set[str] = field(default_factory=set)  # Patient ids whose stored demographics stay as they are
 
 
-def match_keys(translation: Translation) -> list[tuple[str, str]]:
-    return [key for identity in translation.patients for key in identity.match_keys]
-
-
 def _incoming(translation: Translation, patient_id: str) -> JSON:
     for produced in translation.resources:
         resource = produced.resource

@@ -39,7 +39,7 @@ from gateway.fhir import dates, jsonio
 from gateway.fhir.validation import Validator
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
-from gateway.service.patient_matching import IdentityOutcome, Matcher, match_keys, replace_patient
+from gateway.service.patient_matching import IdentityOutcome, Matcher, replace_patient
 from gateway.service.patient_merge import merged_versions
 from gateway.store import messages as message_log
 from gateway.store import resources as store

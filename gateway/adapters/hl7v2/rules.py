@@ -10,7 +10,7 @@ so that what no rule read can be reported.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,28 +119,29 @@ class Rule:
         self._merge_json = orjson.dumps(self.merge) if self.merge else b""
         self._defaults_json = orjson.dumps(self.defaults) if self.defaults else b""
 
-    def inputs(self, scope: Scope) -> list[Any]:
-        """What the converter reads, in order: field values, whole segments, or the scope."""
-        found: list[Any] = []
+    def inputs(self, scope: Scope) -> Iterator[Any]:
+        """What the converter reads, in order: field values, whole segments, or the scope.
+
+        Lazily: a rule whose first source has a value never reads (nor marks as mapped) its fallbacks.
+        """
         for source in self.sources:
             if source.group is not None:
                 if self.kind == "scope":
-                    found.append(scope)
+                    yield scope
                 continue
             for segment in scope.segments(source.segment):
                 if source.field is None:
-                    found.append(segment)
+                    yield segment
                     continue
                 if self.repeat:
                     reps = segment.repetitions(source.field)
-                    found += [v.part(source.component) for v in reps] if source.component else reps
+                    yield from ([v.part(source.component) for v in reps] if source.component else reps)
                     continue
                 first = segment.get(source.field)  # only the first repetition counts as mapped
                 if not first:
                     continue
-                found.append(first.part(source.component) if source.component else first)
+                yield first.part(source.component) if source.component else first
                 break
-        return found
 
     def results(self, scope: Scope, ctx: Any) -> list[Any]:
         if self.kind == "fixed":
