@@ -145,6 +145,8 @@ class Rule:
 
     def results(self, scope: Scope, ctx: Any) -> list[Any]:
         if self.kind == "fixed":
+            if isinstance(self.fixed, str):
+                return [self.fixed]  # immutable: no copy needed
             fixed = orjson.loads(self._fixed_json)
             return fixed if isinstance(fixed, list) else [fixed]  # a list: the values of a list element
         found: list[Any] = []
