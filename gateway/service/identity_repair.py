@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.hl7v2.er7 import ER7Error, Message
@@ -79,13 +79,11 @@ def _refs(text: str) -> list[tuple[str, str]]:
 
 
 async def _logged(conn: AsyncConnection, patient: str | None = None) -> list[_Logged]:
-    """Accepted messages, oldest first; only those that wrote `patient` when one is named."""
+    """Accepted messages, oldest first; only those that wrote `patient` when one is named (with their
+    raw text, which the repair replays; the audit of the whole log reads no message text)."""
+    raw = hl7_message.c.raw if patient is not None else literal("").label("raw")
     query = select(
-        hl7_message.c.id,
-        hl7_message.c.sender,
-        hl7_message.c.raw,
-        hl7_message.c.received_us,
-        hl7_message.c.resources,
+        hl7_message.c.id, hl7_message.c.sender, raw, hl7_message.c.received_us, hl7_message.c.resources
     ).where(hl7_message.c.status == "accepted")
     if patient is not None:
         query = query.where(hl7_message.c.resources.like(f'%"Patient/{patient}/%'))
