@@ -237,6 +237,9 @@ def observation(
         resource["category"] = category(code)
     resource["subject"] = {"reference": f"Patient/{patients.patient_of(run, obx)}"}
     resource.update(links or {})
+    performer = performing_organization(run, obx)
+    if performer is not None:
+        resource.setdefault("performer", []).append(performer)
     if not any(k.startswith("value") for k in resource) and "component" not in resource:
         resource["dataAbsentReason"] = {
             "coding": [
@@ -313,14 +316,11 @@ def _report(run: Run, order: Group, ancestors: tuple[Group, ...], obx_order: dic
         links: JSON = {"basedOn": based_on}
         if spm is not None:
             links["specimen"] = {"reference": f"Specimen/{specimen_ids[spm.index]}"}
-        performer = performing_organization(run, segment)
         obs = observation(run, segment, parent, [obr, orc, spm], results.key(segment), obr=obr, links=links)
         if obs is None:
             if segment.get(2).c(1) in TEXT_TYPES:
                 lines += [datatypes.free_text(rep, run.ctx) for rep in segment.repetitions(5)] or [""]
             continue
-        if performer is not None:
-            obs.setdefault("performer", []).append(performer)
         document = _attachment(run, obs, segment)
         if document is not None:
             # A document is the report's rendition, not a result: it goes to presentedForm.
