@@ -172,7 +172,12 @@ async def client_factory(gateway: Gateway) -> AsyncIterator[ClientFactory]:
         await client.aclose()
 
 
+# Every resource right, and the HL7 v2 message log (granted only by name). Not `subscriptions/admin`: the
+# Subscriptions a test creates belong to this client.
+ALL = "system/*.cruds hl7v2/messages.read hl7v2/messages.reprocess"
+
+
 @pytest_asyncio.fixture
 async def api(client_factory: ClientFactory) -> httpx.AsyncClient:
-    """A client allowed everything (system/*.cruds)."""
-    return await client_factory("system/*.cruds")
+    """A client allowed every resource interaction and the HL7 v2 log."""
+    return await client_factory(ALL)

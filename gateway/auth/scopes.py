@@ -36,6 +36,17 @@ NON_RESOURCE_SCOPES = frozenset(
     }
 )
 
+# Scopes for the gateway's own operations. No resource scope implies them (not even `system/*.cruds`):
+# a client holds one only when it was registered with it by name.
+OPERATION_SCOPES = frozenset(
+    {
+        "hl7v2/messages.read",  # the HL7 v2 message log (raw content only with read on what it made)
+        "hl7v2/messages.reprocess",  # run a logged message again
+        "subscriptions/admin",  # read and operate on every client's Subscriptions
+        "audit/events.read",  # the audit trail (AuditEvent)
+    }
+)
+
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 
 _RESOURCE_SCOPE_RE = re.compile(r"(?P<context>[A-Za-z]+)/(?P<type>\*|[A-Z][A-Za-z]*)\.(?P<perms>[^?]+)")
@@ -80,7 +91,7 @@ def _parse_permissions(text: str, token: str) -> frozenset[str]:
 
 def _parse_token(token: str) -> Scope | str:
     """One space-separated scope: a `Scope`, or the token itself when it is a known non-resource scope."""
-    if token in NON_RESOURCE_SCOPES:
+    if token in NON_RESOURCE_SCOPES or token in OPERATION_SCOPES:
         return token
     match = _RESOURCE_SCOPE_RE.match(token)
     if match is None or match.group("context") not in CONTEXTS:
@@ -116,9 +127,10 @@ def parse_scopes(text: str) -> list[Scope]:
 class Grants:
     """What a token's `system` scopes allow, precomputed so each check is one dictionary lookup."""
 
-    __slots__ = ("_by_type", "_wildcard")
+    __slots__ = ("_by_type", "_wildcard", "operations")
 
-    def __init__(self, scopes: Iterable[Scope]) -> None:
+    def __init__(self, scopes: Iterable[Scope], operations: Iterable[str] = ()) -> None:
+        self.operations = frozenset(o for o in operations if o in OPERATION_SCOPES)
         wildcard: set[str] = set()
         by_type: dict[str, set[str]] = {}
         for scope in scopes:
@@ -135,7 +147,24 @@ class Grants:
     @classmethod
     def from_string(cls, text: str) -> Grants:
         """Grants for a token's `scope` claim."""
-        return cls(parse_scopes(text))
+        resources, others = _split(text)
+        return cls(resources, others)
+
+    def has(self, operation: str) -> bool:
+        """Whether an operation scope (`hl7v2/messages.read`, ...) was granted by name."""
+        return operation in self.operations
+
+    def intersect(self, other: Grants) -> Grants:
+        """What both allow (a notification built for one client and read by another gets the lesser)."""
+        scopes: list[Scope] = []
+        for name in {*self._by_type, *other._by_type} or set():
+            permissions = frozenset(p for p in PERMISSIONS if self.allows(name, p) and other.allows(name, p))
+            if permissions:
+                scopes.append(Scope("system", name, permissions))
+        wildcard = self._wildcard & other._wildcard
+        if wildcard:
+            scopes.append(Scope("system", "*", wildcard))
+        return Grants(scopes, self.operations & other.operations)
 
     def allows(self, resource_type: str, permission: str) -> bool:
         """Whether `permission` (one of c r u d s) is granted on `resource_type`."""
@@ -153,6 +182,7 @@ class Grants:
         """The grants as a SMART v2 scope string (what a stored subscription remembers of its owner)."""
         scopes = [f"system/*.{_perm_string(self._wildcard)}"] if self._wildcard else []
         scopes += [f"system/{name}.{_perm_string(perms)}" for name, perms in self._by_type.items()]
+        scopes += sorted(self.operations)
         return " ".join(scopes)
 
     def __repr__(self) -> str:

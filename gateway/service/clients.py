@@ -42,7 +42,7 @@ class NewClient:
 @lru_cache(maxsize=1024)
 def grants_for(scope: str) -> Grants:
     """Parsed grants per scope string; tokens of one client share one scope string."""
-    return Grants(parse_scopes(scope))
+    return Grants.from_string(scope)
 
 
 class AuthService:

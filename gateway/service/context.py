@@ -16,6 +16,8 @@ PreferReturn = Literal["minimal", "representation", "OperationOutcome"]
 class GrantsLike(Protocol):
     def allows(self, resource_type: str, permission: str) -> bool: ...
 
+    def has(self, operation: str) -> bool: ...
+
     def scope_string(self) -> str: ...
 
 
@@ -29,6 +31,16 @@ class RequestContext:
 
     def can(self, resource_type: str, permission: str) -> bool:
         return self.grants is None or self.grants.allows(resource_type, permission)
+
+    def may(self, operation: str) -> bool:
+        """Whether an operation scope (`hl7v2/messages.read`, `subscriptions/admin`...) is held."""
+        return self.grants is None or self.grants.has(operation)
+
+    def require_operation(self, operation: str) -> None:
+        if not self.may(operation):
+            raise Forbidden(
+                f"The access token's scopes do not include {operation} (it must be granted by name)"
+            )
 
     def require(self, resource_type: str, permission: str) -> None:
         if not self.can(resource_type, permission):

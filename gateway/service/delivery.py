@@ -391,12 +391,16 @@ class Deliverer:
         state: DeliveryState,
         events: list[StoredEvent],
         content: str,
+        reader: Grants | None = None,
     ) -> dict[ResourceKey, JSON | None]:
-        """Focus versions (and the topic's includes) that the owner's scopes let it read; others as None."""
+        """Focus versions (and the topic's includes) that the owner's scopes let it read (and, when someone
+        else replays them, the reader's too); others as None."""
         resources: dict[ResourceKey, JSON | None] = {}
         if content == "empty":
             return resources
         grants = Grants.from_string(state.owner_scope)
+        if reader is not None:
+            grants = grants.intersect(reader)
         for event in events:
             key = (event.focus_type, event.focus_id, event.focus_version)
             if key in resources:

@@ -26,7 +26,7 @@ from gateway.service.payer_client import PayerClient
 from gateway.service.pipeline import Pipeline
 from gateway.service.priorauth import PriorAuthService
 from gateway.service.subscription_ops import SubscriptionOps
-from gateway.service.subscriptions import SubscriptionManager
+from gateway.service.subscriptions import SubscriptionManager, SubscriptionPolicy
 from gateway.settings import Settings
 from gateway.store import migrate
 from gateway.store.database import Database
@@ -85,6 +85,7 @@ class Gateway:
         )
         fhir.write_observers.append(pa_tracking.observe)  # lifecycle first: a refused move matches nothing
         fhir.write_observers.append(manager.observe)
+        fhir.policies["Subscription"] = SubscriptionPolicy(manager)
         await pa_tracking.backfill(db)
         await manager.reload()
         deliverer = Deliverer(

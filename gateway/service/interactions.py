@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.exceptions import (
     BadRequest,
     Conflict,
+    Forbidden,
     Gone,
     NotFound,
     PreconditionFailed,
@@ -32,6 +33,7 @@ from gateway.fhir.outcome import outcome_bytes
 from gateway.fhir.query import QueryParser, SearchQuery
 from gateway.fhir.urls import check_id, check_type
 from gateway.fhir.validation import Validator
+from gateway.service.authorization import ResourcePolicy, check_query, restrict_to
 from gateway.service.context import CREATE, DELETE, READ, SEARCH, UPDATE, RequestContext
 from gateway.store import resources as store
 from gateway.store import search as store_search
@@ -162,6 +164,8 @@ class FhirService:
         self.configured_base = configured_base.rstrip("/")
         # Called inside the write transaction with every batch of versions written (subscriptions).
         self.write_observers: list[WriteObserver] = []
+        # Rules beyond scopes for some types (Subscriptions belong to their creator): see authorization.py.
+        self.policies: dict[str, ResourcePolicy] = {}
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -177,9 +181,37 @@ class FhirService:
         self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]
     ) -> SearchQuery:
         query = self.parser(ctx).parse(resource_type, params)
+        check_query(ctx, query)
         if query.unknown and ctx.strict_handling:
             raise BadRequest(f"Unknown search parameters for {resource_type}: {', '.join(query.unknown)}")
         return query
+
+    # -- what a caller may see of a type with a policy (authorization.py) -------------------------
+
+    async def _visible(
+        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str
+    ) -> set[str] | None:
+        policy = self.policies.get(resource_type)
+        return None if policy is None else await policy.visible(conn, ctx)
+
+    async def _check_visible(
+        self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, resource_id: str
+    ) -> None:
+        """A resource the caller may not see does not exist for it (404, as if it were never there)."""
+        visible = await self._visible(conn, ctx, resource_type)
+        if visible is not None and resource_id not in visible:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+
+    def _shown(self, ctx: RequestContext, resource_type: str, content: bytes | None) -> bytes | None:
+        policy = self.policies.get(resource_type)
+        if policy is None or content is None:
+            return content
+        return policy.redact(ctx, content)
+
+    async def _restricted(self, conn: AsyncConnection, ctx: RequestContext, query: SearchQuery) -> bool:
+        """Narrow a query to what the caller may see; False when it may see none of that type."""
+        visible = await self._visible(conn, ctx, query.resource_type)
+        return visible is None or restrict_to(query, visible)
 
     def location(self, ctx: RequestContext, stored: Stored) -> str:
         return f"{ctx.base_url}/{stored.type}/{stored.id}/_history/{stored.version}"
@@ -196,7 +228,7 @@ class FhirService:
     def written(self, ctx: RequestContext, stored: Stored, status: int, issues: list[Issue]) -> Outcome:
         body: bytes | None = None
         if ctx.prefer_return == "representation":
-            body = stored.content
+            body = self._shown(ctx, stored.type, stored.content)
         elif ctx.prefer_return == "OperationOutcome":
             body = outcome_bytes(issues)
         return Outcome(status, stored, body, issues, self.location(ctx, stored))
@@ -215,8 +247,11 @@ class FhirService:
         if not params:
             raise BadRequest("Conditional criteria are empty")
         query = self.parser(ctx).parse(resource_type, params)
+        check_query(ctx, query)  # criteria reveal which resource matches: search rights on all they touch
         if query.unknown:
             raise BadRequest(f"Unknown search parameters in conditional criteria: {', '.join(query.unknown)}")
+        if not await self._restricted(conn, ctx, query):
+            return []
         return await store_search.matching_ids(conn, query, limit=2)
 
     async def write_versions(
@@ -358,6 +393,10 @@ class FhirService:
         if issues is None:
             issues = self.validate(resource)
         current = await store.current(conn, resource["resourceType"], resource_id)
+        policy = self.policies.get(resource["resourceType"])
+        if policy is not None and current is not None:
+            await self._check_visible(conn, ctx, resource["resourceType"], resource_id)
+            resource = policy.restore(None if current.deleted else current.content, resource)
         plan = self.plan_update(ctx, resource, resource_id, current, if_match, dates.now_us())
         if isinstance(plan, Stored):
             return self.written(ctx, plan, 200, issues)
@@ -375,6 +414,8 @@ class FhirService:
         if_match: int | None = None,
     ) -> Outcome:
         current = await store.current(conn, resource_type, resource_id)
+        if current is not None and resource_type in self.policies:
+            await self._check_visible(conn, ctx, resource_type, resource_id)
         plan = self.plan_delete(ctx, resource_type, resource_id, current, if_match, dates.now_us())
         if plan is None:
             return Outcome(204)
@@ -427,9 +468,10 @@ class FhirService:
         stored = await store.current(conn, resource_type, resource_id)
         if stored is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
+        await self._check_visible(conn, ctx, resource_type, resource_id)
         if stored.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted (version {stored.version})")
-        return Outcome(200, stored, stored.content)
+        return Outcome(200, stored, self._shown(ctx, resource_type, stored.content))
 
     async def vread_on(
         self,
@@ -446,9 +488,10 @@ class FhirService:
         stored = await store.version(conn, resource_type, resource_id, int(version_id))
         if stored is None:
             raise NotFound(f"Version {version_id} of {resource_type}/{resource_id} is not known")
+        await self._check_visible(conn, ctx, resource_type, resource_id)
         if stored.deleted:
             raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
-        return Outcome(200, stored, stored.content)
+        return Outcome(200, stored, self._shown(ctx, resource_type, stored.content))
 
     async def search_on(
         self, conn: AsyncConnection, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]
@@ -456,16 +499,25 @@ class FhirService:
         check_type(resource_type)
         ctx.require(resource_type, SEARCH)
         query = self.parse_query(ctx, resource_type, params)
-        matches, total = await store_search.search(conn, query)
+        if await self._restricted(conn, ctx, query):
+            matches, total = await store_search.search(conn, query)
+        else:
+            matches, total = [], 0
         extra: list[Stored] = []
         if query.includes or query.revincludes:
             pulled = await store_search.included(
                 conn, matches, query.includes, query.revincludes, self.max_included
             )
             # Never leak what the token may not read.
-            extra = [s for s in pulled if ctx.can(s.type, READ)]
-        entries = [Entry(f"{ctx.base_url}/{s.type}/{s.id}", s.content, "match") for s in matches]
-        entries += [Entry(f"{ctx.base_url}/{s.type}/{s.id}", s.content, "include") for s in extra]
+            extra = [s for s in pulled if ctx.can(s.type, READ) and await self._may_see(conn, ctx, s)]
+        entries = [
+            Entry(f"{ctx.base_url}/{s.type}/{s.id}", self._shown(ctx, s.type, s.content), "match")
+            for s in matches
+        ]
+        entries += [
+            Entry(f"{ctx.base_url}/{s.type}/{s.id}", self._shown(ctx, s.type, s.content), "include")
+            for s in extra
+        ]
         if query.unknown:
             warning = Issue(
                 "warning", "not-supported", f"Ignored unknown search parameters: {', '.join(query.unknown)}"
@@ -473,6 +525,10 @@ class FhirService:
             entries.append(Entry(f"urn:uuid:{uuid.uuid4()}", outcome_bytes([warning]), "outcome"))
         links = self._page_links(ctx, query, len(matches), total)
         return Outcome(200, body=bundle_bytes("searchset", entries, total=total, links=links))
+
+    async def _may_see(self, conn: AsyncConnection, ctx: RequestContext, stored: Stored) -> bool:
+        visible = await self._visible(conn, ctx, stored.type)
+        return visible is None or stored.id in visible
 
     def _page_links(
         self, ctx: RequestContext, query: SearchQuery, returned: int, total: int | None
@@ -518,6 +574,12 @@ class FhirService:
             check_id(resource_id)
             if await store.head(conn, resource_type, resource_id) is None:
                 raise NotFound(f"{resource_type}/{resource_id} is not known")
+            await self._check_visible(conn, ctx, resource_type, resource_id)
+        elif await self._visible(conn, ctx, resource_type) is not None:
+            raise Forbidden(
+                f"The history of all {resource_type} resources includes other clients'; read the history"
+                f" of one {resource_type} by id"
+            )
         versions, total = await store.history(
             conn,
             resource_type=resource_type,
@@ -557,7 +619,8 @@ class FhirService:
             "etag": f'W/"{stored.version}"',
             "lastModified": dates.format_instant(stored.updated_us),
         }
-        return Entry(f"{ctx.base_url}/{url}", stored.content, None, request, response)
+        content = self._shown(ctx, stored.type, stored.content)
+        return Entry(f"{ctx.base_url}/{url}", content, None, request, response)
 
     # -- outer forms: one transaction each -------------------------------------------------------
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.auth.scopes import Grants
 from gateway.exceptions import BadRequest, Forbidden, NotFound
 from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
@@ -25,6 +26,7 @@ from gateway.types import JSON
 
 DELIVERY_EXTENSION = f"{GATEWAY_FHIR}/StructureDefinition/subscription-delivery"
 WS_TOKEN_TTL_S = 300
+CONTENT_LEVELS = ("empty", "id-only", "full-resource")  # each shows more than the one before
 MAX_EVENTS_PER_QUERY = 1000
 
 
@@ -82,6 +84,9 @@ class SubscriptionOps:
             if not ids:
                 ctx.require("Subscription", SEARCH)
                 ids = [s.id for s in await store_search.all_current(conn, "Subscription")]
+                visible = await self.manager.visible_ids(conn, ctx)
+                if visible is not None:
+                    ids = [i for i in ids if i in set(visible)]
             entries: list[Entry] = []
             for sub_id in ids:
                 resource, state = await self.manager.status_of(conn, ctx, sub_id)
@@ -105,10 +110,17 @@ class SubscriptionOps:
             resource, state = await self.manager.status_of(conn, ctx, sub_id)
             spec = self.manager.spec_of(resource)
             level = content or spec.content
-            if level not in ("empty", "id-only", "full-resource"):
+            if level not in CONTENT_LEVELS:
                 raise BadRequest(f"content {level!r} is not one of empty, id-only, full-resource")
+            if CONTENT_LEVELS.index(level) > CONTENT_LEVELS.index(spec.content):
+                raise Forbidden(
+                    f"content {level!r} asks for more than the subscription's own {spec.content!r}"
+                )
             events = await sub_store.events_between(conn, sub_id, first - 1, last, limit=MAX_EVENTS_PER_QUERY)
-            resources = await self.deliverer.payload_resources(conn, spec, state, events, level)
+            # Built with what both the owner and the caller may read (an administrator replaying another
+            # client's events gets no more than either).
+            reader = Grants.from_string(ctx.grants.scope_string()) if ctx.grants is not None else None
+            resources = await self.deliverer.payload_resources(conn, spec, state, events, level, reader)
         records = [
             EventRecord(e.number, e.topic, e.focus_type, e.focus_id, e.focus_version, e.created_us, e.details)
             for e in events

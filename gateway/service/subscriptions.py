@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.exceptions import BadRequest, Forbidden, NotFound, Unprocessable
-from gateway.fhir import dates
+from gateway.fhir import dates, jsonio
 from gateway.mapping.monitoring import MonitoringRules
 from gateway.routing.endpoints import Allowlist, endpoint_host, endpoint_problem
 from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext, Fired
@@ -339,14 +339,16 @@ class SubscriptionManager:
             or current_state.status in ("error", "off")
             or spec.status == "requested"
         ):
-            # A client (re)requesting, or changing where and how it is called: handshake again.
+            # A client (re)requesting, or changing where and how it is called: handshake again. The
+            # owner stays the creator: an administrator editing it does not lend it its own scopes.
+            keeps_owner = current_state.owner is not None and current_state.owner != ctx.client_id
             await sub_store.register(
                 conn,
                 stored.id,
                 status=_start_status(spec),
                 secret=secret,
-                owner=ctx.client_id,
-                owner_scope=owner_scope,
+                owner=current_state.owner if keeps_owner else ctx.client_id,
+                owner_scope=current_state.owner_scope if keeps_owner else owner_scope,
                 now=now,
             )
         return spec
@@ -383,20 +385,107 @@ class SubscriptionManager:
     async def status_of(
         self, conn: AsyncConnection, ctx: RequestContext, sub_id: str
     ) -> tuple[JSON, sub_store.DeliveryState]:
+        """A Subscription and its delivery state, for its owner (or an administrator) only: to anyone else
+        it does not exist."""
         ctx.require("Subscription", READ)
         current = await store.current(conn, "Subscription", sub_id)
-        if current is None or current.deleted or current.content is None:
-            raise NotFound(f"Subscription/{sub_id} does not exist")
         state = await sub_store.state(conn, sub_id)
+        if current is None or current.deleted or current.content is None or not _may_operate(ctx, state):
+            raise NotFound(f"Subscription/{sub_id} does not exist")
         if state is None:
             raise NotFound(f"Subscription/{sub_id} has no delivery state")
         return orjson.loads(current.content), state
+
+    async def visible_ids(self, conn: AsyncConnection, ctx: RequestContext) -> list[str] | None:
+        """The Subscriptions a caller may see: its own, or every one with `subscriptions/admin`."""
+        if ctx.grants is None or ctx.may(ADMIN_SCOPE):
+            return None
+        return await sub_store.owned_by(conn, ctx.client_id or "")
 
     def spec_of(self, resource: JSON) -> SubscriptionSpec:
         spec, issues = parse_subscription(resource, self.topics)
         if spec is None:
             raise BadRequest(issues[0].diagnostics if issues else "Subscription no longer valid")
         return spec
+
+
+ADMIN_SCOPE = "subscriptions/admin"
+# What a channel.header value reads as to any reader: header values are credentials for the endpoint.
+HIDDEN = "[hidden]"
+
+
+def _may_operate(ctx: RequestContext, state: sub_store.DeliveryState | None) -> bool:
+    if ctx.grants is None or ctx.may(ADMIN_SCOPE):
+        return True
+    return state is not None and state.owner is not None and state.owner == ctx.client_id
+
+
+class SubscriptionPolicy:
+    """Subscriptions belong to the client that created them, and their secrets are write-only.
+
+    Only the owner (or a client holding `subscriptions/admin`, which no resource scope implies) sees,
+    changes or deletes one; everyone else gets 404. Reads never show the signing secret (the
+    subscription-secret extension) or the values of `channel.header` (credentials for the endpoint,
+    shown as `Name: [hidden]`); a write that leaves them out, or sends a hidden value back, keeps the
+    stored ones.
+    """
+
+    def __init__(self, manager: SubscriptionManager) -> None:
+        self.manager = manager
+
+    async def visible(self, conn: AsyncConnection, ctx: RequestContext) -> set[str] | None:
+        ids = await self.manager.visible_ids(conn, ctx)
+        return None if ids is None else set(ids)
+
+    def redact(self, ctx: RequestContext, content: bytes) -> bytes:
+        resource = jsonio.loads(content)
+        changed = _hide_secrets(resource)
+        return jsonio.dumps(resource) if changed else content
+
+    def restore(self, previous: bytes | None, content: JSON) -> JSON:
+        if previous is None:
+            return content
+        stored = jsonio.loads(previous)
+        restored = dict(content)
+        extensions = list(restored.get("extension") or [])
+        if not any(e.get("url") == SECRET_EXTENSION for e in extensions):
+            kept = [e for e in stored.get("extension") or [] if e.get("url") == SECRET_EXTENSION]
+            if kept:
+                restored["extension"] = [*extensions, *kept]
+        channel = restored.get("channel")
+        if isinstance(channel, dict) and isinstance(channel.get("header"), list):
+            before = {_header_name(h): h for h in (stored.get("channel") or {}).get("header") or []}
+            channel = dict(channel)
+            channel["header"] = [
+                before.get(_header_name(h), h) if _is_hidden(h) else h for h in channel["header"]
+            ]
+            restored["channel"] = channel
+        return restored
+
+
+def _header_name(header: object) -> str:
+    return str(header).split(":", 1)[0].strip().lower()
+
+
+def _is_hidden(header: object) -> bool:
+    return isinstance(header, str) and header.split(":", 1)[-1].strip() == HIDDEN
+
+
+def _hide_secrets(resource: JSON) -> bool:
+    changed = False
+    extensions = resource.get("extension")
+    if isinstance(extensions, list) and any(e.get("url") == SECRET_EXTENSION for e in extensions):
+        kept = [e for e in extensions if e.get("url") != SECRET_EXTENSION]
+        if kept:
+            resource["extension"] = kept
+        else:
+            del resource["extension"]
+        changed = True
+    channel = resource.get("channel")
+    if isinstance(channel, dict) and isinstance(channel.get("header"), list):
+        channel["header"] = [f"{str(h).split(':', 1)[0]}: {HIDDEN}" for h in channel["header"]]
+        changed = True
+    return changed
 
 
 def _start_status(spec: SubscriptionSpec) -> str:

@@ -72,8 +72,12 @@ async def insert_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
 
 
 async def replace(conn: AsyncConnection, message_id: str, values: dict[str, Any]) -> None:
-    """Overwrite a logged message's outcome (a re-sent or reprocessed message), counting the attempt."""
-    values = {k: v for k, v in values.items() if k != "id"}
+    """Overwrite a logged message's outcome (a re-sent or reprocessed message), counting the attempt.
+
+    The message as received is never replaced: a re-send that is the same message (same content hash)
+    changes its outcome, and whatever is reprocessed later is what was first received.
+    """
+    values = {k: v for k, v in values.items() if k not in ("id", "raw", "content_hash", "received_us")}
     await conn.execute(
         update(hl7_message)
         .where(hl7_message.c.id == message_id)

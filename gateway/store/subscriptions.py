@@ -282,6 +282,14 @@ async def state(conn: AsyncConnection, sub_id: str) -> DeliveryState | None:
     return _state(row) if row is not None else None
 
 
+async def owned_by(conn: AsyncConnection, owner: str) -> list[str]:
+    """Ids of the subscriptions a client created."""
+    rows = await conn.execute(
+        select(subscription_delivery.c.sub_id).where(subscription_delivery.c.owner == owner)
+    )
+    return [row.sub_id for row in rows]
+
+
 async def states(conn: AsyncConnection, sub_ids: Sequence[str]) -> dict[str, DeliveryState]:
     if not sub_ids:
         return {}

@@ -263,7 +263,8 @@ async def test_events_replays_any_range_and_status_counts(
         next(x for x in e["part"] if x["name"] == "focus")["valueReference"]["reference"] for e in events
     ]
     assert [r.rsplit("/", 1)[-1] for r in focuses] == ids[1:4]
-    full = await api.post(
+    # An id-only subscription cannot be replayed with more than its own content.
+    upgraded = await api.post(
         f"/fhir/Subscription/{sub_id}/$events",
         json={
             "resourceType": "Parameters",
@@ -273,7 +274,10 @@ async def test_events_replays_any_range_and_status_counts(
             ],
         },
     )
-    assert full.json()["entry"][1]["resource"]["id"] == ids[4]
+    assert upgraded.status_code == 403
+    same = await api.get(f"/fhir/Subscription/{sub_id}/$events?eventsSinceNumber=5&content=id-only")
+    (entry,) = same.json()["entry"][1:]
+    assert entry["fullUrl"].endswith(f"Observation/{ids[4]}") and "resource" not in entry
     bad = await api.get(f"/fhir/Subscription/{sub_id}/$events?eventsSinceNumber=abc")
     assert bad.status_code == 400
     await receiver.until(lambda: sum(len(r.event_numbers) for r in receiver.events("/e")) == 5)

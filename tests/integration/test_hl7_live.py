@@ -24,7 +24,7 @@ def mllp_send(port: int, message: str) -> str:
 
 
 async def fhir(live: LiveServer, path: str, **params: str) -> dict:
-    token = await live.token("system/*.cruds")
+    token = await live.token("system/*.cruds hl7v2/messages.read hl7v2/messages.reprocess")
     async with httpx.AsyncClient(
         base_url=live.base_url, headers={"Authorization": f"Bearer {token}"}
     ) as http:

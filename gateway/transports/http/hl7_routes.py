@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from gateway.exceptions import NotFound
-from gateway.service.context import READ
+from gateway.service.context import CREATE, READ, UPDATE, RequestContext
 from gateway.service.pipeline import Source
 from gateway.store import messages as message_log
 from gateway.store.messages import LoggedMessage
@@ -21,8 +22,17 @@ router = APIRouter(tags=["HL7 v2"])
 ER7 = "x-application/hl7-v2+er7; charset=utf-8"
 
 
+# Every message a sender may send writes at least its Patient and a Provenance: a token that may not is
+# refused before anything is logged (the types a message makes are checked again once translated).
+INGEST_PERMISSIONS = (("Patient", CREATE), ("Patient", UPDATE), ("Provenance", CREATE))
+LOG_READ = "hl7v2/messages.read"
+LOG_REPROCESS = "hl7v2/messages.reprocess"
+
+
 @router.post("/hl7v2", summary="one HL7 v2 message (ER7) in the body; the answer is its ACK")
 async def receive(request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Response:
+    for resource_type, permission in INGEST_PERMISSIONS:
+        ctx.require(resource_type, permission)
     client = request.client.host if request.client else "-"
     result = await gateway.pipeline.submit(await request.body(), Source("http", client), ctx=ctx)
     return Response(
@@ -30,7 +40,36 @@ async def receive(request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Respon
     )
 
 
-def _summary(row: LoggedMessage) -> dict[str, Any]:
+def _clinical(ctx: RequestContext, row: LoggedMessage) -> bool:
+    """Whether the caller may read everything the message made (and so its content): Patient at least."""
+    made = {str(r).split("/", 1)[0] for r in orjson.loads(row.resources)} | {"Patient"}
+    return all(ctx.can(t, READ) for t in made)
+
+
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def _masked_problems(problems: list[str]) -> list[str]:
+    """Problem notes quote the values they could not map (a malformed birth date): hidden from readers
+    who may not read the clinical content."""
+    return [_QUOTED.sub("'***'", p) for p in problems]
+
+
+def masked_raw(raw: str) -> str:
+    """The message's structure without its content: MSH as sent, other segments' fields as `***`."""
+    lines = []
+    for line in raw.replace("\r\n", "\r").replace("\n", "\r").split("\r"):
+        if not line or line.startswith("MSH") or len(line) < 4:
+            lines.append(line)
+            continue
+        separator = line[3]
+        fields = line.split(separator)
+        lines.append(separator.join([fields[0], *("***" if f else "" for f in fields[1:])]))
+    return "\r".join(lines)
+
+
+def _summary(row: LoggedMessage, ctx: RequestContext) -> dict[str, Any]:
+    problems = orjson.loads(row.problems)
     return {
         "id": row.id,
         "sender": row.sender,
@@ -42,7 +81,7 @@ def _summary(row: LoggedMessage) -> dict[str, Any]:
         "attempts": row.attempts,
         "received": row.received_us,
         "errors": orjson.loads(row.errors),
-        "problems": orjson.loads(row.problems),
+        "problems": problems if _clinical(ctx, row) else _masked_problems(problems),
         "unusedSegments": orjson.loads(row.unused),
         "unmappedFields": orjson.loads(row.unmapped or "[]"),
         "notes": orjson.loads(row.notes or "[]"),
@@ -59,12 +98,12 @@ async def list_messages(
     count: int = 50,
     offset: int = 0,
 ) -> JSONResponse:
-    ctx.require("Patient", READ)  # the log is about patients: it needs the right to read them
+    ctx.require_operation(LOG_READ)
     async with gateway.db.read() as conn:
         rows, total = await message_log.search(
             conn, status=status, sender=sender, count=min(max(count, 1), 500), offset=max(offset, 0)
         )
-    return JSONResponse({"total": total, "messages": [_summary(r) for r in rows]})
+    return JSONResponse({"total": total, "messages": [_summary(r, ctx) for r in rows]})
 
 
 async def _load(gateway: Any, message_id: str) -> LoggedMessage:
@@ -77,14 +116,18 @@ async def _load(gateway: Any, message_id: str) -> LoggedMessage:
 
 @router.get("/hl7v2/messages/{message_id}", summary="one logged message, with its content and ACK")
 async def get_message(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
-    ctx.require("Patient", READ)
+    """The message with its ACK; its raw content only for a reader who may read what it made (else its
+    structure, values masked, and `rawMasked: true`)."""
+    ctx.require_operation(LOG_READ)
     row = await _load(gateway, message_id)
-    return JSONResponse({**_summary(row), "raw": row.raw, "ack": row.ack})
+    clinical = _clinical(ctx, row)
+    raw = row.raw if clinical else masked_raw(row.raw)
+    return JSONResponse({**_summary(row, ctx), "raw": raw, "rawMasked": not clinical, "ack": row.ack})
 
 
 @router.get("/hl7v2/senders", summary="every sender in the message log, with its message count")
 async def list_senders(ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
-    ctx.require("Patient", READ)
+    ctx.require_operation(LOG_READ)
     async with gateway.db.read() as conn:
         rows = await message_log.senders(conn)
     return JSONResponse(
@@ -97,7 +140,7 @@ async def list_senders(ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
     summary="the fields a sender sends that no mapping reads (what a site override would need)",
 )
 async def sender_coverage(sender: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
-    ctx.require("Patient", READ)
+    ctx.require_operation(LOG_READ)
     async with gateway.db.read() as conn:
         totals, fields = await message_log.coverage(conn, sender)
     if not totals:
@@ -126,6 +169,7 @@ async def sender_coverage(sender: str, ctx: AuthCtx, gateway: GatewayDep) -> JSO
     "/hl7v2/messages/{message_id}/$reprocess", summary="run a logged message again (after a mapping fix)"
 )
 async def reprocess(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
+    ctx.require_operation(LOG_REPROCESS)
     row = await _load(gateway, message_id)
     result = await gateway.pipeline.submit(
         row.raw, Source("reprocess", f"log:{message_id}"), ctx=ctx, reprocess_id=message_id
