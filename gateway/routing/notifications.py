@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from gateway.fhir.dates import format_instant
 from gateway.routing.requests import BACKPORT
+from gateway.routing.requests import SIGNATURE_HEADER as SIGNATURE_HEADER  # where it was defined first
 from gateway.routing.topics import GATEWAY_FHIR
 from gateway.types import JSON
 
 NOTIFICATION_PROFILE = f"{BACKPORT}/backport-subscription-notification-r4"
 STATUS_PROFILE = f"{BACKPORT}/backport-subscription-status-r4"
 ALERT_EXTENSION = f"{GATEWAY_FHIR}/StructureDefinition/notification-event-detail"
-SIGNATURE_HEADER = "X-Signature"
 
 ResourceKey = tuple[str, str, int]  # (type, id, version)
 
