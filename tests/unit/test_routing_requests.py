@@ -273,7 +273,9 @@ def test_malformed_header(header: str) -> None:
     ],
 )
 def test_headers_the_gateway_or_the_connection_owns_are_refused(name: str) -> None:
-    resource = subscription("abnormal-lab-result", ENDPOINT, headers=("Authorization: Bearer t", f"{name}: x"))
+    resource = subscription(
+        "abnormal-lab-result", ENDPOINT, headers=("Authorization: Bearer t", f"{name}: x")
+    )
     issue = _only_issue(resource)
     assert issue.expression == ("Subscription.channel.header[1]",)
     assert name in issue.diagnostics  # named as the client wrote it
