@@ -1,12 +1,15 @@
 """A real HTTP receiver on 127.0.0.1 for subscription notifications (not a mock).
 
-It runs `http.server` in a thread, records every request (headers, body, arrival time), and can be told
-to answer with an error status or to go down (its socket closed: connections refused) and come back on
-the same port.
+It runs `http.server` in a thread, records every request (headers, body, arrival time) and counts every
+connection it accepts (even one that never sends a request), and can be told to answer with an error
+status or to go down (its socket closed: connections refused) and come back on the same port. It may
+listen on another loopback address (127.0.0.2) and speak TLS (recording the SNI names clients send).
 """
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -52,15 +55,25 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
+        self.connections = 0  # accepted TCP connections, whether or not a request followed
+        self.sni: list[str | None] = []  # server names TLS clients asked for
         self.status = 200
         self.delay_s = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.host = host
         self.port = port
+        self.tls = tls
+        if tls is not None:
+            tls.sni_callback = self._note_sni
         self.start()
+
+    def _note_sni(self, _sock: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        with self._lock:
+            self.sni.append(name)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -86,12 +99,43 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                if receiver.tls is not None:  # the handshake runs in this connection's thread
+                    wrapped = receiver.tls.wrap_socket(
+                        self.request, server_side=True, do_handshake_on_connect=False
+                    )
+                    try:
+                        wrapped.do_handshake()
+                    except OSError:
+                        wrapped.close()  # a client that refused the certificate: nothing to serve
+                        raise
+                    self.request = wrapped
+                super().setup()
+
+            def finish(self) -> None:
+                super().finish()
+                if receiver.tls is not None:
+                    self.request.close()  # the server closes the plain socket it accepted, not this one
+
         return Handler
 
     def start(self) -> None:
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._server.daemon_threads = True
+        receiver = self
+
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                accepted = super().get_request()
+                with receiver._lock:
+                    receiver.connections += 1
+                return accepted
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a failed TLS handshake is what some tests expect; keep the output clean
+
+        self._server = Server((self.host, self.port), self._handler())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -103,8 +147,9 @@ class Receiver:
             self._server.server_close()
             self._server = None
 
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/hook", host: str | None = None) -> str:
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
 
     def on(self, path: str) -> list[Received]:
         with self._lock:

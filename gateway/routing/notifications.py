@@ -2,7 +2,9 @@
 
 A notification is a `history` Bundle: entry[0] is the subscription-status Parameters (with
 `events-since-subscription-start` and one `notification-event` part per event), then one entry per
-resource the payload content allows. Signatures are HMAC-SHA256 of the exact body bytes.
+resource version the payload content allows: each event's own version of its focus (never an older
+one), so one resource may appear once per version, each entry naming its version in `response`.
+Signatures are HMAC-SHA256 of the exact body bytes.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from dataclasses import dataclass
 
 from gateway.fhir.dates import format_instant
 from gateway.routing.requests import BACKPORT
+from gateway.routing.requests import SIGNATURE_HEADER as SIGNATURE_HEADER  # where it was defined first
 from gateway.routing.topics import GATEWAY_FHIR
 from gateway.types import JSON
 
 NOTIFICATION_PROFILE = f"{BACKPORT}/backport-subscription-notification-r4"
 STATUS_PROFILE = f"{BACKPORT}/backport-subscription-status-r4"
 ALERT_EXTENSION = f"{GATEWAY_FHIR}/StructureDefinition/notification-event-detail"
-SIGNATURE_HEADER = "X-Signature"
 
 ResourceKey = tuple[str, str, int]  # (type, id, version)
 
@@ -126,8 +128,9 @@ def notification_bundle(
 ) -> JSON:
     """The notification for `events` (none for handshakes and heartbeats).
 
-    `resources` holds the focus version of each event and whatever the topic's shape includes; a None
-    value means the subscriber may not see that resource (its token's scopes), so it goes id-only.
+    `resources` holds, in event order, the version of its focus each event was about and whatever the
+    topic's shape includes; a None value means the subscriber may not see that resource (its token's
+    scopes), so it goes id-only.
     """
     base = header.base_url.rstrip("/")
     entries: list[JSON] = [
@@ -139,16 +142,20 @@ def notification_bundle(
         }
     ]
     if content != "empty":
-        seen: set[tuple[str, str]] = set()
-        for key, resource in resources.items():
-            rtype, rid, version = key
-            if (rtype, rid) in seen:
-                continue
-            seen.add((rtype, rid))
+        # One entry per resource version, in the order given (each event's focus, then what the topic
+        # includes): two events of one resource in one notification bring both versions, so an event
+        # never arrives with an older state than its own. fullUrl stays version-independent as R4
+        # requires (a history Bundle may repeat it); the response names the version, as a server's
+        # answer to that create or update would.
+        for (rtype, rid, version), resource in resources.items():
             entry: JSON = {
                 "fullUrl": f"{base}/{rtype}/{rid}",
                 "request": {"method": "PUT", "url": f"{rtype}/{rid}"},
-                "response": {"status": "201" if version == 1 else "200"},
+                "response": {
+                    "status": "201" if version == 1 else "200",
+                    "etag": f'W/"{version}"',
+                    "location": f"{rtype}/{rid}/_history/{version}",
+                },
             }
             if content == "full-resource" and resource is not None:
                 entry["resource"] = resource

@@ -2,7 +2,7 @@
 
 Everything a client may get wrong is reported as an OperationOutcome issue with its expression:
 unknown topic, filter, channel type or payload content, a bad heartbeat/timeout/maxCount, a header
-that is not `Name: value`.
+that is not `Name: value` or that `channel.header` may not set (RESERVED_HEADERS).
 """
 
 from __future__ import annotations
@@ -23,6 +23,41 @@ MAX_COUNT = f"{BACKPORT}/backport-max-count"
 SUBSCRIPTION_PROFILE = f"{BACKPORT}/backport-subscription"
 # The client's HMAC key for notification signatures (optional; the gateway makes one when absent).
 SECRET_EXTENSION = f"{GATEWAY_FHIR}/StructureDefinition/subscription-secret"
+
+# Headers the gateway sets on every rest-hook POST (what subscribers verify and order by).
+SIGNATURE_HEADER = "X-Signature"
+SUBSCRIPTION_ID_HEADER = "X-Subscription-Id"
+EVENT_NUMBERS_HEADER = "X-Event-Numbers"
+# What `channel.header` may not set, lower-cased: the gateway's own headers (a forged signature or
+# event range), the message framing and connection handling (Host would send the request to another
+# virtual host behind the checked address; Content-Length and Transfer-Encoding could smuggle a second
+# request), and what proxies in front of an internal service trust about the caller.
+RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        SIGNATURE_HEADER,
+        SUBSCRIPTION_ID_HEADER,
+        EVENT_NUMBERS_HEADER,
+        "Content-Type",  # channel.payload says it
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Expect",
+        "Proxy-Authorization",
+        "Proxy-Authenticate",
+        "Forwarded",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "X-Real-IP",
+    )
+)
 
 CHANNEL_TYPES = ("rest-hook", "websocket")
 CONTENT_LEVELS = ("empty", "id-only", "full-resource")
@@ -141,6 +176,12 @@ def parse_subscription(
         name, sep, value = header.partition(":") if isinstance(header, str) else ("", "", "")
         if not sep or not name.strip() or any(c in name for c in " \r\n") or any(c in value for c in "\r\n"):
             problem(f"Subscription.channel.header[{i}]", "A header must be 'Name: value' on one line")
+        elif name.strip().lower() in RESERVED_HEADERS:
+            problem(
+                f"Subscription.channel.header[{i}]",
+                f"channel.header may not set {name.strip()}: the gateway or the connection sets it",
+                "business-rule",
+            )
         else:
             headers.append((name.strip(), value.strip()))
     secret = _single_value(resource, SECRET_EXTENSION, "valueString")

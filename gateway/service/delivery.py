@@ -34,17 +34,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.auth.scopes import Grants
 from gateway.fhir import dates, jsonio
 from gateway.fhir.extract import extract
-from gateway.routing.endpoints import endpoint_host, endpoint_problem
 from gateway.routing.notifications import (
-    SIGNATURE_HEADER,
     EventRecord,
     ResourceKey,
     StatusHeader,
     notification_bundle,
     sign,
 )
-from gateway.routing.requests import SubscriptionSpec
+from gateway.routing.requests import (
+    EVENT_NUMBERS_HEADER,
+    SIGNATURE_HEADER,
+    SUBSCRIPTION_ID_HEADER,
+    SubscriptionSpec,
+)
 from gateway.service.context import RequestContext
+from gateway.service.endpoint_transport import CheckedTransport, EndpointRefused
 from gateway.service.interactions import FhirService
 from gateway.service.subscriptions import SubscriptionManager
 from gateway.store import resources as store
@@ -63,6 +67,10 @@ KEEP_EVERY_S = 1.5
 RECHECK_AFTER_US = 2_000_000
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
+# What `$delivery-log`, `$status` and Subscription.error say when no HTTP answer came (refused, reset,
+# timed out, not HTTP, TLS failed): one text, so subscriptions cannot be used to tell closed ports from
+# listening services on networks the gateway reaches. The reason goes to the server log.
+CONNECTION_FAILED = "connection failed"
 
 
 def backoff_s(failures: int, rng: random.Random | None = None) -> float:
@@ -113,7 +121,7 @@ class Deliverer:
         self.horizon_us = int(horizon_s * 1_000_000)
         self.poll_s = poll_s
         self.worker = f"w-{uuid.uuid4().hex[:12]}"
-        self._http = http
+        self._http = http  # given: it must connect only to checked addresses (see CheckedTransport)
         self._owns_http = http is None
         self._lanes: dict[str, asyncio.Task[None]] = {}
         self._claimed_at: dict[str, int] = {}
@@ -128,7 +136,6 @@ class Deliverer:
         self._stopping = True  # until start(): a gateway that does not deliver (tests, tools) spawns no lanes
         self.ws: dict[str, set[WebSocketSink]] = {}
         self._internal = RequestContext(base_url=self.base_url)
-        self._addresses: dict[str, tuple[float, list[str]]] = {}
         manager.on_events.append(self.wake)
         self.counts = {"delivered": 0, "failed": 0, "heartbeats": 0, "handshakes": 0}
 
@@ -138,7 +145,12 @@ class Deliverer:
         self._stopping = False
         self._memory.clear()  # another process (or a test) may have moved delivery on meanwhile
         if self._http is None:
-            self._http = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_connections=200))
+            # Resolved once per request by the manager's resolver, checked, connected to what was checked;
+            # no proxies from the environment (a proxy would resolve the name again) and no redirects.
+            transport = CheckedTransport(
+                lambda host: self.manager.addresses(host), lambda: self.manager.allowlist
+            )
+            self._http = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
         self._tasks = [
             asyncio.create_task(self._poll_forever(), name="delivery-poll"),
             asyncio.create_task(self._journal_forever(), name="delivery-journal"),
@@ -504,35 +516,30 @@ class Deliverer:
         self, spec: SubscriptionSpec, secret: str, body: bytes, first: int | None, last: int | None
     ) -> int:
         assert spec.endpoint is not None and self._http is not None
-        problem = await self._endpoint_problem(spec.endpoint)
-        if problem is not None:
-            raise DeliveryFailed(problem)
+        # channel.header cannot name these (routing.requests.RESERVED_HEADERS); set last all the same.
         headers = {name: value for name, value in spec.headers}
         headers["Content-Type"] = spec.payload_type
         headers[SIGNATURE_HEADER] = sign(body, secret)
-        headers["X-Subscription-Id"] = spec.id
+        headers[SUBSCRIPTION_ID_HEADER] = spec.id
         if first is not None:
-            headers["X-Event-Numbers"] = f"{first}-{last}"
+            headers[EVENT_NUMBERS_HEADER] = f"{first}-{last}"
         try:
             response = await self._http.post(
                 spec.endpoint, content=body, headers=headers, timeout=spec.timeout_s
             )
+        except EndpointRefused as exc:  # the subscriber's own configuration: it may know why
+            raise DeliveryFailed(str(exc)) from exc
         except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"{type(exc).__name__}: {exc}"[:300]) from exc
+            log.info(
+                "delivery to Subscription/%s: no answer from its endpoint (%s: %s)",
+                spec.id,
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+            raise DeliveryFailed(CONNECTION_FAILED) from exc
         if not 200 <= response.status_code < 300:
             raise DeliveryFailed(f"HTTP {response.status_code}", response.status_code)
         return response.status_code
-
-    async def _endpoint_problem(self, endpoint: str) -> str | None:
-        try:
-            _, host, _ = endpoint_host(endpoint)
-        except ValueError as exc:
-            return str(exc)
-        cached = self._addresses.get(host)
-        if cached is None or time.monotonic() - cached[0] > 60:
-            cached = (time.monotonic(), await self.manager.addresses(host))
-            self._addresses[host] = cached
-        return endpoint_problem(endpoint, cached[1], self.manager.allowlist)
 
     async def _send_ws(self, sub_id: str, body: bytes) -> None:
         sinks = list(self.ws.get(sub_id, ()))

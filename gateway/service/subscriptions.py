@@ -296,7 +296,10 @@ class SubscriptionManager:
         spec, issues = parse_subscription(resource, self.topics)
         if spec is None:
             raise Unprocessable(issues=issues)
-        await self._check_endpoint(spec)
+        if ctx.grants is not None:
+            # A client's write. The gateway's own status writes skip it: the deliverer checks on every
+            # attempt, and an endpoint whose answer turned private must still be put in `error`.
+            await self._check_endpoint(spec)
         self._check_scopes(ctx, spec)
         previous = orjson.loads(p.previous) if p.previous else None
         current_state = await sub_store.state(conn, stored.id)

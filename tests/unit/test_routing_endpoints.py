@@ -192,3 +192,144 @@ def test_non_http_urls_are_refused(url: str) -> None:
     assert problem is not None and "absolute http(s) URL" in problem
     with pytest.raises(ValueError):
         endpoint_host(url)
+
+
+# --- IPv6 forms that carry an IPv4 address, and special-purpose ranges ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("64:ff9b::7f00:1", "NAT64 (well-known prefix) of 127.0.0.1"),
+        ("64:ff9b::a00:5", "NAT64 of 10.0.0.5"),
+        ("64:ff9b::a9fe:a9fe", "NAT64 of 169.254.169.254"),
+        ("64:ff9b::c0a8:101", "NAT64 of 192.168.1.1"),
+        ("64:ff9b:1::a00:1", "local-use NAT64 prefix (RFC 8215): never global"),
+        ("64:ff9b:1:2:3::5db8:d822", "local-use NAT64 prefix, whatever it embeds"),
+        ("2002:7f00:1::1", "6to4 of 127.0.0.1"),
+        ("2002:a00:5::", "6to4 of 10.0.0.5"),
+        ("2002:a9fe:a9fe::1", "6to4 of 169.254.169.254"),
+        ("2002:c0a8:101::1", "6to4 of 192.168.1.1"),
+        ("::7f00:1", "IPv4-compatible 127.0.0.1"),
+        ("::a00:5", "IPv4-compatible 10.0.0.5"),
+        ("::a9fe:a9fe", "IPv4-compatible 169.254.169.254"),
+        ("::ffff:a9fe:a9fe", "IPv4-mapped 169.254.169.254"),
+        ("::ffff:c0a8:101", "IPv4-mapped 192.168.1.1"),
+        ("::ffff:0:a00:5", "IPv4-translated (SIIT) 10.0.0.5"),
+        ("::", "unspecified"),
+        ("fec0::1", "site-local (deprecated)"),
+        ("fc00::1", "unique local"),
+        ("fd12:3456::1", "unique local"),
+        ("fe80::1", "link-local"),
+        ("ff02::1", "multicast"),
+        ("ff0e::1", "global-scope multicast"),
+        ("100::1", "discard-only"),
+        ("2001::1", "Teredo"),
+        ("2001:db8::1", "documentation"),
+        ("3fff::1", "documentation (RFC 9637)"),
+        ("5f00::1", "SRv6 SIDs"),
+        ("4000::1", "outside global unicast 2000::/3"),
+        ("192.0.0.8", "IETF protocol assignments"),
+        ("192.88.99.1", "6to4 relay anycast"),
+        ("198.18.0.1", "benchmarking"),
+        ("198.51.100.7", "documentation"),
+        ("203.0.113.7", "documentation"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "broadcast"),
+        ("0.1.2.3", "this network"),
+    ],
+)
+def test_special_purpose_and_embedded_ipv4_forms_are_not_public(address: str, why: str) -> None:
+    assert is_public(address) is False, why
+    problem = endpoint_problem("https://hooks.example.org/x", [address], NOTHING)
+    assert problem is not None and "loopback, private or reserved" in problem
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::5db8:d822",  # NAT64 of a public address
+        "2002:5db8:d822::1",  # 6to4 of a public address
+        "::ffff:5db8:d822",
+        "2001:4860:4860::8888",
+        "2a00:1450:4001:80b::200e",
+    ],
+)
+def test_public_addresses_in_any_form_stay_public(address: str) -> None:
+    assert is_public(address) is True
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::a00:5", "2002:a00:5::1", "::a00:5", "::ffff:a00:5", "::ffff:0:a00:5"]
+)
+def test_an_allowed_ipv4_network_covers_its_ipv6_forms(address: str) -> None:
+    allowlist = Allowlist.parse("10.0.0.0/8")
+    assert allowlist.allows_address(address)
+    assert endpoint_problem("https://hooks.example.org/x", [address], allowlist) is None
+    assert not Allowlist.parse("192.168.0.0/16").allows_address(address)
+
+
+# --- allow-list entries with ports ---------------------------------------------------------------------
+
+
+def test_allowlist_entries_may_name_a_port() -> None:
+    allowlist = Allowlist.parse(
+        "hooks.internal:8443, [fd00::1]:9443, 10.0.0.5:8080, Other.Internal., 192.168.0.0/16, ::1"
+    )
+    assert allowlist.allows_host("hooks.internal", 8443)
+    assert allowlist.allows_host("HOOKS.internal.", 8443)
+    assert not allowlist.allows_host("hooks.internal", 443)
+    assert not allowlist.allows_host("hooks.internal")  # no port given: only port-free entries count
+    assert allowlist.allows_host("other.internal", 1) and allowlist.allows_host("other.internal", 65535)
+    assert allowlist.allows_address("fd00::1", 9443)
+    assert not allowlist.allows_address("fd00::1", 443)
+    assert allowlist.allows_address("10.0.0.5", 8080)
+    assert not allowlist.allows_address("10.0.0.5", 80)
+    assert not allowlist.allows_address("10.0.0.6", 8080)
+    assert allowlist.allows_address("::ffff:10.0.0.5", 8080)  # the same address written as IPv6
+    assert allowlist.allows_address("192.168.44.1", 1) and allowlist.allows_address("192.168.44.1", 8443)
+    assert allowlist.allows_address("::1", 22)
+
+
+@pytest.mark.parametrize(
+    ("url", "addresses", "entry", "allowed"),
+    [
+        ("http://hooks.internal:8443/x", ["10.1.1.1"], "hooks.internal:8443", True),
+        ("http://hooks.internal:8444/x", ["10.1.1.1"], "hooks.internal:8443", False),
+        ("http://hooks.internal/x", ["10.1.1.1"], "hooks.internal:8443", False),
+        ("http://hooks.internal/x", ["10.1.1.1"], "hooks.internal:80", True),  # the scheme's default port
+        ("https://hooks.internal/x", ["10.1.1.1"], "hooks.internal:443", True),
+        ("https://hooks.internal:8443/x", ["10.1.1.1"], "hooks.internal", True),  # no port: any port
+        ("http://hooks.internal:8080/x", ["10.0.0.5"], "10.0.0.5:8080", True),
+        ("http://hooks.internal:8081/x", ["10.0.0.5"], "10.0.0.5:8080", False),
+        ("http://[fd00::1]:9443/x", ["fd00::1"], "[fd00::1]:9443", True),
+        ("http://[fd00::1]:9444/x", ["fd00::1"], "[fd00::1]:9443", False),
+        ("http://hooks.internal:9000/x", ["10.9.9.9"], "10.0.0.0/8", True),  # networks: any port
+        ("https://hooks.example.org:8443/x", ["127.0.0.1"], "127.0.0.1:9443", False),
+    ],
+)
+def test_a_port_in_an_allowlist_entry_allows_only_that_port(
+    url: str, addresses: list[str], entry: str, allowed: bool
+) -> None:
+    problem = endpoint_problem(url, addresses, Allowlist.parse(entry))
+    assert (problem is None) is allowed, problem
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "hooks.internal:abc",
+        "hooks.internal:0",
+        "hooks.internal:65536",
+        "hooks.internal:",
+        ":8443",
+        "10.0.0.0/8:443",
+        "[fd00::1",
+        "[fd00::1]8443",
+        "[hooks.internal]:8443",
+        "fd00::1:x:y",
+    ],
+)
+def test_malformed_allowlist_entries_are_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match="GATEWAY_SUBSCRIPTION_ALLOWLIST"):
+        Allowlist.parse(f"ok.internal, {entry}")

@@ -118,12 +118,20 @@ def test_id_only() -> None:
         {
             "fullUrl": f"{BASE}/Observation/o1",
             "request": {"method": "PUT", "url": "Observation/o1"},
-            "response": {"status": "201"},  # version 1: created
+            "response": {
+                "status": "201",
+                "etag": 'W/"1"',
+                "location": "Observation/o1/_history/1",
+            },  # created
         },
         {
             "fullUrl": f"{BASE}/Observation/o2",
             "request": {"method": "PUT", "url": "Observation/o2"},
-            "response": {"status": "200"},  # a later version: updated
+            "response": {
+                "status": "200",
+                "etag": 'W/"3"',
+                "location": "Observation/o2/_history/3",
+            },  # updated
         },
     ]
     assert all("resource" not in e for e in entries)
@@ -156,13 +164,37 @@ def test_full_resource_the_subscriber_may_not_see_stays_id_only() -> None:
     assert patient_entry["request"] == {"method": "PUT", "url": "Patient/p1"}
 
 
-def test_one_entry_per_resource_even_with_two_versions() -> None:
+def _versioned_observation(focus_id: str, version: int, status: str) -> JSON:
+    return {**_observation(focus_id), "status": status, "meta": {"versionId": str(version)}}
+
+
+def test_each_event_of_one_resource_carries_its_own_version() -> None:
+    """Two events of one resource in one notification (preliminary, then final): each version is there,
+    in event order, so the later event never comes with the earlier state."""
+    first, second = _versioned_observation("o1", 1, "preliminary"), _versioned_observation("o1", 2, "final")
     resources: dict[ResourceKey, JSON | None] = {
-        ("Observation", "o1", 1): _observation("o1"),
-        ("Observation", "o1", 2): _observation("o1"),
+        ("Observation", "o1", 1): first,
+        ("Observation", "o1", 2): second,
     }
-    bundle = _bundle("id-only", [_event(41), _event(42, version=2)], resources)
-    assert [e["fullUrl"] for e in bundle["entry"][1:]] == [f"{BASE}/Observation/o1"]
+    bundle = _bundle("full-resource", [_event(41), _event(42, version=2)], resources)
+    entries = bundle["entry"][1:]
+    assert [e["resource"] for e in entries] == [first, second]
+    # fullUrl stays version-independent (R4 Bundle.entry.fullUrl; a history Bundle may repeat it); the
+    # version is in the response, as a FHIR server answers a create or update.
+    assert [e["fullUrl"] for e in entries] == [f"{BASE}/Observation/o1"] * 2
+    assert [e["response"] for e in entries] == [
+        {"status": "201", "etag": 'W/"1"', "location": "Observation/o1/_history/1"},
+        {"status": "200", "etag": 'W/"2"', "location": "Observation/o1/_history/2"},
+    ]
+    id_only = _bundle("id-only", [_event(41), _event(42, version=2)], resources)
+    assert [e["response"]["etag"] for e in id_only["entry"][1:]] == ['W/"1"', 'W/"2"']
+    assert all("resource" not in e for e in id_only["entry"][1:])
+
+
+def test_events_of_one_version_share_its_entry() -> None:
+    resources: dict[ResourceKey, JSON | None] = {("Observation", "o1", 3): _observation("o1")}
+    bundle = _bundle("id-only", [_event(41, version=3), _event(42, version=3)], resources)
+    assert [e["response"]["location"] for e in bundle["entry"][1:]] == ["Observation/o1/_history/3"]
 
 
 def test_empty() -> None:

@@ -244,6 +244,49 @@ def test_malformed_header(header: str) -> None:
     assert issue.expression == ("Subscription.channel.header[1]",)  # the index of the bad one
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Host",
+        "host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Proxy-Authorization",
+        "Proxy-Authenticate",
+        "Expect",
+        "Content-Type",  # the channel's payload type says it
+        "X-Signature",  # the gateway signs every POST
+        "x-SIGNATURE",
+        "X-Subscription-Id",
+        "X-Event-Numbers",
+        "Forwarded",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "X-Real-IP",
+    ],
+)
+def test_headers_the_gateway_or_the_connection_owns_are_refused(name: str) -> None:
+    resource = subscription(
+        "abnormal-lab-result", ENDPOINT, headers=("Authorization: Bearer t", f"{name}: x")
+    )
+    issue = _only_issue(resource)
+    assert issue.expression == ("Subscription.channel.header[1]",)
+    assert name in issue.diagnostics  # named as the client wrote it
+
+
+@pytest.mark.parametrize("name", ["Authorization", "X-Api-Key", "X-Tenant", "Cookie", "X-Hostname"])
+def test_ordinary_headers_are_kept(name: str) -> None:
+    spec = _valid(subscription("abnormal-lab-result", ENDPOINT, headers=(f"{name}: v",)))
+    assert spec.headers == ((name, "v"),)
+
+
 def test_short_secret() -> None:
     issue = _only_issue(subscription("abnormal-lab-result", ENDPOINT, secret="too-short"))
     assert issue.expression == ("Subscription.extension",)
