@@ -56,11 +56,12 @@ def _configuration_errors() -> Iterator[None]:
     """A bad payers, mapping or topic file is the operator's to fix: one clear line, exit status 1."""
     from gateway.mapping.files import MappingError
     from gateway.pa.payers import PayerConfigError
+    from gateway.routing.endpoints import AllowlistError
     from gateway.routing.topics import TopicError
 
     try:
         yield
-    except (PayerConfigError, MappingError, TopicError) as exc:
+    except (PayerConfigError, MappingError, TopicError, AllowlistError) as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
 

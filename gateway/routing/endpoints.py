@@ -67,6 +67,10 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix: the l
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # 6to4: bits 16-47
 
 
+class AllowlistError(ValueError):
+    """A `GATEWAY_SUBSCRIPTION_ALLOWLIST` entry that cannot be read: the start stops, naming it."""
+
+
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address stands for, when it is one of the forms that carry one."""
     if ip in _MAPPED or ip in _TRANSLATED or ip in _COMPATIBLE or ip in _NAT64:
@@ -107,7 +111,7 @@ def _public_v4(ip: ipaddress.IPv4Address) -> bool:
 
 def _port(text: str, entry: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"{SETTING}: {entry!r} has no valid port (1-65535)")
+        raise AllowlistError(f"{SETTING}: {entry!r} has no valid port (1-65535)")
     return int(text)
 
 
@@ -120,19 +124,19 @@ def _parse_entry(entry: str) -> tuple[str | Network, int | None]:
     if entry.startswith("["):  # [v6] or [v6]:port
         inside, bracket, rest = entry[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"{SETTING}: {entry!r} is not [IPv6] or [IPv6]:port")
+            raise AllowlistError(f"{SETTING}: {entry!r} is not [IPv6] or [IPv6]:port")
         try:
             address = ipaddress.IPv6Address(inside)
         except ValueError as exc:
-            raise ValueError(f"{SETTING}: {entry!r} does not bracket an IPv6 address") from exc
+            raise AllowlistError(f"{SETTING}: {entry!r} does not bracket an IPv6 address") from exc
         return ipaddress.IPv6Network(address), _port(rest[1:], entry) if rest else None
     name, colon, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
     if colon and ":" in name:
-        raise ValueError(f"{SETTING}: {entry!r}: write an IPv6 address with a port as [address]:port")
+        raise AllowlistError(f"{SETTING}: {entry!r}: write an IPv6 address with a port as [address]:port")
     if "/" in name:
-        raise ValueError(f"{SETTING}: {entry!r}: networks allow every port and take none")
+        raise AllowlistError(f"{SETTING}: {entry!r}: networks allow every port and take none")
     if not name:
-        raise ValueError(f"{SETTING}: {entry!r} names no host")
+        raise AllowlistError(f"{SETTING}: {entry!r} names no host")
     try:
         return ipaddress.ip_network(name), _port(port, entry) if colon else None
     except ValueError:

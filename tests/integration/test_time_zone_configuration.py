@@ -68,3 +68,9 @@ def test_an_invalid_default_offset_stops_serve_with_one_line(tmp_path: Path, val
     line = the_error(serve(tmp_path, GATEWAY_HL7_DEFAULT_OFFSET=value))
     assert f"GATEWAY_HL7_DEFAULT_OFFSET {value!r}" in line and why in line
     assert not (tmp_path / "tz.db").exists()
+
+
+@pytest.mark.parametrize("value", ["[::1", "hooks.internal:99999", "10.0.0.0/8:443"])
+def test_an_unreadable_allowlist_entry_stops_serve_with_one_line(tmp_path: Path, value: str) -> None:
+    line = the_error(serve(tmp_path, GATEWAY_SUBSCRIPTION_ALLOWLIST=value))
+    assert "GATEWAY_SUBSCRIPTION_ALLOWLIST" in line and repr(value) in line
