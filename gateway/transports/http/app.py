@@ -25,6 +25,7 @@ from gateway.transports.http import (
     pa_routes,
     subscription_routes,
 )
+from gateway.transports.http.errors import UnexpectedErrors
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
     HttpMetrics,
@@ -74,6 +75,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observability, metrics=HttpMetrics(registry))
+    app.add_middleware(UnexpectedErrors)  # outermost: what escapes everything else (see errors.py)
     return app
 
 
@@ -106,8 +108,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         return error_response(BadRequest(f"Malformed request: {exc.errors()[:3]}"))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(FhirError("Internal server error; the incident was logged"))
