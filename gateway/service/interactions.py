@@ -29,7 +29,7 @@ from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.extract import extract
 from gateway.fhir.outcome import outcome_bytes
-from gateway.fhir.query import QueryParser, SearchQuery
+from gateway.fhir.query import QueryParser, SearchLimits, SearchQuery, parse_offset
 from gateway.fhir.urls import check_id, check_type
 from gateway.fhir.validation import Validator
 from gateway.service.context import CREATE, DELETE, READ, SEARCH, UPDATE, RequestContext
@@ -153,11 +153,13 @@ class FhirService:
         max_count: int = 1000,
         max_included: int = 1000,
         configured_base: str = "",
+        search_limits: SearchLimits | None = None,
     ) -> None:
         self.db = db
         self.validator = validator
         self.default_count = default_count
         self.max_count = max_count
+        self.search_limits = search_limits or SearchLimits()
         self.max_included = max_included
         self.configured_base = configured_base.rstrip("/")
         # Called inside the write transaction with every batch of versions written (subscriptions).
@@ -170,7 +172,10 @@ class FhirService:
 
     def parser(self, ctx: RequestContext) -> QueryParser:
         return QueryParser(
-            default_count=self.default_count, max_count=self.max_count, local_bases=self.local_bases(ctx)
+            default_count=self.default_count,
+            max_count=self.max_count,
+            local_bases=self.local_bases(ctx),
+            limits=self.search_limits,
         )
 
     def parse_query(
@@ -506,7 +511,7 @@ class FhirService:
             if key == "_count":
                 count = min(max(int(value), 0) if value.isdigit() else self.default_count, self.max_count)
             elif key == "_offset" and value.isdigit():
-                offset = int(value)
+                offset = parse_offset(value, self.search_limits.max_offset)
             elif key == "_since":
                 try:
                     since = dates.date_range(value)[0]

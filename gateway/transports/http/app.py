@@ -26,6 +26,7 @@ from gateway.transports.http import (
     subscription_routes,
 )
 from gateway.transports.http.errors import UnexpectedErrors
+from gateway.transports.http.guards import NulGuard
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
     HttpMetrics,
@@ -74,6 +75,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(ops_routes.router)
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(NulGuard)
     app.add_middleware(Observability, metrics=HttpMetrics(registry))
     app.add_middleware(UnexpectedErrors)  # outermost: what escapes everything else (see errors.py)
     return app
