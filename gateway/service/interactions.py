@@ -446,8 +446,8 @@ class FhirService:
     ) -> Outcome:
         ctx.require(resource_type, READ)
         check_id(resource_id)
-        if not version_id.isdigit():
-            raise NotFound(f"Version {version_id!r} of {resource_type}/{resource_id} is not known")
+        if not version_id.isdigit() or len(version_id) > 18:  # longer ones overflow SQL's 64-bit integers
+            raise NotFound(f"Version {version_id[:40]!r} of {resource_type}/{resource_id} is not known")
         stored = await store.version(conn, resource_type, resource_id, int(version_id))
         if stored is None:
             raise NotFound(f"Version {version_id} of {resource_type}/{resource_id} is not known")

@@ -118,6 +118,11 @@ async def test_history_offsets_beyond_the_limit_are_400(api: httpx.AsyncClient) 
         )
 
 
+async def test_a_version_beyond_sql_integers_is_404(api: httpx.AsyncClient) -> None:
+    created = (await api.post("/fhir/Patient", json=patient())).json()
+    assert_outcome(await api.get(f"/fhir/Patient/{created['id']}/_history/{2**64}"), 404)
+
+
 async def test_nul_in_header_derived_criteria_is_400(api: httpx.AsyncClient) -> None:
     created = await api.post("/fhir/Patient", json=patient(), headers={"If-None-Exist": "identifier=a%00b"})
     assert "NUL" in assert_outcome(created, 400)

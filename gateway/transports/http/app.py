@@ -25,6 +25,7 @@ from gateway.transports.http import (
     pa_routes,
     subscription_routes,
 )
+from gateway.transports.http.docs import install_docs
 from gateway.transports.http.errors import UnexpectedErrors
 from gateway.transports.http.guards import NulGuard
 from gateway.transports.http.limits import BodySizeLimit
@@ -60,7 +61,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         version=__version__,
         description="FHIR R4 API, OAuth 2.0 client credentials, health and metrics.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from CDNs; install_docs serves them from local files
+        redoc_url=None,
     )
+    install_docs(app)
     registry = CollectorRegistry()
     if gateway is not None:
         app.state.gateway = gateway
