@@ -20,7 +20,7 @@ ASSETS = "/docs/assets"
 
 
 def install_docs(app: FastAPI) -> None:
-    """Mount the assets and add /docs and /redoc (the app must be built with docs_url=None, redoc_url=None)."""
+    """Mount the assets and add /docs and /redoc (build the app with docs_url=None, redoc_url=None)."""
     assets = files("fastapi_offline") / "static"
     app.mount(ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
