@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     # Results pulled in by _include/_revinclude per page, at most.
     max_included: int = 1000
+    # Bounds on one search, refused with 400 past them (gateway/fhir/query.py SearchLimits says why):
+    # parameters, comma-separated values in one parameter, values in all, and _offset.
+    search_max_parameters: int = 50
+    search_max_values: int = 100
+    search_max_total_values: int = 1000
+    search_max_offset: int = 1_000_000
     profiles_dir: Path = PROJECT_ROOT / "profiles"
     mappings_dir: Path = PROJECT_ROOT / "mappings"
     # Hosts or networks that subscriber endpoints may use although loopback, private or plain http.

@@ -54,6 +54,7 @@ _EXPECTED = {
 # is remembered by its value: 7.20 and 7.2 are the same entry, which is right because a FHIR decimal's
 # validity never depends on how it was written (every JSON number literal is a valid FHIR decimal).
 _SEEN_LIMIT = 200_000
+_NUL_MESSAGE = "The value holds a NUL character (U+0000), which FHIR text may not contain"
 
 
 class _Field(typing.NamedTuple):
@@ -177,6 +178,10 @@ def _check(
                     "error", "value", f"Expected {_EXPECTED[kind]}, got a JSON {found}", (_item_path(*where),)
                 )
             )
+        elif type(item) is str and "\x00" in item:
+            # FHIR strings carry no control characters but tab, CR and LF; PostgreSQL cannot store a NUL in
+            # text at all, so this one is refused always, on every backend.
+            issues.append(Issue("error", "value", _NUL_MESSAGE, (_item_path(*where),)))
         elif values and spec.annotation is not None:
             problem = _value_problem(spec.annotation, item)
             if problem is not None:

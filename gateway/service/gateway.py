@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.adapters.hl7v2.translate import Translator
 from gateway.fhir.profiles import ProfileSet
+from gateway.fhir.query import SearchLimits
 from gateway.fhir.validation import Validator
 from gateway.mapping import files as mapping_files
 from gateway.mapping.files import MappingSet
@@ -75,6 +76,12 @@ class Gateway:
             max_count=settings.max_page_size,
             max_included=settings.max_included,
             configured_base=settings.base_url,
+            search_limits=SearchLimits(
+                max_parameters=settings.search_max_parameters,
+                max_values=settings.search_max_values,
+                max_total_values=settings.search_max_total_values,
+                max_offset=settings.search_max_offset,
+            ),
         )
         topics = TopicSet.load(settings.topics_dir or settings.profiles_dir / "topics", frozenset(EVALUATORS))
         manager = SubscriptionManager(

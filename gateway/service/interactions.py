@@ -30,7 +30,7 @@ from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.extract import extract
 from gateway.fhir.outcome import outcome_bytes
-from gateway.fhir.query import QueryParser, SearchQuery
+from gateway.fhir.query import QueryParser, SearchLimits, SearchQuery, parse_offset
 from gateway.fhir.urls import check_id, check_type
 from gateway.fhir.validation import Validator
 from gateway.service.authorization import ResourcePolicy, check_query, restrict_to
@@ -155,11 +155,13 @@ class FhirService:
         max_count: int = 1000,
         max_included: int = 1000,
         configured_base: str = "",
+        search_limits: SearchLimits | None = None,
     ) -> None:
         self.db = db
         self.validator = validator
         self.default_count = default_count
         self.max_count = max_count
+        self.search_limits = search_limits or SearchLimits()
         self.max_included = max_included
         self.configured_base = configured_base.rstrip("/")
         # Called inside the write transaction with every batch of versions written (subscriptions).
@@ -174,7 +176,10 @@ class FhirService:
 
     def parser(self, ctx: RequestContext) -> QueryParser:
         return QueryParser(
-            default_count=self.default_count, max_count=self.max_count, local_bases=self.local_bases(ctx)
+            default_count=self.default_count,
+            max_count=self.max_count,
+            local_bases=self.local_bases(ctx),
+            limits=self.search_limits,
         )
 
     def parse_query(
@@ -483,8 +488,8 @@ class FhirService:
     ) -> Outcome:
         ctx.require(resource_type, READ)
         check_id(resource_id)
-        if not version_id.isdigit():
-            raise NotFound(f"Version {version_id!r} of {resource_type}/{resource_id} is not known")
+        if not version_id.isdigit() or len(version_id) > 18:  # longer ones overflow SQL's 64-bit integers
+            raise NotFound(f"Version {version_id[:40]!r} of {resource_type}/{resource_id} is not known")
         stored = await store.version(conn, resource_type, resource_id, int(version_id))
         if stored is None:
             raise NotFound(f"Version {version_id} of {resource_type}/{resource_id} is not known")
@@ -562,7 +567,7 @@ class FhirService:
             if key == "_count":
                 count = min(max(int(value), 0) if value.isdigit() else self.default_count, self.max_count)
             elif key == "_offset" and value.isdigit():
-                offset = int(value)
+                offset = parse_offset(value, self.search_limits.max_offset)
             elif key == "_since":
                 try:
                     since = dates.date_range(value)[0]

@@ -6,6 +6,9 @@ process serialises its write transactions with an asyncio lock and starts them w
 Readers use their own connections and, in WAL mode, never block the writer.
 PostgreSQL needs none of that: writers run concurrently and optimistic version checks settle races.
 
+Every engine is built with `hide_parameters`: SQLAlchemy's error text otherwise ends with the statement's
+bound values (patient names, MRNs, whole resources), and error text ends up in logs.
+
 Reads run in autocommit mode on both backends: no BEGIN/COMMIT round trips (on aiosqlite each one is a
 thread hop, measured at about 0.2 ms). The cost is that the statements of one search (page, total,
 includes) may see different committed states if a write lands between them.
@@ -14,6 +17,7 @@ includes) may see different committed states if a write lands between them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,13 +37,28 @@ SQLITE_PRAGMAS = (
 )
 
 
+def _quiet_driver_logs() -> None:
+    """aiosqlite logs every operation with its parameters at DEBUG, so GATEWAY_LOG_LEVEL=DEBUG would put
+    patients' data in the logs. Like SQLAlchemy does for its own loggers (WARNING unless configured), its
+    level is raised unless someone set one on purpose."""
+    driver_log = logging.getLogger("aiosqlite")
+    if driver_log.level == logging.NOTSET:
+        driver_log.setLevel(logging.INFO)
+
+
 def _sqlite_engine(url: str, *, begin: str | None) -> AsyncEngine:
+    _quiet_driver_logs()
     if begin is None:
         engine = create_async_engine(
-            url, pool_size=4, max_overflow=4, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+            url,
+            pool_size=4,
+            max_overflow=4,
+            isolation_level="AUTOCOMMIT",
+            pool_reset_on_return=None,
+            hide_parameters=True,
         )
     else:
-        engine = create_async_engine(url, pool_size=1, max_overflow=4)
+        engine = create_async_engine(url, pool_size=1, max_overflow=4, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -75,7 +94,7 @@ class Database:
             self.reader = _sqlite_engine(url, begin=None)
         elif self.dialect == "postgresql":
             self.writer = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600
+                url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, hide_parameters=True
             )
             self.reader = create_async_engine(
                 url,
@@ -84,6 +103,7 @@ class Database:
                 pool_recycle=3600,  # no pre-ping: it costs a round trip per request
                 isolation_level="AUTOCOMMIT",
                 pool_reset_on_return=None,
+                hide_parameters=True,
             )
         else:
             raise ValueError(

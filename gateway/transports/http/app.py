@@ -25,6 +25,9 @@ from gateway.transports.http import (
     pa_routes,
     subscription_routes,
 )
+from gateway.transports.http.docs import install_docs
+from gateway.transports.http.errors import UnexpectedErrors
+from gateway.transports.http.guards import NulGuard
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
     HttpMetrics,
@@ -58,7 +61,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         version=__version__,
         description="FHIR R4 API, OAuth 2.0 client credentials, health and metrics.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from CDNs; install_docs serves them from local files
+        redoc_url=None,
     )
+    install_docs(app)
     registry = CollectorRegistry()
     if gateway is not None:
         app.state.gateway = gateway
@@ -73,7 +79,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(ops_routes.router)
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(NulGuard)
     app.add_middleware(Observability, metrics=HttpMetrics(registry))
+    app.add_middleware(UnexpectedErrors)  # outermost: what escapes everything else (see errors.py)
     return app
 
 
@@ -106,8 +114,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         return error_response(BadRequest(f"Malformed request: {exc.errors()[:3]}"))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(FhirError("Internal server error; the incident was logged"))

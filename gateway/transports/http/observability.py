@@ -2,6 +2,10 @@
 
 Access logs carry method, path (never the query string: search parameters can hold names and birth
 dates), status, duration and the client id; nothing from bodies.
+
+Metric labels come from bounded sets only, so /metrics cannot be grown by what clients send: the method
+is one of the standard ones or `other`, the route is the matched route's template (`/fhir/{rtype}/{rid}`)
+or `unmatched`, and the status is a three-digit code.
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.service.pa_worker import PayerTurnaround
 
 log = logging.getLogger("gateway.http")
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The method as a metric label: any method name is allowed on the wire, so unknown ones share one."""
+    return method if method in KNOWN_METHODS else "other"
+
+
+def route_label(scope: Scope) -> str:
+    """The template of the route that took the request (never the path itself, which holds ids)."""
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) else "unmatched"
 
 
 class HttpMetrics:
@@ -60,14 +77,18 @@ class Observability:
             await self.app(scope, receive, capture)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            method = scope["method"]
+            template = route_label(scope)
+            method = method_label(scope["method"])
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(elapsed)
             client = (scope.get("state") or {}).get("client_id", "-")
             log.info(
-                "%s %s %s %.1fms client=%s", method, scope.get("path", ""), status, elapsed * 1000, client
+                "%s %s %s %.1fms client=%s",
+                scope["method"],
+                scope.get("path", ""),
+                status,
+                elapsed * 1000,
+                client,
             )
 
 

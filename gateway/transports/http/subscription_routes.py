@@ -51,19 +51,24 @@ def _first(params: dict[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-@router.api_route("/Subscription/$status", methods=["GET", "POST"], summary="$status of subscriptions")
+# GET and POST each, with an operation id of their own (one route of two methods would give both the same
+# operation id, which OpenAPI forbids).
+@router.get("/Subscription/$status", summary="$status of subscriptions", operation_id="type_status_get")
+@router.post("/Subscription/$status", summary="$status of subscriptions", operation_id="type_status_post")
 async def type_status(request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
     params = await _params(request)
     ids = [i.rsplit("/", 1)[-1] for i in params.get("id", [])]
     return fhir_response(await gateway.subscription_ops.status(ctx, ids))
 
 
-@router.api_route("/Subscription/{sub_id}/$status", methods=["GET", "POST"], summary="$status of one")
+@router.get("/Subscription/{sub_id}/$status", summary="$status of one", operation_id="instance_status_get")
+@router.post("/Subscription/{sub_id}/$status", summary="$status of one", operation_id="instance_status_post")
 async def instance_status(sub_id: str, ctx: Ctx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.subscription_ops.status(ctx, [sub_id]))
 
 
-@router.api_route("/Subscription/{sub_id}/$events", methods=["GET", "POST"], summary="replay past events")
+@router.get("/Subscription/{sub_id}/$events", summary="replay past events", operation_id="events_get")
+@router.post("/Subscription/{sub_id}/$events", summary="replay past events", operation_id="events_post")
 async def events(sub_id: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
     params = await _params(request)
     outcome = await gateway.subscription_ops.events(
@@ -89,15 +94,29 @@ def _ws_url(request: Request) -> str:
     return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + "/fhir/ws"
 
 
-@router.api_route(
-    "/Subscription/{sub_id}/$get-ws-binding-token", methods=["GET", "POST"], summary="websocket binding token"
+@router.get(
+    "/Subscription/{sub_id}/$get-ws-binding-token",
+    summary="websocket binding token",
+    operation_id="ws_token_get",
+)
+@router.post(
+    "/Subscription/{sub_id}/$get-ws-binding-token",
+    summary="websocket binding token",
+    operation_id="ws_token_post",
 )
 async def ws_token(sub_id: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.subscription_ops.binding_token(ctx, [sub_id], _ws_url(request)))
 
 
-@router.api_route(
-    "/Subscription/$get-ws-binding-token", methods=["GET", "POST"], summary="websocket binding token (type)"
+@router.get(
+    "/Subscription/$get-ws-binding-token",
+    summary="websocket binding token (type)",
+    operation_id="ws_token_type_get",
+)
+@router.post(
+    "/Subscription/$get-ws-binding-token",
+    summary="websocket binding token (type)",
+    operation_id="ws_token_type_post",
 )
 async def ws_token_type(request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
     params = await _params(request)
