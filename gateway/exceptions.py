@@ -104,6 +104,13 @@ class Unprocessable(FhirError):
     issue_code = "processing"
 
 
+class TooCostly(FhirError):
+    """A search that ran past the database's statement timeout: narrow it."""
+
+    status = 503
+    issue_code = "too-costly"
+
+
 class OAuthError(GatewayError):
     """An OAuth 2.0 token endpoint error (RFC 6749 section 5.2), rendered as {"error": ...}, not FHIR."""
 

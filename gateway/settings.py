@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Database connection pool size per process (PostgreSQL).
     db_pool_size: int = 10
+    # PostgreSQL reads (searches) are cancelled after this many seconds (0: never); they answer 503.
+    db_statement_timeout_seconds: float = 30.0
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -59,7 +59,11 @@ class Gateway:
         payers = load_payers(settings.payers_file)
         mappings = mapping_files.load(settings.mappings_dir)
         default_zone = mapping_files.default_zone(settings.hl7_default_offset)
-        db = Database(settings.database_url, pool_size=settings.db_pool_size)
+        db = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            statement_timeout_s=settings.db_statement_timeout_seconds,
+        )
         if run_migrations:
             await migrate.upgrade(db)
         statistics = StatisticsKeeper(db)

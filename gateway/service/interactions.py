@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.exceptions import (
@@ -24,6 +25,7 @@ from gateway.exceptions import (
     Gone,
     NotFound,
     PreconditionFailed,
+    TooCostly,
     Unprocessable,
 )
 from gateway.fhir import dates, jsonio
@@ -712,8 +714,15 @@ class FhirService:
             return await self.vread_on(conn, ctx, resource_type, resource_id, version_id)
 
     async def search(self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]) -> Outcome:
-        async with self.db.read() as conn:
-            return await self.search_on(conn, ctx, resource_type, params)
+        try:
+            async with self.db.read() as conn:
+                return await self.search_on(conn, ctx, resource_type, params)
+        except DBAPIError as exc:
+            if "statement timeout" not in str(exc.orig):
+                raise
+            raise TooCostly(
+                "The search ran past the statement timeout (GATEWAY_DB_STATEMENT_TIMEOUT_SECONDS); narrow it"
+            ) from None
 
     async def history(
         self, ctx: RequestContext, resource_type: str, resource_id: str | None, params: list[tuple[str, str]]

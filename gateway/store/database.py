@@ -82,7 +82,7 @@ def _sqlite_engine(url: str, *, begin: str | None) -> AsyncEngine:
 class Database:
     """One database: a writer engine (transactions) and a reader engine (autocommit)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_s: float = 30.0) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -96,6 +96,10 @@ class Database:
             self.writer = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, hide_parameters=True
             )
+            # Reads (searches) stop at the statement timeout: PostgreSQL keeps running a query after its
+            # client has gone, so a costly search must not run for minutes. Writes are not bounded here
+            # (migrations and large transactions may take long; they hold their own locks).
+            timeout_ms = str(int(statement_timeout_s * 1000)) if statement_timeout_s > 0 else "0"
             self.reader = create_async_engine(
                 url,
                 pool_size=pool_size,
@@ -104,6 +108,7 @@ class Database:
                 isolation_level="AUTOCOMMIT",
                 pool_reset_on_return=None,
                 hide_parameters=True,
+                connect_args={"server_settings": {"statement_timeout": timeout_ms}},
             )
         else:
             raise ValueError(

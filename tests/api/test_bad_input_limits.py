@@ -4,12 +4,18 @@ search values, URLs, headers and resources, and what a quick fuzz of the search 
 
 from __future__ import annotations
 
+import time
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from gateway.service.gateway import Gateway
 from gateway.settings import Settings
+from gateway.store import search as store_search
+from gateway.store.database import Database
 from tests.factories import lab_observation, patient
 
 DEFAULTS = Settings()
@@ -259,3 +265,28 @@ async def test_fuzzed_searches_are_never_a_500(api: httpx.AsyncClient, params: P
     assert answer.status_code < 500, answer.text[:300]
     if answer.status_code >= 400:
         assert_outcome(answer)
+
+
+async def test_a_search_past_the_statement_timeout_answers_503_and_stops_on_postgresql(
+    gateway: Gateway, api: httpx.AsyncClient, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend != "postgresql":
+        return  # SQLite runs in the process: nothing keeps running after the request
+    slow = Database(gateway.settings.database_url, statement_timeout_s=0.2)
+    original = gateway.fhir.db
+    gateway.fhir.db = slow
+
+    async def stuck(conn: Any, query: Any) -> Any:
+        await conn.execute(text("SELECT pg_sleep(5)"))  # a query the database would run for long
+        raise AssertionError("the statement timeout did not stop it")
+
+    monkeypatch.setattr(store_search, "search", stuck)
+    try:
+        started = time.monotonic()
+        answer = await api.get("/fhir/Observation", params={"code": "751-8"})
+        assert answer.status_code == 503
+        assert answer.json()["issue"][0]["code"] == "too-costly"
+        assert time.monotonic() - started < 3
+    finally:
+        gateway.fhir.db = original
+        await slow.dispose()
