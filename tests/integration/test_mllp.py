@@ -403,3 +403,75 @@ async def test_stop_lets_a_message_in_progress_get_its_ack(
 
     [reply] = await in_flight
     assert acknowledged(reply) == ("AA", "SLOW-STOP")
+
+
+# --- bounded: connection cap, frame and idle timeouts ------------------------------------------------
+
+
+async def test_connections_over_the_cap_are_refused_at_once_and_logged(
+    pipeline: FakePipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.mllp")
+    mllp = MLLPServer(pipeline, max_connections=2)
+    await mllp.start(HOST, 0)
+    try:
+        first, second = connect(mllp.port), connect(mllp.port)
+        await eventually(lambda: mllp.open_connections == 2)
+        with connect(mllp.port) as third:
+            assert await asyncio.to_thread(is_closed_by_server, third)
+        assert mllp.stats.refused == 1
+        assert "refused" in caplog.text and "max_connections=2" in caplog.text
+        first.close()
+        await eventually(lambda: mllp.open_connections == 1)
+        [reply] = await asyncio.to_thread(send_with_client, mllp.port, [adt("AFTER-CAP")])
+        assert acknowledged(reply) == ("AA", "AFTER-CAP")
+        second.close()
+    finally:
+        await mllp.stop()
+
+
+async def test_a_partial_frame_held_past_the_frame_timeout_is_dropped_and_the_connection_closed(
+    pipeline: FakePipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.mllp")
+    mllp = MLLPServer(pipeline, frame_timeout=0.3, idle_timeout=60)
+    await mllp.start(HOST, 0)
+    framed = encode(adt("TRICKLE-1").encode())
+    try:
+
+        def trickle() -> bool:
+            """A byte every 50 ms: each read is recent, the frame as a whole is not."""
+            with connect(mllp.port) as sock:
+                for byte in framed[:-2]:
+                    try:
+                        sock.sendall(bytes([byte]))
+                    except OSError:
+                        return True
+                    time.sleep(0.05)
+                return is_closed_by_server(sock)
+
+        assert await asyncio.to_thread(trickle)
+    finally:
+        await mllp.stop()
+    assert pipeline.received == []
+    assert mllp.stats.frame_timeouts == 1
+    assert "frame not completed" in caplog.text
+
+
+async def test_a_frame_completed_in_time_is_served_although_slow(pipeline: FakePipeline) -> None:
+    mllp = MLLPServer(pipeline, frame_timeout=5.0)
+    await mllp.start(HOST, 0)
+    framed = encode(adt("SLOWLY-1").encode())
+    try:
+
+        def slowly() -> list[bytes | Oversized]:
+            with connect(mllp.port) as sock:
+                for i in range(0, len(framed), 40):
+                    sock.sendall(framed[i : i + 40])
+                    time.sleep(0.05)
+                return read_frames(sock, 1)
+
+        [frame] = await asyncio.to_thread(slowly)
+    finally:
+        await mllp.stop()
+    assert isinstance(frame, bytes) and acknowledged(encode(frame)) == ("AA", "SLOWLY-1")
