@@ -461,7 +461,7 @@ async def test_a_partial_frame_held_past_the_frame_timeout_is_dropped_and_the_co
 async def test_a_frame_completed_in_time_is_served_although_slow(pipeline: FakePipeline) -> None:
     mllp = MLLPServer(pipeline, frame_timeout=5.0)
     await mllp.start(HOST, 0)
-    framed = encode(adt("SLOWLY-1").encode())
+    framed = encode(adt("STEADY-1").encode())
     try:
 
         def slowly() -> list[bytes | Oversized]:
@@ -474,4 +474,4 @@ async def test_a_frame_completed_in_time_is_served_although_slow(pipeline: FakeP
         [frame] = await asyncio.to_thread(slowly)
     finally:
         await mllp.stop()
-    assert isinstance(frame, bytes) and acknowledged(encode(frame)) == ("AA", "SLOWLY-1")
+    assert isinstance(frame, bytes) and acknowledged(encode(frame)) == ("AA", "STEADY-1")
