@@ -37,8 +37,8 @@ from gateway.fhir.references import iter_references, parse_reference
 from gateway.fhir.urls import Target, parse_target
 from gateway.service.context import CREATE, DELETE, READ, SEARCH, RequestContext
 from gateway.service.interactions import FhirService, Outcome, parse_if_match, parse_resource
-from gateway.store import resources as store
 from gateway.service.workers import WorkerFailed, WorkerPool
+from gateway.store import resources as store
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON, Issue
 

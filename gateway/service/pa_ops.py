@@ -58,7 +58,9 @@ def _conflicts_as_409() -> Iterator[None]:
 
 
 class PriorAuthOps:
-    def __init__(self, service: PriorAuthService, worker: PayerWorker, *, pool: WorkerPool | None = None) -> None:
+    def __init__(
+        self, service: PriorAuthService, worker: PayerWorker, *, pool: WorkerPool | None = None
+    ) -> None:
         self.service = service
         self.worker = worker
         self.pool = pool  # payer files are parsed there, off the event loop (None: in it)

@@ -60,17 +60,17 @@ from gateway.adapters.hl7v2.translate import (
 from gateway.exceptions import FhirError
 from gateway.fhir import dates, jsonio
 from gateway.fhir.validation import Validator
+from gateway.service import workers
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
 from gateway.service.patient_matching import IdentityOutcome, Matcher, replace_patient
 from gateway.service.patient_merge import merged_versions
+from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import messages as message_log
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store.messages import LoggedMessage
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
-from gateway.service import workers
-from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.types import JSON
 
 log = logging.getLogger("gateway.pipeline")
@@ -93,7 +93,13 @@ CONFLICT_RETRIES = 3
 REMEMBERED_FAILURES = 4096
 # Errors that say the database could not be reached, not that this message is wrong: no answer, so the
 # sender tries again later.
-_UNAVAILABLE = (sql_errors.OperationalError, sql_errors.InterfaceError, ConnectionError, OSError, TimeoutError)
+_UNAVAILABLE = (
+    sql_errors.OperationalError,
+    sql_errors.InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +414,9 @@ class Pipeline:
     ) -> Job:
         received = dates.now_us()
         if header is None:
-            unreadable = ER7Error(error.text, segment=error.segment or "MSH", field=error.field or 0, code=error.code)
+            unreadable = ER7Error(
+                error.text, segment=error.segment or "MSH", field=error.field or 0, code=error.code
+            )
             job = self._unparseable(text, source, received, unreadable, reprocess_id)
             job.status = "failed"
             return job
@@ -508,7 +516,9 @@ class Pipeline:
         )
         header = header_of(text) if isinstance(error, LimitExceeded) else None
         if header is not None:  # over a cap: refused whole, but addressed and logged under its own key
-            return self._job(text, source, received, header, None, "AR", [ack_error], reprocess_id, status="failed")
+            return self._job(
+                text, source, received, header, None, "AR", [ack_error], reprocess_id, status="failed"
+            )
         return Job(
             text,
             source,
@@ -810,7 +820,9 @@ class _Batch:
                 )
             )
         return storable(
-            build_ack(job.message, code, errors=errors, control_id=job.ack_control_id, timestamp=_now_stamp()),
+            build_ack(
+                job.message, code, errors=errors, control_id=job.ack_control_id, timestamp=_now_stamp()
+            ),
             job.message.encoding.escape,
         )
 
@@ -1046,9 +1058,7 @@ def warm_worker() -> None:
     _preparing_pipeline()
 
 
-def prepare_in_worker(
-    text: str, source: Source, ctx: RequestContext | None, reprocess_id: str | None
-) -> Job:
+def prepare_in_worker(text: str, source: Source, ctx: RequestContext | None, reprocess_id: str | None) -> Job:
     """`Pipeline.guarded_prepare` in a worker process; the job comes back pickled."""
     return _preparing_pipeline().guarded_prepare(text, source, ctx=ctx, reprocess_id=reprocess_id)
 

@@ -103,7 +103,9 @@ class WorkerPool:
             try:
                 return await asyncio.wait_for(future, self.timeout)
             except TimeoutError:
-                log.error("worker task %s took longer than %ss; replacing the pool", _name(function), self.timeout)
+                log.error(
+                    "worker task %s took longer than %ss; replacing the pool", _name(function), self.timeout
+                )
                 self._replace(executor)
                 raise WorkerTimeout(f"processing took longer than {self.timeout:g} s") from None
             except BrokenProcessPool:

@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from gateway.service.gateway import Gateway
-
 from tests.factories import MRN_SYSTEM, lab_observation, patient
 
 PATIENT_URN = "urn:uuid:7f1b2a3c-0000-4000-8000-000000000001"
@@ -145,7 +144,7 @@ async def test_only_transaction_and_batch_bundles_are_accepted(api: httpx.AsyncC
     assert answer.status_code == 400
 
 
-# --- bounded: entries per Bundle and the size of a batch's answer ----------------------------------------------
+# --- bounded: entries per Bundle and the size of a batch's answer ---------------------------------------
 
 
 def get(url: str) -> dict[str, Any]:

@@ -56,7 +56,9 @@ async def test_poison_over_mllp_gets_naks_and_the_connection_stays_usable(live: 
     assert replies[-1] == replies[1]  # the re-sent poison: the same answer, from the log
 
     token = await live.token("system/*.cruds")
-    async with httpx.AsyncClient(base_url=live.base_url, headers={"Authorization": f"Bearer {token}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=live.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
         rows = (await http.get("/hl7v2/messages", params={"status": "failed", "count": "500"})).json()
     logged = {row["controlId"]: row for row in rows["messages"]}
     for message, code, _ in POISON:

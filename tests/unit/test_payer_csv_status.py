@@ -321,7 +321,7 @@ def test_does_not_look_like_status_csv(text: str) -> None:
     assert not looks_like_status_csv(text)
 
 
-# --- bounded work: hostile files are refused or reported, never computed at length ---------------------------
+# --- bounded work: hostile files are refused or reported, never computed at length ---------------------
 
 
 @pytest.mark.parametrize("quantity", ["1e1000000", "1E+999999999", "9" * 5000])

@@ -183,9 +183,7 @@ def number(raw: str, ctx: Context) -> int | float | None:
     cap = active_limits().number_digits
     digits = sum(c.isdigit() for c in raw.lstrip("+-").lstrip("0")) if len(raw) > cap else 0
     if digits > cap:
-        raise LimitExceeded(
-            f"A number of {digits} digits; at most {cap} are accepted", code="104", value=raw
-        )
+        raise LimitExceeded(f"A number of {digits} digits; at most {cap} are accepted", code="104", value=raw)
     found = jsonio.decimal_literal(raw)
     if found is None:
         ctx.report(f"{raw!r} is beyond the range of a number; left out")

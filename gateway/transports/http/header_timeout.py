@@ -56,8 +56,10 @@ class HeaderTimeoutProtocol(H11Protocol):
     def _expired(self) -> None:
         self._header_deadline = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            client = "%s:%d" % self.client if self.client else "-"
-            log.warning("http request headers not received within %ss; closing client=%s", self.timeout, client)
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            log.warning(
+                "http request headers not received within %ss; closing client=%s", self.timeout, client
+            )
             self.transport.close()
 
 

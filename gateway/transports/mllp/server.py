@@ -203,7 +203,9 @@ class MLLPServer:
             frame_due = clock.started + self.frame_timeout - time.monotonic()
             timeout = frame_due if timeout is None else min(timeout, frame_due)
         try:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), max(timeout, 0) if timeout is not None else None)
+            data = await asyncio.wait_for(
+                reader.read(READ_SIZE), max(timeout, 0) if timeout is not None else None
+            )
         except TimeoutError:
             if frame_due is not None and frame_due <= (self.idle_timeout or frame_due):
                 self.stats.frame_timeouts += 1
