@@ -104,6 +104,7 @@ async def _serve(settings: Settings) -> None:
         idle_timeout=settings.mllp_idle_timeout_seconds,
         frame_timeout=settings.mllp_frame_timeout_seconds,
         max_connections=settings.mllp_max_connections,
+        max_buffered_bytes=settings.mllp_max_buffered_bytes,
     )
     # Worker processes start now, in the background: the first big message finds them ready.
     warming = asyncio.create_task(gateway.workers.warm()) if settings.workers > 0 else None

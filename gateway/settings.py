@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # Open MLLP connections at most; one more is closed at once (and logged). With mllp_max_bytes this
     # bounds the memory partial frames can hold (50 x 5 MiB).
     mllp_max_connections: int = 50
+    # Bytes that unfinished frames of all connections may hold together; past it, connections in the
+    # middle of a frame are not read until others complete (small messages still flow).
+    mllp_max_buffered_bytes: int = 128 * 1024 * 1024
     # A connection with nothing to read for this long is closed.
     mllp_idle_timeout_seconds: float = 300.0
     # A frame must arrive whole within this long of its start block; else it is dropped and the

@@ -8,6 +8,7 @@ release it, anything else is acknowledged at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -475,3 +476,26 @@ async def test_a_frame_completed_in_time_is_served_although_slow(pipeline: FakeP
     finally:
         await mllp.stop()
     assert isinstance(frame, bytes) and acknowledged(encode(frame)) == ("AA", "STEADY-1")
+
+
+async def test_partial_frames_hold_at_most_the_buffer_budget_and_small_messages_still_flow(
+    pipeline: FakePipeline,
+) -> None:
+    mllp = MLLPServer(pipeline, max_buffered_bytes=100_000, frame_timeout=2.0)
+    await mllp.start(HOST, 0)
+    holders = [connect(mllp.port) for _ in range(4)]
+    try:
+        for sock in holders:  # each starts a 1 MB message and sends 300 KB of it
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.send(b"\x0bMSH|^~\\&|A|B|C|D|20240101||ADT^A01|H|P|2.5\r" + b"Z" * 300_000)
+        await asyncio.sleep(0.3)
+        assert 0 < mllp.buffered_bytes <= 100_000 + 4 * 64 * 1024  # a read per connection past it at most
+        [reply] = await asyncio.to_thread(send_with_client, mllp.port, [adt("SMALL-1")])
+        assert acknowledged(reply) == ("AA", "SMALL-1")
+        await eventually(lambda: mllp.stats.frame_timeouts == 4)
+        assert mllp.buffered_bytes == 0
+    finally:
+        for sock in holders:
+            sock.close()
+        await mllp.stop()

@@ -202,7 +202,9 @@ def looks_like_status_csv(text: str) -> bool:
     header = _header_line(_strip_bom(text))
     if header is None:
         return False
-    names = {_column_name(cell) for cell in _split_line(header, _sniff_delimiter(header))}
+    # Past MAX_COLUMNS cells the parser refuses the header anyway: naming the rest would be wasted work.
+    cells = _split_line(header, _sniff_delimiter(header))[: MAX_COLUMNS + 1]
+    names = {_column_name(cell) for cell in cells}
     return DECISION_COLUMN in names and any(name in names for name in IDENTIFYING_COLUMNS)
 
 

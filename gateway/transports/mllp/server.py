@@ -11,10 +11,12 @@ message's bytes and returns the ACK bytes once the message is durably stored. Pe
 - a handler that raises closes the connection without an ACK: the sender resends after reconnecting
   (the pipeline answers everything a message holds; it raises only when the database is unreachable).
 
-Bounded: at most `max_connections` at once (one more is closed at once and logged), so partial frames
-hold at most `max_connections` x `max_message_bytes`; a connection with nothing to read for
-`idle_timeout` is closed; a frame not completed within `frame_timeout` of its start block is dropped
-and its connection closed (however steadily its bytes trickle in).
+Bounded: at most `max_connections` at once (one more is closed at once and logged); frames in progress
+hold at most `max_buffered_bytes` together: past that, a connection in the middle of a frame is not read
+(TCP flow control holds the rest at the sender) until others' frames complete (one read of 64 KB per
+connection may pass it), while a connection starting a message is still read, so small messages keep
+flowing; a connection with nothing to read for `idle_timeout` is closed; a frame not completed within `frame_timeout` of its start block is
+dropped and its connection closed (however steadily its bytes trickle in, or however long it waited).
 
 Logs carry peer, byte counts, ACK code and control id; never message content (it is patient data).
 """
@@ -40,6 +42,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # lab reports with embedded PDFs re
 DEFAULT_IDLE_TIMEOUT = 300.0  # senders keep connections open between messages; 5 min frees dead ones
 DEFAULT_FRAME_TIMEOUT = 60.0  # a 5 MB message takes well under a second on any working link
 DEFAULT_MAX_CONNECTIONS = 50
+DEFAULT_MAX_BUFFERED_BYTES = 128 * 1024 * 1024  # partial frames of all connections together
 READ_SIZE = 64 * 1024
 STOP_GRACE = 10.0  # how long stop() lets a handler in progress finish and write its ACK
 
@@ -100,6 +103,7 @@ class MLLPServer:
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         nak_builder: NakBuilder = default_nak,
     ) -> None:
         self.handler = handler
@@ -107,6 +111,9 @@ class MLLPServer:
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.max_connections = max_connections
+        self.max_buffered_bytes = max_buffered_bytes
+        self.buffered_bytes = 0  # of frames in progress, all connections
+        self._buffer_freed = asyncio.Event()
         self.nak_builder = nak_builder
         self.stats = MLLPStats()
         self._server: asyncio.Server | None = None
@@ -164,9 +171,9 @@ class MLLPServer:
         self._connections[task] = False
         log.info("mllp connection opened peer=%s", peer)
         decoder = FrameDecoder(self.max_message_bytes)
-        frame = _FrameClock()
+        clock = _FrameClock()  # also what this connection holds of the server's buffer budget
         try:
-            while not self._stopping and await self._receive(reader, writer, decoder, peer, task, frame):
+            while not self._stopping and await self._receive(reader, writer, decoder, peer, task, clock):
                 pass
         except ConnectionError as exc:
             log.warning("mllp connection lost peer=%s error=%s", peer, type(exc).__name__)
@@ -176,6 +183,7 @@ class MLLPServer:
             log.error("mllp connection failed peer=%s error=%s", peer, type(exc).__name__)
         finally:
             del self._connections[task]
+            self._release(clock.held)
             if decoder.pending_bytes:
                 self.stats.junk_bytes += decoder.pending_bytes
                 log.warning(
@@ -204,7 +212,7 @@ class MLLPServer:
             timeout = frame_due if timeout is None else min(timeout, frame_due)
         try:
             data = await asyncio.wait_for(
-                reader.read(READ_SIZE), max(timeout, 0) if timeout is not None else None
+                self._read(reader, decoder), max(timeout, 0) if timeout is not None else None
             )
         except TimeoutError:
             if frame_due is not None and frame_due <= (self.idle_timeout or frame_due):
@@ -223,6 +231,11 @@ class MLLPServer:
         junk_before = decoder.junk_bytes
         frames = decoder.feed(data)
         clock.note(decoder)
+        held = min(decoder.pending_bytes, self.max_message_bytes)  # an oversized frame is not kept
+        self.buffered_bytes += held - clock.held
+        if held < clock.held:
+            self._buffer_freed.set()
+        clock.held = held
         if junk := decoder.junk_bytes - junk_before:
             self.stats.junk_bytes += junk
             log.warning("mllp junk outside frames discarded peer=%s bytes=%d", peer, junk)
@@ -241,6 +254,18 @@ class MLLPServer:
         finally:
             self._connections[task] = False
         return True
+
+    async def _read(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> bytes:
+        """The next bytes; in the middle of a frame, only while partial frames leave room."""
+        while decoder.in_frame and self.buffered_bytes >= self.max_buffered_bytes:
+            self._buffer_freed.clear()
+            await self._buffer_freed.wait()
+        return await reader.read(READ_SIZE)
+
+    def _release(self, held: int) -> None:
+        if held:
+            self.buffered_bytes -= held
+            self._buffer_freed.set()
 
     async def _handle(self, message: bytes, peer: Peer) -> bytes:
         try:
@@ -276,6 +301,7 @@ class _FrameClock:
     def __init__(self) -> None:
         self.started = 0.0
         self._begun = 0
+        self.held = 0  # bytes of the frame in progress counted in the server's buffered_bytes
 
     def note(self, decoder: FrameDecoder) -> None:
         if decoder.frames_begun != self._begun:
