@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     mllp_max_connections: int = 50
     # Bytes that unfinished frames of all connections may hold together; past it, connections in the
     # middle of a frame are not read until others complete (small messages still flow).
-    mllp_max_buffered_bytes: int = 128 * 1024 * 1024
+    mllp_max_buffered_bytes: int = 64 * 1024 * 1024
     # A connection with nothing to read for this long is closed.
     mllp_idle_timeout_seconds: float = 300.0
     # A frame must arrive whole within this long of its start block; else it is dropped and the

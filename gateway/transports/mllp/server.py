@@ -42,7 +42,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # lab reports with embedded PDFs re
 DEFAULT_IDLE_TIMEOUT = 300.0  # senders keep connections open between messages; 5 min frees dead ones
 DEFAULT_FRAME_TIMEOUT = 60.0  # a 5 MB message takes well under a second on any working link
 DEFAULT_MAX_CONNECTIONS = 50
-DEFAULT_MAX_BUFFERED_BYTES = 128 * 1024 * 1024  # partial frames of all connections together
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # partial frames of all connections together
 READ_SIZE = 64 * 1024
 STOP_GRACE = 10.0  # how long stop() lets a handler in progress finish and write its ACK
 
