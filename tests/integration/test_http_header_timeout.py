@@ -36,6 +36,22 @@ def port_of(live: LiveServer) -> int:
     return int(live.base_url.rsplit(":", 1)[1])
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (headers, then Content-Length bytes of body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 def closed_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:
@@ -81,7 +97,7 @@ async def test_whole_requests_on_a_keep_alive_connection_are_served(server: Live
             sock.settimeout(5)
             for _ in range(2):
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                answers.append(sock.recv(4096))
+                answers.append(read_response(sock))
                 time.sleep(1.5)  # longer than the header timeout, shorter than keep-alive (5 s)
         return answers
 
