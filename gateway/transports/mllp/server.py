@@ -15,8 +15,9 @@ Bounded: at most `max_connections` at once (one more is closed at once and logge
 hold at most `max_buffered_bytes` together: past that, a connection in the middle of a frame is not read
 (TCP flow control holds the rest at the sender) until others' frames complete (one read of 64 KB per
 connection may pass it), while a connection starting a message is still read, so small messages keep
-flowing; a connection with nothing to read for `idle_timeout` is closed; a frame not completed within `frame_timeout` of its start block is
-dropped and its connection closed (however steadily its bytes trickle in, or however long it waited).
+flowing; a connection with nothing to read for `idle_timeout` is closed; a frame not completed within
+`frame_timeout` of its start block is dropped and its connection closed (however steadily its bytes
+trickle in, or however long it waited).
 
 Logs carry peer, byte counts, ACK code and control id; never message content (it is patient data).
 """
