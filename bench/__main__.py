@@ -1,4 +1,4 @@
-"""`python -m bench [store|hl7|subscriptions|jsonio] [--backends sqlite,postgresql] [--sizes 10000,...]`.
+"""`python -m bench [store|hl7|subscriptions|jsonio|poison] [--backends sqlite,postgresql] [--sizes ...]`.
 
 `jsonio` runs in this process, with no database and no gateway.
 """
@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import hl7, jsonio, store, subscriptions
+from bench import hl7, jsonio, poison, store, subscriptions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions", "jsonio"]
+        "suite",
+        nargs="?",
+        default="all",
+        choices=["all", "store", "hl7", "subscriptions", "jsonio", "poison"],
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
@@ -37,6 +40,9 @@ def main() -> None:
         if args.suite == "all":
             print()
         jsonio.run()
+    if args.suite == "poison":  # not part of "all": it is about robustness, not speed
+        asyncio.run(poison.run(backends, args.postgres_url))
 
 
-main()
+if __name__ == "__main__":  # not when a benchmark's helper process imports it
+    main()

@@ -93,12 +93,22 @@ async def _serve(settings: Settings) -> None:
 
     from gateway.service.gateway import Gateway
     from gateway.transports.http.app import create_app
+    from gateway.transports.http.header_timeout import with_header_timeout
     from gateway.transports.mllp.pipeline_handler import pipeline_handler
     from gateway.transports.mllp.server import MLLPServer
 
     gateway = await Gateway.start(settings)
     _tune_garbage_collection()
-    mllp = MLLPServer(pipeline_handler(gateway.pipeline), max_message_bytes=settings.mllp_max_bytes)
+    mllp = MLLPServer(
+        pipeline_handler(gateway.pipeline),
+        max_message_bytes=settings.mllp_max_bytes,
+        idle_timeout=settings.mllp_idle_timeout_seconds,
+        frame_timeout=settings.mllp_frame_timeout_seconds,
+        max_connections=settings.mllp_max_connections,
+        max_buffered_bytes=settings.mllp_max_buffered_bytes,
+    )
+    # Worker processes start now, in the background: the first big message finds them ready.
+    warming = asyncio.create_task(gateway.workers.warm()) if settings.workers > 0 else None
     try:
         await gateway.pipeline.start()
         await gateway.start_background()
@@ -106,12 +116,22 @@ async def _serve(settings: Settings) -> None:
             await mllp.start(settings.host, settings.mllp_port)
         app = create_app(settings, gateway)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            # uvicorn has no deadline for request headers: this protocol adds one (slowloris)
+            http=with_header_timeout(settings.http_header_timeout_seconds),
+            limit_concurrency=settings.http_max_concurrency,
         )
         server = uvicorn.Server(config)
         click.echo(_banner(settings), err=True)
         await server.serve()
     finally:
+        if warming is not None and not warming.done():
+            warming.cancel()
         if settings.mllp_enabled:
             await mllp.stop()
         await gateway.close()

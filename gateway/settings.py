@@ -61,6 +61,44 @@ class Settings(BaseSettings):
     mllp_max_bytes: int = 5 * 1024 * 1024
     # 0 disables the MLLP listener (HTTP and file ingest still work).
     mllp_enabled: bool = True
+    # Open MLLP connections at most; one more is closed at once (and logged). With mllp_max_bytes this
+    # bounds the memory partial frames can hold (50 x 5 MiB).
+    mllp_max_connections: int = 50
+    # Bytes that unfinished frames of all connections may hold together; past it, connections in the
+    # middle of a frame are not read until others complete (small messages still flow).
+    mllp_max_buffered_bytes: int = 64 * 1024 * 1024
+    # A connection with nothing to read for this long is closed.
+    mllp_idle_timeout_seconds: float = 300.0
+    # A frame must arrive whole within this long of its start block; else it is dropped and the
+    # connection closed (a sender trickling bytes cannot hold a buffer forever).
+    mllp_frame_timeout_seconds: float = 60.0
+    # Caps on one HL7 v2 message, after unescaping (gateway/adapters/hl7v2/er7.py Limits); a message
+    # over one is refused with an AR (an NM value over the digit cap: AE) naming the segment and field.
+    hl7_max_segments: int = 2000
+    hl7_max_fields: int = 300
+    hl7_max_repetitions: int = 500
+    hl7_max_components: int = 100
+    hl7_max_line_skip: int = 100
+    hl7_max_number_digits: int = 18
+    hl7_max_decoded_bytes: int = 16 * 1024 * 1024
+    # HL7 v2 messages at least this long are tokenized, translated and validated in a worker process
+    # (shorter ones take a few milliseconds and stay in the event loop).
+    hl7_offload_bytes: int = 8 * 1024
+    # JSON Bundles at least this long are parsed in a worker process.
+    json_offload_bytes: int = 1024 * 1024
+    # Worker processes for CPU-heavy parsing (HL7 v2, payer files, large JSON), the time one task may
+    # take before its worker is replaced, and the memory (bytes of data segment) each worker may use.
+    workers: int = 1
+    worker_timeout_seconds: float = 60.0
+    worker_memory_bytes: int = 1024 * 1024 * 1024
+    # Entries in one transaction or batch Bundle at most (413 beyond), and the size of a Bundle's
+    # answer: GET entries past it are answered 413 (batch) or fail the transaction.
+    bundle_max_entries: int = 500
+    bundle_max_response_bytes: int = 16 * 1024 * 1024
+    # HTTP: request headers must arrive whole within this long of the first byte (slowloris); and
+    # connections plus requests in progress at most (uvicorn answers 503 beyond).
+    http_header_timeout_seconds: float = 10.0
+    http_max_concurrency: int = 200
     log_level: str = "INFO"
     # Database connection pool size per process (PostgreSQL).
     db_pool_size: int = 10

@@ -4,6 +4,11 @@ A transaction is all or nothing: every entry is resolved, its references rewritt
 validated before the first write, and all writes share one database transaction, so one bad entry
 leaves the store untouched. Entries run in the order the specification prescribes (DELETE, POST, PUT,
 GET) and answer in the order they came. A batch runs each entry on its own and reports each outcome.
+
+Bounded: a Bundle of more than `max_entries` entries is refused whole (413), and the answer's size is
+counted as entries are answered: once it passes `max_response_bytes`, a batch's remaining GET entries
+are answered 413 without being run, and a transaction fails (its writes are rolled back). A large body
+is parsed in a worker process (`offload_bytes`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from urllib.parse import parse_qsl
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.exceptions import BadRequest, Conflict, FhirError, PreconditionFailed, Unprocessable
+from gateway.exceptions import (
+    BadRequest,
+    Conflict,
+    FhirError,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Unprocessable,
+)
 from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.outcome import outcome_bytes
@@ -25,9 +37,13 @@ from gateway.fhir.references import iter_references, parse_reference
 from gateway.fhir.urls import Target, parse_target
 from gateway.service.context import CREATE, DELETE, READ, SEARCH, RequestContext
 from gateway.service.interactions import FhirService, Outcome, parse_if_match, parse_resource
+from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import resources as store
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON, Issue
+
+DEFAULT_MAX_ENTRIES = 500  # as other FHIR servers default to
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 # Processing order within a transaction (http.html#trules).
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -119,20 +135,67 @@ def plan_entry(index: int, raw: Any, base_urls: tuple[str, ...]) -> PlannedEntry
     )
 
 
+class _Budget:
+    """What a Bundle's answer may still hold, in bytes of entry content."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.spent >= self.limit
+
+    def spend(self, entry: Entry) -> Entry:
+        self.spent += len(entry.resource or b"") + 200  # the entry's own fields, roughly
+        return entry
+
+    def refusal(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The Bundle's response reached its size limit ({self.limit} bytes); this entry was not run"
+        )
+
+
 class BundleProcessor:
-    def __init__(self, service: FhirService) -> None:
+    def __init__(
+        self,
+        service: FhirService,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        pool: WorkerPool | None = None,
+        offload_bytes: int = 1024 * 1024,
+    ) -> None:
         self.service = service
+        self.max_entries = max_entries
+        self.max_response_bytes = max_response_bytes
+        self.pool = pool
+        self.offload_bytes = offload_bytes
+
+    async def _parse(self, body: bytes) -> JSON:
+        if self.pool is None or len(body) < self.offload_bytes:
+            return parse_bundle(body)
+        try:
+            return await self.pool.run(parse_bundle, body)
+        except WorkerFailed as exc:
+            raise PayloadTooLarge(f"The Bundle could not be parsed: {exc}") from None
 
     async def process(self, ctx: RequestContext, body: bytes) -> Outcome:
-        bundle = parse_bundle(body)
+        bundle = await self._parse(body)
         bases = self.service.local_bases(ctx)
         raw_entries = bundle.get("entry", [])
+        if len(raw_entries) > self.max_entries:
+            raise PayloadTooLarge(
+                f"The Bundle has {len(raw_entries)} entries; at most {self.max_entries} are accepted",
+                expression="Bundle.entry",
+            )
+        budget = _Budget(self.max_response_bytes)
         if bundle["type"] == "batch":
-            return await self._batch(ctx, raw_entries, bases)
+            return await self._batch(ctx, raw_entries, bases, budget)
         entries = [plan_entry(i, raw, bases) for i, raw in enumerate(raw_entries)]
         try:
             async with self.service.db.write() as conn:
-                results = await self._transaction(conn, ctx, entries)
+                results = await self._transaction(conn, ctx, entries, budget)
         except VersionConflict as exc:
             raise Conflict(f"The transaction lost a race with a concurrent update: {exc}") from exc
         return Outcome(200, body=bundle_bytes("transaction-response", results))
@@ -140,7 +203,11 @@ class BundleProcessor:
     # -- transaction -----------------------------------------------------------------------------
 
     async def _transaction(
-        self, conn: AsyncConnection, ctx: RequestContext, entries: list[PlannedEntry]
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        entries: list[PlannedEntry],
+        budget: _Budget | None = None,
     ) -> list[Entry]:
         mapping = await self._resolve_identities(conn, ctx, entries)
         self._check_duplicates(entries)
@@ -158,11 +225,14 @@ class BundleProcessor:
         await self._write_entries(conn, ctx, [e for e in entries if e.method != "GET"], results)
         for entry in entries:
             if entry.method == "GET":  # reads come last and see the writes
+                if budget is not None and budget.exhausted:
+                    raise _at_entry(budget.refusal(), entry)  # all or nothing: the writes roll back
                 try:
                     outcome = await self._read(conn, ctx, entry.target)
                 except FhirError as exc:
                     raise _at_entry(exc, entry) from exc
-                results[entry.index] = self._response_entry(ctx, outcome, entry)
+                answer = self._response_entry(ctx, outcome, entry)
+                results[entry.index] = budget.spend(answer) if budget is not None else answer
         return [results[e.index] for e in entries]
 
     async def _write_entries(
@@ -344,17 +414,23 @@ class BundleProcessor:
 
     # -- batch -----------------------------------------------------------------------------------
 
-    async def _batch(self, ctx: RequestContext, raw_entries: list[Any], bases: tuple[str, ...]) -> Outcome:
+    async def _batch(
+        self, ctx: RequestContext, raw_entries: list[Any], bases: tuple[str, ...], budget: _Budget
+    ) -> Outcome:
         results = []
         for index, raw in enumerate(raw_entries):
-            results.append(await self._batch_entry(ctx, index, raw, bases))
+            results.append(budget.spend(await self._batch_entry(ctx, index, raw, bases, budget)))
         return Outcome(200, body=bundle_bytes("batch-response", results))
 
-    async def _batch_entry(self, ctx: RequestContext, index: int, raw: Any, bases: tuple[str, ...]) -> Entry:
+    async def _batch_entry(
+        self, ctx: RequestContext, index: int, raw: Any, bases: tuple[str, ...], budget: _Budget
+    ) -> Entry:
         """One batch entry, processed like a transaction of one; its failure is reported, not raised."""
         try:
             entry = plan_entry(index, raw, bases)
             if entry.method == "GET":
+                if budget.exhausted:
+                    raise budget.refusal()
                 async with self.service.db.read() as conn:
                     return self._response_entry(ctx, await self._read(conn, ctx, entry.target), entry)
             if entry.resource is not None and entry.target.kind == "create":

@@ -24,10 +24,11 @@ from gateway.service.interactions import FhirService
 from gateway.service.pa_ops import PriorAuthOps
 from gateway.service.pa_worker import PayerWorker
 from gateway.service.payer_client import PayerClient
-from gateway.service.pipeline import Pipeline
+from gateway.service.pipeline import Pipeline, limits_of, warm_worker
 from gateway.service.priorauth import PriorAuthService
 from gateway.service.subscription_ops import SubscriptionOps
 from gateway.service.subscriptions import SubscriptionManager, SubscriptionPolicy
+from gateway.service.workers import WorkerPool
 from gateway.settings import Settings
 from gateway.store import migrate
 from gateway.store.database import Database
@@ -52,6 +53,7 @@ class Gateway:
     priorauth: PriorAuthService
     payer_worker: PayerWorker
     pa_ops: PriorAuthOps
+    workers: WorkerPool  # CPU-heavy parsing off the event loop (service/workers.py)
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -116,7 +118,15 @@ class Gateway:
             interval_s=settings.pa_worker_seconds,
         )
         translator = Translator(mappings, default_zone=default_zone)
-        pipeline = Pipeline(fhir, translator, validator)
+        pool = WorkerPool(settings, warmers=(warm_worker,))
+        pipeline = Pipeline(
+            fhir,
+            translator,
+            validator,
+            limits=limits_of(settings),
+            pool=pool if settings.workers > 0 else None,
+            offload_bytes=settings.hl7_offload_bytes,
+        )
         log.info(
             "gateway started database=%s profiles=%d hl7v2-messages=%d sites=%d topics=%d subscriptions=%d",
             db.redacted_url(),
@@ -131,7 +141,13 @@ class Gateway:
             db,
             profiles,
             fhir,
-            BundleProcessor(fhir),
+            BundleProcessor(
+                fhir,
+                max_entries=settings.bundle_max_entries,
+                max_response_bytes=settings.bundle_max_response_bytes,
+                pool=pool if settings.workers > 0 else None,
+                offload_bytes=settings.json_offload_bytes,
+            ),
             AuthService(db, token_ttl_seconds=settings.token_ttl_seconds),
             mappings,
             pipeline,
@@ -140,7 +156,8 @@ class Gateway:
             SubscriptionOps(manager, deliverer),
             priorauth,
             payer_worker,
-            PriorAuthOps(priorauth, payer_worker),
+            PriorAuthOps(priorauth, payer_worker, pool=pool if settings.workers > 0 else None),
+            pool,
         )
 
     async def start_background(self) -> None:
@@ -152,4 +169,5 @@ class Gateway:
         await self.payer_worker.stop()
         await self.deliverer.stop()
         await self.pipeline.stop()
+        self.workers.close()
         await self.db.dispose()

@@ -16,7 +16,7 @@ from gateway.adapters.payer.csv_status import looks_like_status_csv
 from gateway.adapters.payer.x12_278 import looks_like_x12
 from gateway.exceptions import FhirError
 from gateway.service.gateway import Gateway
-from gateway.service.pipeline import Result, Source, decode
+from gateway.service.pipeline import Lane, Result, Source, decode
 
 # Messages in flight at once: enough to fill the committer's batches; order is kept (see pipeline.py).
 IN_FLIGHT = 256
@@ -79,15 +79,16 @@ async def ingest_files(
     pending: set[asyncio.Task[None]] = set()
     with progress(length=total, label="ingesting", file=None) as bar:
 
-        async def one(where: str, text: str, detail: str) -> None:
-            _record(summary, where, await gateway.pipeline.submit(text, Source(source_name, detail)))
+        async def one(where: str, text: str, detail: str, lane: Lane) -> None:
+            result = await gateway.pipeline.submit(text, Source(source_name, detail), lane=lane)
+            _record(summary, where, result)
             bar.update(1)
 
         for path, messages in batches:
+            lane = Lane()  # prepared concurrently (big ones in worker processes), queued in file order
             for number, text in enumerate(messages, start=1):
-                # Creating the task runs nothing yet; the pipeline's intake has no await before its queue,
-                # so tasks reach the queue in creation order: the file's order.
-                task = asyncio.create_task(one(f"{path.name} #{number}", text, path.name))
+                # Tasks start in creation order, and each joins the lane before its first await.
+                task = asyncio.create_task(one(f"{path.name} #{number}", text, path.name, lane))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 if len(pending) >= IN_FLIGHT:

@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 
@@ -25,9 +26,12 @@ from gateway.service.context import RequestContext
 from gateway.service.interactions import Outcome
 from gateway.service.pa_worker import PayerWorker
 from gateway.service.priorauth import Applied, PriorAuthService
+from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import resources as store
 from gateway.store.resources import VersionConflict
 from gateway.types import JSON, Issue
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,9 +58,12 @@ def _conflicts_as_409() -> Iterator[None]:
 
 
 class PriorAuthOps:
-    def __init__(self, service: PriorAuthService, worker: PayerWorker) -> None:
+    def __init__(
+        self, service: PriorAuthService, worker: PayerWorker, *, pool: WorkerPool | None = None
+    ) -> None:
         self.service = service
         self.worker = worker
+        self.pool = pool  # payer files are parsed there, off the event loop (None: in it)
 
     async def request(self, ctx: RequestContext, request_id: str, body: bytes) -> Outcome:
         parameters = _json(body) if body.strip() else None
@@ -119,13 +126,13 @@ class PriorAuthOps:
     async def _payer_file(self, text: str, client_id: str | None) -> PayerFileReport:
         if x12_278.looks_like_x12(text):
             try:
-                decisions: list[PayerDecision] = x12_278.parse_278_response(text)
+                decisions: list[PayerDecision] = await self._parse(x12_278.parse_278_response, text)
             except x12_278.X12Error as exc:
                 raise BadRequest(str(exc)) from None
             return PayerFileReport("x12-278", await self.service.receive(decisions, client_id))
         if csv_status.looks_like_status_csv(text):
             try:
-                result = csv_status.parse_status_csv(text)
+                result = await self._parse(csv_status.parse_status_csv, text)
             except csv_status.CsvStatusError as exc:
                 raise BadRequest(str(exc)) from None
             report = PayerFileReport("csv", await self.service.receive(result.decisions, client_id))
@@ -136,6 +143,15 @@ class PriorAuthOps:
                 report.problems.append(f"  columns not used: {', '.join(result.unknown_columns)}")
             return report
         raise BadRequest("Not a payer file: expected an X12 278 response (ISA...) or a CSV status file")
+
+    async def _parse(self, parse: Callable[[str], T], text: str) -> T:
+        """A payer file parsed in a worker process: a large or hostile one never stalls the event loop."""
+        if self.pool is None:
+            return parse(text)
+        try:
+            return await self.pool.run(parse, text)
+        except WorkerFailed as exc:
+            raise Unprocessable(f"The payer file could not be parsed: {exc}") from None
 
     async def turnaround(self, ctx: RequestContext) -> Outcome:
         ctx.require("Task", "s")

@@ -1,13 +1,23 @@
-"""The ingest pipeline every HL7 v2 message takes, whatever brought it (MLLP, HTTP, a file).
+r"""The ingest pipeline every HL7 v2 message takes, whatever brought it (MLLP, HTTP, a file).
 
     submit(raw) -> decode -> tokenize -> translate (mappings) -> validate -> [queue]
     committer: one database transaction per batch of queued messages {
         duplicate check, plan resource versions, Provenance, message log rows } -> ACKs
 
-Everything before the queue is CPU work done by the submitting task, without awaiting, so messages
-from one connection or file enter the queue in the order they arrived. The committer then writes
-whatever has queued up in one transaction (group commit): an ACK is only returned once its message
-and resources are committed, and a burst of messages costs one commit, not one each.
+Everything before the queue is CPU work: done by the submitting task for a short message, in a worker
+process (service/workers.py) for one of `offload_bytes` or more, so the event loop keeps serving
+others. Messages of one connection are handled one at a time, and those of one file keep their order
+through a `Lane`. The committer then writes whatever has queued up in one transaction (group commit): an
+ACK is only returned once its message and resources are committed, and a burst of messages costs one
+commit, not one each.
+
+Poison: nothing a message holds can take the handler down. A message over a cap (er7.Limits), holding
+a NUL character, or making translation, validation or the commit raise is answered with an AR or AE
+naming the reason and logged with status `failed` (its resources are not written). A re-send with the
+same content gets the logged answer without being processed again; `$reprocess` runs it again on
+purpose (after a fix). Only a database that cannot be reached leaves a message without an answer (the
+sender retries later). The log stores NUL characters as the HL7 escape `\X00\` (text columns of
+PostgreSQL refuse NUL), which the tokenizer refuses again on reprocessing.
 """
 
 from __future__ import annotations
@@ -16,18 +26,30 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import traceback
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+from sqlalchemy import exc as sql_errors
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.hl7v2 import loss
 from gateway.adapters.hl7v2.ack import AckError, build_ack, build_nak, hl7_timestamp
-from gateway.adapters.hl7v2.er7 import ER7Error, Message, Segment, split_segments
+from gateway.adapters.hl7v2.er7 import (
+    DEFAULT_LIMITS,
+    ER7Error,
+    LimitExceeded,
+    Limits,
+    Message,
+    Segment,
+    limits_in_force,
+    split_segments,
+)
 from gateway.adapters.hl7v2.identity import stable_id
 from gateway.adapters.hl7v2.translate import (
     PROVENANCE_MESSAGE_SYSTEM,
@@ -35,12 +57,15 @@ from gateway.adapters.hl7v2.translate import (
     TranslationError,
     Translator,
 )
+from gateway.exceptions import FhirError
 from gateway.fhir import dates, jsonio
 from gateway.fhir.validation import Validator
+from gateway.service import workers
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
 from gateway.service.patient_matching import IdentityOutcome, Matcher, replace_patient
 from gateway.service.patient_merge import merged_versions
+from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import messages as message_log
 from gateway.store import resources as store
 from gateway.store import search as store_search
@@ -63,6 +88,18 @@ ABSENT_FROM_REPORT = {
 MAX_BATCH = 200
 # A committed message whose batch lost a race with a concurrent REST update is retried this often.
 CONFLICT_RETRIES = 3
+# Content hashes of messages answered `failed` that this process remembers, so that their re-sends are
+# answered from the log before being processed (the log itself is the backstop: see _Batch._dispatch).
+REMEMBERED_FAILURES = 4096
+# Errors that say the database could not be reached, not that this message is wrong: no answer, so the
+# sender tries again later.
+_UNAVAILABLE = (
+    sql_errors.OperationalError,
+    sql_errors.InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +118,7 @@ class Result:
     duplicate: bool = False
     resources: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    failed: bool = False  # logged as `failed`: a re-send gets this answer without being processed
 
 
 @dataclass
@@ -99,6 +137,7 @@ class Job:
     content_hash: str
     reprocess_id: str | None = None
     future: asyncio.Future[Result] | None = None
+    status: str | None = None  # the log status when it is not the ACK code's (`failed`)
 
 
 def decode(raw: bytes) -> str:
@@ -116,6 +155,45 @@ def decode(raw: bytes) -> str:
 def content_hash(text: str) -> str:
     """A digest of a message's segments: the same content whatever its segment separators or BOM."""
     return hashlib.sha256("\r".join(split_segments(text)).encode()).hexdigest()
+
+
+def limits_of(settings: Any) -> Limits:
+    """The HL7 v2 caps a Settings object names (GATEWAY_HL7_MAX_*)."""
+    return Limits(
+        segments=settings.hl7_max_segments,
+        fields=settings.hl7_max_fields,
+        repetitions=settings.hl7_max_repetitions,
+        components=settings.hl7_max_components,
+        line_skip=settings.hl7_max_line_skip,
+        number_digits=settings.hl7_max_number_digits,
+        decoded_bytes=settings.hl7_max_decoded_bytes,
+    )
+
+
+def header_of(text: str) -> Message | None:
+    """The message's MSH alone, tokenized: enough to address an ACK and name the sender and control id
+    of a message that cannot be read whole. None when the MSH itself is unreadable."""
+    first = text.lstrip("\ufeff")[:65536].split("\r", 1)[0].split("\n", 1)[0]
+    try:
+        return Message(first, DEFAULT_LIMITS)
+    except ER7Error:
+        return None
+
+
+def storable(text: str, escape: str = "\\") -> str:
+    """Text as it can be stored in any database: NUL characters as the HL7 hex escape `\\X00\\`."""
+    return text.replace("\x00", f"{escape}X00{escape}") if "\x00" in text else text
+
+
+def _locate(message: Message, value: str) -> tuple[str, int | None, int]:
+    """Where a value first appears in a message: (segment, its occurrence, field)."""
+    seen: dict[str, int] = {}
+    for segment in message.segments:
+        seen[segment.name] = seen.get(segment.name, 0) + 1
+        for number in range(1, len(segment.fields)):
+            if value in segment.fields[number]:
+                return segment.name, seen[segment.name], number
+    return "", None, 0
 
 
 def _now_stamp() -> str:
@@ -158,17 +236,49 @@ def fill(existing: JSON, incoming: JSON) -> JSON:
     return merged
 
 
+class Lane:
+    """The messages of one file: prepared concurrently, queued in the order they were submitted."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Future[None] | None = None
+
+    def join(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
+        """(the previous message's turn, this message's): taken when a message is submitted."""
+        previous, self._last = self._last, asyncio.get_running_loop().create_future()
+        return previous, self._last
+
+
 class Pipeline:
     """Takes HL7 v2 messages from any transport and answers each with its ACK once committed."""
 
-    def __init__(self, fhir: FhirService, translator: Translator, validator: Validator) -> None:
+    def __init__(
+        self,
+        fhir: FhirService,
+        translator: Translator,
+        validator: Validator,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        pool: WorkerPool | None = None,
+        offload_bytes: int = 8 * 1024,
+    ) -> None:
         self.fhir = fhir
         self.translator = translator
         self.validator = validator
+        self.limits = limits
+        self.pool = pool  # None: every message is prepared in the event loop
+        self.offload_bytes = offload_bytes
         self.ctx = RequestContext(base_url=fhir.configured_base)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._committer: asyncio.Task[None] | None = None
         self.counts: dict[str, int] = {"AA": 0, "AE": 0, "AR": 0, "duplicate": 0}
+        self._failures: OrderedDict[str, None] = OrderedDict()  # content hashes, see REMEMBERED_FAILURES
+
+    @classmethod
+    def preparer(cls, translator: Translator, validator: Validator, limits: Limits) -> Pipeline:
+        """A pipeline that only prepares (in a worker process): no database, no committer."""
+        pipeline = cls.__new__(cls)
+        pipeline.translator, pipeline.validator, pipeline.limits = translator, validator, limits
+        return pipeline
 
     async def start(self) -> None:
         if self._committer is None:
@@ -190,13 +300,127 @@ class Pipeline:
         *,
         ctx: RequestContext | None = None,
         reprocess_id: str | None = None,
+        lane: Lane | None = None,
     ) -> Result:
-        """Process one message; returns after it (and its resources) are committed."""
-        job = self.prepare(raw, source, ctx=ctx, reprocess_id=reprocess_id)
-        job.future = asyncio.get_running_loop().create_future()
-        await self.start()
-        self._queue.put_nowait(job)
+        """Process one message; returns after it (and its resources) are committed.
+
+        Raises only when the message cannot be answered yet (the database is unreachable) or the
+        caller may not write what it makes (FhirError); anything in the message itself is answered.
+        """
+        previous, mine = lane.join() if lane is not None else (None, None)
+        try:
+            text = decode(raw) if isinstance(raw, bytes) else raw
+            big = self.pool is not None and len(text) >= self.offload_bytes
+            digest = (await asyncio.to_thread(content_hash, text)) if big else content_hash(text)
+            if reprocess_id is None and (big or digest in self._failures):
+                answered = await self._answered_before(text, digest)
+                if answered is not None:
+                    return answered
+            if big:
+                job = await self._prepare_in_worker(text, source, ctx, reprocess_id)
+            else:
+                job = self.guarded_prepare(text, source, ctx=ctx, reprocess_id=reprocess_id)
+            if previous is not None:
+                await asyncio.shield(previous)  # the file's earlier message is queued first
+            job.future = asyncio.get_running_loop().create_future()
+            await self.start()
+            self._queue.put_nowait(job)
+        finally:
+            if mine is not None and not mine.done():
+                mine.set_result(None)
         return await job.future
+
+    def guarded_prepare(
+        self,
+        text: str,
+        source: Source,
+        *,
+        ctx: RequestContext | None = None,
+        reprocess_id: str | None = None,
+    ) -> Job:
+        """`prepare` under this pipeline's limits, with any failure turned into a `failed` job."""
+        try:
+            with limits_in_force(self.limits):
+                return self.prepare(text, source, ctx=ctx, reprocess_id=reprocess_id)
+        except FhirError:
+            raise  # the caller may not do this: its answer (403), not the message's
+        except LimitExceeded as exc:
+            return self._over_limit(text, source, exc, reprocess_id)
+        except Exception as exc:
+            return self._crashed(text, source, exc, reprocess_id)
+
+    async def _prepare_in_worker(
+        self, text: str, source: Source, ctx: RequestContext | None, reprocess_id: str | None
+    ) -> Job:
+        assert self.pool is not None
+        try:
+            return await self.pool.run(prepare_in_worker, text, source, ctx, reprocess_id)
+        except FhirError:
+            raise
+        except WorkerFailed as exc:
+            return self._crashed(text, source, exc, reprocess_id)
+
+    async def _answered_before(self, text: str, digest: str) -> Result | None:
+        """The logged answer to a message with this content, when a re-send must not run it again:
+        it was accepted (a duplicate) or it failed (poison)."""
+        header = header_of(text)
+        key = (header.sender, header.control_id) if header is not None else None
+        if key is None or not key[1]:
+            return None
+        async with self.fhir.db.read() as conn:
+            rows = (await message_log.by_keys(conn, [key])).get(key, [])
+        same = next((row for row in rows if _hash_of(row) == digest), None)
+        if same is None:
+            return None
+        if same.status in ("accepted", "quarantined"):
+            result = Result(same.ack, "AA", same.id, duplicate=True, resources=orjson.loads(same.resources))
+        elif same.status == "failed":
+            errors = [str(e.get("text", "")) for e in orjson.loads(same.errors)]
+            code: AckCode = "AE" if same.ack_code == "AE" else "AR"
+            result = Result(same.ack, code, same.id, duplicate=True, errors=errors, failed=True)
+        else:
+            return None
+        self.counts["duplicate"] += 1
+        return result
+
+    def _over_limit(self, text: str, source: Source, error: LimitExceeded, reprocess_id: str | None) -> Job:
+        """A value past a cap met while translating (a number's digits): AE naming its field."""
+        header = header_of(text)
+        segment, sequence, number = error.segment, error.sequence, error.field
+        if not segment and error.value is not None:
+            with contextlib.suppress(ER7Error):
+                segment, sequence, number = _locate(Message(text, self.limits), error.value)
+        ack_error = AckError(error.code, str(error), segment=segment, sequence=sequence, field=number or None)
+        log.warning("message from %s %s over a limit: %s", source.kind, source.detail, error)
+        return self._failed_job(text, source, header, "AE", ack_error, reprocess_id)
+
+    def _crashed(self, text: str, source: Source, error: BaseException, reprocess_id: str | None) -> Job:
+        """Translation, validation or the worker failed on this message: AE 207, logged as failed."""
+        where = "".join(traceback.format_tb(error.__traceback__)[-3:]) if error.__traceback__ else ""
+        # The exception's type and where it happened; never its text (it may quote patient data).
+        log.error("processing a message from %s failed: %s\n%s", source.kind, type(error).__name__, where)
+        reason = str(error) if isinstance(error, WorkerFailed) else type(error).__name__
+        ack_error = AckError("207", f"The message could not be processed ({reason}); it is logged")
+        return self._failed_job(text, source, header_of(text), "AE", ack_error, reprocess_id)
+
+    def _failed_job(
+        self,
+        text: str,
+        source: Source,
+        header: Message | None,
+        code: AckCode,
+        error: AckError,
+        reprocess_id: str | None,
+    ) -> Job:
+        received = dates.now_us()
+        if header is None:
+            unreadable = ER7Error(
+                error.text, segment=error.segment or "MSH", field=error.field or 0, code=error.code
+            )
+            job = self._unparseable(text, source, received, unreadable, reprocess_id)
+            job.status = "failed"
+            return job
+        return self._job(text, source, received, header, None, code, [error], reprocess_id, status="failed")
 
     def prepare(
         self,
@@ -266,6 +490,7 @@ class Pipeline:
         code: AckCode,
         errors: list[AckError],
         reprocess_id: str | None,
+        status: str | None = None,
     ) -> Job:
         return Job(
             text,
@@ -279,13 +504,21 @@ class Pipeline:
             (message.sender, message.control_id or f"no-control-id:{uuid.uuid4()}"),
             content_hash(text),
             reprocess_id,
+            status=status,
         )
 
     def _unparseable(
         self, text: str, source: Source, received: int, error: ER7Error, reprocess_id: str | None
     ) -> Job:
         log.warning("unparseable message from %s %s: %s", source.kind, source.detail, error)
-        ack_error = AckError(error.code, str(error), segment=error.segment, field=error.field or None)
+        ack_error = AckError(
+            error.code, str(error), segment=error.segment, sequence=error.sequence, field=error.field or None
+        )
+        header = header_of(text) if isinstance(error, LimitExceeded) else None
+        if header is not None:  # over a cap: refused whole, but addressed and logged under its own key
+            return self._job(
+                text, source, received, header, None, "AR", [ack_error], reprocess_id, status="failed"
+            )
         return Job(
             text,
             source,
@@ -326,21 +559,61 @@ class Pipeline:
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 (result,) = await self._commit_batch([job])
-            except VersionConflict:
+            except (VersionConflict, sql_errors.IntegrityError):
+                # lost a race with a concurrent writer (a REST update, another process's log row)
                 if attempt < CONFLICT_RETRIES:
                     continue
-                log.exception("message %s lost every retry to concurrent updates", job.key[1])
-                self._fail(job, RuntimeError("concurrent updates"))
+                log.error("message %s lost every retry to concurrent updates", job.key[1])
+                await self._commit_failed(job, RuntimeError("concurrent updates"))
+                return
+            except _UNAVAILABLE as exc:
+                log.error("committing a message from %s failed: %s", job.source.kind, type(exc).__name__)
+                self._fail(job, exc)  # no answer: the sender tries again once the database is back
                 return
             except Exception as exc:
-                log.exception("committing a message from %s failed", job.source.kind)
-                self._fail(job, exc)
+                await self._commit_failed(job, exc)
                 return
             self._resolve(job, result)
             return
 
+    async def _commit_failed(self, job: Job, error: Exception) -> None:
+        """The message's own content broke the commit (a value the database refuses, say): log it as
+        failed, without its resources, and answer AE; only if even that fails is there no answer."""
+        log.error(
+            "committing a message from %s failed (%s); logging it as failed",
+            job.source.kind,
+            type(error).__name__,
+        )
+        failed = Job(
+            job.raw,
+            job.source,
+            job.received_us,
+            job.message,
+            None,
+            "AE",
+            [AckError("207", f"The message could not be stored ({type(error).__name__}); it is logged")],
+            job.ack_control_id,
+            job.key,
+            job.content_hash,
+            job.reprocess_id,
+            job.future,
+            status="failed",
+        )
+        try:
+            (result,) = await self._commit_batch([failed])
+        except Exception as exc:
+            log.error("logging a failed message from %s failed too: %s", job.source.kind, type(exc).__name__)
+            self._fail(job, exc)
+            return
+        self._resolve(job, result)
+
     def _resolve(self, job: Job, result: Result) -> None:
         self.counts["duplicate" if result.duplicate else result.code] += 1
+        if result.failed:
+            self._failures[job.content_hash] = None
+            self._failures.move_to_end(job.content_hash)
+            while len(self._failures) > REMEMBERED_FAILURES:
+                self._failures.popitem(last=False)
         if job.future is not None and not job.future.done():
             job.future.set_result(result)
 
@@ -406,6 +679,11 @@ class _Batch:
         if same is not None and same.status in ("accepted", "quarantined"):
             resources = orjson.loads(same.resources)
             return Result(same.ack, "AA", same.id, duplicate=True, resources=resources)
+        if same is not None and same.status == "failed":
+            # poison sent again: its logged answer, and it is not run (or written) again
+            errors = [str(e.get("text", "")) for e in orjson.loads(same.errors)]
+            code: AckCode = "AE" if same.ack_code == "AE" else "AR"
+            return Result(same.ack, code, same.id, duplicate=True, errors=errors, failed=True)
         if same is not None:
             return await self._one(job, same.id)  # a failed message sent again: processed again, same row
         if not (logged or earlier) or job.message is None:
@@ -448,7 +726,7 @@ class _Batch:
         code, errors = job.code, list(job.errors)
         notes, problems = list(notes or []), list(problems or [])
         translation = job.translation
-        status = {"AA": "accepted", "AE": "error", "AR": "rejected"}[code]
+        status = job.status or {"AA": "accepted", "AE": "error", "AR": "rejected"}[code]
         if refuse is not None:
             code, status, errors = "AE", "error", [refuse, *errors]
         elif code == "AA" and translation is not None and translation.quarantine:
@@ -472,7 +750,8 @@ class _Batch:
         else:
             self.log_inserts.append({**row, "attempts": 1})
             self._count_coverage(job, log_id)  # once per message: a retry or reprocessing adds nothing
-        return Result(ack, code, log_id, resources=refs, errors=[e.text for e in errors if e.severity == "E"])
+        errors_text = [e.text for e in errors if e.severity == "E"]
+        return Result(ack, code, log_id, resources=refs, errors=errors_text, failed=status == "failed")
 
     def _log_row(
         self,
@@ -492,10 +771,11 @@ class _Batch:
             if translation
             else (f"{job.message.message_code}^{job.message.trigger}" if job.message else "")
         )
+        escape = job.message.encoding.escape if job.message is not None else "\\"
         return {
             "id": log_id,
-            "sender": job.key[0],
-            "control_id": job.key[1],
+            "sender": storable(job.key[0], escape),
+            "control_id": storable(job.key[1], escape),
             "content_hash": job.content_hash,
             "message_type": message_type,
             "source": job.source.kind,
@@ -504,7 +784,7 @@ class _Batch:
             "processed_us": dates.now_us(),
             "status": status,
             "ack_code": code,
-            "raw": job.raw,
+            "raw": storable(job.raw, escape),
             "ack": ack,
             "errors": orjson.dumps([_error_json(e) for e in errors]).decode(),
             "problems": orjson.dumps([*(translation.problems if translation else []), *problems]).decode(),
@@ -524,19 +804,26 @@ class _Batch:
             self.coverage[key] = (count + 1, log_id)
 
     def _ack(self, job: Job, code: AckCode, errors: list[AckError]) -> str:
+        """The ACK; NUL characters a sender put in the header fields it echoes come back escaped (the
+        answer is stored in the log as it is sent)."""
         if job.message is None:
             first = errors[0] if errors else AckError("100", "unreadable message")
-            return build_nak(
-                job.raw,
-                first.text,
-                code=first.code,
-                control_id=job.ack_control_id,
-                timestamp=_now_stamp(),
-                segment=first.segment or "MSH",
-                field=first.field or 0,
+            return storable(
+                build_nak(
+                    job.raw,
+                    first.text,
+                    code=first.code,
+                    control_id=job.ack_control_id,
+                    timestamp=_now_stamp(),
+                    segment=first.segment or "MSH",
+                    field=first.field or 0,
+                )
             )
-        return build_ack(
-            job.message, code, errors=errors, control_id=job.ack_control_id, timestamp=_now_stamp()
+        return storable(
+            build_ack(
+                job.message, code, errors=errors, control_id=job.ack_control_id, timestamp=_now_stamp()
+            ),
+            job.message.encoding.escape,
         )
 
     # -- identity --------------------------------------------------------------------------------
@@ -742,6 +1029,38 @@ class _Batch:
         self.pending.append(plan)
         self.pending_keys.add(key)
         return f"{key[0]}/{key[1]}/_history/{plan.version}"
+
+
+# -- in a worker process ------------------------------------------------------------------------
+
+_worker_pipeline: Pipeline | None = None
+
+
+def _preparing_pipeline() -> Pipeline:
+    """This worker's pipeline for preparing, built once from the server's settings."""
+    global _worker_pipeline
+    if _worker_pipeline is None:
+        from gateway.fhir.profiles import ProfileSet
+        from gateway.mapping import files as mapping_files
+
+        settings = workers.worker_settings()
+        translator = Translator(
+            mapping_files.load(settings.mappings_dir),
+            default_zone=mapping_files.default_zone(settings.hl7_default_offset),
+        )
+        validator = Validator(ProfileSet.load(settings.profiles_dir))
+        _worker_pipeline = Pipeline.preparer(translator, validator, limits_of(settings))
+    return _worker_pipeline
+
+
+def warm_worker() -> None:
+    """Load mappings and profiles in a new worker before its first message."""
+    _preparing_pipeline()
+
+
+def prepare_in_worker(text: str, source: Source, ctx: RequestContext | None, reprocess_id: str | None) -> Job:
+    """`Pipeline.guarded_prepare` in a worker process; the job comes back pickled."""
+    return _preparing_pipeline().guarded_prepare(text, source, ctx=ctx, reprocess_id=reprocess_id)
 
 
 def _hash_of(row: LoggedMessage) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 
+from gateway.service.gateway import Gateway
 from tests.factories import MRN_SYSTEM, lab_observation, patient
 
 PATIENT_URN = "urn:uuid:7f1b2a3c-0000-4000-8000-000000000001"
@@ -139,3 +142,63 @@ async def test_only_transaction_and_batch_bundles_are_accepted(api: httpx.AsyncC
     assert answer.json()["issue"][0]["expression"] == ["Bundle.type"]
     answer = await api.post("/fhir", json={"resourceType": "Patient"})
     assert answer.status_code == 400
+
+
+# --- bounded: entries per Bundle and the size of a batch's answer ---------------------------------------
+
+
+def get(url: str) -> dict[str, Any]:
+    return {"request": {"method": "GET", "url": url}}
+
+
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+async def test_a_bundle_over_the_entry_cap_is_refused_whole(api: httpx.AsyncClient, kind: str) -> None:
+    entries = [post(patient(f"CAP-{n}")) for n in range(501)]
+    answer = await api.post("/fhir", json=transaction(*entries, kind=kind))
+    assert answer.status_code == 413, answer.text
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "501 entries" in outcome["issue"][0]["diagnostics"] and "500" in outcome["issue"][0]["diagnostics"]
+    assert await count(api, "Patient") == 0
+
+
+async def test_a_bundle_at_the_entry_cap_is_served(api: httpx.AsyncClient) -> None:
+    answer = await api.post("/fhir", json=transaction(*[get("Patient?_count=1")] * 500, kind="batch"))
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["entry"]) == 500
+
+
+@pytest.fixture
+def small_response_budget(gateway: Gateway) -> Iterator[int]:
+    budget = 20_000
+    original = gateway.bundles.max_response_bytes
+    gateway.bundles.max_response_bytes = budget
+    yield budget
+    gateway.bundles.max_response_bytes = original
+
+
+async def test_a_batch_answer_stays_within_the_response_budget(
+    api: httpx.AsyncClient, small_response_budget: int
+) -> None:
+    for n in range(10):
+        assert (await api.post("/fhir/Patient", json=patient(f"BIG-{n}"))).status_code == 201
+    answer = await api.post("/fhir", json=transaction(*[get("Patient?_count=10")] * 40, kind="batch"))
+    assert answer.status_code == 200
+    assert len(answer.content) < small_response_budget + 40 * 1000  # entries past the budget are short
+    entries = answer.json()["entry"]
+    assert len(entries) == 40
+    statuses = [e["response"]["status"] for e in entries]
+    assert statuses[0] == "200 OK" and statuses[-1].startswith("413")
+    refused = entries[-1]["response"]["outcome"]["issue"][0]
+    assert refused["code"] == "too-costly" and "response" in refused["diagnostics"]
+
+
+async def test_a_transaction_whose_reads_exceed_the_budget_is_refused_and_changes_nothing(
+    api: httpx.AsyncClient, small_response_budget: int
+) -> None:
+    for n in range(10):
+        assert (await api.post("/fhir/Patient", json=patient(f"TXBIG-{n}"))).status_code == 201
+    bundle = transaction(post(patient("TX-NEW")), *[get("Patient?_count=10")] * 40)
+    answer = await api.post("/fhir", json=bundle)
+    assert answer.status_code == 413, answer.text
+    assert await count(api, "Patient") == 10

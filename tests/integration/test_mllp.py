@@ -8,6 +8,7 @@ release it, anything else is acknowledged at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -403,3 +404,98 @@ async def test_stop_lets_a_message_in_progress_get_its_ack(
 
     [reply] = await in_flight
     assert acknowledged(reply) == ("AA", "SLOW-STOP")
+
+
+# --- bounded: connection cap, frame and idle timeouts ------------------------------------------------
+
+
+async def test_connections_over_the_cap_are_refused_at_once_and_logged(
+    pipeline: FakePipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.mllp")
+    mllp = MLLPServer(pipeline, max_connections=2)
+    await mllp.start(HOST, 0)
+    try:
+        first, second = connect(mllp.port), connect(mllp.port)
+        await eventually(lambda: mllp.open_connections == 2)
+        with connect(mllp.port) as third:
+            assert await asyncio.to_thread(is_closed_by_server, third)
+        assert mllp.stats.refused == 1
+        assert "refused" in caplog.text and "max_connections=2" in caplog.text
+        first.close()
+        await eventually(lambda: mllp.open_connections == 1)
+        [reply] = await asyncio.to_thread(send_with_client, mllp.port, [adt("AFTER-CAP")])
+        assert acknowledged(reply) == ("AA", "AFTER-CAP")
+        second.close()
+    finally:
+        await mllp.stop()
+
+
+async def test_a_partial_frame_held_past_the_frame_timeout_is_dropped_and_the_connection_closed(
+    pipeline: FakePipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.mllp")
+    mllp = MLLPServer(pipeline, frame_timeout=0.3, idle_timeout=60)
+    await mllp.start(HOST, 0)
+    framed = encode(adt("TRICKLE-1").encode())
+    try:
+
+        def trickle() -> bool:
+            """A byte every 50 ms: each read is recent, the frame as a whole is not."""
+            with connect(mllp.port) as sock:
+                for byte in framed[:-2]:
+                    try:
+                        sock.sendall(bytes([byte]))
+                    except OSError:
+                        return True
+                    time.sleep(0.05)
+                return is_closed_by_server(sock)
+
+        assert await asyncio.to_thread(trickle)
+    finally:
+        await mllp.stop()
+    assert pipeline.received == []
+    assert mllp.stats.frame_timeouts == 1
+    assert "frame not completed" in caplog.text
+
+
+async def test_a_frame_completed_in_time_is_served_although_slow(pipeline: FakePipeline) -> None:
+    mllp = MLLPServer(pipeline, frame_timeout=5.0)
+    await mllp.start(HOST, 0)
+    framed = encode(adt("STEADY-1").encode())
+    try:
+
+        def slowly() -> list[bytes | Oversized]:
+            with connect(mllp.port) as sock:
+                for i in range(0, len(framed), 40):
+                    sock.sendall(framed[i : i + 40])
+                    time.sleep(0.05)
+                return read_frames(sock, 1)
+
+        [frame] = await asyncio.to_thread(slowly)
+    finally:
+        await mllp.stop()
+    assert isinstance(frame, bytes) and acknowledged(encode(frame)) == ("AA", "STEADY-1")
+
+
+async def test_partial_frames_hold_at_most_the_buffer_budget_and_small_messages_still_flow(
+    pipeline: FakePipeline,
+) -> None:
+    mllp = MLLPServer(pipeline, max_buffered_bytes=100_000, frame_timeout=2.0)
+    await mllp.start(HOST, 0)
+    holders = [connect(mllp.port) for _ in range(4)]
+    try:
+        for sock in holders:  # each starts a 1 MB message and sends 300 KB of it
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.send(b"\x0bMSH|^~\\&|A|B|C|D|20240101||ADT^A01|H|P|2.5\r" + b"Z" * 300_000)
+        await asyncio.sleep(0.3)
+        assert 0 < mllp.buffered_bytes <= 100_000 + 4 * 64 * 1024  # a read per connection past it at most
+        [reply] = await asyncio.to_thread(send_with_client, mllp.port, [adt("SMALL-1")])
+        assert acknowledged(reply) == ("AA", "SMALL-1")
+        await eventually(lambda: mllp.stats.frame_timeouts == 4)
+        assert mllp.buffered_bytes == 0
+    finally:
+        for sock in holders:
+            sock.close()
+        await mllp.stop()

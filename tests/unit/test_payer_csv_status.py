@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.adapters.payer.csv_status import (
+    MAX_COLUMNS,
     CsvProblem,
     CsvStatusError,
     looks_like_status_csv,
@@ -318,3 +319,28 @@ def test_looks_like_status_csv(text: str) -> None:
 )
 def test_does_not_look_like_status_csv(text: str) -> None:
     assert not looks_like_status_csv(text)
+
+
+# --- bounded work: hostile files are refused or reported, never computed at length ---------------------
+
+
+@pytest.mark.parametrize("quantity", ["1e1000000", "1E+999999999", "9" * 5000])
+def test_a_quantity_of_absurd_size_is_a_problem_not_a_computation(quantity: str) -> None:
+    result = parse_status_csv(f"task_id,decision,authorized_quantity\nt1,approved,{quantity}\n")
+    assert result.decisions == []
+    [problem] = result.problems
+    assert (problem.line, problem.column) == (2, "authorized_quantity")
+    assert quantity not in problem.message  # the value is not echoed
+
+
+def test_a_header_with_more_columns_than_the_cap_is_refused() -> None:
+    header = "task_id,decision," + ",".join(f"c{n}" for n in range(100_000))
+    with pytest.raises(CsvStatusError, match="columns"):
+        parse_status_csv(header + "\nt1,approved\n")
+
+
+def test_unknown_columns_are_listed_once_each_in_linear_time() -> None:
+    """Many distinct unknown columns up to the cap are fine, each listed once in order."""
+    names = [f"extra {n}" for n in range(MAX_COLUMNS - 3)]
+    result = parse_status_csv("task_id,decision," + ",".join(names + names[:1]) + "\nt1,approved\n")
+    assert result.unknown_columns == names

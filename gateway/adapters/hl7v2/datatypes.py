@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from gateway.adapters.hl7v2.er7 import Segment, Value
+from gateway.adapters.hl7v2.er7 import LimitExceeded, Segment, Value, active_limits
 from gateway.fhir import jsonio
 from gateway.mapping.zones import UTC, Zone
 
@@ -169,6 +169,10 @@ def number(raw: str, ctx: Context) -> int | float | None:
 
     Values written without decimals stay ints; values with decimals keep the digits as written
     (a DecimalLiteral: "7.20" is stored and served as 7.20, never 7.2; significant figures matter).
+    A value with more digits than the limit in force (leading zeros aside) refuses the message
+    (`LimitExceeded`, which the pipeline answers with an AE naming the field): converting thousands of
+    digits costs seconds, and no measurement has that many. An integer beyond 64 bits (a limit raised
+    past 18 digits) is kept as a decimal literal, which serializes with every digit.
     """
     raw = raw.strip()
     if not raw:
@@ -176,9 +180,15 @@ def number(raw: str, ctx: Context) -> int | float | None:
     if not _NUMBER.fullmatch(raw):
         ctx.report(f"{raw!r} is not an HL7 number (NM); left out")
         return None
+    cap = active_limits().number_digits
+    digits = sum(c.isdigit() for c in raw.lstrip("+-").lstrip("0")) if len(raw) > cap else 0
+    if digits > cap:
+        raise LimitExceeded(f"A number of {digits} digits; at most {cap} are accepted", code="104", value=raw)
     found = jsonio.decimal_literal(raw)
     if found is None:
         ctx.report(f"{raw!r} is beyond the range of a number; left out")
+    elif type(found) is int and not -(2**63) <= found < 2**63:
+        return jsonio.DecimalLiteral(str(found))
     return found
 
 

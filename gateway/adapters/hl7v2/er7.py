@@ -5,14 +5,21 @@ into segments, a segment into raw fields (one `str.split`), and components, subc
 sequences are resolved only for the values a mapping reads. Input is accepted as real senders write it:
 CR, LF, CRLF or mixed segment separators, a leading byte-order mark, any encoding characters the MSH
 declares.
+
+Bounded: a message is checked against `Limits` when it is tokenized (segments, fields, repetitions,
+components, escape sequences, NUL characters, the size it decodes to), and the lazy paths check the
+limits in force again, so no value is ever expanded past a cap; see `Limits`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 # Segment separators seen in the wild: CR (the standard), LF (files edited on Unix), CRLF, mixed.
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
@@ -22,14 +29,92 @@ _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 class ER7Error(ValueError):
     """Input that is not an HL7 v2 message: no MSH, bad encoding characters, junk.
 
-    `segment`, `field` locate the problem for the NAK's ERR segment; `code` is from HL7 table 0357.
+    `segment`, `sequence` (its occurrence, 1-based) and `field` locate the problem for the NAK's ERR
+    segment; `code` is from HL7 table 0357.
     """
 
-    def __init__(self, message: str, *, segment: str = "MSH", field: int = 0, code: str = "100") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        segment: str = "MSH",
+        field: int = 0,
+        code: str = "100",
+        sequence: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.segment = segment
         self.field = field
         self.code = code
+        self.sequence = sequence
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments: rebuilt from the attributes (errors cross process boundaries).
+        return _rebuild_error, (type(self), str(self), dict(vars(self)))
+
+
+def _rebuild_error(kind: type[ER7Error], message: str, state: dict[str, object]) -> ER7Error:
+    error = kind.__new__(kind)
+    ValueError.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+class LimitExceeded(ER7Error):
+    """A message over one of the `Limits` (code 104, value too long), or holding a NUL (code 102).
+
+    `value` is the offending text when the cap was met outside the tokenizer (a number's digits) and
+    the location is not known yet: the pipeline finds the field that holds it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        segment: str = "",
+        field: int = 0,
+        code: str = "104",
+        sequence: int | None = None,
+        value: str | None = None,
+    ) -> None:
+        super().__init__(message, segment=segment, field=field, code=code, sequence=sequence)
+        self.value = value
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one message may make the gateway hold or compute; every count is "at most".
+
+    Real feeds stay far below these (an ORU with a few hundred OBX, segments of fewer than 50 fields);
+    they exist so that a hostile or broken sender cannot turn a small message into a huge one.
+    """
+
+    segments: int = 2000  # segments per message
+    fields: int = 300  # fields per segment
+    repetitions: int = 500  # repetitions per field
+    components: int = 100  # components per repetition, and subcomponents per component
+    line_skip: int = 100  # n in the formatting escape \.sp n\ (n line feeds)
+    number_digits: int = 18  # digits of an NM value (leading zeros aside); 18 fit in 64 bits
+    decoded_bytes: int = 16 * 1024 * 1024  # the message's length once escape sequences are expanded
+
+
+DEFAULT_LIMITS = Limits()
+_IN_FORCE: ContextVar[Limits] = ContextVar("hl7_limits", default=DEFAULT_LIMITS)
+
+
+def active_limits() -> Limits:
+    """The limits the lazy paths (unescaping, number conversion) enforce right now."""
+    return _IN_FORCE.get()
+
+
+@contextlib.contextmanager
+def limits_in_force(limits: Limits) -> Iterator[Limits]:
+    """Enforce `limits` on the lazy paths for the duration of the block (one message's translation)."""
+    token = _IN_FORCE.set(limits)
+    try:
+        yield limits
+    finally:
+        _IN_FORCE.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,19 +181,29 @@ def _escape_value(code: str, enc: Encoding, original: str) -> str:
     if code == ".br":
         return "\n"
     if code.startswith(".sp"):
-        return (
-            "\n" * max(1, int(code[3:].strip() or "1"))
-            if code[3:].strip().isdigit() or not code[3:].strip()
-            else "\n"
-        )
+        return "\n" * _line_skip(code)
     if code.startswith("X") and len(code) > 1 and len(code) % 2 == 1:
         try:
-            return bytes.fromhex(code[1:]).decode("utf-8", errors="replace")
+            found = bytes.fromhex(code[1:]).decode("utf-8", errors="replace")
         except ValueError:
             return original
+        if "\x00" in found:
+            raise LimitExceeded("A hex escape sequence decodes to a NUL character", code="102")
+        return found
     if code.startswith((".in", ".ti", ".sk", ".ce", ".fi", ".nf")):
         return ""  # formatting commands of FT: layout only
     return original  # unknown escape: keep it visible rather than lose text
+
+
+def _line_skip(code: str) -> int:
+    """The line feeds `\\.sp n\\` stands for (1 when n is missing or not a number), never past the cap."""
+    count = code[3:].strip()
+    if not (count.isascii() and count.isdigit()):
+        return 1
+    cap = active_limits().line_skip
+    if len(count) > len(str(cap)) or int(count) > cap:
+        raise LimitExceeded(f"\\.sp{count}\\ skips more than {cap} lines")
+    return max(1, int(count))
 
 
 class Value:
@@ -286,15 +381,128 @@ class Segment:
 
 
 def split_segments(text: str) -> list[str]:
-    """Segment lines of one message: BOM, blank lines and trailing whitespace tolerated."""
-    text = text.lstrip("\ufeff")
-    return [line for line in _SEGMENT_SPLIT.split(text) if line.strip()]
+    """Segment lines of one message: BOM, blank lines, trailing whitespace and NUL padding after the
+    last segment (senders writing C strings into fixed buffers) tolerated."""
+    text = text.lstrip("\ufeff").rstrip("\x00\r\n")
+    return [line for line in _SEGMENT_SPLIT.split(text) if line.strip() and line.strip("\x00 \t")]
+
+
+# --- limits ------------------------------------------------------------------------------------------
+
+_ESCAPES: dict[Encoding, re.Pattern[str]] = {}
+
+
+def _escapes(enc: Encoding) -> re.Pattern[str]:
+    """Escape sequences of one encoding: the escape character, a code holding no delimiter, the escape
+    character (how `_unescape` pairs them inside one component)."""
+    found = _ESCAPES.get(enc)
+    if found is None:
+        delimiters = re.escape(enc.field + enc.component + enc.repetition + enc.subcomponent + enc.escape)
+        esc = re.escape(enc.escape)
+        found = _ESCAPES[enc] = re.compile(f"{esc}([^{delimiters}\r\n]*){esc}")
+    return found
+
+
+def check_limits(lines: list[str], enc: Encoding, limits: Limits) -> None:
+    """Raise `LimitExceeded` naming the first segment and field over a cap, or holding a NUL.
+
+    Cheap for a normal message: whole-segment counts decide whether a segment needs looking into, and
+    only such a segment is split field by field.
+    """
+    if len(lines) > limits.segments:
+        name = lines[limits.segments][:3]
+        sequence = sum(1 for line in lines[: limits.segments + 1] if line[:3] == name)
+        raise LimitExceeded(
+            f"The message has {len(lines)} segments; at most {limits.segments} are accepted",
+            segment=name,
+            sequence=sequence,
+        )
+    seen: dict[str, int] = {}
+    decoded = 0
+    for line in lines:
+        name = line[:3]
+        seen[name] = sequence = seen.get(name, 0) + 1
+        decoded += len(line) + 1
+        if (
+            line.count(enc.field) >= limits.fields
+            or line.count(enc.repetition) >= limits.repetitions
+            or line.count(enc.component) >= limits.components
+            or line.count(enc.subcomponent) >= limits.components
+            or enc.escape in line
+            or "\x00" in line
+        ):
+            decoded += _check_segment(line, name, sequence, enc, limits)
+        if decoded > limits.decoded_bytes:
+            raise LimitExceeded(
+                f"The message decodes to more than {limits.decoded_bytes} characters",
+                segment=name,
+                sequence=sequence,
+            )
+
+
+def _check_segment(line: str, name: str, sequence: int, enc: Encoding, limits: Limits) -> int:
+    """One segment field by field; returns how many characters its escape sequences add."""
+    fields = line.split(enc.field)
+    first = 3 if name == "MSH" else 1  # MSH-1 and MSH-2 are the delimiters themselves
+    offset = 1 if name == "MSH" else 0  # MSH-1 is the separator: MSH-n is parts[n - 1]
+    count = len(fields) - 1 + offset
+    if count > limits.fields:
+        raise LimitExceeded(
+            f"{name} has {count} fields; at most {limits.fields} are accepted",
+            segment=name,
+            sequence=sequence,
+            field=limits.fields + 1,
+        )
+    added = 0
+    for number in range(first, count + 1):
+        raw = fields[number - offset]
+
+        def refuse(text: str, code: str = "104", number: int = number) -> LimitExceeded:
+            return LimitExceeded(text, segment=name, sequence=sequence, field=number, code=code)
+
+        where = f"{name}-{number}"
+        if "\x00" in raw:
+            raise refuse(f"{where} holds a NUL character", "102")
+        repetitions = raw.split(enc.repetition)
+        if len(repetitions) > limits.repetitions:
+            raise refuse(f"{where} has {len(repetitions)} repetitions; at most {limits.repetitions}")
+        for repetition in repetitions:
+            components = repetition.split(enc.component)
+            if len(components) > limits.components:
+                raise refuse(f"{where} has {len(components)} components; at most {limits.components}")
+            for component in components:
+                if component.count(enc.subcomponent) >= limits.components:
+                    raise refuse(f"{where} has more than {limits.components} subcomponents")
+        if enc.escape in raw:
+            added += _check_escapes(raw, enc, limits, refuse)
+    return added
+
+
+def _check_escapes(raw: str, enc: Encoding, limits: Limits, refuse: Any) -> int:
+    """The escape sequences of one field: line skips within the cap, no hex NUL; the growth they make."""
+    added = 0
+    for match in _escapes(enc).finditer(raw):
+        code = match.group(1)
+        if code.startswith(".sp"):
+            count = code[3:].strip()
+            if count.isascii() and count.isdigit():
+                if len(count) > len(str(limits.line_skip)) or int(count) > limits.line_skip:
+                    raise refuse(f"\\.sp{count}\\ skips more than {limits.line_skip} lines")
+                added += max(1, int(count)) - len(match.group(0))
+        elif code.startswith("X") and "00" in code:
+            digits = code[1:]
+            if len(digits) % 2 == 0 and any(digits[i : i + 2] == "00" for i in range(0, len(digits), 2)):
+                raise refuse("A hex escape sequence decodes to a NUL character", "102")
+    return added
 
 
 class Message:
-    """A tokenized HL7 v2 message. Header fields are read eagerly; everything else on demand."""
+    """A tokenized HL7 v2 message. Header fields are read eagerly; everything else on demand.
 
-    def __init__(self, text: str) -> None:
+    `limits` (default: those in force, see `limits_in_force`) are checked before anything is split.
+    """
+
+    def __init__(self, text: str, limits: Limits | None = None) -> None:
         lines = split_segments(text)
         if not lines:
             raise ER7Error("The message is empty", code="100")
@@ -302,6 +510,7 @@ class Message:
             junk = lines[0][:3] if _SEGMENT_NAME.match(lines[0][:3]) else "junk"
             raise ER7Error(f"The message starts with {junk!r}, not an MSH segment", code="100")
         self.encoding = Encoding.from_msh(lines[0])
+        check_limits(lines, self.encoding, limits or active_limits())
         self.segments = [Segment(line, self.encoding, i) for i, line in enumerate(lines)]
         for segment in self.segments:
             if not _SEGMENT_NAME.match(segment.name):

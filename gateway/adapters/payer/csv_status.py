@@ -31,7 +31,9 @@ are one column). Empty header cells are ignored; a column named twice is an erro
 | `note`                 | no       | free text, kept as the decision's disposition                      |
 
 (1) The header must name `decision` and at least one identifying column ("id"), and every row must give
-at least one identifying value. Other columns are allowed and reported in `CsvResult.unknown_columns`.
+at least one identifying value. Other columns are allowed and reported in `CsvResult.unknown_columns`;
+a header of more than `MAX_COLUMNS` (256) cells is refused. An `authorized_quantity` of more than 18
+digits (or beyond 10^18) is a problem of its row.
 
 | `decision` value                                | X12 306 review action                      |
 |-------------------------------------------------|--------------------------------------------|
@@ -112,6 +114,10 @@ OPTIONAL_COLUMNS = (
     "note",
 )
 KNOWN_COLUMNS = frozenset((*IDENTIFYING_COLUMNS, DECISION_COLUMN, *OPTIONAL_COLUMNS))
+# Bounds on what one file may make the parser do: a header with more cells is refused (a status file
+# needs 14), a quantity with more digits is a problem of its row.
+MAX_COLUMNS = 256
+MAX_QUANTITY_DIGITS = 18
 
 REJECTED = "rejected"
 DECISION_VALUES: dict[str, str] = {
@@ -196,7 +202,9 @@ def looks_like_status_csv(text: str) -> bool:
     header = _header_line(_strip_bom(text))
     if header is None:
         return False
-    names = {_column_name(cell) for cell in _split_line(header, _sniff_delimiter(header))}
+    # Past MAX_COLUMNS cells the parser refuses the header anyway: naming the rest would be wasted work.
+    cells = _split_line(header, _sniff_delimiter(header))[: MAX_COLUMNS + 1]
+    names = {_column_name(cell) for cell in cells}
     return DECISION_COLUMN in names and any(name in names for name in IDENTIFYING_COLUMNS)
 
 
@@ -304,21 +312,23 @@ def _column_name(cell: str) -> str:
 
 def _columns(cells: list[str]) -> tuple[list[str | None], list[str]]:
     """Each header cell's known column name (None: ignored) and the unknown columns as written."""
+    if len(cells) > MAX_COLUMNS:
+        raise CsvStatusError(f"the status file's header has {len(cells)} columns; at most {MAX_COLUMNS}")
     columns: list[str | None] = []
-    unknown: list[str] = []
+    unknown: dict[str, None] = {}  # insertion-ordered set: each unknown column listed once, in order
     for cell in cells:
         name = _column_name(cell)
-        if name in KNOWN_COLUMNS and name in columns:
+        if name in KNOWN_COLUMNS and name in columns:  # at most len(KNOWN_COLUMNS) known names
             raise CsvStatusError(f"the status file's header names column {name!r} twice")
-        if name and name not in KNOWN_COLUMNS and cell.strip() not in unknown:
-            unknown.append(cell.strip())
+        if name and name not in KNOWN_COLUMNS:
+            unknown.setdefault(cell.strip())
         columns.append(name if name in KNOWN_COLUMNS else None)
     if DECISION_COLUMN not in columns:
         raise CsvStatusError("the status file's header has no 'decision' column")
     if not any(name in columns for name in IDENTIFYING_COLUMNS):
         wanted = ", ".join(IDENTIFYING_COLUMNS)
         raise CsvStatusError(f"the status file's header has no identifying column (one of {wanted})")
-    return columns, unknown
+    return columns, list(unknown)
 
 
 # --- one row ------------------------------------------------------------------------------------------------
@@ -450,6 +460,9 @@ def _parse_quantity(raw: str) -> int | float:
         raise _Bad("authorized_quantity is not a number") from None
     if not value.is_finite() or value < 0:
         raise _Bad("authorized_quantity is not a number >= 0")
+    if value.adjusted() >= MAX_QUANTITY_DIGITS or len(value.as_tuple().digits) > MAX_QUANTITY_DIGITS:
+        # checked before any conversion: int(Decimal("1e1000000")) alone takes most of a minute
+        raise _Bad(f"authorized_quantity has more than {MAX_QUANTITY_DIGITS} digits")
     return int(value) if value == value.to_integral_value() else float(value)
 
 

@@ -45,6 +45,7 @@ class FrameDecoder:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.junk_bytes = 0
+        self.frames_begun = 0  # start blocks seen: a new value means a new frame is in progress
         self._inside = False
         self._buffer = bytearray()
         self._size = 0  # bytes of the current frame, including those discarded when oversized
@@ -52,6 +53,11 @@ class FrameDecoder:
         # A chunk ending in FS may be the first half of the end block; hold it until the next byte
         # shows whether it is, so a message of exactly max_bytes is not counted one byte too long.
         self._held_fs = False
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame has begun and not ended."""
+        return self._inside
 
     @property
     def pending_bytes(self) -> int:
@@ -103,6 +109,7 @@ class FrameDecoder:
 
     def _begin(self) -> None:
         self._inside = True
+        self.frames_begun += 1
         self._buffer.clear()
         self._size = 0
         self._head = None

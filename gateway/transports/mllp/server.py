@@ -8,7 +8,16 @@ message's bytes and returns the ACK bytes once the message is durably stored. Pe
   sender never sees an ACK for a message that could still be lost;
 - a message over `max_message_bytes` is skipped (never buffered) and answered with an AR;
 - bytes outside frames are dropped; a frame cut short by a disconnect never reaches the handler;
-- a handler that raises closes the connection without an ACK: the sender resends after reconnecting.
+- a handler that raises closes the connection without an ACK: the sender resends after reconnecting
+  (the pipeline answers everything a message holds; it raises only when the database is unreachable).
+
+Bounded: at most `max_connections` at once (one more is closed at once and logged); frames in progress
+hold at most `max_buffered_bytes` together: past that, a connection in the middle of a frame is not read
+(TCP flow control holds the rest at the sender) until others' frames complete (one read of 64 KB per
+connection may pass it), while a connection starting a message is still read, so small messages keep
+flowing; a connection with nothing to read for `idle_timeout` is closed; a frame not completed within
+`frame_timeout` of its start block is dropped and its connection closed (however steadily its bytes
+trickle in, or however long it waited).
 
 Logs carry peer, byte counts, ACK code and control id; never message content (it is patient data).
 """
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +41,9 @@ log = logging.getLogger("gateway.mllp")
 
 DEFAULT_MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # lab reports with embedded PDFs reach a few MB
 DEFAULT_IDLE_TIMEOUT = 300.0  # senders keep connections open between messages; 5 min frees dead ones
+DEFAULT_FRAME_TIMEOUT = 60.0  # a 5 MB message takes well under a second on any working link
+DEFAULT_MAX_CONNECTIONS = 50
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # partial frames of all connections together
 READ_SIZE = 64 * 1024
 STOP_GRACE = 10.0  # how long stop() lets a handler in progress finish and write its ACK
 
@@ -59,6 +72,8 @@ class MLLPStats:
     naks: int = 0  # oversized messages refused by the server itself
     junk_bytes: int = 0  # outside frames, or in frames cut short
     handler_errors: int = 0  # connections closed because the handler raised
+    refused: int = 0  # connections closed at once: max_connections were open
+    frame_timeouts: int = 0  # connections closed because a frame took longer than frame_timeout
 
 
 def default_nak(head: bytes, reason: str) -> bytes:
@@ -87,11 +102,19 @@ class MLLPServer:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         nak_builder: NakBuilder = default_nak,
     ) -> None:
         self.handler = handler
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        self.max_connections = max_connections
+        self.max_buffered_bytes = max_buffered_bytes
+        self.buffered_bytes = 0  # of frames in progress, all connections
+        self._buffer_freed = asyncio.Event()
         self.nak_builder = nak_builder
         self.stats = MLLPStats()
         self._server: asyncio.Server | None = None
@@ -138,12 +161,20 @@ class MLLPServer:
         task = asyncio.current_task()
         assert task is not None
         peer = _peer(writer)
+        if len(self._connections) >= self.max_connections:
+            self.stats.refused += 1
+            log.warning("mllp connection refused peer=%s max_connections=%d", peer, self.max_connections)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+            return
         self.stats.connections += 1
         self._connections[task] = False
         log.info("mllp connection opened peer=%s", peer)
         decoder = FrameDecoder(self.max_message_bytes)
+        clock = _FrameClock()  # also what this connection holds of the server's buffer budget
         try:
-            while not self._stopping and await self._receive(reader, writer, decoder, peer, task):
+            while not self._stopping and await self._receive(reader, writer, decoder, peer, task, clock):
                 pass
         except ConnectionError as exc:
             log.warning("mllp connection lost peer=%s error=%s", peer, type(exc).__name__)
@@ -153,6 +184,7 @@ class MLLPServer:
             log.error("mllp connection failed peer=%s error=%s", peer, type(exc).__name__)
         finally:
             del self._connections[task]
+            self._release(clock.held)
             if decoder.pending_bytes:
                 self.stats.junk_bytes += decoder.pending_bytes
                 log.warning(
@@ -172,17 +204,39 @@ class MLLPServer:
         decoder: FrameDecoder,
         peer: Peer,
         task: asyncio.Task[None],
+        clock: _FrameClock,
     ) -> bool:
         """Read once and answer every frame completed; False when the connection should close."""
+        timeout, frame_due = self.idle_timeout, None
+        if decoder.in_frame and self.frame_timeout is not None:
+            frame_due = clock.started + self.frame_timeout - time.monotonic()
+            timeout = frame_due if timeout is None else min(timeout, frame_due)
         try:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), self.idle_timeout)
+            data = await asyncio.wait_for(
+                self._read(reader, decoder), max(timeout, 0) if timeout is not None else None
+            )
         except TimeoutError:
-            log.info("mllp connection idle peer=%s timeout=%ss", peer, self.idle_timeout)
+            if frame_due is not None and frame_due <= (self.idle_timeout or frame_due):
+                self.stats.frame_timeouts += 1
+                log.warning(
+                    "mllp frame not completed within %ss peer=%s discarded_bytes=%d",
+                    self.frame_timeout,
+                    peer,
+                    decoder.pending_bytes,
+                )
+            else:
+                log.info("mllp connection idle peer=%s timeout=%ss", peer, self.idle_timeout)
             return False
         if not data:
             return False
         junk_before = decoder.junk_bytes
         frames = decoder.feed(data)
+        clock.note(decoder)
+        held = min(decoder.pending_bytes, self.max_message_bytes)  # an oversized frame is not kept
+        self.buffered_bytes += held - clock.held
+        if held < clock.held:
+            self._buffer_freed.set()
+        clock.held = held
         if junk := decoder.junk_bytes - junk_before:
             self.stats.junk_bytes += junk
             log.warning("mllp junk outside frames discarded peer=%s bytes=%d", peer, junk)
@@ -201,6 +255,18 @@ class MLLPServer:
         finally:
             self._connections[task] = False
         return True
+
+    async def _read(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> bytes:
+        """The next bytes; in the middle of a frame, only while partial frames leave room."""
+        while decoder.in_frame and self.buffered_bytes >= self.max_buffered_bytes:
+            self._buffer_freed.clear()
+            await self._buffer_freed.wait()
+        return await reader.read(READ_SIZE)
+
+    def _release(self, held: int) -> None:
+        if held:
+            self.buffered_bytes -= held
+            self._buffer_freed.set()
 
     async def _handle(self, message: bytes, peer: Peer) -> bytes:
         try:
@@ -228,6 +294,20 @@ class MLLPServer:
             "mllp message too large peer=%s bytes=%d ack=AR control_id=%s", peer, frame.size, control_id
         )
         return reply
+
+
+class _FrameClock:
+    """When the frame in progress on a connection began (by the server's monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self._begun = 0
+        self.held = 0  # bytes of the frame in progress counted in the server's buffered_bytes
+
+    def note(self, decoder: FrameDecoder) -> None:
+        if decoder.frames_begun != self._begun:
+            self._begun = decoder.frames_begun
+            self.started = time.monotonic()
 
 
 class _HandlerFailed(Exception):

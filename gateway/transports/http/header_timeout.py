@@ -1,0 +1,68 @@
+"""uvicorn's HTTP/1.1 protocol with a deadline for request headers (slowloris).
+
+uvicorn bounds how long an idle keep-alive connection stays open (`timeout_keep_alive`, armed only after
+a response) but has no limit on how long a client may take to send a request's headers: a connection
+that sends nothing, or a header line every few seconds, is kept forever. Here a connection must deliver
+the complete headers of each request within `timeout` seconds of its first byte (of the connection's
+opening, for the first request); otherwise it is closed. The body is not covered (the body size limit
+bounds its memory; a proxy in front bounds its time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("gateway.http")
+
+
+class HeaderTimeoutProtocol(H11Protocol):
+    """H11Protocol closing a connection whose request headers are not complete within `timeout`."""
+
+    timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self._arm()  # the first bytes of a request: its headers are now due
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()  # the headers are in (the body, if any, follows)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(self.timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _expired(self) -> None:
+        self._header_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            log.warning(
+                "http request headers not received within %ss; closing client=%s", self.timeout, client
+            )
+            self.transport.close()
+
+
+def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
+    """The protocol class for uvicorn's `http=` option, with this header deadline."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"timeout": seconds})

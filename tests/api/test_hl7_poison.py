@@ -1,0 +1,184 @@
+"""Poison HL7 v2 messages through POST /hl7v2, both backends: each gets an AR or AE with a reason in its
+ERR segment and a row in the message log, a re-send gets the same answer from the log without being
+run again, and the next good message is accepted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.adapters.hl7v2.er7 import Message
+from gateway.service.gateway import Gateway
+from tests.hl7_messages import ack_code, anc_oru, obx, oru
+
+ER7 = {"Content-Type": "x-application/hl7-v2+er7"}
+
+
+async def send(api: httpx.AsyncClient, message: str | bytes) -> str:
+    body = message if isinstance(message, bytes) else message.encode()
+    answer = await api.post("/hl7v2", content=body, headers=ER7)
+    assert answer.status_code == 200, answer.text
+    return answer.text
+
+
+def err(ack: str) -> tuple[str, str, str, str]:
+    """(ERR-2 location, ERR-3 code, ERR-8 text, MSA-2) of an ACK."""
+    message = Message(ack.replace("\r\n", "\r"))
+    found = next(s for s in message.segments if s.name == "ERR")
+    msa = next(s for s in message.segments if s.name == "MSA")
+    return found.raw(2), found[3].c(1), found[8].text, msa.raw(2)
+
+
+async def logged(api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    return list((await api.get("/hl7v2/messages")).json()["messages"])
+
+
+async def assert_good_message_still_accepted(api: httpx.AsyncClient, control_id: str) -> None:
+    assert ack_code(await send(api, anc_oru(control_id, f"MRN-{control_id}"))) == "AA"
+
+
+POISON = {
+    # \.sp100000000\ would be 100 million line feeds
+    "line-skip": (
+        oru("P-SP", "MRN-SP", [obx(1, "751-8", "1.2"), "NTE|1||before\\.sp100000000\\after"]),
+        "AR",
+        "NTE^1^3",
+        "104",
+    ),
+    "long-number": (anc_oru("P-NM", "MRN-NM", value="9" * 4300), "AE", "OBX^1^5", "104"),
+    "number-past-64-bits": (anc_oru("P-NM25", "MRN-NM25", value="9" * 25), "AE", "OBX^1^5", "104"),
+    "nul": (anc_oru("P-NUL", "MRN-NUL").replace("Neutrophils", "Neutro\x00phils"), "AR", "OBX^1^3", "102"),
+    "escaped-nul": (
+        oru("P-XNUL", "MRN-XNUL", [obx(1, "751-8", "1.2"), "NTE|1||a\\X00\\b"]),
+        "AR",
+        "NTE^1^3",
+        "102",
+    ),
+    "too-many-segments": (
+        oru("P-SEG", "MRN-SEG", [obx(n, "751-8", "1.2") for n in range(1, 2100)]),
+        "AR",
+        "OBX^1997",
+        "104",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(POISON))
+async def test_poison_gets_a_nak_with_a_reason_and_a_log_row(api: httpx.AsyncClient, name: str) -> None:
+    message, code, where, error_code = POISON[name]
+    control_id = message.split("\r", 1)[0].split("|")[9]
+
+    ack = await send(api, message)
+
+    assert ack_code(ack) == code
+    location, found_code, text, acknowledged = err(ack)
+    assert location.startswith(where) and found_code == error_code and text
+    assert acknowledged == control_id
+    (entry,) = await logged(api)
+    assert (entry["status"], entry["ackCode"], entry["controlId"]) == ("failed", code, control_id)
+    assert entry["errors"][0]["code"] == error_code
+    assert entry["resources"] == []
+    await assert_good_message_still_accepted(api, f"GOOD-{name}")
+
+
+async def test_a_resend_of_poison_gets_the_same_answer_from_the_log(api: httpx.AsyncClient) -> None:
+    message = anc_oru("P-AGAIN", "MRN-AGAIN", value="9" * 4300)
+    first = await send(api, message)
+    again = await send(api, message)
+    assert again == first  # the stored ACK, byte for byte
+    rows = [e for e in await logged(api) if e["controlId"] == "P-AGAIN"]
+    assert len(rows) == 1
+
+
+async def test_nul_bytes_are_stored_escaped_in_the_log(api: httpx.AsyncClient) -> None:
+    message = anc_oru("P-RAW", "MRN-RAW").replace("Neutrophils", "Neutro\x00phils")
+    await send(api, message)
+    (entry,) = await logged(api)
+    raw = (await api.get(f"/hl7v2/messages/{entry['id']}")).json()["raw"]
+    assert "\x00" not in raw and "Neutro\\X00\\phils" in raw
+
+
+@pytest.fixture
+def exploding_translator(gateway: Gateway) -> Iterator[list[str]]:
+    """The translator raises on messages whose control id starts with BOOM (a bug in a mapping, say)."""
+    translator = gateway.pipeline.translator
+    original = translator.translate
+    seen: list[str] = []
+
+    def translate(message: Message) -> Any:
+        seen.append(message.control_id)
+        if message.control_id.startswith("BOOM"):
+            raise KeyError("a mapping bug")
+        return original(message)
+
+    translator.translate = translate  # type: ignore[method-assign]
+    yield seen
+    translator.translate = original  # type: ignore[method-assign]
+
+
+async def test_a_translator_crash_is_an_ae_with_a_log_row_and_is_not_run_again(
+    api: httpx.AsyncClient, exploding_translator: list[str]
+) -> None:
+    message = anc_oru("BOOM-1", "MRN-BOOM")
+    ack = await send(api, message)
+    assert ack_code(ack) == "AE"
+    _, code, text, _ = err(ack)
+    assert code == "207" and "KeyError" in text
+    (entry,) = await logged(api)
+    assert (entry["status"], entry["ackCode"]) == ("failed", "AE")
+
+    assert await send(api, message) == ack
+    assert exploding_translator.count("BOOM-1") == 1  # answered from the log, not translated again
+    await assert_good_message_still_accepted(api, "AFTER-BOOM")
+
+
+@pytest.fixture
+def failing_store(gateway: Gateway) -> Iterator[list[int]]:
+    """Writing resources fails for messages about MRN-STORE (as NUL bytes or an index row too large for
+    PostgreSQL would); calls are counted."""
+    fhir = gateway.fhir
+    original = fhir.write_versions
+    calls: list[int] = []
+
+    async def write_versions(conn: Any, ctx: Any, pending: Any) -> Any:
+        calls.append(len(pending))
+        if any(b"MRN-STORE" in (p.content or b"") for p in pending):
+            raise ValueError("the database refused a value")
+        return await original(conn, ctx, pending)
+
+    fhir.write_versions = write_versions  # type: ignore[method-assign]
+    yield calls
+    fhir.write_versions = original  # type: ignore[method-assign]
+
+
+async def test_a_commit_failure_is_an_ae_with_a_log_row_and_the_store_untouched(
+    api: httpx.AsyncClient, failing_store: list[int]
+) -> None:
+    message = anc_oru("STORE-1", "MRN-STORE")
+    ack = await send(api, message)
+    assert ack_code(ack) == "AE"
+    _, code, text, _ = err(ack)
+    assert code == "207" and "could not be stored" in text
+    (entry,) = await logged(api)
+    assert (entry["status"], entry["resources"]) == ("failed", [])
+    patients = (await api.get("/fhir/Patient", params={"identifier": "MRN-STORE"})).json()
+    assert patients.get("total", 0) == 0
+
+    calls = len(failing_store)
+    assert await send(api, message) == ack
+    assert len(failing_store) == calls  # the re-send never reached the store
+    await assert_good_message_still_accepted(api, "AFTER-STORE")
+
+
+async def test_reprocessing_runs_a_failed_message_again(
+    api: httpx.AsyncClient, exploding_translator: list[str]
+) -> None:
+    """Re-sends are answered from the log; an operator's $reprocess (after the fix) runs it again."""
+    await send(api, anc_oru("BOOM-2", "MRN-BOOM2"))
+    (entry,) = await logged(api)
+    answer = await api.post(f"/hl7v2/messages/{entry['id']}/$reprocess")
+    assert answer.json()["ackCode"] == "AE"
+    assert exploding_translator.count("BOOM-2") == 2
