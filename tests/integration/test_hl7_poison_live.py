@@ -55,7 +55,7 @@ async def test_poison_over_mllp_gets_naks_and_the_connection_stays_usable(live: 
     assert msa_and_err(replies[len(POISON)])[0] == "AA"
     assert replies[-1] == replies[1]  # the re-sent poison: the same answer, from the log
 
-    token = await live.token("system/*.cruds")
+    token = await live.token("system/*.cruds hl7v2/messages.read")
     async with httpx.AsyncClient(
         base_url=live.base_url, headers={"Authorization": f"Bearer {token}"}
     ) as http:
