@@ -6,6 +6,7 @@ session creates its own throw-away databases next to GATEWAY_TEST_POSTGRES_URL a
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,9 @@ from gateway.store.tables import (
 from gateway.transports.http.app import create_app
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+# One key-encryption key for the session (in-process gateways, `gateway serve` and CLI children inherit it),
+# so that no test writes a key file into the checkout's ./var; the key-file default has tests of its own.
+os.environ.setdefault("GATEWAY_KEY_ENCRYPTION_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 BACKENDS = ["sqlite", "postgresql"]
 
 

@@ -17,7 +17,7 @@ from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
 from gateway.service import pa_tracking
 from gateway.service.bundles import BundleProcessor
-from gateway.service.clients import AuthService
+from gateway.service.clients import AuthService, key_encryption_from
 from gateway.service.delivery import Deliverer
 from gateway.service.interactions import FhirService
 from gateway.service.pa_ops import PriorAuthOps
@@ -58,9 +58,10 @@ class Gateway:
         payers = load_payers(settings.payers_file)
         mappings = mapping_files.load(settings.mappings_dir)
         default_zone = mapping_files.default_zone(settings.hl7_default_offset)
+        kek = key_encryption_from(settings)  # a malformed key stops the start here too
         db = Database(settings.database_url, pool_size=settings.db_pool_size)
         if run_migrations:
-            await migrate.upgrade(db)
+            await migrate.upgrade(db, key_encryption=kek)
         statistics = StatisticsKeeper(db)
         db.after_commit.append(statistics.note_commit)
         db.before_dispose.append(statistics.stop)
@@ -103,6 +104,9 @@ class Gateway:
             expiring_days=settings.pa_expiring_days,
             interval_s=settings.pa_worker_seconds,
         )
+        auth = AuthService.from_settings(db, settings, key_encryption=kek)
+        await auth.start()
+        auth.on_client_revoked.append(deliverer.turn_off_owned)  # a removed client's subscriptions go off
         translator = Translator(mappings, default_zone=default_zone)
         pipeline = Pipeline(fhir, translator, validator)
         log.info(
@@ -120,7 +124,7 @@ class Gateway:
             profiles,
             fhir,
             BundleProcessor(fhir),
-            AuthService(db, token_ttl_seconds=settings.token_ttl_seconds),
+            auth,
             mappings,
             pipeline,
             manager,
@@ -140,4 +144,5 @@ class Gateway:
         await self.payer_worker.stop()
         await self.deliverer.stop()
         await self.pipeline.stop()
+        self.auth.close()
         await self.db.dispose()

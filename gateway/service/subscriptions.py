@@ -129,7 +129,8 @@ class SubscriptionManager:
         own = self._pending.get(conn)
         if self._dirty:
             await self._reload_on(conn)
-        elif not self.db.is_sqlite:
+        else:
+            # On SQLite too: `gateway clients remove | disable` turns subscriptions off from another process.
             seen = own[0][2] - 1 if own else await sub_store.generation(conn)
             if seen != self._generation:
                 await self._reload_on(conn)
@@ -296,7 +297,8 @@ class SubscriptionManager:
         spec, issues = parse_subscription(resource, self.topics)
         if spec is None:
             raise Unprocessable(issues=issues)
-        await self._check_endpoint(spec)
+        if spec.status != "off":  # an off subscription calls no endpoint (and turning off must not fail)
+            await self._check_endpoint(spec)
         self._check_scopes(ctx, spec)
         previous = orjson.loads(p.previous) if p.previous else None
         current_state = await sub_store.state(conn, stored.id)
@@ -329,11 +331,11 @@ class SubscriptionManager:
                 now=now,
             )
             return None if spec.status == "off" else spec
-        if ctx.grants is None:
-            return spec  # the gateway's own status bookkeeping (handshake, error)
-        if spec.status == "off":
+        if spec.status == "off":  # by its client, or by the gateway (its owner was removed or disabled)
             await sub_store.set_status(conn, stored.id, "off", now)
             return None
+        if ctx.grants is None:
+            return spec  # the gateway's own status bookkeeping (handshake, error)
         if (
             _delivery_changed(previous, resource)
             or current_state.status in ("error", "off")

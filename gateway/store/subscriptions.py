@@ -437,6 +437,13 @@ async def attempts(conn: AsyncConnection, sub_id: str, limit: int = 50) -> list[
     ]
 
 
+async def owned_by(conn: AsyncConnection, owner: str) -> list[str]:
+    """Subscriptions the client `owner` created (or last re-requested) that are not off."""
+    d = subscription_delivery.c
+    rows = await conn.execute(select(d.sub_id).where(d.owner == owner, d.status != "off").order_by(d.sub_id))
+    return [row.sub_id for row in rows]
+
+
 async def forget(conn: AsyncConnection, sub_id: str) -> None:
     """A deleted subscription: its delivery stops; its events stay until the row is purged."""
     await conn.execute(

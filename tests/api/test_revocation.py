@@ -33,13 +33,17 @@ def http_client(gateway: Gateway) -> httpx.AsyncClient:
 @pytest_asyncio.fixture
 async def second(gateway: Gateway) -> AsyncIterator[Gateway]:
     """Another gateway process on the same database (its own caches, key ring and registry)."""
-    other = await Gateway.start(settings_for(gateway.settings.database_url, subscription_allowlist="127.0.0.0/8"))
+    other = await Gateway.start(
+        settings_for(gateway.settings.database_url, subscription_allowlist="127.0.0.0/8")
+    )
     yield other
     await other.close()
 
 
 async def token_for(http: httpx.AsyncClient, client_id: str, secret: str) -> str:
-    answer = await http.post("/auth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret))
+    answer = await http.post(
+        "/auth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
+    )
     assert answer.status_code == 200, answer.text
     return str(answer.json()["access_token"])
 

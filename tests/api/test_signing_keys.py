@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -48,11 +49,14 @@ async def accepted(http: httpx.AsyncClient, token: str) -> bool:
 def _candidates(value: str) -> list[bytes]:
     """What a stored text could be, read as a key: itself, base64 of it, hex of it."""
     found = [value.encode()]
-    for decode in (base64.b64decode, base64.urlsafe_b64decode, binascii.unhexlify):
-        try:
-            found.append(decode(value + "=" * (-len(value) % 4) if decode is not binascii.unhexlify else value))
-        except (ValueError, binascii.Error):
-            pass
+    padded = value + "=" * (-len(value) % 4)
+    for decode, text_ in (
+        (base64.b64decode, padded),
+        (base64.urlsafe_b64decode, padded),
+        (binascii.unhexlify, value),
+    ):
+        with contextlib.suppress(ValueError, binascii.Error):
+            found.append(decode(text_))
     return found
 
 
@@ -68,9 +72,7 @@ async def raw_text_values(gateway: Gateway) -> list[str]:
     def tables(sync_conn: Any) -> dict[str, list[str]]:
         inspector = inspect(sync_conn)
         return {
-            name: [
-                c["name"] for c in inspector.get_columns(name) if isinstance(c["type"], (String, Text))
-            ]
+            name: [c["name"] for c in inspector.get_columns(name) if isinstance(c["type"], (String, Text))]
             for name in inspector.get_table_names()
             if "key" in name
         }
@@ -135,7 +137,9 @@ async def _end_overlap(gateway: Gateway, kid: str) -> None:
 
     async with gateway.db.write() as conn:
         await conn.execute(
-            update(signing_key).where(signing_key.c.kid == kid).values(retire_after_us=int(time.time() * 1e6) - 1)
+            update(signing_key)
+            .where(signing_key.c.kid == kid)
+            .values(retire_after_us=int(time.time() * 1e6) - 1)
         )
 
 

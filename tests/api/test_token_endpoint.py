@@ -145,8 +145,13 @@ async def test_repeated_failures_from_one_address_get_429(gateway: Gateway) -> N
     )
     try:
         client = await limited.auth.add_client(f"sprayed-{uuid.uuid4().hex[:8]}", "system/*.rs")
-        async with http_client(limited, "203.0.113.7") as attacker, http_client(limited, "198.51.100.2") as ok:
-            codes = [(await ask(attacker, f"spray-{i}-{uuid.uuid4().hex}", "x")).status_code for i in range(5)]
+        async with (
+            http_client(limited, "203.0.113.7") as attacker,
+            http_client(limited, "198.51.100.2") as ok,
+        ):
+            codes = [
+                (await ask(attacker, f"spray-{i}-{uuid.uuid4().hex}", "x")).status_code for i in range(5)
+            ]
             assert codes == [401, 401, 401, 401, 429]
             blocked = await ask(attacker, client.client_id, client.client_secret or "")
             assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1

@@ -8,7 +8,6 @@ import json
 import subprocess
 import time
 import uuid
-
 from collections.abc import Iterator
 
 import httpx
@@ -54,7 +53,9 @@ async def until_refused(live: LiveServer, bearer: str, bound: float = 5.0) -> No
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=live.base_url) as http:
         while True:
-            status = (await http.get("/fhir/Patient", headers={"Authorization": f"Bearer {bearer}"})).status_code
+            status = (
+                await http.get("/fhir/Patient", headers={"Authorization": f"Bearer {bearer}"})
+            ).status_code
             if status == 401:
                 return
             assert status == 200
@@ -99,7 +100,9 @@ async def test_cli_disable_enable_and_key_rotation_against_a_live_server(live: L
     cli(live, "clients", "enable", name)
     after = await token(live, client)
     async with httpx.AsyncClient(base_url=live.base_url) as http:
-        assert (await http.get("/fhir/Patient", headers={"Authorization": f"Bearer {after}"})).status_code == 200
+        assert (
+            await http.get("/fhir/Patient", headers={"Authorization": f"Bearer {after}"})
+        ).status_code == 200
         old_kid = jwt.get_unverified_header(after)["kid"]
         cli(live, "keys", "rotate")
         keys = json.loads(cli(live, "keys", "list", "--json"))
@@ -110,4 +113,6 @@ async def test_cli_disable_enable_and_key_rotation_against_a_live_server(live: L
         while jwt.get_unverified_header(await token(live, client))["kid"] != current:
             assert time.monotonic() < deadline, "the server did not pick up the new key"
             await asyncio.sleep(0.2)
-        assert (await http.get("/fhir/Patient", headers={"Authorization": f"Bearer {after}"})).status_code == 200
+        assert (
+            await http.get("/fhir/Patient", headers={"Authorization": f"Bearer {after}"})
+        ).status_code == 200
