@@ -53,14 +53,16 @@ def _banner(settings: Settings) -> str:
 
 @contextlib.contextmanager
 def _configuration_errors() -> Iterator[None]:
-    """A bad payers, mapping or topic file is the operator's to fix: one clear line, exit status 1."""
+    """A bad payers, mapping or topic file, or a key-encryption key that is malformed or does not open the
+    signing keys, is the operator's to fix: one clear line, exit status 1."""
+    from gateway.auth.key_encryption import KeyEncryptionError
     from gateway.mapping.files import MappingError
     from gateway.pa.payers import PayerConfigError
     from gateway.routing.topics import TopicError
 
     try:
         yield
-    except (PayerConfigError, MappingError, TopicError) as exc:
+    except (PayerConfigError, MappingError, TopicError, KeyEncryptionError) as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
 

@@ -60,8 +60,15 @@ class Gateway:
         default_zone = mapping_files.default_zone(settings.hl7_default_offset)
         kek = key_encryption_from(settings)  # a malformed key stops the start here too
         db = Database(settings.database_url, pool_size=settings.db_pool_size)
-        if run_migrations:
-            await migrate.upgrade(db, key_encryption=kek)
+        auth = AuthService.from_settings(db, settings, key_encryption=kek)
+        try:
+            if run_migrations:
+                await migrate.upgrade(db, key_encryption=kek)
+            await auth.start()  # signing keys that do not open stop the start here, with the reason
+        except BaseException:
+            auth.close()
+            await db.dispose()
+            raise
         statistics = StatisticsKeeper(db)
         db.after_commit.append(statistics.note_commit)
         db.before_dispose.append(statistics.stop)
@@ -104,8 +111,6 @@ class Gateway:
             expiring_days=settings.pa_expiring_days,
             interval_s=settings.pa_worker_seconds,
         )
-        auth = AuthService.from_settings(db, settings, key_encryption=kek)
-        await auth.start()
         auth.on_client_revoked.append(deliverer.turn_off_owned)  # a removed client's subscriptions go off
         translator = Translator(mappings, default_zone=default_zone)
         pipeline = Pipeline(fhir, translator, validator)

@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,9 +15,11 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 import pytest_asyncio
 from sqlalchemy import String, Text, inspect, select, text, update
 
+from gateway.auth.key_encryption import KeyEncryptionError, new_key_text
 from gateway.service.gateway import Gateway
 from gateway.store import migrate
 from gateway.store.database import Database
@@ -223,3 +226,26 @@ async def test_the_migration_encrypts_a_plain_text_key_and_its_tokens_stay_valid
                 assert candidate != key and not _signs(legacy, candidate)
     finally:
         await started.close()
+
+
+async def test_a_wrong_kek_stops_the_start_and_a_new_kek_is_taken_up_alongside_the_old_one(
+    old_database: str,
+) -> None:
+    first = await Gateway.start(settings_for(old_database))
+    try:
+        async with http_client(first) as http:
+            token = await new_token(first, http)
+    finally:
+        await first.close()
+    old, new = os.environ["GATEWAY_KEY_ENCRYPTION_KEY"], new_key_text()
+    with pytest.raises(KeyEncryptionError, match="not configured"):
+        await Gateway.start(settings_for(old_database, key_encryption_key=new))
+    # Changing the KEK: the new one first, the old one after it; the start re-seals under the new one.
+    both = await Gateway.start(settings_for(old_database, key_encryption_key=f"{new},{old}"))
+    await both.close()
+    only_new = await Gateway.start(settings_for(old_database, key_encryption_key=new))
+    try:
+        async with http_client(only_new) as http:
+            assert await accepted(http, token)
+    finally:
+        await only_new.close()

@@ -101,3 +101,22 @@ def test_keys_rotate_and_list_never_show_key_material(tmp_path: Path) -> None:
         assert set(key) == {"kid", "created", "state", "retire_after", "retired"}
     code, text_out = run("keys", "list", "--database-url", url)
     assert code == 0 and keys[-1]["kid"] in text_out and "current" in text_out
+
+
+def test_a_key_encryption_key_that_does_not_open_the_keys_is_one_line_and_a_failed_exit(
+    tmp_path: Path,
+) -> None:
+    from gateway.auth.key_encryption import new_key_text
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/kek.db"
+    assert run("keys", "rotate", "--database-url", url)[0] == 0
+    result = CliRunner().invoke(
+        main, ["keys", "rotate", "--database-url", url], env={"GATEWAY_KEY_ENCRYPTION_KEY": new_key_text()}
+    )
+    assert result.exit_code == 1
+    assert "key encryption:" in result.output and "not configured" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(
+        main, ["keys", "list"], env={"GATEWAY_DATABASE_URL": url, "GATEWAY_KEY_ENCRYPTION_KEY": "c2hvcnQ="}
+    )
+    assert result.exit_code == 1 and "32 bytes" in result.output
