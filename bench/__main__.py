@@ -1,4 +1,4 @@
-"""`python -m bench [store|hl7|subscriptions|jsonio] [--backends sqlite,postgresql] [--sizes 10000,...]`.
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio] [--backends sqlite,postgresql] [--sizes 10000,...]`.
 
 `jsonio` runs in this process, with no database and no gateway.
 """
@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import hl7, jsonio, store, subscriptions
+from bench import hl7, jsonio, store, subscriptions, token_abuse
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions", "jsonio"]
+        "suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions", "auth", "jsonio"]
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
@@ -33,6 +33,10 @@ def main() -> None:
         if args.suite == "all":
             print()
         asyncio.run(subscriptions.run(backends, args.postgres_url))
+    if args.suite in ("all", "auth"):
+        if args.suite == "all":
+            print()
+        asyncio.run(token_abuse.run(backends, args.postgres_url))
     if args.suite in ("all", "jsonio"):
         if args.suite == "all":
             print()

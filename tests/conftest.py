@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import delete
 
+from gateway.auth.throttle import FailureThrottle
 from gateway.service.gateway import Gateway
 from gateway.settings import Settings
 from gateway.store.tables import (
@@ -146,6 +147,9 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
             if table is not subscription_generation:
                 await conn.execute(delete(table))
     await gw.subscriptions.reload()
+    # Failed token requests of earlier tests (all from the test client's one address) start no back-off here.
+    gw.auth.client_failures = FailureThrottle(gw.auth.client_failures.policy)
+    gw.auth.address_failures = FailureThrottle(gw.auth.address_failures.policy)
     yield gw
 
 

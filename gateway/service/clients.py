@@ -27,7 +27,9 @@ import binascii
 import contextlib
 import logging
 import math
+import os
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +75,8 @@ ROTATION_GRACE_S = 60.0
 UNKNOWN_KID_RELOAD_S = 0.1
 # Clock difference tolerated between processes when telling whether a ring was read after a token's iat.
 CLOCK_SKEW_S = 2
+# Niceness added to the hashing threads (0 = the event loop's; 19 = the least).
+HASH_THREAD_NICENESS = 10
 # Hash requests waiting per worker thread beyond which the token endpoint answers 503 at once.
 MAX_WAITING_PER_WORKER = 16
 # The one answer to every failed client authentication (RFC 6749 5.2: invalid_client, 401).
@@ -199,7 +203,9 @@ class AuthService:
         if self._waiting >= self.policy.hash_workers * MAX_WAITING_PER_WORKER:
             raise RetryLater(503, 1, "the token endpoint is busy; retry later")
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.policy.hash_workers, thread_name_prefix="secret-hash")
+            self._pool = ThreadPoolExecutor(
+                self.policy.hash_workers, thread_name_prefix="secret-hash", initializer=_yield_cpu
+            )
         self._waiting += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -586,6 +592,13 @@ class AuthService:
 
 def _admits(client: ClientRecord | None, claims: AccessClaims) -> bool:
     return client is not None and not client.disabled and client.token_generation == claims.generation
+
+
+def _yield_cpu() -> None:
+    """Hashing threads run at a lower priority (Linux sets it per thread): when cores are scarce, the
+    event loop (MLLP ACKs, API requests) and the database go first, and guessers wait."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
 
 
 def key_encryption_from(settings: Settings) -> KeyEncryptionKey:

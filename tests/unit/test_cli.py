@@ -101,6 +101,15 @@ def test_keys_rotate_and_list_never_show_key_material(tmp_path: Path) -> None:
         assert set(key) == {"kid", "created", "state", "retire_after", "retired"}
     code, text_out = run("keys", "list", "--database-url", url)
     assert code == 0 and keys[-1]["kid"] in text_out and "current" in text_out
+    # A key thought compromised: its tokens are refused at once instead of running out.
+    code, out = run("keys", "rotate", "--retire-previous-now", "--database-url", url)
+    assert code == 0 and "retired now" in out
+    keys = json.loads(run("keys", "list", "--json", "--database-url", url)[1])
+    assert [(k["kid"], k["state"]) for k in keys] == [
+        ("k1", "previous"),
+        ("k2", "retired"),
+        ("k3", "current"),
+    ]
 
 
 def test_a_key_encryption_key_that_does_not_open_the_keys_is_one_line_and_a_failed_exit(
