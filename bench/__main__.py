@@ -1,4 +1,4 @@
-"""`python -m bench [store|hl7|subscriptions|jsonio|poison] [--backends sqlite,postgresql] [--sizes ...]`.
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio|poison] [--backends ...] [--sizes ...]`.
 
 `jsonio` runs in this process, with no database and no gateway.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import hl7, jsonio, poison, store, subscriptions
+from bench import hl7, jsonio, poison, store, subscriptions, token_abuse
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
         "suite",
         nargs="?",
         default="all",
-        choices=["all", "store", "hl7", "subscriptions", "jsonio", "poison"],
+        choices=["all", "store", "hl7", "subscriptions", "auth", "jsonio", "poison"],
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
@@ -36,6 +36,10 @@ def main() -> None:
         if args.suite == "all":
             print()
         asyncio.run(subscriptions.run(backends, args.postgres_url))
+    if args.suite in ("all", "auth"):
+        if args.suite == "all":
+            print()
+        asyncio.run(token_abuse.run(backends, args.postgres_url))
     if args.suite in ("all", "jsonio"):
         if args.suite == "all":
             print()

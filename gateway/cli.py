@@ -53,7 +53,9 @@ def _banner(settings: Settings) -> str:
 
 @contextlib.contextmanager
 def _configuration_errors() -> Iterator[None]:
-    """A bad payers, mapping or topic file is the operator's to fix: one clear line, exit status 1."""
+    """A bad payers, mapping or topic file, or a key-encryption key that is malformed or does not open the
+    signing keys, is the operator's to fix: one clear line, exit status 1."""
+    from gateway.auth.key_encryption import KeyEncryptionError
     from gateway.mapping.files import MappingError
     from gateway.pa.payers import PayerConfigError
     from gateway.routing.endpoints import AllowlistError
@@ -61,7 +63,7 @@ def _configuration_errors() -> Iterator[None]:
 
     try:
         yield
-    except (PayerConfigError, MappingError, TopicError, AllowlistError) as exc:
+    except (PayerConfigError, MappingError, TopicError, AllowlistError, KeyEncryptionError) as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
 
@@ -210,20 +212,37 @@ def migrate(database_url: str | None) -> None:
 
 @main.group()
 def clients() -> None:
-    """Register, list and remove API clients."""
+    """Register, list, disable, enable and remove API clients."""
 
 
 async def _with_auth(settings: Settings, action: Any) -> Any:
-    from gateway.service.clients import AuthService
+    from gateway.service.clients import AuthService, key_encryption_from
     from gateway.store import migrate as migrations
     from gateway.store.database import Database
 
+    kek = key_encryption_from(settings)
     db = Database(settings.database_url)
+    auth = AuthService.from_settings(db, settings, key_encryption=kek)
     try:
-        await migrations.upgrade(db)
-        return await action(AuthService(db, token_ttl_seconds=settings.token_ttl_seconds))
+        await migrations.upgrade(db, key_encryption=kek)
+        return await action(auth)
     finally:
+        auth.close()
         await db.dispose()
+
+
+@contextlib.contextmanager
+def _key_errors() -> Iterator[None]:
+    """A key-encryption key that is malformed or does not open the stored keys: one line, exit 1."""
+    from gateway.auth.key_encryption import KeyEncryptionError
+    from gateway.store.clients import DuplicateKey
+
+    try:
+        yield
+    except KeyEncryptionError as exc:
+        raise click.ClickException(f"key encryption: {exc}") from None
+    except DuplicateKey as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @clients.command("add")
@@ -281,6 +300,7 @@ def clients_list(as_json: bool, database_url: str | None) -> None:
             "name": r.name,
             "scope": r.scope,
             "auth": "private_key_jwt" if r.jwks else "secret",
+            "state": "disabled" if r.disabled else "enabled",
         }
         for r in records
     ]
@@ -288,19 +308,106 @@ def clients_list(as_json: bool, database_url: str | None) -> None:
         click.echo(orjson.dumps(rows).decode())
         return
     for row in rows:
-        click.echo(f"{row['client_id']}  {row['name']}  [{row['auth']}]  {row['scope']}")
+        click.echo(f"{row['client_id']}  {row['name']}  [{row['auth']}, {row['state']}]  {row['scope']}")
+
+
+def _client_change(name_or_id: str, database_url: str | None, change: str) -> None:
+    """Remove, disable or enable a client through a started gateway (its subscription hooks included)."""
+    settings = get_settings(database_url=database_url)
+    _configure_logging("WARNING")
+    with _configuration_errors(), _key_errors():
+        done = asyncio.run(
+            _with_gateway(settings, lambda gw: getattr(gw.auth, f"{change}_client")(name_or_id))
+        )
+    if not done:
+        raise click.ClickException(f"no client named {name_or_id!r}")
+    click.echo(f"{change}d {name_or_id}")
 
 
 @clients.command("remove")
 @click.argument("name_or_id")
 @click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
 def clients_remove(name_or_id: str, database_url: str | None) -> None:
-    """Remove a client. Tokens already issued stay valid until they expire (at most the token TTL)."""
+    """Remove a client. Its tokens are refused at once by this database's gateways (within
+    GATEWAY_AUTH_CACHE_SECONDS in running processes) and its subscriptions are turned off."""
+    _client_change(name_or_id, database_url, "remove")
+
+
+@clients.command("disable")
+@click.argument("name_or_id")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def clients_disable(name_or_id: str, database_url: str | None) -> None:
+    """Disable a client: its tokens stop working (within GATEWAY_AUTH_CACHE_SECONDS), it gets no new
+    ones, and its subscriptions are turned off. `enable` undoes the first two only."""
+    _client_change(name_or_id, database_url, "disable")
+
+
+@clients.command("enable")
+@click.argument("name_or_id")
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def clients_enable(name_or_id: str, database_url: str | None) -> None:
+    """Let a disabled client get tokens again. Tokens issued before it was disabled stay refused; its
+    subscriptions stay off until it re-requests them (PUT with status `requested`)."""
+    _client_change(name_or_id, database_url, "enable")
+
+
+@main.group()
+def keys() -> None:
+    """Rotate and list the access-token signing keys (sealed in the database; never shown)."""
+
+
+@keys.command("rotate")
+@click.option(
+    "--retire-previous-now",
+    is_flag=True,
+    help="Refuse the previous key's tokens at once (a key thought compromised) instead of letting"
+    " them run out",
+)
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def keys_rotate(retire_previous_now: bool, database_url: str | None) -> None:
+    """Make a new signing key current. Running gateways sign with it within GATEWAY_AUTH_CACHE_SECONDS;
+    the previous key keeps verifying until its tokens have expired (token TTL + 60 s), then is retired
+    and erased. Also re-seals every key under the first GATEWAY_KEY_ENCRYPTION_KEY."""
     settings = get_settings(database_url=database_url)
-    removed = asyncio.run(_with_auth(settings, lambda auth: auth.remove_client(name_or_id)))
-    if not removed:
-        raise click.ClickException(f"no client named {name_or_id!r}")
-    click.echo(f"removed {name_or_id}")
+    overlap = 0.0 if retire_previous_now else None
+    with _key_errors():
+        rotation = asyncio.run(_with_auth(settings, lambda auth: auth.rotate_keys(overlap_seconds=overlap)))
+    click.echo(f"current key: {rotation.current}")
+    if rotation.previous:
+        when = "retired now" if retire_previous_now else "verifies until its tokens expire"
+        click.echo(f"previous key: {rotation.previous} ({when})")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+def keys_list(as_json: bool, database_url: str | None) -> None:
+    """List signing keys: kid, created, state (current, previous until..., retired); never key material."""
+    from gateway.fhir import dates
+
+    settings = get_settings(database_url=database_url)
+    with _key_errors():
+        infos = asyncio.run(_with_auth(settings, lambda auth: auth.list_keys()))
+
+    def instant(us: int | None) -> str | None:
+        return dates.format_instant(us) if us is not None else None
+
+    rows = [
+        {
+            "kid": k.kid,
+            "created": instant(k.created_us),
+            "state": k.state,
+            "retire_after": instant(k.retire_after_us) if k.state == "previous" else None,
+            "retired": instant(k.retired_us),
+        }
+        for k in infos
+    ]
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    for row in rows:
+        until = f" until {row['retire_after']}" if row["retire_after"] else ""
+        click.echo(f"{row['kid']}  created {row['created']}  {row['state']}{until}")
 
 
 @main.group()

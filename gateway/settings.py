@@ -28,6 +28,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     # SMART Backend Services recommends access tokens live no longer than five minutes.
     token_ttl_seconds: int = 300
+    # Key-encryption key(s) sealing the token signing keys in the database: base64 of 32 bytes; several,
+    # comma-separated, while changing it (the first seals, all open). Empty: the key file below.
+    key_encryption_key: str = ""
+    # Used (and created with mode 0600, with a warning) when key_encryption_key is empty.
+    key_encryption_key_file: Path = Path("./var/key-encryption.key")
+    # How long a process may go on trusting what it read about a client (removed, disabled) and about
+    # the signing keys (rotated): the bound on revocation across processes.
+    auth_cache_seconds: float = 2.0
+    # Failed token requests allowed per client id / per source address before back-off (429) starts.
+    auth_failures_per_client: int = 5
+    auth_failures_per_address: int = 20
+    # The back-off doubles from 1 s up to this.
+    auth_backoff_max_seconds: float = 300.0
+    # Threads that hash client secrets (scrypt, ~16 MiB and tens of ms each), off the event loop.
+    auth_hash_workers: int = 2
     default_page_size: int = 20
     max_page_size: int = 1000
     # Results pulled in by _include/_revinclude per page, at most.

@@ -6,6 +6,7 @@ session creates its own throw-away databases next to GATEWAY_TEST_POSTGRES_URL a
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import delete
 
+from gateway.auth.throttle import FailureThrottle
 from gateway.service.gateway import Gateway
 from gateway.settings import Settings
 from gateway.store.tables import (
@@ -31,6 +33,9 @@ from gateway.store.tables import (
 from gateway.transports.http.app import create_app
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+# One key-encryption key for the session (in-process gateways, `gateway serve` and CLI children inherit it),
+# so that no test writes a key file into the checkout's ./var; the key-file default has tests of its own.
+os.environ.setdefault("GATEWAY_KEY_ENCRYPTION_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -142,6 +147,9 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
             if table is not subscription_generation:
                 await conn.execute(delete(table))
     await gw.subscriptions.reload()
+    # Failed token requests of earlier tests (all from the test client's one address) start no back-off here.
+    gw.auth.client_failures = FailureThrottle(gw.auth.client_failures.policy)
+    gw.auth.address_failures = FailureThrottle(gw.auth.address_failures.policy)
     yield gw
 
 

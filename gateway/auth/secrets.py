@@ -7,6 +7,7 @@ without breaking secrets hashed under the old one.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -84,3 +85,24 @@ def verify_secret(secret: str, stored: str) -> bool:
     except ValueError:  # includes binascii.Error, and UnicodeEncodeError for a secret with lone surrogates
         return False
     return hmac.compare_digest(actual, expected)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random secret nobody knows, at the current cost: what unknown clients are checked
+    against, so that they take as long as a known client with a wrong secret."""
+    return hash_secret(new_secret())
+
+
+def prepare_dummy() -> None:
+    """Compute the dummy hash now (at start), not during the first request from an unknown client."""
+    _dummy_hash()
+
+
+def verify_secret_or_dummy(secret: str, stored: str | None) -> bool:
+    """`verify_secret` against `stored`, or, when there is nothing to check against (unknown client, a
+    client without a secret), the same work against a dummy hash, answering False."""
+    if stored is None:
+        verify_secret(secret, _dummy_hash())
+        return False
+    return verify_secret(secret, stored)

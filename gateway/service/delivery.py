@@ -371,6 +371,8 @@ class Deliverer:
     ) -> bool:
         async with self.db.read() as conn:
             fresh = await sub_store.state(conn, spec.id)
+            if fresh is None or fresh.status != "active":
+                return False  # turned off meanwhile (e.g. its client was removed): not one more event
             resources = await self.payload_resources(conn, spec, state, events, spec.content)
         count = fresh.last_event if fresh else events[-1].number
         records = [
@@ -576,6 +578,37 @@ class Deliverer:
             await sub_store.set_status(conn, sub_id, status, dates.now_us(), error)
         if status == "error":
             log.warning("Subscription/%s is now in error: %s", sub_id, error)
+
+    async def turn_off_owned(self, conn: AsyncConnection, owner: str, reason: str) -> list[str]:
+        """Turn off, in the caller's transaction, every subscription the client `owner` owns (it is being
+        removed or disabled): the resource says `off` with `reason` in `error`, delivery stops before
+        the next batch, and no more events are collected. Enabling the client again resumes nothing;
+        its client re-requests each subscription (status `requested`) if it wants them back."""
+        turned = await sub_store.owned_by(conn, owner)
+        for sub_id in turned:
+            current = await store.current(conn, "Subscription", sub_id)
+            try:
+                async with conn.begin_nested():
+                    if current is not None and not current.deleted and current.content is not None:
+                        resource = jsonio.loads(current.content)  # written back: literals kept
+                        resource["status"] = "off"
+                        resource["error"] = reason
+                        plan = self.fhir.plan_update(
+                            self._internal, resource, sub_id, current, None, dates.now_us()
+                        )
+                        if not isinstance(plan, store.Stored):
+                            await self.fhir.write_versions(conn, self._internal, [plan])
+            except Exception:
+                # A Subscription that no longer validates (its topic gone, say) is still turned off:
+                # the delivery row says so, and other processes are told to reload.
+                log.warning(
+                    "Subscription/%s: writing status off failed; delivery is off", sub_id, exc_info=True
+                )
+                await sub_store.bump_generation(conn)
+            await sub_store.set_status(conn, sub_id, "off", dates.now_us(), reason)
+        if turned:
+            log.info("turned off %d subscription(s) of client %s: %s", len(turned), owner, reason)
+        return turned
 
     # -- the journal -----------------------------------------------------------------------------
 

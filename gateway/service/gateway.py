@@ -18,7 +18,7 @@ from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
 from gateway.service import pa_tracking
 from gateway.service.bundles import BundleProcessor
-from gateway.service.clients import AuthService
+from gateway.service.clients import AuthService, key_encryption_from
 from gateway.service.delivery import Deliverer
 from gateway.service.interactions import FhirService
 from gateway.service.pa_ops import PriorAuthOps
@@ -61,13 +61,21 @@ class Gateway:
         payers = load_payers(settings.payers_file)
         mappings = mapping_files.load(settings.mappings_dir)
         default_zone = mapping_files.default_zone(settings.hl7_default_offset)
+        kek = key_encryption_from(settings)  # a malformed key stops the start here too
         db = Database(
             settings.database_url,
             pool_size=settings.db_pool_size,
             statement_timeout_s=settings.db_statement_timeout_seconds,
         )
-        if run_migrations:
-            await migrate.upgrade(db)
+        auth = AuthService.from_settings(db, settings, key_encryption=kek)
+        try:
+            if run_migrations:
+                await migrate.upgrade(db, key_encryption=kek)
+            await auth.start()  # signing keys that do not open stop the start here, with the reason
+        except BaseException:
+            auth.close()
+            await db.dispose()
+            raise
         statistics = StatisticsKeeper(db)
         db.after_commit.append(statistics.note_commit)
         db.before_dispose.append(statistics.stop)
@@ -117,6 +125,7 @@ class Gateway:
             expiring_days=settings.pa_expiring_days,
             interval_s=settings.pa_worker_seconds,
         )
+        auth.on_client_revoked.append(deliverer.turn_off_owned)  # a removed client's subscriptions go off
         translator = Translator(mappings, default_zone=default_zone)
         pool = WorkerPool(settings, warmers=(warm_worker,))
         pipeline = Pipeline(
@@ -148,7 +157,7 @@ class Gateway:
                 pool=pool if settings.workers > 0 else None,
                 offload_bytes=settings.json_offload_bytes,
             ),
-            AuthService(db, token_ttl_seconds=settings.token_ttl_seconds),
+            auth,
             mappings,
             pipeline,
             manager,
@@ -170,4 +179,5 @@ class Gateway:
         await self.deliverer.stop()
         await self.pipeline.stop()
         self.workers.close()
+        self.auth.close()
         await self.db.dispose()

@@ -129,7 +129,8 @@ class SubscriptionManager:
         own = self._pending.get(conn)
         if self._dirty:
             await self._reload_on(conn)
-        elif not self.db.is_sqlite:
+        else:
+            # On SQLite too: `gateway clients remove | disable` turns subscriptions off from another process.
             seen = own[0][2] - 1 if own else await sub_store.generation(conn)
             if seen != self._generation:
                 await self._reload_on(conn)
@@ -296,9 +297,10 @@ class SubscriptionManager:
         spec, issues = parse_subscription(resource, self.topics)
         if spec is None:
             raise Unprocessable(issues=issues)
-        if ctx.grants is not None:
-            # A client's write. The gateway's own status writes skip it: the deliverer checks on every
-            # attempt, and an endpoint whose answer turned private must still be put in `error`.
+        if ctx.grants is not None and spec.status != "off":
+            # A client's write (the gateway's own status writes skip it: the deliverer checks on every
+            # attempt, and an endpoint whose answer turned private must still be put in `error`); an off
+            # subscription calls no endpoint, and turning one off must not fail.
             await self._check_endpoint(spec)
         self._check_scopes(ctx, spec)
         previous = orjson.loads(p.previous) if p.previous else None
@@ -332,11 +334,11 @@ class SubscriptionManager:
                 now=now,
             )
             return None if spec.status == "off" else spec
-        if ctx.grants is None:
-            return spec  # the gateway's own status bookkeeping (handshake, error)
-        if spec.status == "off":
+        if spec.status == "off":  # by its client, or by the gateway (its owner was removed or disabled)
             await sub_store.set_status(conn, stored.id, "off", now)
             return None
+        if ctx.grants is None:
+            return spec  # the gateway's own status bookkeeping (handshake, error)
         if (
             _delivery_changed(previous, resource)
             or current_state.status in ("error", "off")
@@ -403,7 +405,7 @@ class SubscriptionManager:
         """The Subscriptions a caller may see: its own, or every one with `subscriptions/admin`."""
         if ctx.grants is None or ctx.may(ADMIN_SCOPE):
             return None
-        return await sub_store.owned_by(conn, ctx.client_id or "")
+        return await sub_store.created_by(conn, ctx.client_id or "")
 
     def spec_of(self, resource: JSON) -> SubscriptionSpec:
         spec, issues = parse_subscription(resource, self.topics)

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
 
+from gateway.auth.key_encryption import KeyEncryptionKey
 from gateway.store.database import Database
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -25,15 +26,20 @@ def alembic_config() -> Config:
     return config
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
+def _upgrade(connection: Connection, revision: str, key_encryption: KeyEncryptionKey | None) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
     config = alembic_config()
     config.attributes["connection"] = connection
+    # Migrations that seal keys (0006) use it; without it they read the KEK from the environment.
+    config.attributes["key_encryption"] = key_encryption
     command.upgrade(config, revision)
 
 
-async def upgrade(database: Database, revision: str = "head") -> None:
-    """Bring the schema to `revision` (default: the newest)."""
+async def upgrade(
+    database: Database, revision: str = "head", *, key_encryption: KeyEncryptionKey | None = None
+) -> None:
+    """Bring the schema to `revision` (default: the newest). `key_encryption` is the KeyEncryptionKey
+    that seals signing keys (gateway/auth/key_encryption.py); None: the one the environment configures."""
     async with database.write() as conn:
-        await conn.run_sync(_upgrade, revision)
+        await conn.run_sync(_upgrade, revision, key_encryption)

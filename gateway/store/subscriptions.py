@@ -282,7 +282,7 @@ async def state(conn: AsyncConnection, sub_id: str) -> DeliveryState | None:
     return _state(row) if row is not None else None
 
 
-async def owned_by(conn: AsyncConnection, owner: str) -> list[str]:
+async def created_by(conn: AsyncConnection, owner: str) -> list[str]:
     """Ids of the subscriptions a client created."""
     rows = await conn.execute(
         select(subscription_delivery.c.sub_id).where(subscription_delivery.c.owner == owner)
@@ -443,6 +443,13 @@ async def attempts(conn: AsyncConnection, sub_id: str, limit: int = 50) -> list[
         )
         for r in rows
     ]
+
+
+async def owned_by(conn: AsyncConnection, owner: str) -> list[str]:
+    """Subscriptions the client `owner` created (or last re-requested) that are not off."""
+    d = subscription_delivery.c
+    rows = await conn.execute(select(d.sub_id).where(d.owner == owner, d.status != "off").order_by(d.sub_id))
+    return [row.sub_id for row in rows]
 
 
 async def forget(conn: AsyncConnection, sub_id: str) -> None:

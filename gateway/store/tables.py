@@ -5,7 +5,7 @@ Layout:
 - `resource_version` holds every version's JSON (history); the current one is joined by (rid, version).
 - `sp_*` hold the search index of each resource's *current* version, one row per indexed value,
   keyed by the integer `rid` so the index rows stay small.
-- `api_client`, `server_key`, `used_assertion` back OAuth client credentials.
+- `api_client`, `signing_key`, `used_assertion` back OAuth client credentials.
 """
 
 from __future__ import annotations
@@ -124,14 +124,22 @@ api_client = Table(
     Column("jwks", Text, nullable=True),
     Column("created_us", BigInteger, nullable=False),
     Column("disabled", Boolean, nullable=False),
+    Column("disabled_us", BigInteger, nullable=True),
+    # Moved on by every disable: tokens carry the generation they were issued under (client_gen).
+    Column("token_generation", Integer, nullable=False, server_default="0"),
 )
 
-server_key = Table(
-    "server_key",
+# Access-token signing keys (gateway/auth/keyring.py), sealed under the key-encryption key
+# (gateway/auth/key_encryption.py); a retired key's material is erased (wrapped NULL).
+signing_key = Table(
+    "signing_key",
     metadata,
-    Column("name", String(64), primary_key=True),
-    Column("value", String(255), nullable=False),
+    Column("kid", String(32), primary_key=True),
+    Column("state", String(16), nullable=False),  # current | previous | retired
+    Column("wrapped", Text, nullable=True),
     Column("created_us", BigInteger, nullable=False),
+    Column("retire_after_us", BigInteger, nullable=True),  # previous: verifies until then
+    Column("retired_us", BigInteger, nullable=True),
 )
 
 # jti values of accepted private_key_jwt assertions, kept until they expire, to refuse replays.

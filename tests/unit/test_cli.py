@@ -70,3 +70,62 @@ def test_a_bad_payers_file_is_one_clear_line_and_a_failed_exit(tmp_path: Path) -
     assert "configuration:" in result.output and "payers[0]: insurers: Field required" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "p.db").exists()  # refused before the database was touched
+
+
+def test_clients_disable_and_enable(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    assert run("clients", "add", "pharmacy", "--scope", "system/*.rs", "--database-url", url)[0] == 0
+    code, out = run("clients", "disable", "pharmacy", "--database-url", url)
+    assert code == 0, out
+    listed = json.loads(run("clients", "list", "--json", "--database-url", url)[1])
+    assert [(c["name"], c["state"]) for c in listed] == [("pharmacy", "disabled")]
+    assert run("clients", "enable", "pharmacy", "--database-url", url)[0] == 0
+    listed = json.loads(run("clients", "list", "--json", "--database-url", url)[1])
+    assert [(c["name"], c["state"]) for c in listed] == [("pharmacy", "enabled")]
+    code, out = run("clients", "disable", "nobody", "--database-url", url)
+    assert code != 0 and "nobody" in out
+
+
+def test_keys_rotate_and_list_never_show_key_material(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/keys.db"
+    code, out = run("keys", "rotate", "--database-url", url)
+    assert code == 0, out
+    code, out = run("keys", "rotate", "--database-url", url)
+    assert code == 0, out
+    code, out = run("keys", "list", "--json", "--database-url", url)
+    assert code == 0, out
+    keys = json.loads(out)
+    # The first rotation of an empty key ring makes its first key; the second retires it with an overlap.
+    assert [k["state"] for k in keys] == ["previous", "current"]
+    for key in keys:
+        assert set(key) == {"kid", "created", "state", "retire_after", "retired"}
+    code, text_out = run("keys", "list", "--database-url", url)
+    assert code == 0 and keys[-1]["kid"] in text_out and "current" in text_out
+    # A key thought compromised: its tokens are refused at once instead of running out.
+    code, out = run("keys", "rotate", "--retire-previous-now", "--database-url", url)
+    assert code == 0 and "retired now" in out
+    keys = json.loads(run("keys", "list", "--json", "--database-url", url)[1])
+    assert [(k["kid"], k["state"]) for k in keys] == [
+        ("k1", "previous"),
+        ("k2", "retired"),
+        ("k3", "current"),
+    ]
+
+
+def test_a_key_encryption_key_that_does_not_open_the_keys_is_one_line_and_a_failed_exit(
+    tmp_path: Path,
+) -> None:
+    from gateway.auth.key_encryption import new_key_text
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/kek.db"
+    assert run("keys", "rotate", "--database-url", url)[0] == 0
+    result = CliRunner().invoke(
+        main, ["keys", "rotate", "--database-url", url], env={"GATEWAY_KEY_ENCRYPTION_KEY": new_key_text()}
+    )
+    assert result.exit_code == 1
+    assert "key encryption:" in result.output and "not configured" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(
+        main, ["keys", "list"], env={"GATEWAY_DATABASE_URL": url, "GATEWAY_KEY_ENCRYPTION_KEY": "c2hvcnQ="}
+    )
+    assert result.exit_code == 1 and "32 bytes" in result.output

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gateway.exceptions import OAuthError
+from gateway.service.clients import RetryLater
 from gateway.transports.http.deps import GatewayDep
 
 router = APIRouter(tags=["Auth"])
@@ -19,7 +20,18 @@ async def token(request: Request, gateway: GatewayDep) -> JSONResponse:
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     token_url = str(request.url.replace(query=""))
-    answer = await gateway.auth.token(fields, request.headers.get("authorization"), token_url)
+    # The peer's address, not X-Forwarded-For: a header would let each guess claim a new address.
+    address = request.client.host if request.client else ""
+    try:
+        answer = await gateway.auth.token(
+            fields, request.headers.get("authorization"), token_url, address=address
+        )
+    except RetryLater as exc:
+        return JSONResponse(
+            {"error": exc.error, "error_description": exc.description},
+            status_code=exc.status,
+            headers={"Retry-After": str(exc.retry_after), "Cache-Control": "no-store"},
+        )
     request.scope.setdefault("state", {})["client_id"] = answer.get("client_id", "-")
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
