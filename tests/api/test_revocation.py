@@ -18,7 +18,7 @@ from gateway.store.tables import api_client
 from gateway.transports.http.app import create_app
 from tests import factories as f
 from tests.api.test_subscriptions import abnormal, make_patient, status_of, subscribe, wait_active
-from tests.conftest import settings_for
+from tests.conftest import ClientFactory, settings_for
 from tests.receiver import Receiver
 
 # The acceptance bound: a removed or disabled client's token is refused within this many seconds.
@@ -138,42 +138,45 @@ async def _subscribe_as(http: httpx.AsyncClient, headers: dict[str, str], resour
 
 
 async def test_removing_a_client_turns_its_subscriptions_off_and_a_receiver_gets_nothing_more(
-    delivering: Gateway, api: httpx.AsyncClient, receiver: Receiver
+    delivering: Gateway, api: httpx.AsyncClient, receiver: Receiver, client_factory: ClientFactory
 ) -> None:
+    # The removed client's Subscription is looked at by an operator: Subscriptions belong to their owner.
+    admin = await client_factory("system/Subscription.rs subscriptions/admin")
     async with http_client(delivering) as http:
         name, owner = await _owner(delivering, http)
         mine = await _subscribe_as(http, owner, f.subscription("abnormal-lab-result", receiver.url("/mine")))
     others = await subscribe(api, f.subscription("abnormal-lab-result", receiver.url("/others")))
-    await wait_active(api, mine)
+    await wait_active(admin, mine)
     await wait_active(api, others)
     patient_id = await make_patient(api)
     await api.post("/fhir/Observation", json=abnormal(patient_id))
     await receiver.until(lambda: receiver.events("/mine") and receiver.events("/others"))
 
     assert await delivering.auth.remove_client(name)
-    stored = (await api.get(f"/fhir/Subscription/{mine}")).json()
+    stored = (await admin.get(f"/fhir/Subscription/{mine}")).json()
     assert stored["status"] == "off"
-    assert (await status_of(api, mine))["status"] == "off"
+    assert (await status_of(admin, mine))["status"] == "off"
 
     await api.post("/fhir/Observation", json=abnormal(patient_id))
     await receiver.until(lambda: len(receiver.events("/others")) == 2)  # delivery as such goes on
     await asyncio.sleep(1.0)
     assert len(receiver.events("/mine")) == 1
     # No more events are even queued for it.
-    assert (await status_of(api, mine))["events-since-subscription-start"] == "1"
+    assert (await status_of(admin, mine))["events-since-subscription-start"] == "1"
 
 
 async def test_events_waiting_for_a_retry_are_not_delivered_after_the_owner_is_disabled(
-    delivering: Gateway, api: httpx.AsyncClient, receiver: Receiver
+    delivering: Gateway, api: httpx.AsyncClient, receiver: Receiver, client_factory: ClientFactory
 ) -> None:
+    admin = await client_factory("system/Subscription.rs subscriptions/admin")
     async with http_client(delivering) as http:
         name, owner = await _owner(delivering, http)
         sub_id = await _subscribe_as(http, owner, f.subscription("abnormal-lab-result", receiver.url("/w")))
-    await wait_active(api, sub_id)
+    await wait_active(admin, sub_id)
     receiver.status = 500  # the subscriber is down: the event waits for a retry
     await api.post("/fhir/Observation", json=abnormal(await make_patient(api)))
     for _ in range(500):
-        if delivering.deliverer.counts["failed"] and (await status_of(api, sub_id))["status"] == "active":
+        if delivering.deliverer.counts["failed"] and (await status_of(admin, sub_id))["status"] == "active":
             break
         await asyncio.sleep(0.01)
     assert delivering.deliverer.counts["failed"]
@@ -182,11 +185,11 @@ async def test_events_waiting_for_a_retry_are_not_delivered_after_the_owner_is_d
     receiver.status = 200
     await asyncio.sleep(3.0)  # past the first retries (1 s, 2 s with jitter)
     assert receiver.events("/w") == []
-    assert (await status_of(api, sub_id))["status"] == "off"
+    assert (await status_of(admin, sub_id))["status"] == "off"
 
     # Enabling the client again does not resume the subscription on its own.
     assert await delivering.auth.enable_client(name)
     await api.post("/fhir/Observation", json=abnormal(await make_patient(api)))
     await asyncio.sleep(1.0)
     assert receiver.events("/w") == []
-    assert (await status_of(api, sub_id))["status"] == "off"
+    assert (await status_of(admin, sub_id))["status"] == "off"

@@ -66,7 +66,7 @@ async def until_refused(live: LiveServer, bearer: str, bound: float = 5.0) -> No
 async def test_cli_remove_stops_tokens_and_subscriptions_of_a_live_server(
     live: LiveServer, receiver: Receiver
 ) -> None:
-    admin = Api(live, await live.token("system/*.cruds"))
+    admin = Api(live, await live.token("system/*.cruds subscriptions/admin"))  # sees others' Subscriptions
     owner_client = live.add_client("system/*.cruds")
     owner = Api(live, await token(live, owner_client))
     try:
