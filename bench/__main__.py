@@ -1,6 +1,6 @@
-"""`python -m bench [store|hl7|subscriptions|jsonio] [--backends sqlite,postgresql] [--sizes 10000,...]`.
+"""`python -m bench [store|hl7|subscriptions|jsonio|validation] [--backends sqlite,postgresql] [--sizes ...]`.
 
-`jsonio` runs in this process, with no database and no gateway.
+`jsonio` and `validation` run in this process, with no database and no gateway.
 """
 
 from __future__ import annotations
@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import hl7, jsonio, store, subscriptions
+from bench import hl7, jsonio, store, subscriptions, validation
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions", "jsonio"]
+        "suite",
+        nargs="?",
+        default="all",
+        choices=["all", "store", "hl7", "subscriptions", "jsonio", "validation"],
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
@@ -37,6 +40,10 @@ def main() -> None:
         if args.suite == "all":
             print()
         jsonio.run()
+    if args.suite in ("all", "validation"):
+        if args.suite == "all":
+            print()
+        validation.run()
 
 
 main()
