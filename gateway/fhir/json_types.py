@@ -1,4 +1,5 @@
-"""A strict walk over a resource's primitives: their JSON types, and their values.
+"""A strict walk over a resource's primitives: their JSON types, and their values; and the one pass in
+which the base R4 rules are applied.
 
 The R4B models coerce like Python does: "yes" passes as a boolean, "13.2" as a decimal, "3" as an integer.
 FHIR's JSON format forbids that (booleans and numbers are JSON booleans and numbers, everything else a
@@ -9,6 +10,10 @@ It can also validate each primitive value with the very type the model declares 
 code, id, ...), remembering values already seen valid. Together with the structural shape of a resource
 (`shape_of`), that lets the validator skip rebuilding the full model for shapes it has already accepted:
 the model's verdict depends only on the shape and on each value's own validity.
+
+Every element must have a value or children (ele-1: no null, no empty object or array), which the models
+do not check; the walk does. Given `Rules` (the base R4 rules, `base_rules`), it also checks each value
+against the rules of its element as it passes: required bindings, invariants, nested resources.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Validation on every write: FHIR structure (fhir.resources R4B models) and then the gateway's profiles.
+"""Validation on every write: FHIR structure (fhir.resources R4B models), the base R4 rules, then the
+gateway's profiles.
 
 R4B's models accept R4 content for the types served here (see STANDARDS.md). They check element names,
 cardinality of the base spec, primitive formats and choice types; they do not check code values or
-invariants, which is what the profiles in `profiles/` add.
+invariants. The base R4 rules (`base_rules`: required bindings, invariants, empty and null elements,
+contained resources) add what the specification requires of every resource, and the profiles in
+`profiles/` what the gateway requires of its own.
 """
 
 from __future__ import annotations
@@ -71,19 +74,8 @@ def _model_or_none(resource_type: str) -> type[BaseModel] | None:
 def validate_structure(resource: dict[str, Any]) -> list[Issue]:
     """Issues from the R4B model of `resource['resourceType']` (which the caller has checked is served),
     plus primitives of the wrong JSON type, which the models would coerce."""
-    resource_type = resource["resourceType"]
-    model = model_class(resource_type)
-    issues = check_json_types(resource, model, _model_or_none)
-    try:
-        model.model_validate(resource)
-    except ValidationError as exc:
-        seen = {e for i in issues for e in i.expression}
-        issues += [
-            issue
-            for issue in (_issue_from_error(resource_type, err) for err in exc.errors(include_url=False))
-            if not seen.intersection(issue.expression)
-        ]
-    return issues
+    issues = check_json_types(resource, model_class(resource["resourceType"]), _model_or_none)
+    return issues + _model_issues(resource, issues)
 
 
 # Structural shapes already accepted by the full model; cleared when it grows past this many.

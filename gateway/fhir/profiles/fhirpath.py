@@ -5,8 +5,8 @@ Compiling goes, in order, to: the shape `a.b.where(x = 'y' and ...).exists()` of
 subset (see that module); fhirpathpy otherwise, with invariants guarded by `iif($this = 'lit', ..., true)`
 short-circuited when the guard is plainly false. A native program that meets an input it leaves to
 fhirpathpy (it raises `Defer`), or fails in any other way, is answered by fhirpathpy, so results never
-differ from fhirpathpy's. Before any of these, what the presence of elements settles is answered from it
-(`presence`). This module also exposes the R4 model lookups (choice types, element type paths) that the
+differ from fhirpathpy's. It also gives what the presence of elements settles of an expression
+(`presence_settler`), and exposes the R4 model lookups (choice types, element type paths) that the
 compiler and the walker need. Only it and `native` use fhirpathpy; it imports only `native` and
 `presence`.
 """
@@ -250,18 +250,6 @@ def not_native_reason(expression: str) -> str | None:
     return None
 
 
-def _settled_first(decide: Decide, evaluate: Evaluator) -> Evaluator:
-    """The value presence settles (see `presence`), else the full evaluation."""
-
-    def evaluate_settled(context: Any, env: Mapping[str, Any]) -> list[Any]:
-        settled = decide(context)
-        if type(settled) is bool:
-            return [settled]
-        return evaluate(context, env)
-
-    return evaluate_settled
-
-
 def compile_fhirpath(expression: str, model_path: str) -> Evaluator:
     """Check and compile an expression once; raise ValueError when it cannot work."""
     _check_syntax(expression)
@@ -270,14 +258,16 @@ def compile_fhirpath(expression: str, model_path: str) -> Evaluator:
     fast = _fast_exists(expression, model_path)
     if fast is not None:
         return fast
-    evaluate = _compile_full(expression, tree)
-    settler = compile_presence(tree, _MODEL)
-    return evaluate if settler is None else _settled_first(settler[0], evaluate)
+    return _compile_full(expression, tree)
 
 
 def presence_settler(expression: str) -> tuple[Decide, bool] | None:
     """What presence settles of an expression (see `presence`), and whether that depends only on which
-    elements are present and non-empty (no counts); None when it never settles anything."""
+    elements are present and non-empty (no counts); None when it never settles anything.
+
+    A settled answer is FHIRPath's; it can differ from fhirpathpy's where fhirpathpy gives {} or fails on
+    a primitive that has only an extension. So `compile_fhirpath` (which promises fhirpathpy's results)
+    does not use it; the base R4 rules do, where only a false result counts."""
     return compile_presence(_parse_tree(expression), _MODEL)
 
 
