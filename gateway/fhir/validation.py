@@ -104,14 +104,23 @@ class Validator:
 
     def validate(self, resource: dict[str, Any]) -> list[Issue]:
         """Every issue of the resource, errors first (a reader of the OperationOutcome sees them first)."""
-        issues, well_formed = self._structure(resource)
+        issues, well_formed = self._structure_or_too_deep(resource)
         if well_formed and self.profiles is not None:
             issues += _new_findings(self.profiles.validate(resource), issues)
         return sorted(issues, key=_severity_rank)
 
     def validate_structure(self, resource: dict[str, Any]) -> list[Issue]:
         """Issues of structure and of the base R4 rules (everything but the profiles)."""
-        return self._structure(resource)[0]
+        return self._structure_or_too_deep(resource)[0]
+
+    def _structure_or_too_deep(self, resource: dict[str, Any]) -> tuple[list[Issue], bool]:
+        """`_structure`, or one error for content nested deeper than the walks can follow (Python's
+        recursion limit; FHIR content is never that deep), which must not become a 500."""
+        try:
+            return self._structure(resource)
+        except RecursionError:
+            message = "The resource is nested too deeply to be validated"
+            return [Issue("error", "structure", message, (str(resource["resourceType"]),))], False
 
     def _structure(self, resource: dict[str, Any]) -> tuple[list[Issue], bool]:
         """The issues, and whether the structure holds (no JSON type, value, empty-element or model error)."""

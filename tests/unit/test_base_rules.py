@@ -306,3 +306,12 @@ def test_a_broken_rules_file_fails_the_load(tmp_path: Any) -> None:
     data["invariants"]["Quantity"][0]["expression"] = "code.nosuchfunction()"
     with pytest.raises(ValueError, match="Quantity qty-3"):
         BaseRules(data, "test")
+
+
+def test_content_nested_deeper_than_the_walk_can_follow_is_an_error_not_an_exception() -> None:
+    extension: dict[str, Any] = {"url": "http://example.org/x", "valueString": "a"}
+    for _ in range(600):
+        extension = {"url": "http://example.org/x", "extension": [extension]}
+    issues = Validator().validate({"resourceType": "Patient", "extension": [extension]})
+    assert [(i.severity, i.expression) for i in issues] == [("error", ("Patient",))]
+    assert "nested too deeply" in issues[0].diagnostics
