@@ -101,7 +101,7 @@ class Invariant:
     reference range cost a dict lookup.
     """
 
-    __slots__ = ("by_shape", "evaluate", "human", "key", "settle", "severity", "verdicts")
+    __slots__ = ("by_shape", "evaluate", "human", "issues", "key", "settle", "severity", "verdicts")
 
     def __init__(
         self,
@@ -119,6 +119,8 @@ class Invariant:
         self.settle = settle
         self.by_shape = by_shape and settle is not None
         self.verdicts: dict[Any, bool | None] = {}
+        # Issues are immutable: the same failure at the same place is one object (dom-6 is on every write).
+        self.issues: dict[str, Issue] = {}
 
     def check(self, value: Any, expression: str, walk: Walk, shape: Any) -> None:
         verdict: Any = _UNKNOWN
@@ -144,8 +146,14 @@ class Invariant:
             return None
 
     def report(self, walk: Walk, expression: str) -> None:
-        message = f"{expression}: {self.key}: {self.human}"
-        walk.issues.append(Issue(self.severity, "invariant", message, (expression,)))
+        issue = self.issues.get(expression)
+        if issue is None:
+            message = f"{expression}: {self.key}: {self.human}"
+            issue = Issue(self.severity, "invariant", message, (expression,))
+            if len(self.issues) >= _VERDICT_LIMIT:
+                self.issues.clear()
+            self.issues[expression] = issue
+        walk.issues.append(issue)
 
 
 class ElementRules:
