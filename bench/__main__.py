@@ -1,6 +1,6 @@
-"""`python -m bench [store|hl7|subscriptions|auth|jsonio|poison] [--backends ...] [--sizes ...]`.
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|poison] [--backends ...]`.
 
-`jsonio` runs in this process, with no database and no gateway.
+`jsonio` and `validation` run in this process, with no database and no gateway.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import hl7, jsonio, poison, store, subscriptions, token_abuse
+from bench import hl7, jsonio, poison, store, subscriptions, token_abuse, validation
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
         "suite",
         nargs="?",
         default="all",
-        choices=["all", "store", "hl7", "subscriptions", "auth", "jsonio", "poison"],
+        choices=["all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "poison"],
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
@@ -44,6 +44,10 @@ def main() -> None:
         if args.suite == "all":
             print()
         jsonio.run()
+    if args.suite in ("all", "validation"):
+        if args.suite == "all":
+            print()
+        validation.run()
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
         asyncio.run(poison.run(backends, args.postgres_url))
 

@@ -1,4 +1,5 @@
-"""A strict walk over a resource's primitives: their JSON types, and their values.
+"""A strict walk over a resource's primitives: their JSON types, and their values; and the one pass in
+which the base R4 rules are applied.
 
 The R4B models coerce like Python does: "yes" passes as a boolean, "13.2" as a decimal, "3" as an integer.
 FHIR's JSON format forbids that (booleans and numbers are JSON booleans and numbers, everything else a
@@ -9,16 +10,21 @@ It can also validate each primitive value with the very type the model declares 
 code, id, ...), remembering values already seen valid. Together with the structural shape of a resource
 (`shape_of`), that lets the validator skip rebuilding the full model for shapes it has already accepted:
 the model's verdict depends only on the shape and on each value's own validity.
+
+Every element must have a value or children (ele-1: no null, no empty object or array), which the models
+do not check; the walk does. Given `Rules` (the base R4 rules, `base_rules`), it also checks each value
+against the rules of its element as it passes: required bindings, invariants, nested resources.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import re
 import types
 import typing
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -54,13 +60,46 @@ _EXPECTED = {
 # is remembered by its value: 7.20 and 7.2 are the same entry, which is right because a FHIR decimal's
 # validity never depends on how it was written (every JSON number literal is a valid FHIR decimal).
 _SEEN_LIMIT = 200_000
-_NUL_MESSAGE = "The value holds a NUL character (U+0000), which FHIR text may not contain"
 
 
 class _Field(typing.NamedTuple):
     kind: Any  # a primitive kind name, a model class, or "resource"
     repeats: bool
     annotation: Any  # the declared primitive type (with its FHIR constraints), for value checks
+    # Added by base rules (see `Rules`); plain tables leave them empty.
+    codes: frozenset[str] | None = None  # a code's required binding: the codes allowed
+    rule: Any = None  # anything else checked on each value (see `Rules`)
+    path: str | None = None  # for a complex kind: the element path whose rules its values follow
+
+
+class Table(typing.NamedTuple):
+    """What the walk needs about one model class: its elements by JSON name, and the rules on its values."""
+
+    fields: dict[str, _Field]
+    invariants: tuple[Any, ...] = ()  # rules on each object of this class (see `Rules`)
+    path: str | None = None
+
+
+class Rules(typing.Protocol):
+    """Base rules the walk applies besides JSON types (`gateway.fhir.base_rules`).
+
+    The rules in tables (`_Field.rule`, `Table.invariants`) have `check(value, expression, walk, shape)`;
+    `shape` is the value's shape for objects (None for primitives), which rules may key results by.
+    """
+
+    tables: dict[type, Table]  # the tables made so far, by model class
+
+    def table(self, model: type, path: str) -> Table:
+        """The class's elements, with their bindings and rules as elements of `path`."""
+        ...
+
+    def resource_problem(self, resource_type: Any, model: type | None) -> str | None:
+        """Why a resource of this type (nested in another) cannot be accepted, or None."""
+        ...
+
+    def resource_done(self, resource: dict[str, Any], expression: str, walk: Walk, contained: bool) -> None:
+        """Rules on a whole resource (contained resources, narrative), once its elements are walked."""
+        ...
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool, Any]:
@@ -95,9 +134,33 @@ def _fields(model: type) -> dict[str, _Field]:
     return table
 
 
+def _plain_table(model: type) -> Table:
+    """The table of a model class without rules (remembered in `_PLAIN_TABLES`)."""
+    table = Table(_fields(model))
+    _PLAIN_TABLES[model] = table
+    return table
+
+
+def model_fields(model: type) -> dict[str, _Field]:
+    """The JSON elements of a model class (for tables that add rules to them)."""
+    return _fields(model)
+
+
 @cache
 def _adapter(annotation: Any) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
+
+
+_NUL_MESSAGE = "The value holds a NUL character (U+0000), which FHIR text may not contain"
+
+# R4 defines uri (and url, canonical) as `\S*`; the R4B models accept whitespace in them.
+_NO_WHITESPACE: Final = frozenset({"Uri", "Url", "Canonical"})
+_WHITESPACE: Final = re.compile(r"\s")
+
+
+@cache
+def _forbids_whitespace(annotation: Any) -> bool:
+    return any(type(meta).__name__ in _NO_WHITESPACE for meta in typing.get_args(annotation)[1:])
 
 
 _seen: dict[int, set[Any]] = {}  # id(declared type) -> values already validated
@@ -112,6 +175,8 @@ def _value_problem(annotation: Any, value: Any) -> str | None:
         _adapter(annotation).validate_python(value)
     except ValidationError as exc:
         return str(exc.errors(include_url=False)[0].get("msg", "invalid value")).removeprefix("Value error, ")
+    if type(value) is str and _forbids_whitespace(annotation) and _WHITESPACE.search(value):
+        return "A uri, url or canonical has no whitespace (FHIR R4 uri: \\S*)"
     if sum(len(s) for s in _seen.values()) > _SEEN_LIMIT:
         _seen.clear()
     _seen.setdefault(id(annotation), set()).add(value)
@@ -146,85 +211,181 @@ def check_json_types(
 
 
 def checked_shape(
-    resource: dict[str, Any], model: type, model_for: Any, *, values: bool = False
+    resource: dict[str, Any], model: type, model_for: Any, *, values: bool = False, rules: Rules | None = None
 ) -> tuple[Any, list[Issue]]:
-    """One pass over a resource: its shape (see `shape_of`) and the issues `check_json_types` reports."""
-    issues: list[Issue] = []
-    shape = _walk(resource, model, resource["resourceType"], issues, model_for, values)
-    return shape, issues
+    """One pass over a resource: its shape (see `shape_of`) and the issues `check_json_types` reports, plus,
+    with `rules`, what base rules say (bindings, invariants, empty and null elements, contained resources).
+
+    Issues of JSON types and values, empty or null elements and unknown nested resource types are
+    `Walk.structural` (the content is malformed); bindings and invariants are not.
+    """
+    shape, walk = checked_walk(resource, model, model_for, values=values, rules=rules)
+    return shape, walk.issues
+
+
+def checked_walk(
+    resource: dict[str, Any], model: type, model_for: Any, *, values: bool = False, rules: Rules | None = None
+) -> tuple[Any, Walk]:
+    """`checked_shape`, returning the finished walk (its issues and whether any is structural)."""
+    walk = Walk(resource, model_for, values, rules)
+    shape = walk.resource(resource, model, resource["resourceType"], contained=False)
+    return shape, walk
+
+
+ELE_1: Final = "ele-1: All FHIR elements must have a @value or children"
+
+
+class Walk:
+    """One pass over a resource: checks every value against its element and builds the resource's shape.
+
+    `issues` collects what is wrong; `structural` counts the issues that make the content malformed (JSON
+    types, primitive values, empty or null elements, unknown resource types), after which the model's
+    verdict and the profiles' are unreliable. `env` holds the FHIRPath variables of the
+    resource being walked (%resource, %rootResource): contained resources get their own %resource.
+    """
+
+    __slots__ = ("env", "issues", "model_for", "root", "rules", "structural", "tables", "values")
+
+    def __init__(self, root: dict[str, Any], model_for: Any, values: bool, rules: Rules | None) -> None:
+        self.root = root
+        self.model_for = model_for
+        self.values = values
+        self.rules = rules
+        # model class -> Table, shared with the rules (a dict read here saves a call per object)
+        self.tables: dict[type, Table] = rules.tables if rules is not None else _PLAIN_TABLES
+        self.issues: list[Issue] = []
+        self.structural = 0
+        self.env: dict[str, Any] = {"resource": root, "rootResource": root}
+
+    def problem(self, code: str, message: str, expression: str, *, structural: bool = False) -> None:
+        self.issues.append(Issue("error", code, message, (expression,)))
+        if structural:
+            self.structural += 1
+
+    def table(self, model: type, path: str | None) -> Table:
+        """The table of a model class (at `path`, when rules apply to it)."""
+        found = self.tables.get(model)
+        if found is not None:
+            return found
+        rules = self.rules
+        if rules is None or path is None:
+            return _plain_table(model)
+        return rules.table(model, path)
+
+    def resource(self, node: dict[str, Any], model: type, expression: str, *, contained: bool) -> Any:
+        """Walk a resource (the root, a contained one or one nested elsewhere, e.g. in a Bundle entry)."""
+        rtype = node.get("resourceType")
+        env = self.env
+        self.env = {"resource": node, "rootResource": env["rootResource"] if contained else node}
+        try:
+            shape = self.walk(node, self.table(model, rtype if isinstance(rtype, str) else None), expression)
+            if self.rules is not None:
+                self.rules.resource_done(node, expression, self, contained)
+        finally:
+            self.env = env
+        return shape
+
+    def walk(self, node: dict[str, Any], table: Table, path: str) -> Any:
+        """Check the elements of one object; its shape (rules on the whole object run last, with it)."""
+        fields = table.fields
+        check = self.check
+        shape: list[tuple[str, Any]] = []
+        append = shape.append
+        for key, value in node.items():
+            spec = fields.get(key)
+            if spec is None:
+                # unknown elements are the model's to report; resourceType's value is part of the shape
+                append((key, value if key == "resourceType" else shape_of(value)))
+            elif value is None:
+                self.problem("invariant", f"{ELE_1} (null is not a value)", f"{path}.{key}", structural=True)
+                append((key, None))
+            elif spec.repeats and type(value) is list:
+                if not value:
+                    self.problem(
+                        "invariant", f"{ELE_1} (an array is never empty)", f"{path}.{key}", structural=True
+                    )
+                items: list[Any] = []
+                for i, v in enumerate(value):
+                    if v is None:
+                        self.null_item(node, key, i, spec, path)
+                        items.append(None)
+                    else:
+                        items.append(check(v, spec, path, key, i))
+                append((key, ("list", frozenset(items))))
+            else:
+                append((key, check(value, spec, path, key, None)))
+        frozen = frozenset(shape)
+        for invariant in table.invariants:
+            invariant.check(node, path, self, frozen)
+        return frozen
+
+    def null_item(self, node: dict[str, Any], key: str, index: int, spec: _Field, path: str) -> None:
+        """A null in an array of primitives stands for a value whose `_key` item (id, extensions) is given
+        instead, and a null in a `_key` array for an item with nothing but its value; anywhere else it is
+        no value at all."""
+        if key.startswith("_"):
+            companion = node.get(key[1:])
+            if type(companion) is list and index < len(companion) and companion[index] is not None:
+                return
+        elif type(spec.kind) is str and spec.kind != "resource":
+            companion = node.get("_" + key)
+            if type(companion) is list and index < len(companion) and companion[index]:
+                return
+        self.problem("invariant", f"{ELE_1} (null is not a value)", f"{path}.{key}[{index}]", structural=True)
+
+    def check(self, item: Any, spec: _Field, path: str, key: str, index: int | None) -> Any:
+        """The shape of one value, checking it on the way."""
+        kind, _, annotation, codes, rule, child_path = spec
+        if type(kind) is str and kind != "resource":
+            if not _kind_ok(kind, item):
+                found = _JSON_NAMES.get(type(item), type(item).__name__)
+                message = f"Expected {_EXPECTED[kind]}, got a JSON {found}"
+                self.problem("value", message, _item_path(path, key, index), structural=True)
+            elif type(item) is str and "\x00" in item:
+                # FHIR strings carry no control characters but tab, CR and LF; PostgreSQL cannot store a
+                # NUL in text at all, so this one is refused always, on every backend.
+                self.problem("value", _NUL_MESSAGE, _item_path(path, key, index), structural=True)
+            elif self.values and annotation is not None and (problem := _value_problem(annotation, item)):
+                self.problem("value", problem, _item_path(path, key, index), structural=True)
+            elif codes is not None:
+                if item not in codes:
+                    rule.check(item, _item_path(path, key, index), self, None)
+            elif rule is not None:
+                rule.check(item, _item_path(path, key, index), self, None)
+            return float if type(item) is DecimalLiteral else type(item)
+        if type(item) is not dict:
+            return shape_of(item)
+        expression = f"{path}.{key}" if index is None else f"{path}.{key}[{index}]"
+        if not item or (len(item) == 1 and "id" in item and kind != "resource"):
+            self.problem("invariant", f"{ELE_1} (an object needs some content)", expression, structural=True)
+            return shape_of(item)
+        if kind == "resource":
+            return self.nested_resource(item, expression, key == "contained")
+        table = self.tables.get(kind) or self.table(kind, child_path)
+        shape = self.walk(item, table, expression)
+        if rule is not None:
+            rule.check(item, expression, self, shape)
+        return shape
+
+    def nested_resource(self, item: dict[str, Any], expression: str, contained: bool) -> Any:
+        """A resource inside the resource: a contained one, or one in a Bundle entry or a Parameters."""
+        rtype = item.get("resourceType")
+        inner = self.model_for(rtype) if isinstance(rtype, str) else None
+        if self.rules is not None:
+            reason = self.rules.resource_problem(rtype, inner)
+            if reason is not None:
+                self.problem("structure", reason, expression, structural=True)
+                return shape_of(item)
+        if inner is None:
+            return shape_of(item)
+        return self.resource(item, inner, expression, contained=contained)
+
+
+_PLAIN_TABLES: dict[type, Table] = {}
 
 
 def _item_path(path: str, key: str, index: int | None) -> str:
     return f"{path}.{key}" + (f"[{index}]" if index is not None else "")
-
-
-def _check(
-    item: Any,
-    spec: _Field,
-    where: tuple[str, str, int | None],
-    issues: list[Issue],
-    model_for: Any,
-    values: bool,
-) -> Any:
-    """The shape of one value, checking it on the way."""
-    kind = spec.kind
-    if type(kind) is str and kind != "resource":
-        if item is None:
-            return None
-        if not _kind_ok(kind, item):
-            found = _JSON_NAMES.get(type(item), type(item).__name__)
-            issues.append(
-                Issue(
-                    "error", "value", f"Expected {_EXPECTED[kind]}, got a JSON {found}", (_item_path(*where),)
-                )
-            )
-        elif type(item) is str and "\x00" in item:
-            # FHIR strings carry no control characters but tab, CR and LF; PostgreSQL cannot store a NUL in
-            # text at all, so this one is refused always, on every backend.
-            issues.append(Issue("error", "value", _NUL_MESSAGE, (_item_path(*where),)))
-        elif values and spec.annotation is not None:
-            problem = _value_problem(spec.annotation, item)
-            if problem is not None:
-                issues.append(Issue("error", "value", problem, (_item_path(*where),)))
-        return _json_type(item)
-    if type(item) is dict:
-        if kind == "resource":
-            rtype = item.get("resourceType")
-            inner = model_for(rtype) if isinstance(rtype, str) else None
-            if inner is None:
-                return shape_of(item)
-            return _walk(item, inner, _item_path(*where), issues, model_for, values)
-        return _walk(item, kind, _item_path(*where), issues, model_for, values)
-    return shape_of(item)
-
-
-def _walk(
-    node: dict[str, Any], model: type, path: str, issues: list[Issue], model_for: Any, values: bool
-) -> Any:
-    fields = _fields(model)
-    shape = []
-    for key, value in node.items():
-        spec = fields.get(key)
-        if spec is None:
-            # unknown elements are the model's to report; resourceType's value is part of the shape
-            shape.append((key, value if key == "resourceType" else shape_of(value)))
-            continue
-        if spec.repeats and type(value) is list:
-            shape.append(
-                (
-                    key,
-                    (
-                        "list",
-                        frozenset(
-                            _check(v, spec, (path, key, i), issues, model_for, values)
-                            for i, v in enumerate(value)
-                        ),
-                    ),
-                )
-            )
-        else:
-            shape.append((key, _check(value, spec, (path, key, None), issues, model_for, values)))
-    return frozenset(shape)
 
 
 def shape_of(node: Any) -> Any:

@@ -201,13 +201,14 @@ async def test_filters_route_only_matching_events(
             "Subscription.channel.endpoint",
             "https",
         ),
-        ({"extension": []}, "Subscription.extension", "signed with"),
+        ({"extension": None}, "Subscription.extension", "signed with"),  # None: no extension at all
     ],
 )
 async def test_bad_subscriptions_are_refused_with_an_operation_outcome(
     api: httpx.AsyncClient, change: dict[str, Any], expression: str, text: str
 ) -> None:
-    resource = {**f.subscription("abnormal-lab-result", "http://127.0.0.1:9/x"), **change}
+    merged = {**f.subscription("abnormal-lab-result", "http://127.0.0.1:9/x"), **change}
+    resource = {key: value for key, value in merged.items() if value is not None}
     answer = await api.post("/fhir/Subscription", json=resource)
     assert answer.status_code in (400, 422), answer.text
     outcome = answer.json()

@@ -194,14 +194,14 @@ def _observation_with_literals() -> dict[str, object]:
 def test_validation_takes_decimal_literals() -> None:
     obs = _observation_with_literals()
     assert type(obs["valueQuantity"]["value"]) is DecimalLiteral  # type: ignore[index]
-    assert Validator().validate(obs) == []
+    assert [i for i in Validator().validate(obs) if i.is_error] == []  # (dom-6 warns: no narrative)
     assert validate_structure(obs) == []
 
 
 def test_a_decimal_literal_where_a_string_belongs_is_named_a_json_number() -> None:
     obs = lab_observation("p1")
     obs["status"] = jsonio.loads(b"1.50")
-    (issue,) = Validator().validate(obs)
+    (issue,) = [i for i in Validator().validate(obs) if i.is_error]
     assert issue.diagnostics == "Expected a JSON string, got a JSON number"
     assert issue.expression == ("Observation.status",)
 

@@ -12,7 +12,8 @@ content (maxLength, minValue[x], other discriminators, re-slicing) is rejected a
 cannot enforce must not look enforced.
 
 The package's modules, each importing only those listed before it: `native` (a compiler from the subset of
-FHIRPath the invariants use to Python closures), `fhirpath` (checking and compiling expressions: natively
+FHIRPath the invariants use to Python closures), `presence` (settling invariants from which elements are
+present), `fhirpath` (checking and compiling expressions: natively
 when they are in that subset, else with fhirpathpy), `terminology` (value-set expansion), `rules` (the
 compiled rule tree and JSON comparisons), `compiler` (differential -> rule tree), `walker` (validating a
 resource against one profile) and `profile_set` (loading and the public `ProfileSet`).

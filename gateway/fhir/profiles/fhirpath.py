@@ -5,8 +5,10 @@ Compiling goes, in order, to: the shape `a.b.where(x = 'y' and ...).exists()` of
 subset (see that module); fhirpathpy otherwise, with invariants guarded by `iif($this = 'lit', ..., true)`
 short-circuited when the guard is plainly false. A native program that meets an input it leaves to
 fhirpathpy (it raises `Defer`), or fails in any other way, is answered by fhirpathpy, so results never
-differ from fhirpathpy's. This module also exposes the R4 model lookups (choice types, element type paths)
-that the compiler and the walker need. Only it and `native` use fhirpathpy; it imports only `native`.
+differ from fhirpathpy's. It also gives what the presence of elements settles of an expression
+(`presence_settler`), and exposes the R4 model lookups (choice types, element type paths) that the
+compiler and the walker need. Only it and `native` use fhirpathpy; it imports only `native` and
+`presence`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from gateway.fhir.profiles.native import Node, NotNative, compile_native, make_node
+from gateway.fhir.profiles.presence import Decide, compile_presence
 
 # antlr4 (fhirpathpy's parser runtime) has no type information; reached through importlib so that mypy
 # does not need it, and fhirpathpy's untyped helpers are called through Any-typed aliases for the same reason.
@@ -255,6 +258,21 @@ def compile_fhirpath(expression: str, model_path: str) -> Evaluator:
     fast = _fast_exists(expression, model_path)
     if fast is not None:
         return fast
+    return _compile_full(expression, tree)
+
+
+def presence_settler(expression: str) -> tuple[Decide, bool] | None:
+    """What presence settles of an expression (see `presence`), and whether that depends only on which
+    elements are present and non-empty (no counts); None when it never settles anything.
+
+    A settled answer is FHIRPath's; it can differ from fhirpathpy's where fhirpathpy gives {} or fails on
+    a primitive that has only an extension. So `compile_fhirpath` (which promises fhirpathpy's results)
+    does not use it; the base R4 rules do, where only a false result counts."""
+    return compile_presence(_parse_tree(expression), _MODEL)
+
+
+def _compile_full(expression: str, tree: Any) -> Evaluator:
+    """The native program (fhirpathpy answering what it defers), else fhirpathpy itself."""
     compiled = _by_fhirpathpy(fhirpathpy.compile(expression, _MODEL))
     try:
         return _native(compile_native(tree, _MODEL), compiled)

@@ -1043,3 +1043,47 @@ def compile_native(tree: Mapping[str, Any], model: Mapping[str, Any]) -> Program
         return result if boolean else _output(result)
 
     return program
+
+
+def member_counter(name: str, model: Mapping[str, Any]) -> Callable[[Any], int]:
+    """How many items the member `name` yields on one context (what `name.count()` gives there), counted
+    exactly as compiled programs navigate (choice elements, `_name` extension objects); NotNative for a
+    name outside the subset. Plain dicts and `Node`s are counted directly (this runs on every value an
+    invariant applies to); other contexts go through the general navigation."""
+    if not _MEMBER.fullmatch(name) or name == "length":
+        raise NotNative(f"member {name!r} is outside the native subset")
+    step = _Step(name, _Compiler(model).fields)
+    lookup = step.lookup
+    by_path: dict[Any, Fields] = {}
+
+    def counter(context: Any) -> int:
+        kind = type(context)
+        if kind is Node:
+            data, path = context.data, context.path
+            if type(data) is dict and "resourceType" in data:
+                path = data["resourceType"]
+        elif kind is dict:
+            data, path = context, context.get("resourceType")
+        else:
+            return step.count([_adapt(context)])
+        if type(data) is not dict:
+            return step.count([context])
+        fields = by_path.get(path)
+        if fields is None:
+            fields = lookup(path, name)
+            if len(by_path) < _CACHE_LIMIT:
+                by_path[path] = fields
+        for key, extension_key, _ in fields:
+            value = data.get(key)
+            extension = data.get(extension_key)
+            if value is not None or extension is not None:
+                total = 0
+                for part in (value, extension):
+                    if type(part) is list:
+                        total += len(part)
+                    elif part is not None:
+                        total += 1
+                return total
+        return 0
+
+    return counter
