@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Database connection pool size per process (PostgreSQL).
     db_pool_size: int = 10
+    # AuditEvents older than this are deleted (hourly, in small batches); HIPAA keeps records six years.
+    audit_retention_days: int = 2190
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -125,6 +125,7 @@ class BundleProcessor:
 
     async def process(self, ctx: RequestContext, body: bytes) -> Outcome:
         bundle = parse_bundle(body)
+        ctx.audit_as(bundle["type"])
         bases = self.service.local_bases(ctx)
         raw_entries = bundle.get("entry", [])
         if bundle["type"] == "batch":

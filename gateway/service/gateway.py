@@ -16,6 +16,7 @@ from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
 from gateway.service import pa_tracking
+from gateway.service.audit import AuditLog
 from gateway.service.bundles import BundleProcessor
 from gateway.service.clients import AuthService
 from gateway.service.delivery import Deliverer
@@ -51,6 +52,7 @@ class Gateway:
     priorauth: PriorAuthService
     payer_worker: PayerWorker
     pa_ops: PriorAuthOps
+    audit: AuditLog
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -66,6 +68,8 @@ class Gateway:
         db.before_dispose.append(statistics.stop)
         if db.dialect == "postgresql":
             await statistics.refresh()  # a database loaded while the gateway was down
+        base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+        audit = AuditLog(db, observer=base_url, retention_days=settings.audit_retention_days)
         profiles = ProfileSet.load(settings.profiles_dir)
         validator = Validator(profiles)
         fhir = FhirService(
@@ -91,11 +95,11 @@ class Gateway:
         deliverer = Deliverer(
             fhir,
             manager,
-            base_url=settings.base_url or f"http://{settings.host}:{settings.port}/fhir",
+            base_url=base_url,
             horizon_s=settings.subscription_retry_horizon_seconds,
             poll_s=settings.delivery_poll_seconds,
+            audit=audit,
         )
-        base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
         priorauth = PriorAuthService(fhir, payers, base_url=base_url)
         payer_worker = PayerWorker(
             priorauth,
@@ -105,7 +109,7 @@ class Gateway:
             interval_s=settings.pa_worker_seconds,
         )
         translator = Translator(mappings, default_zone=default_zone)
-        pipeline = Pipeline(fhir, translator, validator)
+        pipeline = Pipeline(fhir, translator, validator, audit)
         log.info(
             "gateway started database=%s profiles=%d hl7v2-messages=%d sites=%d topics=%d subscriptions=%d",
             db.redacted_url(),
@@ -130,10 +134,13 @@ class Gateway:
             priorauth,
             payer_worker,
             PriorAuthOps(priorauth, payer_worker),
+            audit,
         )
 
     async def start_background(self) -> None:
-        """Delivery of subscription notifications and the prior-authorization worker (what `serve` runs)."""
+        """Delivery of subscription notifications, the prior-authorization worker and the audit log's
+        retention (what `serve` runs); the audit writer itself starts with the first event anywhere."""
+        await self.audit.start()
         await self.deliverer.start()
         await self.payer_worker.start()
 
@@ -141,4 +148,5 @@ class Gateway:
         await self.payer_worker.stop()
         await self.deliverer.stop()
         await self.pipeline.stop()
+        await self.audit.stop()  # last: what the others recorded while stopping is written too
         await self.db.dispose()

@@ -36,7 +36,9 @@ from gateway.adapters.hl7v2.translate import (
     Translator,
 )
 from gateway.fhir import dates, jsonio
+from gateway.fhir.audit import AuditRecord
 from gateway.fhir.validation import Validator
+from gateway.service.audit import AuditLog
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
 from gateway.service.patient_matching import IdentityOutcome, Matcher, replace_patient
@@ -69,6 +71,9 @@ CONFLICT_RETRIES = 3
 class Source:
     kind: str  # mllp | http | file
     detail: str = ""  # peer address or file name: never content
+    # The audit record of the HTTP request that brought the message (its transport queues it); None: the
+    # pipeline audits the message itself.
+    audit: AuditRecord | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -161,8 +166,11 @@ def fill(existing: JSON, incoming: JSON) -> JSON:
 class Pipeline:
     """Takes HL7 v2 messages from any transport and answers each with its ACK once committed."""
 
-    def __init__(self, fhir: FhirService, translator: Translator, validator: Validator) -> None:
+    def __init__(
+        self, fhir: FhirService, translator: Translator, validator: Validator, audit: AuditLog | None = None
+    ) -> None:
         self.fhir = fhir
+        self.audit = audit
         self.translator = translator
         self.validator = validator
         self.ctx = RequestContext(base_url=fhir.configured_base)
@@ -341,6 +349,8 @@ class Pipeline:
 
     def _resolve(self, job: Job, result: Result) -> None:
         self.counts["duplicate" if result.duplicate else result.code] += 1
+        if self.audit is not None:
+            self.audit.message(job, result)
         if job.future is not None and not job.future.done():
             job.future.set_result(result)
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gateway.exceptions import OAuthError
+from gateway.transports.http.audit_routes import note_token_request
 from gateway.transports.http.deps import GatewayDep
 
 router = APIRouter(tags=["Auth"])
@@ -19,6 +20,7 @@ async def token(request: Request, gateway: GatewayDep) -> JSONResponse:
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     token_url = str(request.url.replace(query=""))
+    note_token_request(request, fields)
     answer = await gateway.auth.token(fields, request.headers.get("authorization"), token_url)
     request.scope.setdefault("state", {})["client_id"] = answer.get("client_id", "-")
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.service.pa_worker import PayerTurnaround
+from gateway.transports.http import audit_routes as audit
 
 log = logging.getLogger("gateway.http")
 
@@ -49,6 +50,7 @@ class Observability:
             return
         started = time.perf_counter()
         status = 500
+        audit.begin(scope)
 
         async def capture(message: Message) -> None:
             nonlocal status
@@ -69,6 +71,7 @@ class Observability:
             log.info(
                 "%s %s %s %.1fms client=%s", method, scope.get("path", ""), status, elapsed * 1000, client
             )
+            audit.finish(scope, status)
 
 
 class PipelineCollector:
