@@ -1,4 +1,4 @@
-"""`python -m bench [store|hl7|subscriptions|jsonio] [--backends sqlite,postgresql] [--sizes 10000,...]`.
+"""`python -m bench [store|hl7|subscriptions|jsonio|audit] [--backends sqlite,postgresql] [--sizes ...]`.
 
 `jsonio` runs in this process, with no database and no gateway.
 """
@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import hl7, jsonio, store, subscriptions
+from bench import audit, hl7, jsonio, store, subscriptions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions", "jsonio"]
+        "suite", nargs="?", default="all", choices=["all", "store", "hl7", "subscriptions", "jsonio", "audit"]
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
@@ -37,6 +37,10 @@ def main() -> None:
         if args.suite == "all":
             print()
         jsonio.run()
+    if args.suite in ("all", "audit"):
+        if args.suite == "all":
+            print()
+        asyncio.run(audit.run(backends, args.postgres_url))
 
 
 main()

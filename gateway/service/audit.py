@@ -128,10 +128,12 @@ class AuditLog:
         record.subtype_display = message_type or None
         control_id = job.key[1] if message is not None else ""
         record.message = (result.log_id or "", control_id, message_type)
+        # What: the message (its log entry lists what it wrote, and so does its Provenance); which
+        # patients: the Patients it wrote. The other resources are not listed: an event per message
+        # stays small on the ingest hot path.
         for reference in result.resources:
-            rtype, _, rest = reference.partition("/")
-            # The message's Patient is among what it wrote: no need to look up the others' subjects.
-            record.touch(rtype, rest.split("/", 1)[0], resolve=False)
+            if reference.startswith("Patient/"):
+                record.touch("Patient", reference.split("/", 2)[1])
         outcome = outcome_of_ack(result.code)
         description = f"ACK {result.code}" + (" (duplicate)" if result.duplicate else "")
         if into is not None:  # the HTTP request's record: its transport completes and queues it
@@ -147,6 +149,15 @@ class AuditLog:
             if source.detail:
                 record.operation = f"file {source.detail}"
         record.finish(outcome, description)
+        self.record(record)
+
+    def payer_file(self, source: str, file_name: str, task_ids: list[str] | None) -> None:
+        """A payer's file given to `gateway ingest`: an Import of the answers in it (None: refused)."""
+        record = AuditRecord(recorded_us=dates.now_us(), kind="import", agent=source, agent_kind="file")
+        record.operation = f"payer file {file_name}"
+        for task_id in task_ids or []:
+            record.touch("Task", task_id)  # its Patient is looked up by the writer
+        record.finish(0 if task_ids is not None else 4, "applied" if task_ids is not None else "refused")
         self.record(record)
 
     def delivery(
@@ -300,7 +311,10 @@ class AuditLog:
     # -- retention -------------------------------------------------------------------------------
 
     async def purge(self, *, now_us: int | None = None, batch: int = PURGE_BATCH) -> int:
-        """Delete events older than the retention period, `batch` at a time; returns how many."""
+        """Delete events older than the retention period, `batch` at a time; returns how many (a period of
+        0 days or less keeps everything)."""
+        if self.retention_days <= 0:
+            return 0
         cutoff = (now_us if now_us is not None else dates.now_us()) - self.retention_days * DAY_US
         total = 0
         while True:

@@ -23,8 +23,10 @@ from gateway.service.gateway import Gateway
 from gateway.transports.mllp.pipeline_handler import pipeline_handler
 from gateway.transports.mllp.server import MLLPServer
 from tests import factories as f
+from tests.api.conftest import Order
 from tests.conftest import ClientFactory
 from tests.hl7_messages import AUTHORITY, ack_code, anc_oru
+from tests.payer_standin import PayerStandIn
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -257,7 +259,7 @@ async def test_hl7_over_http_is_audited_as_an_import(
     assert accepted["type"] == {"system": DCM, "code": "110107", "display": "Import"}
     assert accepted["action"] == "C" and accepted["outcome"] == "0" and accepted["outcomeDesc"] == "ACK AA"
     assert patients(accepted) == {patient_ref}
-    assert any(w.startswith("Observation/") for w in whats(accepted))
+    assert whats(accepted) == {patient_ref}  # what it wrote is in its log entry and Provenance
     message = next(e for e in accepted["entity"] if "identifier" in e.get("what", {}))
     log = (await api.get("/hl7v2/messages")).json()["messages"]
     assert message["what"]["identifier"]["value"] in {m["id"] for m in log}
@@ -479,3 +481,30 @@ async def test_a_full_queue_drops_events_counts_them_and_warns(
     api = await client_factory("system/*.rs")
     metrics = (await api.get("/metrics")).text
     assert "gateway_audit_events_dropped_total" in metrics and "gateway_audit_events_written_total" in metrics
+
+
+async def test_a_payer_feed_is_audited_as_an_import_with_the_patient_it_moved(
+    gateway: Gateway,
+    api: httpx.AsyncClient,
+    client_factory: ClientFactory,
+    order: Order,
+    payer: PayerStandIn,
+) -> None:
+    from tests.api.test_prior_auth_feeds import pended_orders, trace
+    from tests.unit.test_payer_x12_278 import Event, response
+
+    auditor = await client_factory(AUDITOR)
+    (task,) = await pended_orders(api, order, payer, 1)
+    payer_client = await client_factory("system/ClaimResponse.c")
+    answer = await payer_client.post(
+        "/payer/files", content=response(Event([f"TRN*2*{trace(task)}*9GATEWAY01", "HCR*A1*AUTH-9"])).encode()
+    )
+    assert answer.status_code == 200, answer.text
+    refused = await payer_client.post("/payer/files", content=b"neither X12 nor CSV")
+    assert refused.status_code == 400
+    events = await trail(gateway, auditor, agent=client_id(payer_client), type="110107")
+    assert [e["outcome"] for e in events] == ["4", "0"]
+    applied = events[1]
+    assert f"Task/{task['id']}" in whats(applied)
+    assert patients(applied) == {f"Patient/{order.patient}"}
+    assert any(e.get("description") == "POST /payer/files" for e in applied["entity"])

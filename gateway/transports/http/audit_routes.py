@@ -30,6 +30,7 @@ from gateway.auth.assertions import InvalidClientAssertion, assertion_client_id
 from gateway.exceptions import MethodNotAllowed
 from gateway.fhir import dates
 from gateway.fhir.audit import LOGIN, AuditRecord, outcome_of_status
+from gateway.fhir.searchparams import RESOURCE_TYPES
 from gateway.service.audit import AuditLog
 from gateway.transports.http.deps import Ctx, GatewayDep
 from gateway.transports.http.responses import fhir_response
@@ -130,13 +131,13 @@ def describe(
         record.subtype = record.subtype or "operation"
         record.operation = record.operation or operation
         if len(fhir) > 2 and fhir[1].startswith("{"):
-            record.touch(resource_type, values[1])
+            record.touch(resource_type, values[1], resolve=resource_type in RESOURCE_TYPES)
         return
     shape = tuple("{}" if s.startswith("{") else s for s in fhir[1:])
     interaction = _FHIR_SHAPES.get(shape, {}).get(method)
     record.subtype = record.subtype or interaction or "operation"
     if shape and shape[0] == "{}":
-        record.touch(resource_type, values[1], resolve=resource_type != "AuditEvent")
+        record.touch(resource_type, values[1], resolve=resource_type in RESOURCE_TYPES)
     if interaction in ("search-type", "history-type") and not record.queries:
         # Refused before the search ran (scopes, bad parameters): the query as sent.
         params = parse_qsl((query_string or b"").decode("latin-1"), keep_blank_values=True)
