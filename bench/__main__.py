@@ -1,4 +1,4 @@
-"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|poison] [--backends ...]`.
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|poison] [--backends ...]`.
 
 `jsonio` and `validation` run in this process, with no database and no gateway.
 """
@@ -8,17 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import hl7, jsonio, poison, store, subscriptions, token_abuse, validation
+from bench import audit, hl7, jsonio, poison, store, subscriptions, token_abuse, validation
+
+SUITES = ["all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "poison"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument(
-        "suite",
-        nargs="?",
-        default="all",
-        choices=["all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "poison"],
-    )
+    parser.add_argument("suite", nargs="?", default="all", choices=SUITES)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument(
         "--sizes", default="10000,200000", help="stored Observations at which to measure search"
@@ -27,27 +24,32 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     backends = args.backends.split(",")
+    everything = args.suite == "all"
     if args.suite in ("all", "hl7"):
         asyncio.run(hl7.run(backends, args.postgres_url))
         print()
     if args.suite in ("all", "store"):
         asyncio.run(store.run(backends, sizes, args.postgres_url))
     if args.suite in ("all", "subscriptions"):
-        if args.suite == "all":
+        if everything:
             print()
         asyncio.run(subscriptions.run(backends, args.postgres_url))
     if args.suite in ("all", "auth"):
-        if args.suite == "all":
+        if everything:
             print()
         asyncio.run(token_abuse.run(backends, args.postgres_url))
     if args.suite in ("all", "jsonio"):
-        if args.suite == "all":
+        if everything:
             print()
         jsonio.run()
     if args.suite in ("all", "validation"):
-        if args.suite == "all":
+        if everything:
             print()
         validation.run()
+    if args.suite in ("all", "audit"):
+        if everything:
+            print()
+        asyncio.run(audit.run(backends, args.postgres_url))
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
         asyncio.run(poison.run(backends, args.postgres_url))
 

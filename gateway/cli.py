@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,10 @@ def serve(host: str | None, port: int | None, mllp_port: int | None, database_ur
         asyncio.run(_serve(settings))
 
 
+def _exit_after_shutdown(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # unwinds through _serve's `finally`, which closes the gateway
+
+
 async def _serve(settings: Settings) -> None:
     import uvicorn
 
@@ -130,6 +135,10 @@ async def _serve(settings: Settings) -> None:
         )
         server = uvicorn.Server(config)
         click.echo(_banner(settings), err=True)
+        # uvicorn shuts down on SIGTERM, then restores the previous handler and raises the signal again;
+        # with the default handler the process would end right there, before the gateway below is closed
+        # (the audit queue written, delivery leases released). Exit cleanly after closing instead.
+        signal.signal(signal.SIGTERM, _exit_after_shutdown)
         await server.serve()
     finally:
         if warming is not None and not warming.done():

@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     # PostgreSQL reads (searches) are cancelled after this many seconds (0: never); they answer 503.
     db_statement_timeout_seconds: float = 30.0
+    # AuditEvents older than this are deleted (hourly, in small batches); HIPAA keeps records six years.
+    audit_retention_days: int = 2190
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.fhir.audit import capability_entry as audit_capability
 from gateway.fhir.dates import format_instant, now_us
 from gateway.fhir.searchparams import RESOURCE_TYPES, ParamType, params_for, reference_params
 
@@ -110,6 +111,7 @@ def capability_statement(
     resources = [
         _with_subscriptions(r, topic_urls or []) if r["type"] == "Subscription" else r for r in resources
     ]
+    resources.append(audit_capability())
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

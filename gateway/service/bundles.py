@@ -182,6 +182,7 @@ class BundleProcessor:
 
     async def process(self, ctx: RequestContext, body: bytes) -> Outcome:
         bundle = await self._parse(body)
+        ctx.audit_as(bundle["type"])
         bases = self.service.local_bases(ctx)
         raw_entries = bundle.get("entry", [])
         if len(raw_entries) > self.max_entries:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gateway.exceptions import Forbidden
+from gateway.fhir.audit import AuditRecord
 
 # SMART v2 permission letters per FHIR interaction.
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
@@ -28,6 +30,27 @@ class RequestContext:
     client_id: str | None = None
     prefer_return: PreferReturn = "representation"
     strict_handling: bool = False
+    # What this request did, for the audit trail (filled in by the interactions, completed and queued by
+    # the transport); None for internal callers, whose transport (pipeline, deliverer) audits itself.
+    audit: AuditRecord | None = None
+
+    def note(self, resource_type: str, resource_id: str, content: bytes | None = None) -> None:
+        """For the audit trail: this request read or wrote this resource (content: its Patient is found)."""
+        if self.audit is not None:
+            self.audit.touch(resource_type, resource_id, content)
+
+    def note_search(
+        self, resource_type: str, params: Sequence[tuple[str, str]], found: Iterable[bytes | None]
+    ) -> None:
+        """For the audit trail: a search, with the content of what it returned (for their Patients)."""
+        if self.audit is not None:
+            self.audit.searched(resource_type, params)
+            self.audit.saw(found)
+
+    def audit_as(self, interaction: str) -> None:
+        """For the audit trail: what the request turned out to be (`transaction` or `batch`)."""
+        if self.audit is not None:
+            self.audit.subtype = interaction
 
     def can(self, resource_type: str, permission: str) -> bool:
         return self.grants is None or self.grants.allows(resource_type, permission)

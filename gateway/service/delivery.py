@@ -47,6 +47,7 @@ from gateway.routing.requests import (
     SUBSCRIPTION_ID_HEADER,
     SubscriptionSpec,
 )
+from gateway.service.audit import AuditLog
 from gateway.service.context import RequestContext
 from gateway.service.endpoint_transport import CheckedTransport, EndpointRefused
 from gateway.service.interactions import FhirService
@@ -113,8 +114,10 @@ class Deliverer:
         horizon_s: float = 72 * 3600,
         poll_s: float = 1.0,
         http: httpx.AsyncClient | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.fhir = fhir
+        self.audit = audit
         self.db = fhir.db
         self.manager = manager
         self.base_url = base_url.rstrip("/")
@@ -492,6 +495,8 @@ class Deliverer:
                 self.worker,
             )
         )
+        if self.audit is not None:
+            self.audit.delivery(spec, state.owner, kind, bundle, http_status, error, started_us)
         if ok:
             lane.failures, lane.failing_since_us = 0, None
             self._journal_progress(spec.id, lane, None)

@@ -17,6 +17,7 @@ from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
 from gateway.service import pa_tracking
+from gateway.service.audit import AuditLog
 from gateway.service.bundles import BundleProcessor
 from gateway.service.clients import AuthService, key_encryption_from
 from gateway.service.delivery import Deliverer
@@ -54,6 +55,7 @@ class Gateway:
     payer_worker: PayerWorker
     pa_ops: PriorAuthOps
     workers: WorkerPool  # CPU-heavy parsing off the event loop (service/workers.py)
+    audit: AuditLog
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -81,6 +83,8 @@ class Gateway:
         db.before_dispose.append(statistics.stop)
         if db.dialect == "postgresql":
             await statistics.refresh()  # a database loaded while the gateway was down
+        base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+        audit = AuditLog(db, observer=base_url, retention_days=settings.audit_retention_days)
         profiles = ProfileSet.load(settings.profiles_dir)
         validator = Validator(profiles)
         fhir = FhirService(
@@ -112,11 +116,11 @@ class Gateway:
         deliverer = Deliverer(
             fhir,
             manager,
-            base_url=settings.base_url or f"http://{settings.host}:{settings.port}/fhir",
+            base_url=base_url,
             horizon_s=settings.subscription_retry_horizon_seconds,
             poll_s=settings.delivery_poll_seconds,
+            audit=audit,
         )
-        base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
         priorauth = PriorAuthService(fhir, payers, base_url=base_url)
         payer_worker = PayerWorker(
             priorauth,
@@ -135,6 +139,7 @@ class Gateway:
             limits=limits_of(settings),
             pool=pool if settings.workers > 0 else None,
             offload_bytes=settings.hl7_offload_bytes,
+            audit=audit,
         )
         log.info(
             "gateway started database=%s profiles=%d hl7v2-messages=%d sites=%d topics=%d subscriptions=%d",
@@ -167,10 +172,13 @@ class Gateway:
             payer_worker,
             PriorAuthOps(priorauth, payer_worker, pool=pool if settings.workers > 0 else None),
             pool,
+            audit,
         )
 
     async def start_background(self) -> None:
-        """Delivery of subscription notifications and the prior-authorization worker (what `serve` runs)."""
+        """Delivery of subscription notifications, the prior-authorization worker and the audit log's
+        retention (what `serve` runs); the audit writer itself starts with the first event anywhere."""
+        await self.audit.start()
         await self.deliverer.start()
         await self.payer_worker.start()
 
@@ -180,4 +188,5 @@ class Gateway:
         await self.pipeline.stop()
         self.workers.close()
         self.auth.close()
+        await self.audit.stop()  # last: what the others recorded while stopping is written too
         await self.db.dispose()

@@ -16,6 +16,7 @@ from gateway.adapters.payer.csv_status import looks_like_status_csv
 from gateway.adapters.payer.x12_278 import looks_like_x12
 from gateway.exceptions import FhirError
 from gateway.service.gateway import Gateway
+from gateway.service.pa_ops import PayerFileReport
 from gateway.service.pipeline import Lane, Result, Source, decode
 
 # Messages in flight at once: enough to fill the committer's batches; order is kept (see pipeline.py).
@@ -68,7 +69,7 @@ async def ingest_files(
     texts = [(path, decode(path.read_bytes())) for path in paths]
     for path, text in texts:
         if looks_like_x12(text) or looks_like_status_csv(text):
-            await _payer_file(gateway, summary, path, text)
+            await _payer_file(gateway, summary, path, text, source_name)
     batches = [
         (path, split_batch(text))
         for path, text in texts
@@ -99,14 +100,19 @@ async def ingest_files(
     return summary
 
 
-async def _payer_file(gateway: Gateway, summary: Summary, path: Path, text: str) -> None:
+async def _payer_file(gateway: Gateway, summary: Summary, path: Path, text: str, source_name: str) -> None:
     """A payer's file is applied whole (X12) or row by row (CSV, bad rows listed); never half an X12."""
+    report: PayerFileReport | None = None
     try:
         report = await gateway.pa_ops.payer_file(text)
     except FhirError as exc:
         summary.counts["payer-refused"] += 1
         summary.failures.append(f"{path.name}: refused, nothing changed: {exc}")
         return
+    finally:
+        gateway.audit.payer_file(  # for the audit trail: refused (None), or the Tasks it moved
+            source_name, path.name, [a.task_id for a in report.applied] if report else None
+        )
     summary.payer_lines += [f"{path.name}: {report.lines()[0]}", *report.lines()[1:]]
     if report.problems:
         summary.counts["payer-refused"] += 1

@@ -233,6 +233,7 @@ class FhirService:
         return issues
 
     def written(self, ctx: RequestContext, stored: Stored, status: int, issues: list[Issue]) -> Outcome:
+        ctx.note(stored.type, stored.id, stored.content)
         body: bytes | None = None
         if ctx.prefer_return == "representation":
             body = self._shown(ctx, stored.type, stored.content)
@@ -266,6 +267,8 @@ class FhirService:
     ) -> list[Stored]:
         """Every write goes through here: store the versions, then observers act in the same transaction."""
         written = await store.write(conn, pending)
+        for version in pending:
+            ctx.note(version.type, version.id, version.content or version.previous)
         for observer in self.write_observers:
             await observer(conn, ctx, pending, written)
         return written
@@ -475,6 +478,7 @@ class FhirService:
         stored = await store.current(conn, resource_type, resource_id)
         if stored is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
+        ctx.note(resource_type, resource_id, stored.content)
         await self._check_visible(conn, ctx, resource_type, resource_id)
         if stored.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted (version {stored.version})")
@@ -495,6 +499,7 @@ class FhirService:
         stored = await store.version(conn, resource_type, resource_id, int(version_id))
         if stored is None:
             raise NotFound(f"Version {version_id} of {resource_type}/{resource_id} is not known")
+        ctx.note(resource_type, resource_id, stored.content)
         await self._check_visible(conn, ctx, resource_type, resource_id)
         if stored.deleted:
             raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
@@ -517,6 +522,7 @@ class FhirService:
             )
             # Never leak what the token may not read.
             extra = [s for s in pulled if ctx.can(s.type, READ) and await self._may_see(conn, ctx, s)]
+        ctx.note_search(resource_type, params, [s.content for s in (*matches, *extra)])
         entries = [
             Entry(f"{ctx.base_url}/{s.type}/{s.id}", self._shown(ctx, s.type, s.content), "match")
             for s in matches
@@ -596,6 +602,10 @@ class FhirService:
             count=count,
             offset=offset,
         )
+        if resource_id is None:
+            ctx.note_search(resource_type, params, [v.content for v in versions])
+        else:
+            ctx.note(resource_type, resource_id, next((v.content for v in versions if v.content), None))
         entries = [self._history_entry(ctx, v) for v in versions]
         path = f"{ctx.base_url}/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/_history"
         kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]

@@ -106,6 +106,8 @@ class PriorAuthOps:
             raise BadRequest(exc.message, expression=exc.expression) from None
         with _conflicts_as_409():
             applied = await self.service.receive(decisions, ctx.client_id)
+        for answered in applied:  # for the audit trail: the Tasks (and so the Patients) this answer moved
+            ctx.note("Task", answered.task_id)
         issues = [
             Issue(
                 "information",

@@ -59,8 +59,10 @@ from gateway.adapters.hl7v2.translate import (
 )
 from gateway.exceptions import FhirError
 from gateway.fhir import dates, jsonio
+from gateway.fhir.audit import AuditRecord
 from gateway.fhir.validation import Validator
 from gateway.service import workers
+from gateway.service.audit import AuditLog
 from gateway.service.context import CREATE, UPDATE, RequestContext
 from gateway.service.interactions import FhirService
 from gateway.service.patient_matching import IdentityOutcome, Matcher, replace_patient
@@ -106,6 +108,9 @@ _UNAVAILABLE = (
 class Source:
     kind: str  # mllp | http | file
     detail: str = ""  # peer address or file name: never content
+    # The audit record of the HTTP request that brought the message (its transport queues it); None: the
+    # pipeline audits the message itself.
+    audit: AuditRecord | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -260,8 +265,10 @@ class Pipeline:
         limits: Limits = DEFAULT_LIMITS,
         pool: WorkerPool | None = None,
         offload_bytes: int = 8 * 1024,
+        audit: AuditLog | None = None,
     ) -> None:
         self.fhir = fhir
+        self.audit = audit
         self.translator = translator
         self.validator = validator
         self.limits = limits
@@ -614,6 +621,8 @@ class Pipeline:
             self._failures.move_to_end(job.content_hash)
             while len(self._failures) > REMEMBERED_FAILURES:
                 self._failures.popitem(last=False)
+        if self.audit is not None:
+            self.audit.message(job, result)
         if job.future is not None and not job.future.done():
             job.future.set_result(result)
 

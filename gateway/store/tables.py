@@ -351,3 +351,35 @@ pa_timer_fired = Table(
 )
 
 PA_TABLES = (pa_tracking, pa_reference, pa_submission, pa_timer_fired)
+
+# --- the audit trail ----------------------------------------------------------------------------------
+# One row per AuditEvent, apart from the FHIR resource store (recording a read must not index resources
+# or make versions), written in batches by the audit log's background task (gateway/service/audit.py).
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("recorded_us", BigInteger, nullable=False),
+    Column("type", String(16), nullable=False),  # rest | 110106 export | 110107 import | 110114 login
+    Column("subtype", String(64), nullable=True),  # restful interaction, trigger event, notification type
+    Column("action", String(1), nullable=False),  # C R U D E
+    Column("outcome", Integer, nullable=False),  # 0 | 4 | 8 | 12
+    Column("agent", String(255), nullable=True),  # client id, MLLP peer, file name
+    Column("address", String(64), nullable=True),  # the agent's IP address
+    Column("content", Text, nullable=False),  # the AuditEvent JSON
+    Index(None, "recorded_us"),
+    Index(None, "agent", "recorded_us"),
+)
+
+# The patients and entities of each event, for search by patient or entity, newest first, from the index.
+audit_event_ref = Table(
+    "audit_event_ref",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("role", String(8), primary_key=True),  # patient | entity
+    Column("ref", String(200), primary_key=True),  # Patient/id, Type/id
+    Column("recorded_us", BigInteger, nullable=False),
+    Index(None, "role", "ref", "recorded_us"),
+)
+
+AUDIT_TABLES = (audit_event_ref, audit_event)

@@ -18,6 +18,7 @@ from gateway.exceptions import BadRequest, FhirError, MethodNotAllowed, NotFound
 from gateway.service.gateway import Gateway
 from gateway.settings import Settings
 from gateway.transports.http import (
+    audit_routes,
     auth_routes,
     fhir_routes,
     hl7_routes,
@@ -50,6 +51,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         if owned:
             registry.register(PipelineCollector(app.state.gateway.pipeline.counts))
             registry.register(PriorAuthCollector(lambda: app.state.gateway.payer_worker.turnaround))
+            registry.register(audit_routes.AuditCollector(lambda: app.state.gateway.audit))
         try:
             yield
         finally:
@@ -70,9 +72,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         app.state.gateway = gateway
         registry.register(PipelineCollector(gateway.pipeline.counts))
         registry.register(PriorAuthCollector(lambda: gateway.payer_worker.turnaround))
+        registry.register(audit_routes.AuditCollector(lambda: gateway.audit))
     app.state.metrics_registry = registry
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)
+    app.include_router(audit_routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)
     app.include_router(hl7_routes.router)

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.exceptions import OAuthError
 from gateway.service.clients import RetryLater
+from gateway.transports.http.audit_routes import note_token_request
 from gateway.transports.http.deps import GatewayDep
 
 router = APIRouter(tags=["Auth"])
@@ -20,6 +21,7 @@ async def token(request: Request, gateway: GatewayDep) -> JSONResponse:
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     token_url = str(request.url.replace(query=""))
+    note_token_request(request, fields)
     # The peer's address, not X-Forwarded-For: a header would let each guess claim a new address.
     address = request.client.host if request.client else ""
     try:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.exceptions import NotAcceptable, UnsupportedMediaType
+from gateway.fhir.audit import AuditRecord
 from gateway.service.clients import grants_for
 from gateway.service.context import PreferReturn, RequestContext
 from gateway.service.gateway import Gateway
@@ -67,7 +68,11 @@ async def authenticated_context(request: Request) -> RequestContext:
     """The caller's context from its bearer token, for any route (FHIR or not)."""
     gateway = get_gateway(request)  # not a nested dependency: each one costs on every request
     claims = await gateway.auth.verify_bearer(request.headers.get("authorization"))
-    request.scope.setdefault("state", {})["client_id"] = claims.client_id
+    state = request.scope.setdefault("state", {})
+    state["client_id"] = claims.client_id
+    audit = state.get("audit")  # begun by the Observability middleware (audit_routes.begin)
+    if isinstance(audit, AuditRecord):
+        audit.agent = claims.client_id
     returning, strict = parse_prefer(request.headers.get("prefer", ""))
     return RequestContext(
         base_url=fhir_base(request, gateway),
@@ -75,6 +80,7 @@ async def authenticated_context(request: Request) -> RequestContext:
         client_id=claims.client_id,
         prefer_return=returning,
         strict_handling=strict,
+        audit=audit if isinstance(audit, AuditRecord) else None,
     )
 
 

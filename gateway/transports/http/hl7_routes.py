@@ -34,7 +34,7 @@ async def receive(request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Respon
     for resource_type, permission in INGEST_PERMISSIONS:
         ctx.require(resource_type, permission)
     client = request.client.host if request.client else "-"
-    result = await gateway.pipeline.submit(await request.body(), Source("http", client), ctx=ctx)
+    result = await gateway.pipeline.submit(await request.body(), Source("http", client, ctx.audit), ctx=ctx)
     return Response(
         result.ack.replace("\r", "\r\n").encode(), media_type=ER7, headers={"X-HL7-Ack": result.code}
     )
@@ -172,7 +172,7 @@ async def reprocess(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONR
     ctx.require_operation(LOG_REPROCESS)
     row = await _load(gateway, message_id)
     result = await gateway.pipeline.submit(
-        row.raw, Source("reprocess", f"log:{message_id}"), ctx=ctx, reprocess_id=message_id
+        row.raw, Source("reprocess", f"log:{message_id}", ctx.audit), ctx=ctx, reprocess_id=message_id
     )
     return JSONResponse(
         {"id": result.log_id, "ackCode": result.code, "errors": result.errors, "ack": result.ack}

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.service.pa_worker import PayerTurnaround
+from gateway.transports.http import audit_routes as audit
 
 log = logging.getLogger("gateway.http")
 
@@ -66,6 +67,7 @@ class Observability:
             return
         started = time.perf_counter()
         status = 500
+        audit.begin(scope)
 
         async def capture(message: Message) -> None:
             nonlocal status
@@ -90,6 +92,7 @@ class Observability:
                 elapsed * 1000,
                 client,
             )
+            audit.finish(scope, status)
 
 
 class PipelineCollector:

@@ -57,4 +57,6 @@ async def payer_files(request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Re
     ctx.require("ClaimResponse", "c")
     text = (await request.body()).decode("utf-8-sig", errors="replace")
     report = await gateway.pa_ops.payer_file(text, ctx.client_id)
+    for answered in report.applied:  # for the audit trail: the Tasks (and so the Patients) it moved
+        ctx.note("Task", answered.task_id)
     return PlainTextResponse("\n".join(report.lines()) + "\n")
