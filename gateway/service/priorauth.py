@@ -126,9 +126,9 @@ class PriorAuthService:
 
         The request is sent by the caller (after this transaction committed), never from inside it.
         """
-        ctx.require("Task", "c")
-        ctx.require("Claim", "c")
+        _require_all(ctx, ("MedicationRequest", "r"), ("Task", "cr"), ("Claim", "c"))
         params = _parameters(parameters)
+        _require_named(ctx, params)
         async with self.db.read() as conn:
             request = resource_of(await store.current(conn, "MedicationRequest", request_id))
             if request is None:
@@ -139,9 +139,9 @@ class PriorAuthService:
     async def prepare_appeal(self, ctx: RequestContext, task_id: str, parameters: JSON | None) -> str:
         """An appeal of a denied authorization: a new Task partOf the denied one, a Claim related to the
         denied request's Claim, submitted like a request. Returns the submission id."""
-        ctx.require("Task", "c")
-        ctx.require("Claim", "c")
+        _require_all(ctx, ("MedicationRequest", "r"), ("Task", "cr"), ("Claim", "c"))
         params = _parameters(parameters)
+        _require_named(ctx, params)
         async with self.db.read() as conn:
             denied = resource_of(await store.current(conn, "Task", task_id))
             if denied is None or not tasks.is_pa_task(denied):
@@ -169,7 +169,7 @@ class PriorAuthService:
 
         Returns the submission id to send, or None when the payer never had the request.
         """
-        ctx.require("Task", "u")
+        _require_all(ctx, ("Task", "ru"))
         reason = _reason(parameters)
         async with self.db.read() as conn:
             task = resource_of(await store.current(conn, "Task", task_id))
@@ -593,6 +593,22 @@ def _reason(body: JSON | None) -> str | None:
 
 def _task_priority(priority: str) -> str:
     return "urgent" if priority in tasks.EXPEDITED_PRIORITIES else "routine"
+
+
+def _require_all(ctx: RequestContext, *needs: tuple[str, str]) -> None:
+    """An operation reads what it works on and answers with the PA Task: read is needed as well as write,
+    before anything is looked up, so a token that may not read learns nothing (not even that an id exists)."""
+    for rtype, interactions in needs:
+        for interaction in interactions:
+            ctx.require(rtype, interaction)
+
+
+def _require_named(ctx: RequestContext, params: RequestParams) -> None:
+    """Read on the type of every resource the caller names (their existence shows in the answer)."""
+    for ref in [params.coverage, *params.supporting]:
+        rtype = (ref or "").split("/", 1)[0]
+        if rtype.isalpha():  # Type/id; anything else is refused later as a bad reference
+            ctx.require(rtype, "r")
 
 
 @dataclass

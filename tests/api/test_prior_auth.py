@@ -545,3 +545,26 @@ async def test_the_capability_statement_lists_the_prior_authorization_operations
     assert [o["name"] for o in entries["Task"]["operation"]] == ["appeal", "cancel", "pa-turnaround"]
     assert "operation" not in entries["Observation"]
     assert f"{GATEWAY}/StructureDefinition/pas-claim" in entries["Claim"]["supportedProfile"]
+
+
+async def test_the_operations_answer_only_to_tokens_that_may_read_what_they_read_and_return(
+    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn
+) -> None:
+    # Each operation reads a MedicationRequest or a Task and answers with the PA Task: a token that may
+    # write Tasks and Claims but not read them learns nothing, not even whether the id exists.
+    writer = await client_factory("system/Task.cu system/Claim.c")
+    for url in (
+        f"/fhir/MedicationRequest/{order.request}/$request-prior-auth",
+        "/fhir/MedicationRequest/no-such-order/$request-prior-auth",
+    ):
+        answer = await writer.post(url, json=parameters(order))
+        assert answer.status_code == 403, answer.text
+    payer.scenarios.append("denied")
+    denied = await request_pa(api, order)
+    for operation in ("$appeal", "$cancel"):
+        answer = await writer.post(f"/fhir/Task/{denied['id']}/{operation}")
+        assert answer.status_code == 403, answer.text
+        assert denied["id"] not in answer.text
+    assert len(payer.on("$submit")) == 1  # nothing more went to the payer
+    allowed = await client_factory("system/Task.cru system/Claim.c system/MedicationRequest.r")
+    assert (await allowed.post(f"/fhir/Task/{denied['id']}/$cancel")).status_code == 409  # denied is final
