@@ -132,6 +132,8 @@ async def _serve(settings: Settings) -> None:
             # uvicorn has no deadline for request headers: this protocol adds one (slowloris)
             http=with_header_timeout(settings.http_header_timeout_seconds),
             limit_concurrency=settings.http_max_concurrency,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,  # a TLS proxy in front (README: Security)
         )
         server = uvicorn.Server(config)
         click.echo(_banner(settings), err=True)

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_SQLITE_URL
     host: str = "127.0.0.1"
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses or
+    # networks, "*" for any): the client address in audit events and token back-off comes from them.
+    forwarded_allow_ips: str = "127.0.0.1"
     port: int = 8080
     mllp_port: int = 2575
     # Public base URL of the FHIR API (e.g. https://gw.example.org/fhir). Empty: taken from each request.

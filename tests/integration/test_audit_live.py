@@ -57,7 +57,11 @@ async def test_a_served_gateway_audits_mllp_and_rest_and_writes_its_queue_when_s
                     auth=(reader["client_id"], reader["client_secret"]),
                 )
             ).json()["access_token"]
-            answer = await http.get(f"/fhir/{patient}", headers={"Authorization": f"Bearer {token}"})
+            # Through a TLS proxy on this host (GATEWAY_FORWARDED_ALLOW_IPS): the client's address is audited.
+            answer = await http.get(
+                f"/fhir/{patient}",
+                headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.7"},
+            )
             assert answer.status_code == 200
         live.process.terminate()  # at once: the read is at most queued, and must be written on the way out
         assert live.process.wait(timeout=30) == 0  # a clean stop
@@ -70,6 +74,7 @@ async def test_a_served_gateway_audits_mllp_and_rest_and_writes_its_queue_when_s
         auditor = await again.token("audit/events.read")
         reads = await audit_events(again.base_url, auditor, agent=reader["client_id"], subtype="read")
         assert len(reads) == 1 and reads[0]["outcome"] == "0"
+        assert reads[0]["agent"][0]["network"]["address"] == "203.0.113.7"
         assert patient in {e["what"]["reference"] for e in reads[0]["entity"]}
 
         path = tmp_path / "results.hl7"
