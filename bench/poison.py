@@ -5,8 +5,8 @@ seconds, and until the poison is answered):
 
 - `/healthz` latency, one request every 20 ms on a keep-alive connection (p50, p99, max);
 - the ACK latency of another MLLP sender, one six-OBX ORU every 50 ms on its own connection (p50, p99);
-- the server's peak RSS, sampled every 25 ms from /proc: the serving process alone, and with its worker
-  processes.
+- the server's peak memory, sampled every 25 ms from /proc: the serving process's RSS, and the PSS of
+  it and its worker processes together (shared pages counted once, so the sum is what they really use).
 
 The acceptance bar: `/healthz` p99 under 100 ms, the other sender acknowledged throughout, the serving
 process under 500 MB. `python -m bench poison [--backends sqlite,postgresql]`.
@@ -74,6 +74,15 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size: pages shared with other processes (forked workers) counted once overall."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     with contextlib.suppress(OSError):
@@ -91,8 +100,8 @@ class Probe:
     health_failures: int = 0
     acks: list[float] = field(default_factory=list)
     ack_failures: int = 0
-    rss: int = 0
-    rss_total: int = 0
+    rss: int = 0  # the serving process's peak RSS
+    rss_total: int = 0  # peak PSS of the serving process and its workers together
 
 
 async def _probe_health(base_url: str, probe: Probe, stop: asyncio.Event) -> None:
@@ -133,7 +142,8 @@ async def _sample_rss(pid: int, probe: Probe, stop: asyncio.Event) -> None:
     while not stop.is_set():
         own = _rss(pid)
         probe.rss = max(probe.rss, own)
-        probe.rss_total = max(probe.rss_total, own + sum(_rss(child) for child in _children(pid)))
+        together = _pss(pid) + sum(_pss(child) for child in _children(pid))
+        probe.rss_total = max(probe.rss_total, together)
         await asyncio.sleep(0.025)
 
 
@@ -315,7 +325,7 @@ async def _seed(http: httpx.AsyncClient, count: int) -> None:
 
 async def run(backends: list[str], postgres_url: str) -> None:
     print("Poison inputs against `gateway serve` (one sender of poison; /healthz every 20 ms; another")
-    print("MLLP sender every 50 ms; peak RSS of the serving process, and with its worker processes)")
+    print("MLLP sender every 50 ms; peak RSS of the serving process, peak PSS of it and its workers)")
     for backend in backends:
         async with throwaway_database(backend, postgres_url) as url, running_gateway(url, ENV) as server:
             auth: ClientCredentials = await credentials(url, server.base_url)
@@ -326,7 +336,7 @@ async def run(backends: list[str], postgres_url: str) -> None:
                 print(
                     f"  {'input':58} {'answer':44} {'healthz p50/p99/max ms':>24}"
                     f" {'other ACK p50/p99 ms':>21}"
-                    f" {'RSS MB':>7} {'+workers':>8}"
+                    f" {'RSS MB':>7} {'PSS all':>8}"
                 )
                 for name, poison in inputs(server.mllp_port, server.base_url, http):
                     probe, outcome = await measured(

@@ -38,7 +38,7 @@ import orjson
 from sqlalchemy import exc as sql_errors
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.adapters.hl7v2 import loss
+from gateway.adapters.hl7v2 import loss, structure
 from gateway.adapters.hl7v2.ack import AckError, build_ack, build_nak, hl7_timestamp
 from gateway.adapters.hl7v2.er7 import (
     DEFAULT_LIMITS,
@@ -288,6 +288,7 @@ class Pipeline:
         return pipeline
 
     async def start(self) -> None:
+        structure.preload()
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_forever(), name="hl7v2-committer")
 

@@ -144,6 +144,9 @@ async def eventually(condition: Callable[[], bool]) -> None:
         ([b"\x0ba\x1c", b"b\x1c\r"], [b"a\x1cb"], 0),  # ... also when it ends a read
         ([b"xy\x0ba\x1c\r\r\n\x0bb\x1c\r"], [b"a", b"b"], 4),  # junk before and between frames
         ([b"\x0babandoned\x0bnew\x1c\r"], [b"new"], 10),  # a new start block restarts the frame
+        ([b"\x0ba\x1cb\x0bnew\x1c\r"], [b"new"], 4),  # ... also after an FS that is content
+        ([b"\x0ba\x1c", b"\x1c\r\x0bb\x1c\r"], [b"a\x1c", b"b"], 0),  # a held FS that is content
+        ([b"\x0bab", b"cd", b"\x1c\r"], [b"abcd"], 0),  # pieces joined once, in order
         ([b"\x0b\x1c\r"], [b""], 0),
     ],
 )

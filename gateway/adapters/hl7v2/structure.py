@@ -65,6 +65,13 @@ def _definitions(version: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return messages, groups
 
 
+def preload() -> None:
+    """Import every version's definitions now (about 0.3 s and 14 MB once per process) rather than in the
+    middle of serving, on the event loop, when a sender first uses a version."""
+    for version in _VERSIONS:
+        _definitions(version)
+
+
 def _build(name: str, definition: Any, groups: dict[str, Any]) -> GroupDef:
     children: list[Child] = []
     for child_name, _detail, (low, high), kind in definition[1]:
