@@ -58,6 +58,7 @@ class Receiver:
     def __init__(self, port: int = 0, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
         self.connections = 0  # accepted TCP connections, whether or not a request followed
+        self.arriving = 0  # requests whose body was read (counted before any delay and answer)
         self.sni: list[str | None] = []  # server names TLS clients asked for
         self.status = 200
         self.delay_s = 0.0
@@ -82,6 +83,8 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.arriving += 1
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
                 status = receiver.status

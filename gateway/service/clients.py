@@ -172,6 +172,8 @@ class AuthService:
         self._pool: ThreadPoolExecutor | None = None
         self._waiting = 0
         self.on_client_revoked: list[RevocationHook] = []
+        # After the revocation committed, with the client id (e.g. wait for deliveries in flight).
+        self.after_client_revoked: list[Callable[[str], Awaitable[object]]] = []
 
     @classmethod
     def from_settings(
@@ -246,6 +248,7 @@ class AuthService:
                 await self._revoked(conn, removed.client_id, "removed")
         if removed is not None:
             self._clients.pop(removed.client_id, None)
+            await self._settle(removed.client_id)
             log.info("client %s (%s) removed", removed.client_id, removed.name)
         return removed is not None
 
@@ -258,6 +261,7 @@ class AuthService:
                 await self._revoked(conn, record.client_id, "disabled")
         if record is not None:
             self._clients.pop(record.client_id, None)
+            await self._settle(record.client_id)
             log.info("client %s (%s) disabled", record.client_id, record.name)
         return record is not None
 
@@ -270,6 +274,10 @@ class AuthService:
             self._clients.pop(record.client_id, None)
             log.info("client %s (%s) enabled", record.client_id, record.name)
         return record is not None
+
+    async def _settle(self, client_id: str) -> None:
+        for hook in self.after_client_revoked:
+            await hook(client_id)
 
     async def _revoked(self, conn: AsyncConnection, client_id: str, how: str) -> None:
         for hook in self.on_client_revoked:

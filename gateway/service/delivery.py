@@ -138,6 +138,8 @@ class Deliverer:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = True  # until start(): a gateway that does not deliver (tests, tools) spawns no lanes
         self.ws: dict[str, set[WebSocketSink]] = {}
+        # Attempts on the wire now, by subscription: (owner, timeout, done). A revocation waits for them.
+        self._sending: dict[str, tuple[str, float, asyncio.Event]] = {}
         self._internal = RequestContext(base_url=self.base_url)
         manager.on_events.append(self.wake)
         self.counts = {"delivered": 0, "failed": 0, "heartbeats": 0, "handshakes": 0}
@@ -469,6 +471,8 @@ class Deliverer:
         clock = time.perf_counter()
         http_status: int | None = None
         error: str | None = None
+        done = asyncio.Event()
+        self._sending[spec.id] = (state.owner, spec.timeout_s, done)
         try:
             if spec.channel == "websocket":
                 await self._send_ws(spec.id, body)
@@ -476,6 +480,9 @@ class Deliverer:
                 http_status = await self._post(spec, state.secret, body, first, last)
         except DeliveryFailed as exc:
             error, http_status = str(exc), exc.http_status
+        finally:
+            self._sending.pop(spec.id, None)
+            done.set()
         duration_us = int((time.perf_counter() - clock) * 1_000_000)
         ok = error is None
         now = dates.now_us()
@@ -614,6 +621,15 @@ class Deliverer:
         if turned:
             log.info("turned off %d subscription(s) of client %s: %s", len(turned), owner, reason)
         return turned
+
+    async def settle_owner(self, owner: str) -> None:
+        """Wait (bounded by their timeouts) for attempts to `owner`'s subscriptions that were already on
+        the wire when it was revoked: once a removal or disable returns, nothing more reaches its
+        endpoints from this process. Later attempts see the subscription off and do not start."""
+        waits = [(timeout, done) for who, timeout, done in self._sending.values() if who == owner]
+        for timeout, done in waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout + 1.0)
 
     # -- the journal -----------------------------------------------------------------------------
 

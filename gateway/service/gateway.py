@@ -130,6 +130,7 @@ class Gateway:
             interval_s=settings.pa_worker_seconds,
         )
         auth.on_client_revoked.append(deliverer.turn_off_owned)  # a removed client's subscriptions go off
+        auth.after_client_revoked.append(deliverer.settle_owner)  # and what was on the wire has landed
         translator = Translator(mappings, default_zone=default_zone)
         pool = WorkerPool(settings, warmers=(warm_worker,))
         pipeline = Pipeline(

@@ -193,3 +193,26 @@ async def test_events_waiting_for_a_retry_are_not_delivered_after_the_owner_is_d
     await asyncio.sleep(1.0)
     assert receiver.events("/w") == []
     assert (await status_of(admin, sub_id))["status"] == "off"
+
+
+async def test_a_delivery_already_on_the_wire_has_landed_when_disable_returns(
+    delivering: Gateway, api: httpx.AsyncClient, receiver: Receiver, client_factory: ClientFactory
+) -> None:
+    admin = await client_factory("system/Subscription.rs subscriptions/admin")
+    async with http_client(delivering) as http:
+        name, owner = await _owner(delivering, http)
+        sub_id = await _subscribe_as(http, owner, f.subscription("abnormal-lab-result", receiver.url("/w")))
+    await wait_active(admin, sub_id)
+    receiver.delay_s = 1.0  # a slow subscriber: the notification is on the wire for a second
+    arrived = receiver.arriving
+    await api.post("/fhir/Observation", json=abnormal(await make_patient(api)))
+    for _ in range(300):
+        if receiver.arriving > arrived:
+            break
+        await asyncio.sleep(0.01)
+    assert receiver.arriving > arrived
+
+    assert await delivering.auth.disable_client(name)
+    landed = len(receiver.events("/w"))
+    await asyncio.sleep(1.5)
+    assert len(receiver.events("/w")) == landed  # nothing reached the endpoint after disable returned
