@@ -139,7 +139,7 @@ class Deliverer:
         self._stopping = True  # until start(): a gateway that does not deliver (tests, tools) spawns no lanes
         self.ws: dict[str, set[WebSocketSink]] = {}
         # Attempts on the wire now, by subscription: (owner, timeout, done). A revocation waits for them.
-        self._sending: dict[str, tuple[str, float, asyncio.Event]] = {}
+        self._sending: dict[str, tuple[str | None, float, asyncio.Event]] = {}
         self._internal = RequestContext(base_url=self.base_url)
         manager.on_events.append(self.wake)
         self.counts = {"delivered": 0, "failed": 0, "heartbeats": 0, "handshakes": 0}
