@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The project root when running from a checkout (`pip install -e .`): profiles/ and mappings/ live there.
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     auth_backoff_max_seconds: float = 300.0
     # Threads that hash client secrets (scrypt, ~16 MiB and tens of ms each), off the event loop.
     auth_hash_workers: int = 2
+    # scrypt cost for client secrets, log2 of N (10-18): 14 is ~16 MiB and tens of ms per check. Stored
+    # hashes carry their own cost, so raising it later keeps older secrets working. The test suite uses 10.
+    secret_hash_cost: int = Field(default=14, ge=10, le=18)
     default_page_size: int = 20
     max_page_size: int = 1000
     # Results pulled in by _include/_revinclude per page, at most.

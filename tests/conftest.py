@@ -113,8 +113,14 @@ async def database_url_factory(
     return make
 
 
+# Client secrets hashed at scrypt's lowest allowed cost: every API test registers a client and asks for a
+# token, and the default cost (tests/unit/test_auth.py checks it) would be most of the suite's CPU time.
+TEST_SECRET_HASH_COST = 10
+
+
 def settings_for(database_url: str, **overrides: object) -> Settings:
-    return Settings(database_url=database_url, **overrides)  # type: ignore[arg-type]
+    values: dict[str, object] = {"secret_hash_cost": TEST_SECRET_HASH_COST, **overrides}
+    return Settings(database_url=database_url, **values)  # type: ignore[arg-type]
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -13,7 +13,9 @@ import hmac
 import secrets
 
 _SCHEME = "scrypt"
-_N, _R, _P = 2**14, 8, 1  # about 16 MiB and tens of milliseconds per check: fine for a token endpoint.
+DEFAULT_COST = 14  # log2 of scrypt's N: about 16 MiB and tens of milliseconds per check
+MIN_COST, MAX_COST = 10, 18
+_R, _P = 8, 1
 _SALT_BYTES = 16
 _HASH_BYTES = 32
 
@@ -45,13 +47,16 @@ def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int, length: int) -> by
     )
 
 
-def hash_secret(secret: str) -> str:
-    """The string to store for `secret`: scrypt with a fresh random salt."""
+def hash_secret(secret: str, cost: int = DEFAULT_COST) -> str:
+    """The string to store for `secret`: scrypt (N = 2**cost) with a fresh random salt."""
     if not secret:
         raise ValueError("refusing to hash an empty secret")
+    if not MIN_COST <= cost <= MAX_COST:
+        raise ValueError(f"secret hash cost must be {MIN_COST} to {MAX_COST}")
+    n = 2**cost
     salt = secrets.token_bytes(_SALT_BYTES)
-    digest = _scrypt(secret, salt, _N, _R, _P, _HASH_BYTES)
-    return f"{_SCHEME}${_N}${_R}${_P}${_b64encode(salt)}${_b64encode(digest)}"
+    digest = _scrypt(secret, salt, n, _R, _P, _HASH_BYTES)
+    return f"{_SCHEME}${n}${_R}${_P}${_b64encode(salt)}${_b64encode(digest)}"
 
 
 def _parse_int(text: str) -> int:
@@ -88,21 +93,21 @@ def verify_secret(secret: str, stored: str) -> bool:
 
 
 @functools.cache
-def _dummy_hash() -> str:
-    """A hash of a random secret nobody knows, at the current cost: what unknown clients are checked
+def _dummy_hash(cost: int) -> str:
+    """A hash of a random secret nobody knows, at the configured cost: what unknown clients are checked
     against, so that they take as long as a known client with a wrong secret."""
-    return hash_secret(new_secret())
+    return hash_secret(new_secret(), cost)
 
 
-def prepare_dummy() -> None:
+def prepare_dummy(cost: int = DEFAULT_COST) -> None:
     """Compute the dummy hash now (at start), not during the first request from an unknown client."""
-    _dummy_hash()
+    _dummy_hash(cost)
 
 
-def verify_secret_or_dummy(secret: str, stored: str | None) -> bool:
+def verify_secret_or_dummy(secret: str, stored: str | None, cost: int = DEFAULT_COST) -> bool:
     """`verify_secret` against `stored`, or, when there is nothing to check against (unknown client, a
-    client without a secret), the same work against a dummy hash, answering False."""
+    client without a secret), the same work against a dummy hash at `cost`, answering False."""
     if stored is None:
-        verify_secret(secret, _dummy_hash())
+        verify_secret(secret, _dummy_hash(cost))
         return False
     return verify_secret(secret, stored)

@@ -45,7 +45,14 @@ from gateway.auth.assertions import InvalidClientAssertion, assertion_client_id,
 from gateway.auth.key_encryption import KeyEncryptionError, KeyEncryptionKey
 from gateway.auth.keyring import CURRENT, KeyInfo, KeyRing, effective_state, next_kid, overlap_end_us
 from gateway.auth.scopes import Grants, InvalidScope, grant, parse_scopes
-from gateway.auth.secrets import hash_secret, new_client_id, new_secret, prepare_dummy, verify_secret_or_dummy
+from gateway.auth.secrets import (
+    DEFAULT_COST,
+    hash_secret,
+    new_client_id,
+    new_secret,
+    prepare_dummy,
+    verify_secret_or_dummy,
+)
 from gateway.auth.throttle import FailureThrottle, ThrottlePolicy
 from gateway.auth.tokens import (
     AccessClaims,
@@ -109,6 +116,7 @@ class AuthPolicy:
     failures_per_address: int = 20
     backoff_max_seconds: float = 300.0
     hash_workers: int = 2
+    hash_cost: int = DEFAULT_COST
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuthPolicy:
@@ -119,6 +127,7 @@ class AuthPolicy:
             failures_per_address=settings.auth_failures_per_address,
             backoff_max_seconds=settings.auth_backoff_max_seconds,
             hash_workers=max(1, settings.auth_hash_workers),
+            hash_cost=settings.secret_hash_cost,
         )
 
     def throttle(self, free_failures: int) -> ThrottlePolicy:
@@ -193,7 +202,7 @@ class AuthService:
         its reason), keys sealed under an older KEK are re-sealed, finished overlaps retired; the dummy
         hash is computed now rather than during the first unknown client's request."""
         await self._load_ring(strict=True)
-        await self._in_pool(prepare_dummy)
+        await self._in_pool(prepare_dummy, self.policy.hash_cost)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -223,7 +232,7 @@ class AuthService:
             raise ValueError("a JWKS must be a JSON object with a 'keys' list")
         client_id = new_client_id()
         secret = None if jwks is not None else new_secret()
-        secret_hash = await self._in_pool(hash_secret, secret) if secret else None
+        secret_hash = await self._in_pool(hash_secret, secret, self.policy.hash_cost) if secret else None
         async with self.db.write() as conn:
             await client_store.add_client(
                 conn,
@@ -477,7 +486,10 @@ class AuthService:
         usable = client is not None and not client.disabled and client.secret_hash
         # Unknown, disabled or secret-less: the same scrypt against a dummy hash, so it takes as long.
         stored = client.secret_hash if usable and client is not None else None
-        if not await self._in_pool(verify_secret_or_dummy, secret, stored) or client is None:
+        if (
+            not await self._in_pool(verify_secret_or_dummy, secret, stored, self.policy.hash_cost)
+            or client is None
+        ):
             raise self._failed(client_id, address, "unknown client, disabled, no secret, or wrong secret")
         self.client_failures.succeeded(client_id)
         return client

@@ -13,6 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from pydantic import ValidationError
 
 from gateway.auth.assertions import (
     AssertionClaims,
@@ -23,6 +24,7 @@ from gateway.auth.assertions import (
 from gateway.auth.scopes import Grants, InvalidScope, Scope, grant, parse_scopes
 from gateway.auth.secrets import hash_secret, new_client_id, new_secret, verify_secret
 from gateway.auth.tokens import AccessClaims, InvalidToken, issue_access_token, verify_access_token
+from gateway.settings import Settings
 
 # --- scopes -------------------------------------------------------------------------------------------------
 
@@ -250,6 +252,17 @@ def test_two_hashes_of_one_secret_differ() -> None:
 )
 def test_malformed_stored_hash_is_false(stored: str) -> None:
     assert verify_secret("anything", stored) is False
+
+
+def test_the_cost_is_configurable_and_older_hashes_keep_working() -> None:
+    cheap = hash_secret("correct horse", 10)
+    assert cheap.startswith("scrypt$1024$8$1$")
+    assert verify_secret("correct horse", cheap)  # the stored string carries its own cost
+    for out_of_range in (9, 19):
+        with pytest.raises(ValueError):
+            hash_secret("correct horse", out_of_range)
+    with pytest.raises(ValidationError):
+        Settings(secret_hash_cost=8)
 
 
 def test_empty_secret_is_not_hashed() -> None:
