@@ -323,6 +323,8 @@ async def _expire_backoff(gateway: Gateway, sub_id: str) -> None:
 
     from gateway.store.tables import subscription_delivery
 
+    # Journalled progress not yet written would otherwise land after this and bring the old retry time back.
+    await gateway.deliverer._flush_journal()
     async with gateway.db.write() as conn:
         await conn.execute(
             update(subscription_delivery)
