@@ -101,6 +101,30 @@ async def test_nul_bytes_are_stored_escaped_in_the_log(api: httpx.AsyncClient) -
     assert "\x00" not in raw and "Neutro\\X00\\phils" in raw
 
 
+@pytest.mark.parametrize(
+    "header",
+    ["MSH\x00^~\\&\x00", "MSH|^~\\&\x00|"],  # NUL as the field separator; as MSH-2's fifth character
+    ids=["msh-1", "msh-2"],
+)
+async def test_nul_delimiters_in_msh_get_an_ar_in_standard_delimiters(
+    api: httpx.AsyncClient, header: str
+) -> None:
+    """Found by fuzzing: such a message was accepted (AA), and its ACK, written in its delimiters, came back
+    with each NUL escaped as \\X00\\, which no sender can read."""
+    good = anc_oru("P-MSHNUL", "MRN-MSHNUL")
+    message = header + good.split("|", 2)[2] if header.startswith("MSH|") else good.replace("|", "\x00")
+
+    ack = await send(api, message)
+
+    assert ack.startswith("MSH|^~\\&|") and "\x00" not in ack and "X00" not in ack
+    assert ack_code(ack) == "AR"
+    location, code, text, _ = err(ack)
+    assert location.startswith("MSH^1^") and code == "102" and "NUL" in text
+    (entry,) = await logged(api)
+    assert entry["resources"] == []
+    await assert_good_message_still_accepted(api, "GOOD-MSHNUL")
+
+
 @pytest.fixture
 def exploding_translator(gateway: Gateway) -> Iterator[list[str]]:
     """The translator raises on messages whose control id starts with BOOM (a bug in a mapping, say)."""

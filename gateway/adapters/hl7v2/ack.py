@@ -206,7 +206,9 @@ def _salvage(raw: str) -> _Header:
         # Broken MSH-2: keep the field separator if it is usable and read the fields as standard
         # encoding, which is what nearly every sender writes; the values are echoed, not interpreted.
         separator = line[3:4]
-        if not separator or separator.isalnum() or separator.isspace() or separator in "^~\\&":
+        # A NUL separator would come back escaped (\X00\) in the logged and sent answer: standard instead.
+        unusable = not separator or separator.isalnum() or separator.isspace() or separator == "\x00"
+        if unusable or separator in "^~\\&":
             return _Header(DEFAULT_ENCODING, "^~\\&", {}, "", "")
         enc = Encoding(field=separator)
         chars = "^~\\&"
