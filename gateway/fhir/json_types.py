@@ -395,8 +395,11 @@ def shape_of(node: Any) -> Any:
     or not on its own).
     """
     if isinstance(node, dict):
+        # Only a string resourceType is a type; any other value (a list, an object) has a shape like the rest
+        # (it is reported as a problem, and must not make the shape unhashable).
         return frozenset(
-            (key, node[key] if key == "resourceType" else shape_of(value)) for key, value in node.items()
+            (key, value if key == "resourceType" and isinstance(value, str) else shape_of(value))
+            for key, value in node.items()
         )
     if isinstance(node, list):
         return ("list", frozenset(shape_of(item) for item in node))

@@ -188,6 +188,14 @@ BAD: list[tuple[str, dict[str, Any], set[str]]] = [
         {"Patient.contained[0]"},
     ),
     (
+        # found by fuzzing: a 500 (the validator's cache of shapes took the list for a type)
+        "contained-type-not-a-string",
+        patient(
+            managingOrganization={"reference": "#o1"}, contained=[org() | {"resourceType": ["Organization"]}]
+        ),
+        {"Patient.contained[0]"},
+    ),
+    (
         "contained-r4b-only-type",
         patient(
             contained=[
