@@ -295,7 +295,10 @@ class Walk:
             spec = fields.get(key)
             if spec is None:
                 # unknown elements are the model's to report; resourceType's value is part of the shape
-                append((key, value if key == "resourceType" else shape_of(value)))
+                typed = key == "resourceType" and isinstance(
+                    value, str
+                )  # a list there is no type (nor hashable)
+                append((key, value if typed else shape_of(value)))
             elif value is None:
                 self.problem("invariant", f"{ELE_1} (null is not a value)", f"{path}.{key}", structural=True)
                 append((key, None))
