@@ -125,6 +125,23 @@ async def test_nul_delimiters_in_msh_get_an_ar_in_standard_delimiters(
     await assert_good_message_still_accepted(api, "GOOD-MSHNUL")
 
 
+async def test_overlong_header_values_still_get_an_answer_and_a_log_row(api: httpx.AsyncClient) -> None:
+    """Found by fuzzing: an MSH-3/4 or MSH-10 past 255 characters, or an MSH-9 past 32, did not fit the
+    message log's columns on PostgreSQL; even logging the message as failed failed, so it got no ACK."""
+    long_id = "C" * 300
+    accepted = anc_oru(long_id, "MRN-LONGID").replace("|LABSYS|", "|" + "L" * 300 + "|", 1)
+    ack = await send(api, accepted)
+    assert ack_code(ack) == "AA"
+    assert Message(ack).segments[1].raw(2) == long_id  # MSA-2 echoes MSH-10 whole
+    assert await send(api, accepted) == ack  # a re-send is still recognised by its (cut) key
+
+    unsupported = anc_oru("LONG-TYPE", "MRN-LONGTYPE").replace("ORU^R01^ORU_R01", "Z" * 40 + "^" + "Q" * 40)
+    assert ack_code(await send(api, unsupported)) == "AR"
+
+    entries = {e["controlId"]: e for e in await logged(api)}
+    assert entries[long_id[:255]]["resources"] and entries["LONG-TYPE"]["ackCode"] == "AR"
+
+
 @pytest.fixture
 def exploding_translator(gateway: Gateway) -> Iterator[list[str]]:
     """The translator raises on messages whose control id starts with BOOM (a bug in a mapping, say)."""
