@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck imports pytest bench clean
+.PHONY: run test check lint typecheck imports pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -33,8 +33,13 @@ imports: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
+# The fuzz tests' long profile: many more examples per target, random (GATEWAY_FUZZ_SEED=<int> repeats a run);
+# `make test` runs the same tests in their small, derandomized profile.
+fuzz: $(STAMP)
+	GATEWAY_FUZZ_PROFILE=long $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -402,8 +402,9 @@ class BaseRules:
                         rules["dom-4"].report(walk, f"{where}.meta.{key}")
                 if meta.get("security"):
                     rules["dom-5"].report(walk, f"{where}.meta.security")
-            if item.get("resourceType") not in self.resource_types:
-                continue  # reported as unknown already
+            rtype = item.get("resourceType")
+            if not isinstance(rtype, str) or rtype not in self.resource_types:
+                continue  # reported as unknown already (a list or an object is no key to look up)
             if f"#{item.get('id')}" not in references and "#" not in set(_local_references(item)):
                 rules["dom-3"].report(walk, where)
 

@@ -295,7 +295,10 @@ class Walk:
             spec = fields.get(key)
             if spec is None:
                 # unknown elements are the model's to report; resourceType's value is part of the shape
-                append((key, value if key == "resourceType" else shape_of(value)))
+                typed = key == "resourceType" and isinstance(
+                    value, str
+                )  # a list there is no type (nor hashable)
+                append((key, value if typed else shape_of(value)))
             elif value is None:
                 self.problem("invariant", f"{ELE_1} (null is not a value)", f"{path}.{key}", structural=True)
                 append((key, None))
@@ -395,8 +398,11 @@ def shape_of(node: Any) -> Any:
     or not on its own).
     """
     if isinstance(node, dict):
+        # Only a string resourceType is a type; any other value (a list, an object) has a shape like the rest
+        # (it is reported as a problem, and must not make the shape unhashable).
         return frozenset(
-            (key, node[key] if key == "resourceType" else shape_of(value)) for key, value in node.items()
+            (key, value if key == "resourceType" and isinstance(value, str) else shape_of(value))
+            for key, value in node.items()
         )
     if isinstance(node, list):
         return ("list", frozenset(shape_of(item) for item in node))

@@ -107,7 +107,7 @@ def plan_entry(index: int, raw: Any, base_urls: tuple[str, ...]) -> PlannedEntry
         raise BadRequest(f"{where} has no request", expression=f"{where}.request")
     request = raw["request"]
     method, url = request.get("method"), request.get("url")
-    if method not in _ORDER or not isinstance(url, str):
+    if not isinstance(method, str) or method not in _ORDER or not isinstance(url, str):
         raise BadRequest(
             f"{where}.request needs a method (GET, POST, PUT, DELETE) and a url",
             expression=f"{where}.request",

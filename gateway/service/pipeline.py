@@ -93,6 +93,10 @@ CONFLICT_RETRIES = 3
 # Content hashes of messages answered `failed` that this process remembers, so that their re-sends are
 # answered from the log before being processed (the log itself is the backstop: see _Batch._dispatch).
 REMEMBERED_FAILURES = 4096
+# Widths of the message log's key and type columns (store/tables.py: hl7_message). Header values past them
+# (an overlong MSH-3/4, MSH-10 or MSH-9) are cut to fit: PostgreSQL refuses what does not fit, and the
+# message would get no answer at all. The ACK still echoes MSH-10 whole.
+SENDER_WIDTH, CONTROL_ID_WIDTH, TYPE_WIDTH = 255, 255, 32
 # Errors that say the database could not be reached, not that this message is wrong: no answer, so the
 # sender tries again later.
 _UNAVAILABLE = (
@@ -372,7 +376,7 @@ class Pipeline:
         """The logged answer to a message with this content, when a re-send must not run it again:
         it was accepted (a duplicate) or it failed (poison)."""
         header = header_of(text)
-        key = (header.sender, header.control_id) if header is not None else None
+        key = _key(header.sender, header.control_id) if header is not None else None
         if key is None or not key[1]:
             return None
         async with self.fhir.db.read() as conn:
@@ -509,7 +513,7 @@ class Pipeline:
             code,
             errors,
             _ack_control_id(),
-            (message.sender, message.control_id or f"no-control-id:{uuid.uuid4()}"),
+            _key(message.sender, message.control_id or f"no-control-id:{uuid.uuid4()}"),
             content_hash(text),
             reprocess_id,
             status=status,
@@ -787,7 +791,7 @@ class _Batch:
             "sender": storable(job.key[0], escape),
             "control_id": storable(job.key[1], escape),
             "content_hash": job.content_hash,
-            "message_type": message_type,
+            "message_type": message_type[:TYPE_WIDTH],
             "source": job.source.kind,
             "source_detail": job.source.detail[:500],
             "received_us": job.received_us,
@@ -1071,6 +1075,11 @@ def warm_worker() -> None:
 def prepare_in_worker(text: str, source: Source, ctx: RequestContext | None, reprocess_id: str | None) -> Job:
     """`Pipeline.guarded_prepare` in a worker process; the job comes back pickled."""
     return _preparing_pipeline().guarded_prepare(text, source, ctx=ctx, reprocess_id=reprocess_id)
+
+
+def _key(sender: str, control_id: str) -> tuple[str, str]:
+    """A message's key in the log (sender, control id), cut to the widths of its columns."""
+    return sender[:SENDER_WIDTH], control_id[:CONTROL_ID_WIDTH]
 
 
 def _hash_of(row: LoggedMessage) -> str:

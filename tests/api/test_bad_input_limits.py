@@ -124,6 +124,15 @@ async def test_history_offsets_beyond_the_limit_are_400(api: httpx.AsyncClient) 
         )
 
 
+async def test_message_log_offsets_beyond_the_limit_are_400(api: httpx.AsyncClient) -> None:
+    """Found by fuzzing: an offset past 64 bits was a 500 on PostgreSQL."""
+    for raw in (str(2**93), str(DEFAULTS.search_max_offset + 1)):
+        assert "offset" in assert_outcome(await api.get("/hl7v2/messages", params={"offset": raw}), 400)
+    assert (
+        await api.get("/hl7v2/messages", params={"offset": DEFAULTS.search_max_offset})
+    ).status_code == 200
+
+
 async def test_a_version_beyond_sql_integers_is_404(api: httpx.AsyncClient) -> None:
     created = (await api.post("/fhir/Patient", json=patient())).json()
     assert_outcome(await api.get(f"/fhir/Patient/{created['id']}/_history/{2**64}"), 404)

@@ -144,6 +144,16 @@ async def test_only_transaction_and_batch_bundles_are_accepted(api: httpx.AsyncC
     assert answer.status_code == 400
 
 
+@pytest.mark.parametrize("method", [["POST"], {"POST": 1}, 1, None])
+async def test_an_entry_whose_method_is_not_a_string_is_a_400(api: httpx.AsyncClient, method: Any) -> None:
+    """Found by fuzzing: a list or an object there was a 500."""
+    entry = {"resource": {"resourceType": "Patient"}, "request": {"method": method, "url": "Patient"}}
+    answer = await api.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+    assert answer.status_code == 400
+    assert answer.json()["issue"][0]["expression"] == ["Bundle.entry[0].request"]
+    assert await count(api, "Patient") == 0
+
+
 # --- bounded: entries per Bundle and the size of a batch's answer ---------------------------------------
 
 

@@ -101,6 +101,47 @@ async def test_nul_bytes_are_stored_escaped_in_the_log(api: httpx.AsyncClient) -
     assert "\x00" not in raw and "Neutro\\X00\\phils" in raw
 
 
+@pytest.mark.parametrize(
+    "header",
+    ["MSH\x00^~\\&\x00", "MSH|^~\\&\x00|"],  # NUL as the field separator; as MSH-2's fifth character
+    ids=["msh-1", "msh-2"],
+)
+async def test_nul_delimiters_in_msh_get_an_ar_in_standard_delimiters(
+    api: httpx.AsyncClient, header: str
+) -> None:
+    """Found by fuzzing: such a message was accepted (AA), and its ACK, written in its delimiters, came back
+    with each NUL escaped as \\X00\\, which no sender can read."""
+    good = anc_oru("P-MSHNUL", "MRN-MSHNUL")
+    message = header + good.split("|", 2)[2] if header.startswith("MSH|") else good.replace("|", "\x00")
+
+    ack = await send(api, message)
+
+    assert ack.startswith("MSH|^~\\&|") and "\x00" not in ack and "X00" not in ack
+    assert ack_code(ack) == "AR"
+    location, code, text, _ = err(ack)
+    assert location.startswith("MSH^1^") and code == "102" and "NUL" in text
+    (entry,) = await logged(api)
+    assert entry["resources"] == []
+    await assert_good_message_still_accepted(api, "GOOD-MSHNUL")
+
+
+async def test_overlong_header_values_still_get_an_answer_and_a_log_row(api: httpx.AsyncClient) -> None:
+    """Found by fuzzing: an MSH-3/4 or MSH-10 past 255 characters, or an MSH-9 past 32, did not fit the
+    message log's columns on PostgreSQL; even logging the message as failed failed, so it got no ACK."""
+    long_id = "C" * 300
+    accepted = anc_oru(long_id, "MRN-LONGID").replace("|LABSYS|", "|" + "L" * 300 + "|", 1)
+    ack = await send(api, accepted)
+    assert ack_code(ack) == "AA"
+    assert Message(ack).segments[1].raw(2) == long_id  # MSA-2 echoes MSH-10 whole
+    assert await send(api, accepted) == ack  # a re-send is still recognised by its (cut) key
+
+    unsupported = anc_oru("LONG-TYPE", "MRN-LONGTYPE").replace("ORU^R01^ORU_R01", "Z" * 40 + "^" + "Q" * 40)
+    assert ack_code(await send(api, unsupported)) == "AR"
+
+    entries = {e["controlId"]: e for e in await logged(api)}
+    assert entries[long_id[:255]]["resources"] and entries["LONG-TYPE"]["ackCode"] == "AR"
+
+
 @pytest.fixture
 def exploding_translator(gateway: Gateway) -> Iterator[list[str]]:
     """The translator raises on messages whose control id starts with BOOM (a bug in a mapping, say)."""

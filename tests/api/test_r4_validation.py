@@ -188,6 +188,20 @@ BAD: list[tuple[str, dict[str, Any], set[str]]] = [
         {"Patient.contained[0]"},
     ),
     (
+        # found by fuzzing: a 500 (the validator's cache of shapes took the list for a type)
+        "contained-type-not-a-string",
+        patient(
+            managingOrganization={"reference": "#o1"}, contained=[org() | {"resourceType": ["Organization"]}]
+        ),
+        {"Patient.contained[0]"},
+    ),
+    (
+        # found by fuzzing: a 500 (the list was taken for a type, as above)
+        "resource-type-list-in-a-datatype",
+        patient(name=[{"family": "Doe", "resourceType": ["HumanName"]}]),
+        {"Patient.name[0].resourceType"},
+    ),
+    (
         "contained-r4b-only-type",
         patient(
             contained=[

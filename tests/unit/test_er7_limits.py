@@ -95,6 +95,19 @@ def test_hex_escape_of_a_nul_is_refused_too() -> None:
     assert (error.segment, error.field, error.code) == ("NTE", 3, "102")
 
 
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [
+        (MSH.replace("|", "\x00"), 1),  # NUL as the field separator
+        (MSH.replace("^~\\&", "^~\\&\x00", 1), 2),  # NUL as MSH-2's fifth (truncation) character
+    ],
+)
+def test_nul_as_a_delimiter_in_msh_1_or_2_is_refused(header: str, field: int) -> None:
+    with pytest.raises(ER7Error) as raised:
+        Message("\r".join([header, PID]))
+    assert (raised.value.segment, raised.value.field, raised.value.code) == ("MSH", field, "102")
+
+
 def test_nul_padding_after_the_last_segment_is_dropped() -> None:
     message = Message("\r".join([MSH, PID]) + "\r\x00\x00\x00", SMALL)
     assert message.names() == ["MSH", "PID"]

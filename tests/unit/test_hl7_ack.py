@@ -142,6 +142,18 @@ def test_v2_7_truncation_character_is_kept_in_msh_2_and_escaped_in_text() -> Non
     assert parsed.msh.msh_12.to_er7() == "2.7"
 
 
+@pytest.mark.parametrize("control", ["\x0b", "\x1c", "\x01"])
+def test_a_control_character_after_msh_2s_delimiters_is_not_echoed_as_a_truncation_character(
+    control: str,
+) -> None:
+    """Found by fuzzing: MSH-2 `^~\\&<VT>` came back verbatim, putting an MLLP start block in the ACK."""
+    message = ORU_251.replace("^~\\&", "^~\\&" + control, 1)
+
+    raw = build_ack(Message(message), "AA", control_id="A", timestamp="2024")
+
+    assert raw.startswith("MSH|^~\\&|GW|") and control not in raw
+
+
 def test_dollar_component_separator_is_used_throughout_the_ack() -> None:
     message = "MSH|$~\\&|LAB|HOSP|GW|CLINIC|20240101||ADT$A08$ADT_A01|C1|P|2.5.1\rPID|1||MRN1$$$HOSP\r"
     error = AckError("102", "cost $5 ^ not a component", segment="PID", sequence=1, field=3, component=4)

@@ -206,7 +206,9 @@ def _salvage(raw: str) -> _Header:
         # Broken MSH-2: keep the field separator if it is usable and read the fields as standard
         # encoding, which is what nearly every sender writes; the values are echoed, not interpreted.
         separator = line[3:4]
-        if not separator or separator.isalnum() or separator.isspace() or separator in "^~\\&":
+        # A NUL separator would come back escaped (\X00\) in the logged and sent answer: standard instead.
+        unusable = not separator or separator.isalnum() or separator.isspace() or separator == "\x00"
+        if unusable or separator in "^~\\&":
             return _Header(DEFAULT_ENCODING, "^~\\&", {}, "", "")
         enc = Encoding(field=separator)
         chars = "^~\\&"
@@ -224,7 +226,10 @@ def _encoding_chars(msh2: str, enc: Encoding) -> str:
     # The tokenizer reads a doubled escape (`^~\\&`) as `^~\&`; skip it the same way here.
     rest = msh2[5:] if msh2[2:4] == enc.escape * 2 else msh2[4:]
     truncation = rest[:1]
-    if truncation and not truncation.isalnum() and truncation not in chars + enc.field:
+    # A control character there (a vertical tab, say) is no truncation character: declaring it back would put
+    # it in the ACK, where control characters must not pass (see _clean).
+    usable = truncation and not truncation.isalnum() and not _CONTROL.match(truncation)
+    if usable and truncation not in chars + enc.field:
         chars += truncation
     return chars
 

@@ -135,6 +135,12 @@ class Encoding:
             raise ER7Error(f"Invalid field separator {field!r} in MSH-1", field=1, code="102")
         end = header.find(field, 4)
         chars = header[4:end] if end != -1 else header[4:]
+        if "\x00" in field + chars:
+            # Refused like a NUL anywhere else: the log stores NUL as \X00\, which would read as other
+            # delimiters on reprocessing, and the ACK, written in these delimiters, would carry it back.
+            raise ER7Error(
+                "MSH-1 or MSH-2 holds a NUL character", field=1 if field == "\x00" else 2, code="102"
+            )
         if len(chars) >= 5 and chars[2] == chars[3] == "\\":
             # MSH-2 written as ^~ + two backslashes + &: the escape character doubled, as senders that escape
             # their own output produce it. Read it as the standard ^~\\&.

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from gateway.exceptions import NotFound
+from gateway.exceptions import BadRequest, NotFound
 from gateway.service.context import CREATE, READ, UPDATE, RequestContext
 from gateway.service.pipeline import Source
 from gateway.store import messages as message_log
@@ -99,6 +99,11 @@ async def list_messages(
     offset: int = 0,
 ) -> JSONResponse:
     ctx.require_operation(LOG_READ)
+    if offset > gateway.settings.search_max_offset:
+        # Paged like a search, with its cap: past 64 bits the database driver cannot even bind the number.
+        raise BadRequest(
+            f"offset must be at most {gateway.settings.search_max_offset}; narrow by status or sender"
+        )
     async with gateway.db.read() as conn:
         rows, total = await message_log.search(
             conn, status=status, sender=sender, count=min(max(count, 1), 500), offset=max(offset, 0)
