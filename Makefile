@@ -31,7 +31,7 @@ imports: $(STAMP)
 	$(BIN)/lint-imports
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 # The fuzz tests' long profile: many more examples per target, random (GATEWAY_FUZZ_SEED=<int> repeats a run);
 # `make test` runs the same tests in their small, derandomized profile.
