@@ -90,6 +90,8 @@ ABSENT_FROM_REPORT = {
 MAX_BATCH = 200
 # Resources planned (stamped, indexed, serialized: ~40 us each) between two yields to the event loop.
 PLAN_SLICE = 250
+# Versions written per statement set (a batch of 200 ordinary messages is about 1,800 of them).
+WRITE_SLICE = 1000
 # A committed message whose batch lost a race with a concurrent REST update is retried this often.
 CONFLICT_RETRIES = 3
 # Content hashes of messages answered `failed` that this process remembers, so that their re-sends are
@@ -970,8 +972,12 @@ class _Batch:
     async def _flush(self) -> None:
         if not self.pending:
             return
-        for stored in await self.fhir.write_versions(self.conn, self.pipeline.ctx, self.pending):
-            self.currents[(stored.type, stored.id)] = stored
+        for start in range(0, len(self.pending), WRITE_SLICE):
+            if start:
+                await asyncio.sleep(0)  # building thousands of rows is loop time too: serve others between
+            versions = self.pending[start : start + WRITE_SLICE]
+            for stored in await self.fhir.write_versions(self.conn, self.pipeline.ctx, versions):
+                self.currents[(stored.type, stored.id)] = stored
         self.pending, self.pending_keys = [], set()
 
     def _provenance(self, job: Job, log_id: str, refs: list[str]) -> JSON:
