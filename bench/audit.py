@@ -13,7 +13,7 @@ from typing import Any
 from bench.harness import throwaway_database
 from gateway.fhir import dates
 from gateway.fhir.audit import AuditRecord, build
-from gateway.service.audit import AuditLog
+from gateway.service.fhirapi.audit import AuditLog
 from gateway.store import migrate
 from gateway.store.database import Database
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.fhir import jsonio
-from gateway.service.interactions import _without_meta_stamps, same_content
+from gateway.service.fhirapi.interactions import _without_meta_stamps, same_content
 
 ROUNDS = 7
 

@@ -23,7 +23,7 @@ from bench.harness import (
     throwaway_database,
     timed_concurrently,
 )
-from gateway.service.clients import AuthService
+from gateway.service.access.clients import AuthService
 from gateway.store import migrate
 from gateway.store.database import Database
 

@@ -38,7 +38,7 @@ from gateway.routing import labs
 from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
 from gateway.routing.filters import index_keys
 from gateway.routing.requests import SECRET_EXTENSION
-from gateway.service.context import RequestContext
+from gateway.service.access.context import RequestContext
 from gateway.service.gateway import Gateway
 from gateway.settings import Settings
 from gateway.store.resources import PendingVersion

@@ -227,7 +227,7 @@ def clients() -> None:
 
 
 async def _with_auth(settings: Settings, action: Any) -> Any:
-    from gateway.service.clients import AuthService, key_encryption_from
+    from gateway.service.access.clients import AuthService, key_encryption_from
     from gateway.store import migrate as migrations
     from gateway.store.database import Database
 
@@ -442,7 +442,7 @@ async def _with_gateway(settings: Settings, action: Any) -> Any:
 def identity_audit(as_json: bool, database_url: str | None) -> None:
     """List Patients whose data came from several senders through identifiers without an authority, or
     whose demographics changed from one person to another. Prints ids, senders and element names only."""
-    from gateway.service import identity_repair
+    from gateway.service.hl7 import identity_repair
 
     async def run(gateway: Any) -> list[Any]:
         async with gateway.db.read() as conn:
@@ -476,7 +476,7 @@ def identity_repair_command(patient_id: str, dry_run: bool, as_json: bool, datab
     """Give each sender that wrote PATIENT_ID its own Patient again, rebuilt from its logged messages under
     today's identity rules; each resource moves to the Patient of the sender that last wrote it. The
     sender of the oldest message keeps PATIENT_ID. New versions and a Provenance record the repair."""
-    from gateway.service import identity_repair
+    from gateway.service.hl7 import identity_repair
 
     async def run(gateway: Any) -> Any:
         async with gateway.db.write() as conn:
@@ -509,7 +509,7 @@ def identity_repair_command(patient_id: str, dry_run: bool, as_json: bool, datab
 def identity_merge(source_id: str, target_id: str, database_url: str | None) -> None:
     """Merge Patient SOURCE_ID into TARGET_ID (one person recorded twice), as an ADT^A40 does: SOURCE
     becomes inactive with a replaced-by link and everything that referred to it moves to TARGET."""
-    from gateway.service import identity_repair
+    from gateway.service.hl7 import identity_repair
 
     async def run(gateway: Any) -> list[str]:
         async with gateway.db.write() as conn:

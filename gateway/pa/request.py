@@ -9,7 +9,7 @@ nothing references are left out. `check_request_bundle` states the same rules fo
 parts the gateway's pas-request-bundle profile cannot express in FHIRPath), and `referenced` lists the
 references of a resource so that the service knows what to load.
 
-Pure: no I/O; the service (`gateway.service.priorauth`) loads the resources and sends the Bundle.
+Pure: no I/O; the service (`gateway.service.priorauth.requests`) loads the resources and sends the Bundle.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ address, because that is where a connection to them ends up; everything else in 
 unicast (2000::/3) outside the special-purpose ranges listed below.
 
 Resolution is the caller's I/O; this module only decides. The caller must connect to the addresses it
-checked (gateway.service.endpoint_transport does), or a second DNS answer could differ.
+checked (gateway.service.subscriptions.endpoint_transport does), or a second DNS answer could differ.
 """
 
 from __future__ import annotations

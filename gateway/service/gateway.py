@@ -16,19 +16,19 @@ from gateway.pa.payers import load_payers
 from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
-from gateway.service import pa_tracking
-from gateway.service.audit import AuditLog
-from gateway.service.bundles import BundleProcessor
-from gateway.service.clients import AuthService, key_encryption_from
-from gateway.service.delivery import Deliverer
-from gateway.service.interactions import FhirService
-from gateway.service.pa_ops import PriorAuthOps
-from gateway.service.pa_worker import PayerWorker
-from gateway.service.payer_client import PayerClient
-from gateway.service.pipeline import Pipeline, limits_of, warm_worker
-from gateway.service.priorauth import PriorAuthService
-from gateway.service.subscription_ops import SubscriptionOps
-from gateway.service.subscriptions import SubscriptionManager, SubscriptionPolicy
+from gateway.service.access.clients import AuthService, key_encryption_from
+from gateway.service.fhirapi.audit import AuditLog
+from gateway.service.fhirapi.bundles import BundleProcessor
+from gateway.service.fhirapi.interactions import FhirService
+from gateway.service.hl7.pipeline import Pipeline, limits_of, warm_worker
+from gateway.service.priorauth import tracking as pa_tracking
+from gateway.service.priorauth.operations import PriorAuthOps
+from gateway.service.priorauth.payer_client import PayerClient
+from gateway.service.priorauth.requests import PriorAuthService
+from gateway.service.priorauth.worker import PayerWorker
+from gateway.service.subscriptions.delivery import Deliverer
+from gateway.service.subscriptions.manager import SubscriptionManager, SubscriptionPolicy
+from gateway.service.subscriptions.operations import SubscriptionOps
 from gateway.service.workers import WorkerPool
 from gateway.settings import Settings
 from gateway.store import migrate

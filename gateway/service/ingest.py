@@ -16,8 +16,8 @@ from gateway.adapters.payer.csv_status import looks_like_status_csv
 from gateway.adapters.payer.x12_278 import looks_like_x12
 from gateway.exceptions import FhirError
 from gateway.service.gateway import Gateway
-from gateway.service.pa_ops import PayerFileReport
-from gateway.service.pipeline import Lane, Result, Source, decode
+from gateway.service.hl7.pipeline import Lane, Result, Source, decode
+from gateway.service.priorauth.operations import PayerFileReport
 
 # Messages in flight at once: enough to fill the committer's batches; order is kept (see pipeline.py).
 IN_FLIGHT = 256

@@ -354,7 +354,7 @@ PA_TABLES = (pa_tracking, pa_reference, pa_submission, pa_timer_fired)
 
 # --- the audit trail ----------------------------------------------------------------------------------
 # One row per AuditEvent, apart from the FHIR resource store (recording a read must not index resources
-# or make versions), written in batches by the audit log's background task (gateway/service/audit.py).
+# or make versions), written in batches by the audit log's background task (gateway/service/fhirapi/audit.py).
 audit_event = Table(
     "audit_event",
     metadata,

@@ -438,7 +438,7 @@ async def test_old_events_are_deleted_after_the_retention_period(
 async def test_events_are_written_in_the_background_and_on_shutdown(
     gateway: Gateway, api: httpx.AsyncClient, client_factory: ClientFactory
 ) -> None:
-    from gateway.service.audit import AuditLog
+    from gateway.service.fhirapi.audit import AuditLog
 
     auditor = await client_factory(AUDITOR)
     await api.get("/fhir/Patient")
@@ -462,7 +462,7 @@ async def test_a_full_queue_drops_events_counts_them_and_warns(
 ) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gateway.service.audit import AuditLog
+    from gateway.service.fhirapi.audit import AuditLog
     from gateway.transports.http.audit_routes import AuditCollector
 
     small = AuditLog(gateway.db, observer="test", capacity=2)

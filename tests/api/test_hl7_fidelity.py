@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import select
 
 from gateway.service.gateway import Gateway
-from gateway.service.pipeline import Source
+from gateway.service.hl7.pipeline import Source
 from gateway.store.tables import resource, resource_version
 from tests.api.test_hl7_identity import SiteGateway, with_site  # noqa: F401  (fixture)
 from tests.conftest import CORPUS

@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from gateway.adapters.hl7v2.identity import stable_id
 from gateway.service.gateway import Gateway
-from gateway.service.pipeline import Result, Source
+from gateway.service.hl7.pipeline import Result, Source
 from tests.api.test_subscription_topics import events, subscribe
 from tests.conftest import settings_for
 from tests.hl7_messages import ack_code, msh

@@ -11,7 +11,7 @@ import orjson
 
 from gateway.adapters.hl7v2.identity import stable_id
 from gateway.service.gateway import Gateway
-from gateway.service.pipeline import Source
+from gateway.service.hl7.pipeline import Source
 from tests.conftest import CORPUS, ClientFactory, settings_for
 from tests.hl7_messages import AUTHORITY, a40, ack_code, anc_oru, compound_rde, msh, obx, oru, pid, rde
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.service import identity_repair
 from gateway.service.gateway import Gateway
+from gateway.service.hl7 import identity_repair
 from gateway.settings import PROJECT_ROOT
 from gateway.store import messages as message_log
 from tests.hl7_messages import msh
@@ -228,7 +228,7 @@ async def test_audit_finds_the_wrongly_joined_patient_and_repair_splits_it_keepi
 
 
 def _source() -> Any:
-    from gateway.service.pipeline import Source
+    from gateway.service.hl7.pipeline import Source
 
     return Source("file", "test")
 

@@ -338,7 +338,7 @@ async def test_tasks_stored_before_tracking_existed_are_tracked_on_start(
 ) -> None:
     from sqlalchemy import delete
 
-    from gateway.service import pa_tracking
+    from gateway.service.priorauth import tracking as pa_tracking
     from gateway.store.tables import pa_tracking as tracking_table
 
     task = await request_pa(api, order)

@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from gateway.fhir import dates
 from gateway.service.gateway import Gateway
-from gateway.service.payer_client import Failed
+from gateway.service.priorauth.payer_client import Failed
 from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
 from gateway.store.tables import pa_submission

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from gateway.fhir.searchparams import RESOURCE_TYPES
 from gateway.service.gateway import Gateway
-from gateway.service.pipeline import Source
+from gateway.service.hl7.pipeline import Source
 from gateway.store.tables import resource as resource_table
 from gateway.store.tables import resource_version
 from tests import factories as f

@@ -140,7 +140,7 @@ async def tls_receiver(tmp_path: Any) -> AsyncIterator[tuple[Receiver, ssl.SSLCo
 async def test_tls_to_the_pinned_address_sends_the_name_and_verifies_the_certificate_for_it(
     tls_receiver: tuple[Receiver, ssl.SSLContext],
 ) -> None:
-    from gateway.service.endpoint_transport import CheckedTransport
+    from gateway.service.subscriptions.endpoint_transport import CheckedTransport
 
     receiver, trust = tls_receiver
     resolve = _resolver({"hooks.test": [["127.0.0.2"]], "other.test": [["127.0.0.2"]]})
@@ -158,7 +158,7 @@ async def test_tls_to_the_pinned_address_sends_the_name_and_verifies_the_certifi
 
 
 async def test_the_transport_refuses_before_connecting_and_resolves_each_host_once() -> None:
-    from gateway.service.endpoint_transport import CheckedTransport, EndpointRefused
+    from gateway.service.subscriptions.endpoint_transport import CheckedTransport, EndpointRefused
 
     local = Receiver()
     try:

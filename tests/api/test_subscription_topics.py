@@ -13,7 +13,7 @@ import pytest
 
 from gateway.adapters.hl7v2.identity import stable_id
 from gateway.service.gateway import Gateway
-from gateway.service.pipeline import Source
+from gateway.service.hl7.pipeline import Source
 from tests import factories as f
 from tests.hl7_messages import ack_code, anc_oru, compound_rde, obx, oru, rde
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.fhir import dates
-from gateway.service.context import RequestContext
+from gateway.service.access.context import RequestContext
 from gateway.service.gateway import Gateway
 from tests import factories as f
 from tests.conftest import ClientFactory

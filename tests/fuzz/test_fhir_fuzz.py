@@ -23,7 +23,7 @@ from gateway.exceptions import FhirError, NotFound
 from gateway.fhir import jsonio
 from gateway.fhir.profiles import ProfileSet
 from gateway.fhir.validation import Validator
-from gateway.service.interactions import parse_resource
+from gateway.service.fhirapi.interactions import parse_resource
 from tests import factories
 from tests.fuzz.conftest import HANG_SECONDS, fuzz
 from tests.fuzz.mutations import corpus_json, json_text, mutated_json

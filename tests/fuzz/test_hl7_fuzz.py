@@ -30,7 +30,7 @@ from gateway.fhir.profiles import ProfileSet
 from gateway.fhir.validation import Validator
 from gateway.mapping import files as mapping_files
 from gateway.service.gateway import Gateway
-from gateway.service.pipeline import Pipeline, Source, content_hash, decode, header_of
+from gateway.service.hl7.pipeline import Pipeline, Source, content_hash, decode, header_of
 from gateway.store import resources as store
 from tests.fuzz.conftest import HANG_SECONDS, fuzz
 from tests.fuzz.mutations import corpus_messages, mutated_bytes, mutated_hl7

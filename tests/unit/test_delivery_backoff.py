@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gateway.service.delivery import BACKOFF_BASE_S, BACKOFF_CAP_S, backoff_s
+from gateway.service.subscriptions.delivery import BACKOFF_BASE_S, BACKOFF_CAP_S, backoff_s
 
 
 class _Fixed(random.Random):

@@ -6,7 +6,7 @@ import httpx
 
 from gateway.fhir import jsonio
 from gateway.pa.payers import PayerConfig
-from gateway.service.payer_client import Answered, PayerClient
+from gateway.service.priorauth.payer_client import Answered, PayerClient
 
 ANSWER = b'{"resourceType":"ClaimResponse","total":[{"amount":{"value":7.20,"currency":"USD"}}],"x":1.0E3}'
 

@@ -31,7 +31,7 @@ from gateway.exceptions import MethodNotAllowed
 from gateway.fhir import dates
 from gateway.fhir.audit import LOGIN, AuditRecord, outcome_of_status
 from gateway.fhir.searchparams import RESOURCE_TYPES
-from gateway.service.audit import AuditLog
+from gateway.service.fhirapi.audit import AuditLog
 from gateway.transports.http.deps import Ctx, GatewayDep
 from gateway.transports.http.responses import fhir_response
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gateway.exceptions import OAuthError
-from gateway.service.clients import RetryLater
+from gateway.service.access.clients import RetryLater
 from gateway.transports.http.audit_routes import note_token_request
 from gateway.transports.http.deps import GatewayDep
 

@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 
 from gateway.exceptions import NotAcceptable, UnsupportedMediaType
 from gateway.fhir.audit import AuditRecord
-from gateway.service.clients import grants_for
-from gateway.service.context import PreferReturn, RequestContext
+from gateway.service.access.clients import grants_for
+from gateway.service.access.context import PreferReturn, RequestContext
 from gateway.service.gateway import Gateway
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "json", "text/json")

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from gateway.exceptions import BadRequest, NotFound
-from gateway.service.context import CREATE, READ, UPDATE, RequestContext
-from gateway.service.pipeline import Source
+from gateway.service.access.context import CREATE, READ, UPDATE, RequestContext
+from gateway.service.hl7.pipeline import Source
 from gateway.store import messages as message_log
 from gateway.store.messages import LoggedMessage
 from gateway.transports.http.deps import AuthCtx, GatewayDep

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.service.pa_worker import PayerTurnaround
+from gateway.service.priorauth.worker import PayerTurnaround
 from gateway.transports.http import audit_routes as audit
 
 log = logging.getLogger("gateway.http")

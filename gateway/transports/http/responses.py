@@ -6,7 +6,7 @@ from starlette.responses import Response
 
 from gateway.exceptions import FhirError, Unauthorized
 from gateway.fhir.outcome import outcome_bytes
-from gateway.service.interactions import Outcome
+from gateway.service.fhirapi.interactions import Outcome
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 

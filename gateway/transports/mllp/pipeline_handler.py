@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.service.pipeline import Pipeline, Source
+from gateway.service.hl7.pipeline import Pipeline, Source
 from gateway.transports.mllp.server import Handler, Peer
 
 

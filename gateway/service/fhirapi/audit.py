@@ -38,8 +38,8 @@ from gateway.fhir.audit import (
 )
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.routing.endpoints import endpoint_host
-from gateway.service.context import RequestContext
-from gateway.service.interactions import Outcome
+from gateway.service.access.context import RequestContext
+from gateway.service.fhirapi.interactions import Outcome
 from gateway.store import audit as audit_store
 from gateway.store import resources as store
 from gateway.store.database import Database
@@ -47,7 +47,7 @@ from gateway.types import JSON
 
 if TYPE_CHECKING:
     from gateway.routing.requests import SubscriptionSpec
-    from gateway.service.pipeline import Job, Result
+    from gateway.service.hl7.pipeline import Job, Result
 
 log = logging.getLogger("gateway.audit")
 

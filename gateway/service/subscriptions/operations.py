@@ -14,10 +14,10 @@ from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.routing.notifications import EventRecord, StatusHeader, notification_bundle, status_parameters
 from gateway.routing.topics import GATEWAY_FHIR
-from gateway.service.context import READ, SEARCH, RequestContext
-from gateway.service.delivery import Deliverer
-from gateway.service.interactions import Outcome
-from gateway.service.subscriptions import SubscriptionManager
+from gateway.service.access.context import READ, SEARCH, RequestContext
+from gateway.service.fhirapi.interactions import Outcome
+from gateway.service.subscriptions.delivery import Deliverer
+from gateway.service.subscriptions.manager import SubscriptionManager
 from gateway.store import search as store_search
 from gateway.store import subscriptions as sub_store
 from gateway.store.database import Database

@@ -22,10 +22,10 @@ from gateway.exceptions import BadRequest, Conflict, Unprocessable
 from gateway.fhir import jsonio
 from gateway.fhir.outcome import operation_outcome
 from gateway.pa.decision import PayerDecision
-from gateway.service.context import RequestContext
-from gateway.service.interactions import Outcome
-from gateway.service.pa_worker import PayerWorker
-from gateway.service.priorauth import Applied, PriorAuthService
+from gateway.service.access.context import RequestContext
+from gateway.service.fhirapi.interactions import Outcome
+from gateway.service.priorauth.requests import Applied, PriorAuthService
+from gateway.service.priorauth.worker import PayerWorker
 from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import resources as store
 from gateway.store.resources import VersionConflict

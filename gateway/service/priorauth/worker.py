@@ -35,9 +35,9 @@ from gateway.pa import lifecycle, tasks
 from gateway.pa.decision import PayerDecision
 from gateway.pa.payers import PayerConfig, PayerDirectory
 from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
-from gateway.service.payer_client import Answered, Failed, Outcome, PayerClient, Refused
-from gateway.service.priorauth import PriorAuthService, resource_of, submission_id
-from gateway.service.subscriptions import SubscriptionManager
+from gateway.service.priorauth.payer_client import Answered, Failed, Outcome, PayerClient, Refused
+from gateway.service.priorauth.requests import PriorAuthService, resource_of, submission_id
+from gateway.service.subscriptions.manager import SubscriptionManager
 from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
 from gateway.store.priorauth import Submission

@@ -25,11 +25,11 @@ from gateway.adapters.hl7v2.translate import TranslationError, Translator
 from gateway.fhir import dates, jsonio
 from gateway.fhir.demographics import disagreements
 from gateway.fhir.references import iter_references
-from gateway.service.context import RequestContext
-from gateway.service.interactions import FhirService
-from gateway.service.patient_matching import replace_patient
-from gateway.service.patient_merge import merged_versions
-from gateway.service.pipeline import fill
+from gateway.service.access.context import RequestContext
+from gateway.service.fhirapi.interactions import FhirService
+from gateway.service.hl7.patient_matching import replace_patient
+from gateway.service.hl7.patient_merge import merged_versions
+from gateway.service.hl7.pipeline import fill
 from gateway.store import resources as store
 from gateway.store.resources import PendingVersion, Stored
 from gateway.store.tables import hl7_message, resource, resource_version, sp_token

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir.query import Filter, SearchQuery, TokenValue
 from gateway.fhir.searchparams import ParamType
-from gateway.service.context import SEARCH, RequestContext
+from gateway.service.access.context import SEARCH, RequestContext
 
 
 class ResourcePolicy(Protocol):

@@ -36,8 +36,8 @@ from gateway.pa.request import (
     build_request_bundle,
     referenced,
 )
-from gateway.service.context import RequestContext
-from gateway.service.interactions import FhirService
+from gateway.service.access.context import RequestContext
+from gateway.service.fhirapi.interactions import FhirService
 from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
 from gateway.store import search as store_search

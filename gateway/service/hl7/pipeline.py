@@ -62,11 +62,11 @@ from gateway.fhir import dates, jsonio
 from gateway.fhir.audit import AuditRecord
 from gateway.fhir.validation import Validator
 from gateway.service import workers
-from gateway.service.audit import AuditLog
-from gateway.service.context import CREATE, UPDATE, RequestContext
-from gateway.service.interactions import FhirService
-from gateway.service.patient_matching import IdentityOutcome, Matcher, replace_patient
-from gateway.service.patient_merge import merged_versions
+from gateway.service.access.context import CREATE, UPDATE, RequestContext
+from gateway.service.fhirapi.audit import AuditLog
+from gateway.service.fhirapi.interactions import FhirService
+from gateway.service.hl7.patient_matching import IdentityOutcome, Matcher, replace_patient
+from gateway.service.hl7.patient_merge import merged_versions
 from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import messages as message_log
 from gateway.store import resources as store

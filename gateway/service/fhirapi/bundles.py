@@ -35,8 +35,8 @@ from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.outcome import outcome_bytes
 from gateway.fhir.references import iter_references, parse_reference
 from gateway.fhir.urls import Target, parse_target
-from gateway.service.context import CREATE, DELETE, READ, SEARCH, RequestContext
-from gateway.service.interactions import FhirService, Outcome, parse_if_match, parse_resource
+from gateway.service.access.context import CREATE, DELETE, READ, SEARCH, RequestContext
+from gateway.service.fhirapi.interactions import FhirService, Outcome, parse_if_match, parse_resource
 from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import resources as store
 from gateway.store.resources import PendingVersion, Stored, VersionConflict

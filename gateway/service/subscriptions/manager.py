@@ -31,7 +31,7 @@ from gateway.routing.filters import index_keys
 from gateway.routing.matching import SubscriptionIndex
 from gateway.routing.requests import SECRET_EXTENSION, SubscriptionSpec, parse_subscription
 from gateway.routing.topics import Topic, TopicSet
-from gateway.service.context import READ, RequestContext
+from gateway.service.access.context import READ, RequestContext
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store import subscriptions as sub_store

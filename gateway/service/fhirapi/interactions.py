@@ -35,8 +35,8 @@ from gateway.fhir.outcome import outcome_bytes
 from gateway.fhir.query import QueryParser, SearchLimits, SearchQuery, parse_offset
 from gateway.fhir.urls import check_id, check_type
 from gateway.fhir.validation import Validator
-from gateway.service.authorization import ResourcePolicy, check_query, restrict_to
-from gateway.service.context import CREATE, DELETE, READ, SEARCH, UPDATE, RequestContext
+from gateway.service.access.authorization import ResourcePolicy, check_query, restrict_to
+from gateway.service.access.context import CREATE, DELETE, READ, SEARCH, UPDATE, RequestContext
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store.database import Database

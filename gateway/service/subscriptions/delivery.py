@@ -47,11 +47,11 @@ from gateway.routing.requests import (
     SUBSCRIPTION_ID_HEADER,
     SubscriptionSpec,
 )
-from gateway.service.audit import AuditLog
-from gateway.service.context import RequestContext
-from gateway.service.endpoint_transport import CheckedTransport, EndpointRefused
-from gateway.service.interactions import FhirService
-from gateway.service.subscriptions import SubscriptionManager
+from gateway.service.access.context import RequestContext
+from gateway.service.fhirapi.audit import AuditLog
+from gateway.service.fhirapi.interactions import FhirService
+from gateway.service.subscriptions.endpoint_transport import CheckedTransport, EndpointRefused
+from gateway.service.subscriptions.manager import SubscriptionManager
 from gateway.store import resources as store
 from gateway.store import subscriptions as sub_store
 from gateway.store.subscriptions import Attempt, DeliveryState, Progress, StoredEvent

@@ -16,7 +16,7 @@ from gateway.exceptions import Unprocessable
 from gateway.fhir import dates
 from gateway.pa import tasks
 from gateway.pa.lifecycle import AWAITING_PAYER, transition_problem
-from gateway.service.context import RequestContext
+from gateway.service.access.context import RequestContext
 from gateway.store import priorauth as pa_store
 from gateway.store import search as store_search
 from gateway.store.database import Database

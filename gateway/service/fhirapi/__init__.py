@@ -1,0 +1,1 @@
+"""FHIR interactions: create, read, update, delete, search, history, Bundles, and the audit trail of them."""
