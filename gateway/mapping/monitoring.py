@@ -2,7 +2,10 @@
 
     mappings/monitoring/
       critical.yaml   {interpretations: [codes], thresholds: [{code, system, display, unit, low, high, ...}]}
-      drug-lab.yaml   {rules: [{id, drug, medications, names, labs, bands, source, note}]}
+      drug-lab.yaml   {rules: [{id, drug, medications, names, labs, bands, source, note, schedule}]}
+
+A rule's optional `schedule` ({baseline, phases: [{until_month, every}], grace_days, source}) is the
+monitoring calendar for the drug; the dates are worked out in `gateway.pharmacist.schedule`.
 
 Like the rest of `mappings/`, every entry is checked when loaded: a typo stops the start with the file
 and the entry named, instead of a rule that silently never fires. The rules are plain frozen data; the
@@ -11,6 +14,7 @@ evaluation lives in `gateway.routing.labs`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -25,12 +29,16 @@ DRUG_LAB_FILE = "drug-lab.yaml"
 
 Severity = Literal["critical", "high", "moderate"]
 Condition = Literal["below", "above", "at_least", "above_uln", "positive"]
+IntervalUnit = Literal["day", "week", "month"]
 
 SEVERITY_RANK: dict[str, int] = {"critical": 3, "high": 2, "moderate": 1}
 _ABSOLUTE: frozenset[str] = frozenset({"below", "above", "at_least"})
 _CONDITIONS: frozenset[str] = _ABSOLUTE | {"above_uln", "positive"}
 _THRESHOLD_KEYS = {"code", "system", "display", "unit", "low", "high", "inclusive", "monovalent"}
-_RULE_KEYS = {"id", "drug", "medications", "names", "labs", "bands", "source", "note"}
+_RULE_KEYS = {"id", "drug", "medications", "names", "labs", "bands", "source", "note", "schedule"}
+_SCHEDULE_KEYS = {"baseline", "phases", "grace_days", "source"}
+_PHASE_KEYS = {"until_month", "every"}
+_EVERY = re.compile(r"^(?P<count>[1-9]\d*)\s+(?P<unit>day|week|month)s?$")
 _BAND_KEYS = {"when", "unit", "action", "severity", "source", "monovalent"}
 
 
@@ -76,6 +84,36 @@ class Band:
 
 
 @dataclass(frozen=True, slots=True)
+class Every:
+    """An interval between scheduled labs: `count` days, weeks or calendar months."""
+
+    count: int
+    unit: IntervalUnit
+
+    def describe(self) -> str:
+        return f"{self.count} {self.unit}" + ("s" if self.count != 1 else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """Labs every `every` until `until_month` months after the start (None: for as long as the order)."""
+
+    every: Every
+    until_month: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a drug's labs are due: a baseline at the start (if `baseline`), then the phases in order; a lab
+    not received `grace_days` after its due date is overdue."""
+
+    phases: tuple[Phase, ...]
+    baseline: bool
+    grace_days: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class DrugLabRule:
     id: str
     drug: str
@@ -84,6 +122,7 @@ class DrugLabRule:
     labs: tuple[Code, ...]
     bands: tuple[Band, ...]  # most severe first
     note: str | None = None
+    schedule: Schedule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +302,50 @@ def _names(where: str, value: Any) -> tuple[str, ...]:
     return tuple(n.strip().casefold() for n in value)
 
 
+def _every(where: str, value: Any) -> Every:
+    match = _EVERY.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise MappingError(f"{where}: 'every' must be like '1 week', '2 weeks' or '3 months', got {value!r}")
+    return Every(int(match["count"]), cast(IntervalUnit, match["unit"]))
+
+
+def _phases(where: str, entries: Any) -> tuple[Phase, ...]:
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise MappingError(f"{where}: 'phases' must be a list")
+    phases: list[Phase] = []
+    for index, entry in enumerate(entries):
+        spot = f"{where}: phases[{index}]"
+        entry = _mapping(spot, entry, _PHASE_KEYS)
+        until = entry.get("until_month")
+        if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 1):
+            raise MappingError(f"{spot}: 'until_month' must be a whole number of months >= 1, got {until!r}")
+        if phases and (
+            phases[-1].until_month is None or (until is not None and until <= phases[-1].until_month)
+        ):
+            raise MappingError(
+                f"{spot}: phases must end later than the one before; only the last may omit 'until_month'"
+            )
+        phases.append(Phase(_every(spot, entry.get("every")), until))
+    return tuple(phases)
+
+
+def _schedule(where: str, value: Any) -> Schedule | None:
+    if value is None:
+        return None
+    where = f"{where}: schedule"
+    entry = _mapping(where, value, _SCHEDULE_KEYS)
+    phases = _phases(where, entry.get("phases"))
+    baseline = _flag(where, entry, "baseline")
+    if not phases and not baseline:
+        raise MappingError(f"{where}: needs 'phases' and/or 'baseline: true'")
+    grace = entry.get("grace_days")
+    if isinstance(grace, bool) or not isinstance(grace, int) or grace < 0:
+        raise MappingError(f"{where}: 'grace_days' must be a whole number of days >= 0, got {grace!r}")
+    return Schedule(phases, baseline, grace, _required(where, entry, "source"))
+
+
 def _rule(where: str, entry: Any) -> DrugLabRule:
     entry = _mapping(where, entry, _RULE_KEYS)
     medications = _codes(where, entry["medications"], "medications") if entry.get("medications") else ()
@@ -277,6 +360,7 @@ def _rule(where: str, entry: Any) -> DrugLabRule:
         labs=_codes(where, entry.get("labs"), "labs"),
         bands=_bands(where, entry.get("bands"), _text(where, entry, "source", required=False)),
         note=_text(where, entry, "note", required=False),
+        schedule=_schedule(where, entry.get("schedule")),
     )
 
 
