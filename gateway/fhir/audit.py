@@ -186,6 +186,8 @@ class AuditRecord:
     contents: list[bytes] = field(default_factory=list)  # read or written: where Patients are found
     unresolved: set[tuple[str, str]] = field(default_factory=set)  # no content at hand: looked up later
     finished: bool = False
+    # An operation that only reads (`$everything`): its action, where the subtype alone says `E`.
+    action_code: str | None = None
 
     def touch(
         self, resource_type: str, resource_id: str, content: bytes | None = None, *, resolve: bool = True
@@ -232,6 +234,8 @@ class AuditRecord:
     def action(self) -> str:
         if self.kind != "rest":
             return _KIND_ACTIONS.get(self.kind, "E")
+        if self.action_code is not None:
+            return self.action_code
         return _ACTIONS.get(self.subtype or "", "E")
 
 

@@ -92,10 +92,18 @@ _OPERATIONS = {
 }
 
 
+# Standard operations (their definitions are the specification's).
+_STANDARD_OPERATIONS = {
+    "Patient": [("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")],
+}
+
+
 def _with_operations(entry: dict[str, Any]) -> dict[str, Any]:
-    names = _OPERATIONS.get(entry["type"])
-    if names:
-        entry["operation"] = [{"name": n, "definition": f"{_GATEWAY_OPERATIONS}/{n}"} for n in names]
+    operations = [
+        {"name": n, "definition": url} for n, url in _STANDARD_OPERATIONS.get(entry["type"], [])
+    ] + [{"name": n, "definition": f"{_GATEWAY_OPERATIONS}/{n}"} for n in _OPERATIONS.get(entry["type"], [])]
+    if operations:
+        entry["operation"] = operations
     return entry
 
 

@@ -20,6 +20,7 @@ from gateway.settings import Settings
 from gateway.transports.http import (
     audit_routes,
     auth_routes,
+    everything_routes,
     fhir_routes,
     hl7_routes,
     ops_routes,
@@ -77,6 +78,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(everything_routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)
     app.include_router(hl7_routes.router)
