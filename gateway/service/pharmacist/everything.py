@@ -85,7 +85,13 @@ def decode_cursor(text: str) -> tuple[str, int | None, tuple[int, str] | None]:
         key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (binascii.Error, ValueError):
         key = None
-    if isinstance(key, list) and key and isinstance(key[0], str):
+    # Keys beyond SQL's 64-bit integers would fail in the database, not here: refused as malformed.
+    if (
+        isinstance(key, list)
+        and key
+        and isinstance(key[0], str)
+        and all(0 <= k < 2**63 for k in key[1:] if type(k) is int)
+    ):
         if len(key) == 2 and type(key[1]) is int and key[0] != AUDIT_EVENT:
             return key[0], key[1], None
         if len(key) == 3 and key[0] == AUDIT_EVENT and type(key[1]) is int and isinstance(key[2], str):
