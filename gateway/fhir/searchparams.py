@@ -217,6 +217,15 @@ _PARAMS: dict[str, list[SearchParam]] = {
         _p("specialty", T, "specialty"),
         _p("active", T, "active"),
     ],
+    "CareTeam": [
+        _IDENTIFIER,
+        _p("status", T, "status"),
+        _p("category", T, "category"),
+        *_patient_refs("subject"),
+        _p("participant", R, "participant.member"),
+        _p("date", D, "period"),
+        _p("encounter", R, "encounter"),
+    ],
     "Medication": [
         _IDENTIFIER,
         _p("code", T, "code"),

@@ -2,7 +2,8 @@
 
     mappings/monitoring/
       critical.yaml   {interpretations: [codes], thresholds: [{code, system, display, unit, low, high, ...}]}
-      drug-lab.yaml   {rules: [{id, drug, medications, names, labs, bands, source, note, schedule}]}
+      drug-lab.yaml   {rules: [{id, drug, drug_class, medications, names, labs, bands, source, note,
+                                schedule}]}
 
 A rule's optional `schedule` ({baseline, phases: [{until_month, every}], grace_days, source}) is the
 monitoring calendar for the drug; the dates are worked out in `gateway.pharmacist.schedule`.
@@ -35,7 +36,18 @@ SEVERITY_RANK: dict[str, int] = {"critical": 3, "high": 2, "moderate": 1}
 _ABSOLUTE: frozenset[str] = frozenset({"below", "above", "at_least"})
 _CONDITIONS: frozenset[str] = _ABSOLUTE | {"above_uln", "positive"}
 _THRESHOLD_KEYS = {"code", "system", "display", "unit", "low", "high", "inclusive", "monovalent"}
-_RULE_KEYS = {"id", "drug", "medications", "names", "labs", "bands", "source", "note", "schedule"}
+_RULE_KEYS = {
+    "id",
+    "drug",
+    "drug_class",
+    "medications",
+    "names",
+    "labs",
+    "bands",
+    "source",
+    "note",
+    "schedule",
+}
 _SCHEDULE_KEYS = {"baseline", "phases", "grace_days", "source"}
 _PHASE_KEYS = {"until_month", "every"}
 _EVERY = re.compile(r"^(?P<count>[1-9]\d*)\s+(?P<unit>day|week|month)s?$")
@@ -123,6 +135,7 @@ class DrugLabRule:
     bands: tuple[Band, ...]  # most severe first
     note: str | None = None
     schedule: Schedule | None = None
+    drug_class: str | None = None  # the class code pharmacist matching compares with role specialties
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +374,7 @@ def _rule(where: str, entry: Any) -> DrugLabRule:
         bands=_bands(where, entry.get("bands"), _text(where, entry, "source", required=False)),
         note=_text(where, entry, "note", required=False),
         schedule=_schedule(where, entry.get("schedule")),
+        drug_class=_text(where, entry, "drug_class", required=False),
     )
 
 

@@ -117,6 +117,15 @@ def monitoring_alerts(
     return alerts
 
 
+def ordered_rules(
+    request: JSON, rules: MonitoringRules, medications: dict[str, JSON] | None = None
+) -> list[DrugLabRule]:
+    """The drug-lab rules whose drug this MedicationRequest orders (by code or by name), whatever its
+    status (pharmacist matching reads the drug classes of a patient's active orders from them)."""
+    concepts = _medication_concepts(request, medications or {})
+    return [rule for rule in rules.drug_lab if _orders_drug(rule, concepts)]
+
+
 # --- reading an Observation ---------------------------------------------------------------------------
 
 

@@ -489,6 +489,12 @@ GOOD: dict[str, dict[str, Any]] = {
         "availableTime": [{"daysOfWeek": ["mon", "fri"]}],
     },
     "Medication": {"resourceType": "Medication", "status": "active", "code": {"text": "clozapine"}},
+    "CareTeam": {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "participant": [{"member": {"reference": "PractitionerRole/r1"}, "period": {"start": "2026-01-01"}}],
+    },
     "Subscription": f.subscription("abnormal-lab-result", "http://127.0.0.1:9/hook"),
 }
 

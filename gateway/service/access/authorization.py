@@ -15,10 +15,12 @@ every read, search, history, include and write.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.exceptions import Forbidden
 from gateway.fhir.query import Filter, SearchQuery, TokenValue
 from gateway.fhir.searchparams import ParamType
 from gateway.service.access.context import SEARCH, RequestContext
@@ -60,3 +62,21 @@ def restrict_to(query: SearchQuery, ids: set[str]) -> bool:
         Filter("_id", ParamType.TOKEN, None, tuple(TokenValue(None, i) for i in sorted(ids)))
     )
     return True
+
+
+_LETTERS = "cruds"
+
+
+def require_all(ctx: RequestContext, operation: str, needs: Iterable[tuple[str, str]]) -> None:
+    """Every (type, permission) an operation needs, checked before it reads anything: one 403 that names
+    each scope missing (`system/PractitionerRole.r`), never a partial answer."""
+    missing: dict[str, set[str]] = {}
+    for resource_type, permission in needs:
+        if not ctx.can(resource_type, permission):
+            missing.setdefault(resource_type, set()).add(permission)
+    if missing:
+        lacking = ", ".join(
+            f"system/{t}.{''.join(p for p in _LETTERS if p in permissions)}"
+            for t, permissions in sorted(missing.items())
+        )
+        raise Forbidden(f"{operation} needs scopes the access token does not hold: {lacking}")

@@ -25,6 +25,7 @@ from gateway.transports.http import (
     hl7_routes,
     ops_routes,
     pa_routes,
+    pharmacist_routes,
     subscription_routes,
 )
 from gateway.transports.http.docs import install_docs
@@ -77,6 +78,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.state.metrics_registry = registry
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)
+    app.include_router(pharmacist_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(everything_routes.router)
     app.include_router(fhir_routes.router)
