@@ -11,8 +11,9 @@ does not index, and what it adds:
   their Patient in `Task.for`, so Task is included by `patient` (`Task.for` pointing at the Patient);
 - `Provenance`: by `patient` (a `target` that is the Patient), as R4 defines it;
 - `Patient`: the Patient itself, and Patients whose `link` points at it (R4: `link`);
+- `CareTeam`: by `patient` (subject) and `participant`, as R4 defines it (the pharmacist assignment);
 - types R4 lists that the gateway does not serve (Encounter, Condition, AllergyIntolerance,
-  Communication, CarePlan, CareTeam, ...) cannot be stored, so they never appear.
+  Communication, CarePlan, ...) cannot be stored, so they never appear.
 
 `REFERENCED_TYPES` are the types the specification names as "resources referenced by" compartment
 resources (Medication, Practitioner, Organization; Location is not served; PractitionerRole is added,
@@ -25,6 +26,7 @@ from gateway.fhir.searchparams import SEARCH_PARAMS, ParamType
 
 # type -> the reference parameters (indexed, pointing at a Patient) that put a resource in the compartment
 PATIENT_COMPARTMENT: dict[str, tuple[str, ...]] = {
+    "CareTeam": ("patient", "participant"),
     "Claim": ("patient",),
     "ClaimResponse": ("patient",),
     "Coverage": ("policy-holder", "subscriber", "beneficiary", "payor"),

@@ -323,3 +323,16 @@ async def test_capability_statement_lists_the_operation(api: httpx.AsyncClient) 
     statement = (await api.get("/fhir/metadata")).json()
     patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
     assert {"name": "everything", "definition": EVERYTHING_URL} in patient["operation"]
+
+
+async def test_the_patients_care_team_is_in_the_record(api: httpx.AsyncClient) -> None:
+    mine = await record(api)
+    team = {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": {"reference": f"Patient/{mine['patient']}"},
+    }
+    created = await api.post("/fhir/CareTeam", json=team)
+    assert created.status_code == 201, created.text
+    bundle = await everything(api, mine["patient"], _type="CareTeam")
+    assert keys(bundle) == [f"CareTeam/{created.json()['id']}"]
