@@ -489,6 +489,13 @@ GOOD: dict[str, dict[str, Any]] = {
         "availableTime": [{"daysOfWeek": ["mon", "fri"]}],
     },
     "Medication": {"resourceType": "Medication", "status": "active", "code": {"text": "clozapine"}},
+    "Communication": {
+        "resourceType": "Communication",
+        "status": "completed",
+        "subject": {"reference": "Patient/p1"},
+        "sent": "2026-01-01T10:00:00Z",
+        "payload": [{"contentString": "called the patient"}],
+    },
     "CareTeam": {
         "resourceType": "CareTeam",
         "status": "active",
