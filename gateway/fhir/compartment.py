@@ -12,8 +12,9 @@ does not index, and what it adds:
 - `Provenance`: by `patient` (a `target` that is the Patient), as R4 defines it;
 - `Patient`: the Patient itself, and Patients whose `link` points at it (R4: `link`);
 - `CareTeam`: by `patient` (subject) and `participant`, as R4 defines it (the pharmacist assignment);
+- `Communication`: by `subject`, `sender` and `recipient`, as R4 defines it (pharmacist interventions);
 - types R4 lists that the gateway does not serve (Encounter, Condition, AllergyIntolerance,
-  Communication, CarePlan, ...) cannot be stored, so they never appear.
+  CarePlan, ...) cannot be stored, so they never appear.
 
 `REFERENCED_TYPES` are the types the specification names as "resources referenced by" compartment
 resources (Medication, Practitioner, Organization; Location is not served; PractitionerRole is added,
@@ -29,6 +30,7 @@ PATIENT_COMPARTMENT: dict[str, tuple[str, ...]] = {
     "CareTeam": ("patient", "participant"),
     "Claim": ("patient",),
     "ClaimResponse": ("patient",),
+    "Communication": ("subject", "sender", "recipient"),
     "Coverage": ("policy-holder", "subscriber", "beneficiary", "payor"),
     "DiagnosticReport": ("subject",),
     "MedicationDispense": ("subject",),
