@@ -27,6 +27,7 @@ from gateway.transports.http import (
     pa_routes,
     pharmacist_routes,
     subscription_routes,
+    timeline_routes,
 )
 from gateway.transports.http.docs import install_docs
 from gateway.transports.http.errors import UnexpectedErrors
@@ -81,6 +82,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(pharmacist_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(everything_routes.router)
+    app.include_router(timeline_routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)
     app.include_router(hl7_routes.router)

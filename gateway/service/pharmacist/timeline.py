@@ -1,0 +1,272 @@
+"""`GET /fhir/Patient/{id}/$timeline`: one chronological list of what happened to a patient.
+
+Kinds, times and summaries are `gateway.pharmacist.timeline`'s. The answer is a plain JSON document
+(README, "Patient $timeline"):
+
+    {"patient": "Patient/123", "total": 9,
+     "entries": [{"id": "Observation/7", "time": "2024-03-01T08:00:00Z", "kind": "observation",
+                  "summary": "ANC 1.2 10*3/uL (low)", "source": {"system": "LAB / ACME", "kind": "hl7v2"},
+                  "resource": "Observation/7/_history/2"}, ...],
+     "next": "https://.../fhir/Patient/123/$timeline?_count=50&_cursor=..."}
+
+Entries are oldest first, ordered by (time, entry id); `_cursor` names the last entry of a page, so a
+page starts right after it whatever was written meanwhile (an entry whose time an update moves can move
+to another page). `_since` keeps entries whose time is at or after it; `_count` is the page size.
+
+Built per request from the Patient's compartment rows of the timeline's types and the versions of its
+PA Tasks, then sorted and paged in memory (times are inside the resources, not indexed): a request reads
+at most GATEWAY_MAX_PAGE_SIZE x 20 rows of one type, and answers 422 (too costly) past that.
+
+Authorization as for `$everything`: `Patient.r` (403 before anything is looked up), the Patient must
+exist (404, 410 when deleted), and every type is on the timeline only when the token may read it: a
+token without `Observation.r` sees no Observation entry, summary or id, and nothing says it was left
+out. The source (from Provenance) is given only to a token that may read Provenance; otherwise it is
+null. Audited as a read of the Patient (`operation` `$timeline`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from gateway.exceptions import BadRequest, Gone, NotFound, TooCostly
+from gateway.fhir import dates, jsonio
+from gateway.fhir.references import parse_reference
+from gateway.fhir.urls import check_id
+from gateway.pharmacist import timeline as tl
+from gateway.service.access.context import READ, RequestContext
+from gateway.service.fhirapi.interactions import FhirService, Outcome
+from gateway.store import resources as resources_store
+from gateway.store import timeline as store
+from gateway.store.resources import Stored
+
+OPERATION = "$timeline"
+KNOWN_PARAMS = frozenset({"_since", "_count", "_cursor", "_format", "_pretty"})
+ROWS_PER_TYPE_FACTOR = 20  # at most GATEWAY_MAX_PAGE_SIZE x this rows of one type are read
+
+
+@dataclass(slots=True)
+class TimelineEntry:
+    entry_id: str
+    moment: tl.Moment
+    kind: str
+    summary: str
+    resource: str  # Type/id/_history/n
+    key: tuple[str, str]  # (type, id)
+    version: int
+    content: bytes
+    source: dict[str, Any] | None = None
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.moment.us, self.entry_id)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.entry_id,
+            "time": self.moment.text,
+            "kind": self.kind,
+            "summary": self.summary,
+            "source": self.source,
+            "resource": self.resource,
+        }
+
+
+def encode_cursor(order: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(order))).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[int, str]:
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):
+        key = None
+    if (
+        isinstance(key, list)
+        and len(key) == 2
+        and type(key[0]) is int
+        and -(2**63) <= key[0] < 2**63
+        and isinstance(key[1], str)
+    ):
+        return key[0], key[1]
+    raise BadRequest("_cursor is not valid: use the next link of a previous page as it is")
+
+
+class PatientTimeline:
+    def __init__(self, fhir: FhirService) -> None:
+        self.fhir = fhir
+
+    def types(self, ctx: RequestContext) -> list[str]:
+        """The timeline's types this caller may read."""
+        return [t for t in sorted(tl.KINDS) if t not in self.fhir.policies and ctx.can(t, READ)]
+
+    async def run(self, ctx: RequestContext, patient_id: str, params: list[tuple[str, str]]) -> Outcome:
+        ctx.require("Patient", READ)
+        check_id(patient_id)
+        since_us, count, after = self._parse(ctx, params)
+        limit = self.fhir.max_count * ROWS_PER_TYPE_FACTOR
+        async with self.fhir.db.read() as conn:
+            patient = await resources_store.head(conn, "Patient", patient_id)
+            if patient is None:
+                raise NotFound(f"Patient/{patient_id} is not known")
+            if patient.deleted:
+                raise Gone(f"Patient/{patient_id} was deleted (version {patient.version})")
+            entries: list[TimelineEntry] = []
+            for rtype in self.types(ctx):
+                rows = await store.compartment(conn, patient_id, rtype, limit + 1)
+                if len(rows) > limit:
+                    raise TooCostly(f"$timeline: more than {limit} {rtype} resources for this patient")
+                entries += await self._entries(conn, rtype, rows)
+            if ctx.can("Provenance", READ) and "Provenance" not in self.fhir.policies:
+                await self._sources(conn, entries)
+            else:
+                for entry in entries:
+                    entry.source = None
+        entries.sort(key=lambda e: e.order)
+        if since_us is not None:
+            entries = [e for e in entries if e.moment.us >= since_us]
+        total = len(entries)
+        if after is not None:
+            entries = [e for e in entries if e.order > after]
+        page, more = entries[:count], len(entries) > count
+        return self._answer(ctx, patient_id, params, page, more, count, total)
+
+    def _parse(
+        self, ctx: RequestContext, params: list[tuple[str, str]]
+    ) -> tuple[int | None, int, tuple[int, str] | None]:
+        since_us: int | None = None
+        count = self.fhir.default_count
+        after: tuple[int, str] | None = None
+        unknown: list[str] = []
+        for key, value in params:
+            if key == "_since":
+                try:
+                    since_us = dates.date_range(value)[0]
+                except dates.DateFormatError as exc:
+                    raise BadRequest(f"Invalid _since: {exc}") from exc
+            elif key == "_count":
+                if not value.isdigit() or len(value) > 9:
+                    raise BadRequest(f"_count must be a non-negative integer, got {value[:20]!r}")
+                count = min(int(value), self.fhir.max_count)
+            elif key == "_cursor":
+                after = decode_cursor(value)
+            elif key not in KNOWN_PARAMS:
+                unknown.append(key)
+        if unknown:
+            # No OperationOutcome entry to carry a warning in this document: unknown parameters are refused.
+            raise BadRequest(f"Unknown parameters for $timeline: {', '.join(sorted(set(unknown)))}")
+        return since_us, count, after
+
+    async def _entries(self, conn: Any, rtype: str, rows: list[Stored]) -> list[TimelineEntry]:
+        found: list[TimelineEntry] = []
+        pa_rids: list[int] = []
+        for row in rows:
+            assert row.content is not None
+            resource = jsonio.loads(row.content)
+            kind = tl.kind_of(resource)
+            if kind is None:
+                continue
+            if kind == "pa-task":
+                pa_rids.append(row.rid)
+                continue
+            found.append(
+                self._entry(
+                    f"{row.type}/{row.id}", kind, resource, row, tl.time_of(kind, resource, row.updated_us)
+                )
+            )
+        if pa_rids:
+            previous: dict[int, Any] = {}
+            for version in await store.versions(conn, pa_rids):
+                if version.deleted or version.content is None:
+                    previous.pop(version.rid, None)
+                    continue
+                resource = jsonio.loads(version.content)
+                before = previous.get(version.rid)
+                previous[version.rid] = resource
+                if tl.is_pa_move(resource, before):
+                    when = tl.pa_move_time(resource, before, version.updated_us)
+                    entry_id = f"{version.type}/{version.id}/_history/{version.version}"
+                    found.append(self._entry(entry_id, "pa-task", resource, version, when))
+        return found
+
+    @staticmethod
+    def _entry(entry_id: str, kind: str, resource: Any, row: Stored, when: tl.Moment) -> TimelineEntry:
+        assert row.content is not None
+        return TimelineEntry(
+            entry_id,
+            when,
+            kind,
+            tl.summary(kind, resource),
+            f"{row.type}/{row.id}/_history/{row.version}",
+            (row.type, row.id),
+            row.version,
+            row.content,
+            tl.source_from_meta(resource),
+        )
+
+    async def _sources(self, conn: Any, entries: list[TimelineEntry]) -> None:
+        """The Provenance naming the entry's version, else the latest naming the resource; else meta."""
+        keys = sorted({e.key for e in entries})
+        exact: dict[tuple[str, str, int], dict[str, Any]] = {}
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for provenance in await store.provenances_naming(conn, keys):
+            assert provenance.content is not None
+            content = jsonio.loads(provenance.content)
+            source = tl.source_from_provenance(content)
+            for target in content.get("target") or []:
+                reference = target.get("reference") if isinstance(target, dict) else None
+                if not isinstance(reference, str):
+                    continue
+                parsed = parse_reference(reference)
+                if parsed is None:
+                    continue
+                latest[parsed] = source
+                parts = reference.split("/_history/")
+                if len(parts) == 2 and parts[1].isdigit():
+                    exact[(*parsed, int(parts[1]))] = source
+        for entry in entries:
+            found = exact.get((*entry.key, entry.version)) or latest.get(entry.key)
+            if found is not None:
+                entry.source = found
+
+    def _answer(
+        self,
+        ctx: RequestContext,
+        patient_id: str,
+        params: list[tuple[str, str]],
+        page: list[TimelineEntry],
+        more: bool,
+        count: int,
+        total: int,
+    ) -> Outcome:
+        path = f"{ctx.base_url}/Patient/{patient_id}/{OPERATION}"
+        kept = [(k, v) for k, v in params if k not in ("_count", "_cursor")]
+        next_url = None
+        if more and page and count:
+            after = encode_cursor(page[-1].order)
+            next_url = f"{path}?{urlencode([*kept, ('_count', str(count)), ('_cursor', after)])}"
+        body = {
+            "patient": f"Patient/{patient_id}",
+            "total": total,
+            "entries": [e.as_json() for e in page],
+            "next": next_url,
+        }
+        self._audit(ctx, params, page)
+        return Outcome(200, body=jsonio.dumps(body))
+
+    def _audit(self, ctx: RequestContext, params: list[tuple[str, str]], page: list[TimelineEntry]) -> None:
+        record = ctx.audit
+        if record is None:
+            return
+        record.action_code = "R"
+        kinds = sorted({e.kind for e in page})
+        shown = urlencode([(k, v) for k, v in params if k != "_cursor"])
+        record.operation = (
+            f"{OPERATION}{'?' + shown if shown else ''}; returned: {', '.join(kinds) if kinds else 'nothing'}"
+        )
+        record.saw(e.content for e in page)
