@@ -27,8 +27,11 @@ _MAX_MEMORY = 256 * 1024 * 1024
 
 
 def new_client_id() -> str:
-    """A random client id; URL-safe, so it needs no escaping in HTTP Basic credentials or form bodies."""
-    return secrets.token_urlsafe(16)
+    """A random client id; URL-safe, so it needs no escaping in HTTP Basic credentials or form bodies.
+    Never starting with `-`, which a command line would take for an option (`gateway clients remove ID`)."""
+    while (client_id := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return client_id
 
 
 def new_secret() -> str:

@@ -265,6 +265,11 @@ def test_the_cost_is_configurable_and_older_hashes_keep_working() -> None:
         Settings(secret_hash_cost=8)
 
 
+def test_client_ids_never_look_like_command_line_options() -> None:
+    # One in 64 random ids would start with "-": `gateway clients remove -e9r...` then failed (seen in CI).
+    assert not any(new_client_id().startswith("-") for _ in range(5000))
+
+
 def test_empty_secret_is_not_hashed() -> None:
     with pytest.raises(ValueError):
         hash_secret("")
