@@ -60,7 +60,7 @@ def test_capability_statement_is_valid_r4_and_lists_only_what_is_served() -> Non
     ]
     assert {o["name"] for o in subscription["operation"]} == {"status", "events", "get-ws-binding-token"}
     patient = next(r for r in resources if r["type"] == "Patient")
-    assert "match-pharmacist" in {o["name"] for o in patient["operation"]}
+    assert {"everything", "match-pharmacist", "timeline"} <= {o["name"] for o in patient["operation"]}
     task = next(r for r in resources if r["type"] == "Task")
     assert {p["name"] for p in task["searchParam"]} == {"_id", "_lastUpdated", *params_for("Task")}
     assert "patch" not in {i["code"] for r in resources for i in r["interaction"]}
