@@ -1003,6 +1003,15 @@ def _implies(a: bool | None, b: bool | None) -> bool | None:
     return None if a is None or b is None else False
 
 
+# FHIRPath's three-valued boolean operators (None: empty), shared with the presence evaluator.
+BOOLEAN_OPERATORS: Final[dict[str, Callable[[bool | None, bool | None], bool | None]]] = {
+    "and": _and,
+    "or": _or,
+    "xor": _xor,
+    "implies": _implies,
+}
+
+
 def _truth_table(rule: Callable[[bool | None, bool | None], bool | None]) -> dict[tuple[Any, Any], Any]:
     """A three-valued truth table (None is {}) from its rule."""
     values = (True, False, None)

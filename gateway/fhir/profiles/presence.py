@@ -27,7 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.fhir.profiles.native import NotNative, member_counter
+from gateway.fhir.profiles.native import (
+    BOOLEAN_OPERATORS,
+    NotNative,
+    member_counter,
+)
 
 # A settled value (bool or int), or None when presence does not settle it.
 Decide = Callable[[Any], Any]
@@ -180,29 +184,7 @@ class _Presence:
         return compared
 
 
-def _or(a: bool | None, b: bool | None) -> bool | None:
-    if a is True or b is True:
-        return True
-    return None if a is None or b is None else False
-
-
-def _and(a: bool | None, b: bool | None) -> bool | None:
-    if a is False or b is False:
-        return False
-    return None if a is None or b is None else True
-
-
-def _xor(a: bool | None, b: bool | None) -> bool | None:
-    return None if a is None or b is None else a != b
-
-
-def _implies(a: bool | None, b: bool | None) -> bool | None:
-    if a is False or b is True:
-        return True
-    return None if a is None or b is None else False
-
-
-_RULES: Final = {"or": _or, "and": _and, "xor": _xor, "implies": _implies}
+_RULES: Final = BOOLEAN_OPERATORS
 _COMPARE: Final[dict[str, Callable[[int, int], bool]]] = {
     "=": lambda a, b: a == b,
     "!=": lambda a, b: a != b,

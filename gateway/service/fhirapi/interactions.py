@@ -145,6 +145,21 @@ def same_content(stored: bytes, resource: JSON) -> bool:
     return jsonio.dumps(before, option=sort) == jsonio.dumps(after, option=sort)
 
 
+def since_param(value: str) -> int:
+    """`_since` (history, `$everything`, `$timeline`): the instant as microseconds, or 400."""
+    try:
+        return dates.date_range(value)[0]
+    except dates.DateFormatError as exc:
+        raise BadRequest(f"Invalid _since: {exc}") from exc
+
+
+def strict_count_param(value: str, max_count: int) -> int:
+    """`_count` for the patient operations: a non-negative integer (400 otherwise), capped at `max_count`."""
+    if not value.isdigit() or len(value) > 9:
+        raise BadRequest(f"_count must be a non-negative integer, got {value[:20]!r}")
+    return min(int(value), max_count)
+
+
 class FhirService:
     """FHIR interactions over one database, with validation on every write."""
 
@@ -577,10 +592,7 @@ class FhirService:
             elif key == "_offset" and value.isdigit():
                 offset = parse_offset(value, self.search_limits.max_offset)
             elif key == "_since":
-                try:
-                    since = dates.date_range(value)[0]
-                except dates.DateFormatError as exc:
-                    raise BadRequest(f"Invalid _since: {exc}") from exc
+                since = since_param(value)
             elif key not in ("_format", "_pretty"):
                 raise BadRequest(f"History parameter {key!r} is not supported (use _count, _offset, _since)")
         if resource_id is not None:

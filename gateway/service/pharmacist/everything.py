@@ -43,7 +43,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.exceptions import BadRequest, Gone, NotFound, TooCostly
-from gateway.fhir import dates
 from gateway.fhir.bundles import Entry, bundle_bytes
 from gateway.fhir.compartment import PATIENT_COMPARTMENT, REFERENCED_TYPES
 from gateway.fhir.outcome import outcome_bytes
@@ -51,7 +50,7 @@ from gateway.fhir.searchparams import RESOURCE_TYPES
 from gateway.fhir.urls import check_id
 from gateway.service.access.context import READ, RequestContext
 from gateway.service.fhirapi.audit import AUDIT_READ
-from gateway.service.fhirapi.interactions import FhirService, Outcome
+from gateway.service.fhirapi.interactions import FhirService, Outcome, since_param, strict_count_param
 from gateway.store import everything as store
 from gateway.store import resources as resources_store
 from gateway.types import Issue
@@ -154,14 +153,9 @@ class PatientEverything:
                 unserved += sorted(n for n in names if n not in RESOURCE_TYPES and n != AUDIT_EVENT)
                 wanted = (wanted or set()) | names
             elif key == "_since":
-                try:
-                    since_us = dates.date_range(value)[0]
-                except dates.DateFormatError as exc:
-                    raise BadRequest(f"Invalid _since: {exc}") from exc
+                since_us = since_param(value)
             elif key == "_count":
-                if not value.isdigit() or len(value) > 9:
-                    raise BadRequest(f"_count must be a non-negative integer, got {value[:20]!r}")
-                count = min(int(value), self.fhir.max_count)
+                count = strict_count_param(value, self.fhir.max_count)
             elif key == "_cursor":
                 cursor = value
             elif key in ("start", "end"):

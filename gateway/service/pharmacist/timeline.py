@@ -35,12 +35,12 @@ from urllib.parse import urlencode
 import orjson
 
 from gateway.exceptions import BadRequest, Gone, NotFound, TooCostly
-from gateway.fhir import dates, jsonio
+from gateway.fhir import jsonio
 from gateway.fhir.references import parse_reference
 from gateway.fhir.urls import check_id
 from gateway.pharmacist import timeline as tl
 from gateway.service.access.context import READ, RequestContext
-from gateway.service.fhirapi.interactions import FhirService, Outcome
+from gateway.service.fhirapi.interactions import FhirService, Outcome, since_param, strict_count_param
 from gateway.store import resources as resources_store
 from gateway.store import timeline as store
 from gateway.store.resources import Stored
@@ -145,14 +145,9 @@ class PatientTimeline:
         unknown: list[str] = []
         for key, value in params:
             if key == "_since":
-                try:
-                    since_us = dates.date_range(value)[0]
-                except dates.DateFormatError as exc:
-                    raise BadRequest(f"Invalid _since: {exc}") from exc
+                since_us = since_param(value)
             elif key == "_count":
-                if not value.isdigit() or len(value) > 9:
-                    raise BadRequest(f"_count must be a non-negative integer, got {value[:20]!r}")
-                count = min(int(value), self.fhir.max_count)
+                count = strict_count_param(value, self.fhir.max_count)
             elif key == "_cursor":
                 after = decode_cursor(value)
             elif key not in KNOWN_PARAMS:
