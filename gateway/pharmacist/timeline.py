@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway.fhir import dates
 from gateway.pa.tasks import SOURCES as PAYER_SOURCES
+from gateway.pharmacist.vocabulary import SEVERITY_OF
 
 GATEWAY = "https://specialty-gateway.org/fhir"
 TASK_TYPE = f"{GATEWAY}/CodeSystem/task-type"
@@ -276,8 +277,11 @@ def summary(kind: str, resource: JSON) -> str:
         what = PA_DISPLAY.get(codes[0], codes[0]) if codes else "Prior authorization"
         return _clip(_task_line(resource, what))
     if kind == "alert":
-        what = concept_text(resource.get("code")) or "alert"
-        return _clip(_with(f"Alert: {what}", resource.get("description"), resource.get("status")))
+        # The rule (alert-rule) says what fired; the work item's own type when there is none.
+        what = concept_text(resource.get("reasonCode")) or concept_text(resource.get("code")) or "alert"
+        severity = SEVERITY_OF.get(str(resource.get("priority")))
+        mark = concept_text(resource.get("businessStatus"))
+        return _clip(_with(f"Alert: {what}", severity, resource.get("status"), mark))
     if kind == "payer-answer":
         disposition = resource.get("disposition")
         return _clip(_with(f"Payer answer: {resource.get('outcome', 'unknown')}", disposition))

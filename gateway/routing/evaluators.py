@@ -294,7 +294,45 @@ def patient_identity_conflict(change: Change, _: EvaluationContext) -> list[Fire
     return [Fired(details)]
 
 
+WORK_ITEM_TYPE = "https://specialty-gateway.org/fhir/CodeSystem/work-item-type"
+ALERT_CODES = frozenset({"alert", "lab-overdue"})
+_ALERT_ELEMENTS = ("status", "owner", "priority", "businessStatus")
+
+
+def _alert_kind(task: JSON) -> str | None:
+    concept = task.get("code")
+    for coding in concept.get("coding") or [] if isinstance(concept, dict) else []:
+        if (
+            isinstance(coding, dict)
+            and coding.get("system") == WORK_ITEM_TYPE
+            and coding.get("code") in ALERT_CODES
+        ):
+            return str(coding["code"])
+    return None
+
+
+def alert_changed(change: Change, _: EvaluationContext) -> list[Fired]:
+    """An alert work item opened, or its status, owner, priority or mark changed."""
+    current, previous = change.current, change.previous
+    kind = _alert_kind(current) if current is not None else None
+    if current is None or kind is None:
+        return []
+    if previous is not None and all(previous.get(k) == current.get(k) for k in _ALERT_ELEMENTS):
+        return []
+    owner = current.get("owner")
+    details: JSON = {
+        "kind": kind,
+        "status": current.get("status"),
+        "previousStatus": (previous or {}).get("status"),
+        "priority": current.get("priority"),
+        "mark": _business_status(current),
+        "owner": owner.get("reference") if isinstance(owner, dict) else None,
+    }
+    return [Fired(details)]
+
+
 EVALUATORS: dict[str, Evaluator] = {
+    "alert-changed": alert_changed,
     "abnormal-lab-result": abnormal_lab_result,
     "critical-lab-result": critical_lab_result,
     "medication-monitoring": medication_monitoring,

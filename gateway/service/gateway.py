@@ -21,6 +21,7 @@ from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.interactions import FhirService
 from gateway.service.hl7.pipeline import Pipeline, limits_of, warm_worker
+from gateway.service.pharmacist.alerts import AlertService
 from gateway.service.priorauth import tracking as pa_tracking
 from gateway.service.priorauth.operations import PriorAuthOps
 from gateway.service.priorauth.payer_client import PayerClient
@@ -110,6 +111,9 @@ class Gateway:
         )
         fhir.write_observers.append(pa_tracking.observe)  # lifecycle first: a refused move matches nothing
         fhir.write_observers.append(manager.observe)
+        # After the topics of the results themselves: an alert's own events follow its result's.
+        alerts = AlertService(fhir, manager.rules)
+        fhir.write_observers.append(alerts.observe)
         fhir.policies["Subscription"] = SubscriptionPolicy(manager)
         await pa_tracking.backfill(db)
         await manager.reload()

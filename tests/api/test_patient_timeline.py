@@ -126,13 +126,15 @@ async def test_the_story_in_chronological_order(api: httpx.AsyncClient) -> None:
         ("observation", f"Observation/{ids['anc3']}"),
         ("interaction", f"Communication/{ids['message']}"),
         ("dispense", f"MedicationDispense/{ids['dispense2']}"),
+        ("alert", entries[-1]["id"]),  # opened by the low ANC when it was recorded (now, after the story)
     ]
-    assert body["total"] == 10 and body["next"] is None
+    assert entries[-1]["id"].startswith("Task/alert-")
+    assert body["total"] == 11 and body["next"] is None
     times = [e["time"] for e in entries]
     assert (
         times[0] == "2024-02-01"
         and times[2] == "2024-02-05T10:00:00Z"
-        and times[-1] == "2024-03-10T12:00:00Z"
+        and times[-2] == "2024-03-10T12:00:00Z"
     )
     summaries = [e["summary"] for e in entries]
     assert summaries[0] == "Order: clozapine 100 MG Oral Tablet (active)"
@@ -151,6 +153,7 @@ async def test_the_story_in_chronological_order(api: httpx.AsyncClient) -> None:
     assert summaries[8].startswith("Message to the prescriber: ANC 1.2")
     assert summaries[8].endswith("(outcome: prescriber agreed to hold the dose)")
     assert entries[7]["resource"] == f"Observation/{ids['anc3']}/_history/1"
+    assert summaries[10] == "Alert: clozapine: ANC monitoring (moderate, ready)"
     # REST writes have no Provenance: the source is an EHR client (meta.source when it set one).
     assert all(e["source"] == {"system": None, "kind": "fhir-client"} for e in entries)
 
@@ -178,7 +181,7 @@ async def test_no_observation_for_a_token_that_cannot_read_them(
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert [e["kind"] for e in body["entries"]].count("observation") == 0
-    assert body["total"] == 7
+    assert body["total"] == 8  # the alert about the low ANC is a Task: it is there, without the value
     for key in ("anc1", "anc2", "anc3"):
         assert ids[key] not in answer.text
     assert "ANC 2.5" not in answer.text
@@ -191,7 +194,7 @@ async def test_paging_is_stable(api: httpx.AsyncClient) -> None:
     ids = await story(api)
     whole = [e["id"] for e in (await timeline(api, ids["patient"]))["entries"]]
     first = await timeline(api, ids["patient"], _count="4")
-    assert [e["id"] for e in first["entries"]] == whole[:4] and first["total"] == 10
+    assert [e["id"] for e in first["entries"]] == whole[:4] and first["total"] == 11
     # Written between pages, before where the first page ended: it is not on the pages that follow.
     await create(api, anc(ids["patient"], 3.0, "2024-01-15T08:00:00Z"))
     seen = [e["id"] for e in first["entries"]]

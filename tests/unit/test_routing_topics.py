@@ -19,6 +19,7 @@ BASE = "https://specialty-gateway.org/fhir/SubscriptionTopic"
 CORE = "http://hl7.org/fhir/StructureDefinition"
 
 REAL_TOPICS = {
+    "alert-changed": ("Task",),
     "abnormal-lab-result": ("Observation",),
     "critical-lab-result": ("Observation",),
     "medication-monitoring": ("Observation",),
@@ -119,7 +120,11 @@ def test_for_type(topics: TopicSet) -> None:
     ]
     assert [t.id for t in topics.for_type("MedicationRequest")] == ["medication-order"]
     # pa-expiring is timer-driven: writes of Tasks fire pa-status-changed and identity reviews only
-    assert sorted(t.id for t in topics.for_type("Task")) == ["pa-status-changed", "patient-identity-conflict"]
+    assert sorted(t.id for t in topics.for_type("Task")) == [
+        "alert-changed",
+        "pa-status-changed",
+        "patient-identity-conflict",
+    ]
     assert topics.for_type("Patient") == []
 
 

@@ -48,7 +48,6 @@ from gateway.service.access.authorization import require_all
 from gateway.service.access.context import CREATE, READ, UPDATE, RequestContext
 from gateway.service.fhirapi.interactions import FhirService, Outcome
 from gateway.store import resources as store
-from gateway.store import search as store_search
 from gateway.store.resources import Stored, VersionConflict
 from gateway.types import JSON
 
@@ -167,18 +166,7 @@ class PharmacistMatching:
     async def _all(
         self, conn: AsyncConnection, ctx: RequestContext, rtype: str, params: list[tuple[str, str]]
     ) -> list[Stored]:
-        """Every current match of a search the operation makes for itself (scopes were checked above)."""
-        query = self.fhir.parser(ctx).parse(
-            rtype, [*params, ("_sort", "_id"), ("_count", str(self.fhir.max_count))]
-        )
-        assert not query.unknown, query.unknown
-        found: list[Stored] = []
-        while True:
-            page, _ = await store_search.search(conn, query)
-            found += [s for s in page if s.content is not None and not s.deleted]
-            if len(page) < query.count:
-                return found
-            query.offset += query.count
+        return await self.fhir.all_matching(conn, ctx, rtype, params)
 
     async def _rank(
         self, conn: AsyncConnection, ctx: RequestContext, patient_id: str
@@ -371,6 +359,34 @@ class PharmacistMatching:
         task = {k: v for k, v in task.items() if v is not None}
         written = await self.fhir.update_on(conn, ctx, task, task_id)
         return Assignment("unassigned", _content(written))
+
+
+async def assigned_pharmacists(
+    fhir: FhirService, conn: AsyncConnection, ctx: RequestContext, patients: Sequence[str]
+) -> dict[str, str]:
+    """`Patient/id` -> the current member (a PractitionerRole, or a Practitioner) of the patient's active
+    pharmacist-assignment CareTeam, for those that have one."""
+    if not patients:
+        return {}
+    teams = await fhir.all_matching(
+        conn,
+        ctx,
+        "CareTeam",
+        [
+            ("patient", ",".join(sorted(set(patients)))),
+            ("status", "active"),
+            ("category", f"{CARE_TEAM_CATEGORY}|{PHARMACIST_ASSIGNMENT}"),
+        ],
+    )
+    now_us = dates.now_us()
+    found: dict[str, str] = {}
+    for stored in teams:
+        team = orjson.loads(stored.content or b"{}")
+        subject = _reference(team, "subject")
+        members = [m for p in team.get("participant") or [] if (m := _current_member(p, now_us))]
+        if subject and members:
+            found[subject] = members[-1]  # the latest joined: a handover in progress goes to the new one
+    return found
 
 
 def _participant(member: str, now: str) -> JSON:

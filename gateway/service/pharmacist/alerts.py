@@ -1,0 +1,340 @@
+"""Alerts as work items: the write observer that opens, updates and marks alert Tasks as lab results are
+written, and checks the moves people make on them (README, "Alerts as work items"; the rules are in
+`gateway.pharmacist.alerts`).
+
+It runs inside the write transaction of the results, so an alert commits with its result or not at all,
+and it works per batch: one HL7 v2 report or transaction of any size costs a fixed number of queries (the
+patients' active orders and their Medications, the alerts already about these results, the patients'
+open alerts of the same labs, their pharmacists) and one write of all the Tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.exceptions import Unprocessable
+from gateway.fhir import dates
+from gateway.mapping.monitoring import MonitoringRules
+from gateway.pharmacist import alerts as rules_of_alerts
+from gateway.pharmacist.alerts import Finding, Severity, alert_id
+from gateway.pharmacist.vocabulary import (
+    ABNORMAL_RESULT,
+    ALERT,
+    CRITICAL_VALUE,
+    OPEN_STATUSES,
+    WORK_ITEM_TYPE,
+)
+from gateway.routing import labs
+from gateway.service.access.context import RequestContext
+from gateway.service.fhirapi.interactions import FhirService
+from gateway.service.pharmacist.matching import assigned_pharmacists
+from gateway.store import resources as store
+from gateway.store import search as store_search
+from gateway.store.resources import PendingVersion, Stored
+from gateway.types import JSON, Issue
+
+VALUE_ELEMENTS = (
+    "valueQuantity",
+    "valueCodeableConcept",
+    "valueString",
+    "valueBoolean",
+    "valueInteger",
+    "valueRange",
+    "valueRatio",
+    "valueSampledData",
+    "interpretation",
+    "status",
+    "referenceRange",
+    "code",
+)
+
+
+@dataclass(slots=True)
+class _Result:
+    id: str
+    patient: str
+    current: JSON
+    previous: JSON | None
+    findings: list[Finding]  # those that become alerts
+    holding: frozenset[str] = frozenset()  # every rule that holds, alert or not
+
+
+def _subject(resource: JSON) -> str | None:
+    subject = resource.get("subject")
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    return reference if isinstance(reference, str) and reference.startswith("Patient/") else None
+
+
+def _changed(previous: JSON | None, current: JSON) -> bool:
+    return previous is None or any(previous.get(k) != current.get(k) for k in VALUE_ELEMENTS)
+
+
+def _effective(resource: JSON) -> int | None:
+    value = resource.get("effectiveDateTime") or (resource.get("effectivePeriod") or {}).get("start")
+    value = value or resource.get("issued")
+    try:
+        return dates.date_range(value)[0] if isinstance(value, str) else None
+    except dates.DateFormatError:
+        return None
+
+
+class AlertService:
+    def __init__(self, fhir: FhirService, rules: MonitoringRules) -> None:
+        self.fhir = fhir
+        self.rules = rules
+        self.labs_of_rule = {
+            rule.id: {(lab.system, lab.code) for lab in rule.labs} for rule in rules.drug_lab
+        }
+        self.rule_labs = set().union(*self.labs_of_rule.values())
+
+    # -- the write observer ----------------------------------------------------------------------
+
+    async def observe(
+        self, conn: AsyncConnection, ctx: RequestContext, pending: Sequence[PendingVersion], _: list[Stored]
+    ) -> None:
+        if ctx.grants is not None:  # a person's (a client's) write; the gateway's own and merges are trusted
+            for p in pending:
+                if p.type == "Task" and p.content is not None and b'"' + ALERT.encode() + b'"' in p.content:
+                    self._check_move(p)
+        results = [p for p in pending if p.type == "Observation" and p.content is not None]
+        if results:
+            await self._derive(conn, ctx, results)
+
+    @staticmethod
+    def _check_move(p: PendingVersion) -> None:
+        current = orjson.loads(p.content or b"{}")
+        previous = orjson.loads(p.previous) if p.previous else None
+        if not rules_of_alerts.is_alert(current) and not rules_of_alerts.is_alert(previous):
+            return
+        problems = rules_of_alerts.move_problems(previous, current)
+        if problems:
+            raise Unprocessable(
+                issues=[Issue("error", "business-rule", text, (where,)) for text, where in problems]
+            )
+
+    # -- deriving alerts from results ------------------------------------------------------------
+
+    async def _derive(
+        self, conn: AsyncConnection, ctx: RequestContext, pending: Sequence[PendingVersion]
+    ) -> None:
+        results: list[_Result] = []
+        for p in pending:
+            current = orjson.loads(p.content or b"{}")
+            previous = orjson.loads(p.previous) if p.previous else None
+            patient = _subject(current)
+            if patient is None or not _changed(previous, current):
+                continue  # a re-sent result, or one about no patient: nothing new to say
+            results.append(_Result(p.id, patient, current, previous, []))
+        if not results:
+            return
+        system = RequestContext(ctx.base_url)
+        orders, medications = await self._orders(conn, results)
+        for result in results:
+            found = self._findings(result.current, orders, medications)
+            result.findings = rules_of_alerts.strongest(found)
+            result.holding = frozenset(f.rule for f in found)
+        existing = await self._existing(conn, results)
+        writes: dict[str, tuple[JSON, Stored | None]] = {}
+        now_us = dates.now_us()
+        now = dates.format_instant(now_us)
+        owners = await assigned_pharmacists(
+            self.fhir, conn, system, sorted({r.patient for r in results if r.findings})
+        )
+        for result in results:
+            self._reconcile(result, existing, owners, now, writes)
+        await self._later_results(conn, system, results, writes, now)
+        if not writes:
+            return
+        plans: list[PendingVersion] = []
+        for task_id, (task, stored) in writes.items():
+            if stored is None:
+                plans.append(self.fhir.plan_new(system, task, task_id, "PUT", now_us))
+            else:
+                plan = self.fhir.plan_update(system, task, task_id, stored, None, now_us)
+                if isinstance(plan, PendingVersion):
+                    plans.append(plan)
+        await self.fhir.write_versions(conn, system, plans)
+
+    async def _orders(
+        self, conn: AsyncConnection, results: list[_Result]
+    ) -> tuple[dict[str, list[JSON]], dict[str, JSON]]:
+        """Active MedicationRequests of the patients whose results a drug-lab rule reads, and the Medications
+        they reference."""
+        patients = sorted({r.patient for r in results if labs.observation_codes(r.current) & self.rule_labs})
+        if not patients:
+            return {}, {}
+        by_patient: dict[str, list[JSON]] = {}
+        referenced: set[tuple[str, str]] = set()
+        for stored in await store_search.by_reference(conn, "MedicationRequest", "patient", patients):
+            request = orjson.loads(stored.content or b"{}")
+            if request.get("status") != "active":
+                continue
+            by_patient.setdefault(str((request.get("subject") or {}).get("reference")), []).append(request)
+            reference = str((request.get("medicationReference") or {}).get("reference") or "")
+            if reference.startswith("Medication/"):
+                referenced.add(("Medication", reference.split("/", 1)[1]))
+        medications = {
+            f"Medication/{m.id}": orjson.loads(m.content)
+            for m in await store.load_by_keys(conn, referenced)
+            if m.content
+        }
+        return by_patient, medications
+
+    def _findings(
+        self, obs: JSON, orders: dict[str, list[JSON]], medications: dict[str, JSON]
+    ) -> list[Finding]:
+        critical = labs.critical_reasons(obs, self.rules)
+        findings = [
+            Finding(
+                rule=alert.rule_id,
+                title=f"{alert.drug}: {alert.lab_display} monitoring",
+                severity="critical" if critical else cast(Severity, alert.severity),
+                action=alert.action,
+                band=alert.band,
+                order=alert.medication_request_id,
+                lab=_lab_coding(obs, alert.lab_code),
+            )
+            for alert in labs.monitoring_alerts(
+                obs, orders.get(_subject(obs) or "", []), self.rules, medications
+            )
+        ]
+        lab = _lab_coding(obs, None)
+        if critical:
+            findings.append(
+                Finding(CRITICAL_VALUE, "Critical value", "critical", "Review the critical result.", lab=lab)
+            )
+        elif labs.is_abnormal(obs):
+            findings.append(
+                Finding(ABNORMAL_RESULT, "Abnormal result", "low", "Review the abnormal result.", lab=lab)
+            )
+        return findings
+
+    async def _existing(self, conn: AsyncConnection, results: list[_Result]) -> dict[str, Stored]:
+        """The alert Tasks already about these results (any status), by id."""
+        focus = [f"Observation/{r.id}" for r in results if r.previous is not None or r.findings]
+        found = await store_search.by_reference(conn, "Task", "focus", focus) if focus else []
+        return {s.id: s for s in found if s.content and rules_of_alerts.is_alert(orjson.loads(s.content))}
+
+    def _reconcile(
+        self,
+        result: _Result,
+        existing: dict[str, Stored],
+        owners: dict[str, str],
+        now: str,
+        writes: dict[str, tuple[JSON, Stored | None]],
+    ) -> None:
+        observation = f"Observation/{result.id}"
+        status = result.current.get("status")
+        wanted = {alert_id(result.id, f.rule, f.order): f for f in result.findings}
+        for task_id, finding in wanted.items():
+            stored = existing.get(task_id)
+            if stored is None:
+                task = rules_of_alerts.new_alert(
+                    task_id, finding, observation, result.patient, owners.get(result.patient), now
+                )
+                writes[task_id] = (task, None)
+            elif result.previous is not None:
+                task = orjson.loads(stored.content or b"{}")
+                if task.get("status") != "entered-in-error":
+                    writes[task_id] = (rules_of_alerts.corrected(task, finding, status, now), stored)
+        for task_id, stored in existing.items():
+            if task_id in wanted:
+                continue
+            task = orjson.loads(stored.content or b"{}")
+            if (task.get("focus") or {}).get("reference") != observation:
+                continue
+            if wanted:  # the changed result meets another rule now: its alert says so, this one points there
+                marked = rules_of_alerts.superseded(task, sorted(wanted), now)
+            else:
+                marked = rules_of_alerts.back_to_normal(
+                    task, rules_of_alerts.withdrawn_or_normal(status), now
+                )
+            if marked is not None:
+                writes[task_id] = (marked, stored)
+
+    async def _later_results(
+        self,
+        conn: AsyncConnection,
+        system: RequestContext,
+        results: list[_Result],
+        writes: dict[str, tuple[JSON, Stored | None]],
+        now: str,
+    ) -> None:
+        """A newer result of the same lab that no longer meets a rule marks the patient's open alerts of that
+        rule and lab (about older results) back to normal."""
+        quiet = [r for r in results if r.current.get("status") not in labs.WITHDRAWN_STATUSES]
+        if not quiet:
+            return
+        open_alerts = await self.fhir.all_matching(
+            conn,
+            system,
+            "Task",
+            [
+                ("patient", ",".join(sorted({r.patient for r in quiet}))),
+                ("code", f"{WORK_ITEM_TYPE}|{ALERT}"),
+                ("status", ",".join(sorted(OPEN_STATUSES))),
+            ],
+        )
+        if not open_alerts:
+            return
+        tasks = {s.id: (orjson.loads(s.content or b"{}"), s) for s in open_alerts}
+        focus_ids = {
+            ("Observation", str(task["focus"]["reference"]).split("/", 1)[1])
+            for task, _ in tasks.values()
+            if str((task.get("focus") or {}).get("reference") or "").startswith("Observation/")
+        }
+        effective = {
+            f"Observation/{s.id}": _effective(orjson.loads(s.content))
+            for s in await store.load_by_keys(conn, focus_ids)
+            if s.content
+        }
+        for result in quiet:
+            when = _effective(result.current)
+            codes = labs.observation_codes(result.current)
+            for task_id, (task, stored) in tasks.items():
+                focus = str((task.get("focus") or {}).get("reference") or "")
+                if (
+                    task_id in writes
+                    or focus == f"Observation/{result.id}"
+                    or str((task.get("for") or {}).get("reference")) != result.patient
+                    or rules_of_alerts.rule_of(task) in result.holding
+                    or not self._same_lab(task, codes)
+                ):
+                    continue
+                before = effective.get(focus)
+                if when is None or before is None or when <= before:
+                    continue  # only a later result says the patient is back to normal
+                why = (
+                    f"A later result (Observation/{result.id}) no longer meets the rule."
+                    " Close the alert when reviewed."
+                )
+                marked = rules_of_alerts.back_to_normal(task, why, now)
+                if marked is not None:
+                    writes[task_id] = (marked, stored)
+
+    def _same_lab(self, task: JSON, codes: set[tuple[str | None, str]]) -> bool:
+        """Whether a result with these codes is of the lab the alert is about: any of a drug-lab rule's
+        labs (they are alternatives), else the alert's own lab."""
+        rule_labs = self.labs_of_rule.get(rules_of_alerts.rule_of(task) or "")
+        if rule_labs is not None:
+            return bool(codes & rule_labs)
+        return rules_of_alerts.lab_of(task) in codes
+
+
+def _lab_coding(obs: JSON, code: str | None) -> JSON | None:
+    """The Observation's coding with `code` (the rule's lab), else its first coding: system, code, display."""
+    concept = obs.get("code")
+    codings = [
+        c
+        for c in (concept or {}).get("coding") or []
+        if isinstance(c, dict) and isinstance(c.get("code"), str)
+    ]
+    chosen = next((c for c in codings if code is None or c["code"] == code), None)
+    if chosen is None:
+        return None
+    return {k: chosen[k] for k in ("system", "code", "display") if isinstance(chosen.get(k), str)}
