@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -153,6 +153,15 @@ class Database:
         """A connection for reads, in autocommit mode (see the module notes)."""
         async with self.reader.connect() as conn:
             yield conn
+
+    async def answers(self, timeout_s: float = 2.0) -> bool:
+        """Whether the database runs a trivial query now (to tell "down" from "refused this statement")."""
+        try:
+            async with asyncio.timeout(timeout_s), self.read() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
 
     async def dispose(self) -> None:
         for hook in self.before_dispose:

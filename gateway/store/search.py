@@ -296,16 +296,21 @@ async def by_reference(
     conn: AsyncConnection, resource_type: str, param: str, targets: list[str]
 ) -> list[Stored]:
     """Live resources of a type whose reference parameter points at any of `targets` ("Type/id")."""
-    pairs = [t.split("/", 1) for t in targets if "/" in t]
-    if not pairs:
+    by_type: dict[str, set[str]] = {}
+    for target in targets:
+        if "/" in target:
+            target_type, target_id = target.split("/", 1)
+            by_type.setdefault(target_type, set()).add(target_id)
+    if not by_type:
         return []
     r = sp_reference.c
+    # One IN list per target type: a flat OR of thousands of pairs is too deep an expression for SQLite.
     rids = (
         select(r.rid)
         .where(
             r.res_type == resource_type,
             r.param == param,
-            or_(*(and_(r.target_type == t, r.target_id == i) for t, i in pairs)),
+            or_(*(and_(r.target_type == t, r.target_id.in_(sorted(ids))) for t, ids in by_type.items())),
         )
         .scalar_subquery()
     )

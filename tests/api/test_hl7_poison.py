@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import exc as sql_errors
 
 from gateway.adapters.hl7v2.er7 import Message
 from gateway.service.gateway import Gateway
@@ -212,6 +213,36 @@ async def test_a_commit_failure_is_an_ae_with_a_log_row_and_the_store_untouched(
     assert await send(api, message) == ack
     assert len(failing_store) == calls  # the re-send never reached the store
     await assert_good_message_still_accepted(api, "AFTER-STORE")
+
+
+@pytest.fixture
+def refused_statement(gateway: Gateway) -> Iterator[None]:
+    """A statement the database refuses with an OperationalError while it is up (SQLite's "expression
+    tree is too large", a statement timeout) for messages about MRN-DEEP."""
+    fhir = gateway.fhir
+    original = fhir.write_versions
+
+    async def write_versions(conn: Any, ctx: Any, pending: Any) -> Any:
+        if any(b"MRN-DEEP" in (p.content or b"") for p in pending):
+            raise sql_errors.OperationalError("SELECT ...", {}, Exception("Expression tree is too large"))
+        return await original(conn, ctx, pending)
+
+    fhir.write_versions = write_versions  # type: ignore[method-assign]
+    yield
+    fhir.write_versions = original  # type: ignore[method-assign]
+
+
+async def test_a_statement_the_live_database_refuses_is_an_ae_not_silence(
+    api: httpx.AsyncClient, refused_statement: None
+) -> None:
+    """No answer tells the sender to try again: right when the database is down, a loop forever when it is
+    up and refuses this message."""
+    ack = await send(api, anc_oru("DEEP-1", "MRN-DEEP"))
+    assert ack_code(ack) == "AE"
+    assert "OperationalError" in err(ack)[2]
+    (entry,) = await logged(api)
+    assert entry["status"] == "failed"
+    await assert_good_message_still_accepted(api, "AFTER-DEEP")
 
 
 async def test_reprocessing_runs_a_failed_message_again(

@@ -101,6 +101,11 @@ REMEMBERED_FAILURES = 4096
 # (an overlong MSH-3/4, MSH-10 or MSH-9) are cut to fit: PostgreSQL refuses what does not fit, and the
 # message would get no answer at all. The ACK still echoes MSH-10 whole.
 SENDER_WIDTH, CONTROL_ID_WIDTH, TYPE_WIDTH = 255, 255, 32
+def _busy(exc: BaseException) -> bool:
+    """SQLite's lock wait ran out: the database is up but busy, and the same message may pass later."""
+    return "database is locked" in str(exc)
+
+
 # Errors that say the database could not be reached, not that this message is wrong: no answer, so the
 # sender tries again later.
 _UNAVAILABLE = (
@@ -583,6 +588,11 @@ class Pipeline:
                 await self._commit_failed(job, RuntimeError("concurrent updates"))
                 return
             except _UNAVAILABLE as exc:
+                if not _busy(exc) and await self.fhir.db.answers():
+                    # The database is up and refused this message's statements (too deep, too long):
+                    # sending it again would fail again, forever. It is logged as failed and answered AE.
+                    await self._commit_failed(job, exc)
+                    return
                 log.error("committing a message from %s failed: %s", job.source.kind, type(exc).__name__)
                 self._fail(job, exc)  # no answer: the sender tries again once the database is back
                 return
