@@ -245,6 +245,18 @@ async def test_a_statement_the_live_database_refuses_is_an_ae_not_silence(
     await assert_good_message_still_accepted(api, "AFTER-DEEP")
 
 
+async def test_a_database_that_is_down_gets_no_answer_so_the_sender_tries_again(
+    api: httpx.AsyncClient, gateway: Gateway, refused_statement: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(timeout_s: float = 2.0) -> bool:
+        return False
+
+    monkeypatch.setattr(gateway.fhir.db, "answers", down)
+    answer = await api.post("/hl7v2", content=anc_oru("DEEP-2", "MRN-DEEP").encode(), headers=ER7)
+    assert answer.status_code >= 500 and "MSA" not in answer.text
+    assert [e for e in await logged(api) if e["status"] == "failed"] == []
+
+
 async def test_reprocessing_runs_a_failed_message_again(
     api: httpx.AsyncClient, exploding_translator: list[str]
 ) -> None:
