@@ -13,8 +13,10 @@ does not index, and what it adds:
 - `Patient`: the Patient itself, and Patients whose `link` points at it (R4: `link`);
 - `CareTeam`: by `patient` (subject) and `participant`, as R4 defines it (the pharmacist assignment);
 - `Communication`: by `subject`, `sender` and `recipient`, as R4 defines it (pharmacist interventions);
-- types R4 lists that the gateway does not serve (Encounter, Condition, AllergyIntolerance,
-  CarePlan, ...) cannot be stored, so they never appear.
+- `CarePlan`: by `subject` and `performer` (activity.detail.performer), as R4 defines it (the monitoring
+  calendar);
+- types R4 lists that the gateway does not serve (Encounter, Condition, AllergyIntolerance, ...) cannot
+  be stored, so they never appear.
 
 `REFERENCED_TYPES` are the types the specification names as "resources referenced by" compartment
 resources (Medication, Practitioner, Organization; Location is not served; PractitionerRole is added,
@@ -27,6 +29,7 @@ from gateway.fhir.searchparams import SEARCH_PARAMS, ParamType
 
 # type -> the reference parameters (indexed, pointing at a Patient) that put a resource in the compartment
 PATIENT_COMPARTMENT: dict[str, tuple[str, ...]] = {
+    "CarePlan": ("subject", "performer"),
     "CareTeam": ("patient", "participant"),
     "Claim": ("patient",),
     "ClaimResponse": ("patient",),

@@ -133,6 +133,17 @@ BAD: list[tuple[str, dict[str, Any], set[str]]] = [
     ("claim-use", claim(use="sometimes"), {"Claim.use"}),
     ("observation-status", observation(status="done"), {"Observation.status"}),
     ("dispense-status", dispense(status="handed-over"), {"MedicationDispense.status"}),
+    (
+        "care-plan-activity-status",
+        {
+            "resourceType": "CarePlan",
+            "status": "active",
+            "intent": "plan",
+            "subject": {"reference": "Patient/p1"},
+            "activity": [{"detail": {"status": "overdue"}}],
+        },
+        {"CarePlan.activity[0].detail.status"},
+    ),
     ("telecom-system", patient(telecom=[{"system": "pigeon", "value": "x"}]), {"Patient.telecom[0].system"}),
     ("name-use", patient(name=[{"use": "nick", "family": "Doe"}]), {"Patient.name[0].use"}),
     ("quantity-comparator", bad_quantity(comparator="~"), {"Observation.valueQuantity.comparator"}),
@@ -330,6 +341,17 @@ BAD: list[tuple[str, dict[str, Any], set[str]]] = [
         task(authoredOn="2024-03-02T10:00:00+01:00", lastModified="2024-03-02T08:59:00Z"),
         {"Task"},
     ),
+    (
+        "cpl-3",
+        {
+            "resourceType": "CarePlan",
+            "status": "active",
+            "intent": "plan",
+            "subject": {"reference": "Patient/p1"},
+            "activity": [{"reference": {"reference": "ServiceRequest/s1"}, "detail": {"status": "scheduled"}}],
+        },
+        {"CarePlan.activity[0]"},
+    ),
     # -- ele-1 everywhere
     ("null-in-list", patient(name=[{"family": "Doe", "given": ["Ann", None]}]), {"Patient.name[0].given[1]"}),
     ("empty-object", patient(maritalStatus={}), {"Patient.maritalStatus"}),
@@ -495,6 +517,22 @@ GOOD: dict[str, dict[str, Any]] = {
         "subject": {"reference": "Patient/p1"},
         "sent": "2026-01-01T10:00:00Z",
         "payload": [{"contentString": "called the patient"}],
+    },
+    "CarePlan": {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/p1"},
+        "activity": [
+            {
+                "detail": {
+                    "kind": "ServiceRequest",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "751-8"}]},
+                    "status": "scheduled",
+                    "scheduledPeriod": {"start": "2026-03-01", "end": "2026-03-04"},
+                }
+            }
+        ],
     },
     "CareTeam": {
         "resourceType": "CareTeam",

@@ -73,6 +73,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "dataAbsentReason": {"text": "x"},
         "component": [{"code": CODED, "valueString": "x"}],
     },
+    "CarePlan.activity": {
+        "reference": {"reference": "ServiceRequest/s1"},
+        "detail": {"kind": "ServiceRequest", "status": "scheduled"},
+    },
     "Observation.referenceRange": {"low": QUANTITY, "high": QUANTITY, "text": "x", "appliesTo": [CODED]},
     "Patient.contact": {
         "name": {"family": "Roe"},
