@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     payers_file: Path | None = None
     # How often the prior-authorization worker sends due retries, polls pended requests and runs timers.
     pa_worker_seconds: float = 30.0
+    # How often monitoring calendars are swept for labs past due plus grace (lab-overdue Tasks).
+    monitoring_sweep_seconds: float = 3600.0
     # Subscription topics (SubscriptionTopic JSON); default: profiles_dir/topics.
     topics_dir: Path | None = None
     # Time zone for HL7 v2 times written without an offset whose sender's site file sets no `timezone`: an

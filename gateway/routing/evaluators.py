@@ -331,8 +331,25 @@ def alert_changed(change: Change, _: EvaluationContext) -> list[Fired]:
     return [Fired(details)]
 
 
+def monitoring_overdue(change: Change, _: EvaluationContext) -> list[Fired]:
+    """A lab-overdue Task opened (the monitoring sweep creates each once)."""
+    current = change.current
+    if current is None or change.previous is not None or _alert_kind(current) != "lab-overdue":
+        return []
+    inputs = {
+        str((i.get("type") or {}).get("text")): i for i in current.get("input") or [] if isinstance(i, dict)
+    }
+    details: JSON = {
+        "due": (inputs.get("due") or {}).get("valueDate"),
+        "rule": ((current.get("reasonCode") or {}).get("coding") or [{}])[0].get("code"),
+        "priority": current.get("priority"),
+    }
+    return [Fired(details)]
+
+
 EVALUATORS: dict[str, Evaluator] = {
     "alert-changed": alert_changed,
+    "monitoring-overdue": monitoring_overdue,
     "abnormal-lab-result": abnormal_lab_result,
     "critical-lab-result": critical_lab_result,
     "medication-monitoring": medication_monitoring,

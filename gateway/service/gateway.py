@@ -22,6 +22,7 @@ from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.interactions import FhirService
 from gateway.service.hl7.pipeline import Pipeline, limits_of, warm_worker
 from gateway.service.pharmacist.alerts import AlertService
+from gateway.service.pharmacist.monitoring import MonitoringCalendar
 from gateway.service.priorauth import tracking as pa_tracking
 from gateway.service.priorauth.operations import PriorAuthOps
 from gateway.service.priorauth.payer_client import PayerClient
@@ -57,6 +58,7 @@ class Gateway:
     pa_ops: PriorAuthOps
     workers: WorkerPool  # CPU-heavy parsing off the event loop (service/workers.py)
     audit: AuditLog
+    monitoring: MonitoringCalendar
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -114,6 +116,8 @@ class Gateway:
         # After the topics of the results themselves: an alert's own events follow its result's.
         alerts = AlertService(fhir, manager.rules)
         fhir.write_observers.append(alerts.observe)
+        monitoring = MonitoringCalendar(fhir, manager.rules, interval_s=settings.monitoring_sweep_seconds)
+        fhir.write_observers.append(monitoring.observe)
         fhir.policies["Subscription"] = SubscriptionPolicy(manager)
         await pa_tracking.backfill(db)
         await manager.reload()
@@ -178,6 +182,7 @@ class Gateway:
             PriorAuthOps(priorauth, payer_worker, pool=pool if settings.workers > 0 else None),
             pool,
             audit,
+            monitoring,
         )
 
     async def start_background(self) -> None:
@@ -186,8 +191,10 @@ class Gateway:
         await self.audit.start()
         await self.deliverer.start()
         await self.payer_worker.start()
+        await self.monitoring.start()
 
     async def close(self) -> None:
+        await self.monitoring.stop()
         await self.payer_worker.stop()
         await self.deliverer.stop()
         await self.pipeline.stop()

@@ -64,6 +64,7 @@ def flagged(code: str) -> list[JSON]:
 def test_every_topic_evaluator_is_registered() -> None:
     assert set(EVALUATORS) == {
         "alert-changed",
+        "monitoring-overdue",
         "abnormal-lab-result",
         "critical-lab-result",
         "medication-monitoring",

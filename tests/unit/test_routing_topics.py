@@ -20,6 +20,7 @@ CORE = "http://hl7.org/fhir/StructureDefinition"
 
 REAL_TOPICS = {
     "alert-changed": ("Task",),
+    "monitoring-overdue": ("Task",),
     "abnormal-lab-result": ("Observation",),
     "critical-lab-result": ("Observation",),
     "medication-monitoring": ("Observation",),
@@ -122,6 +123,7 @@ def test_for_type(topics: TopicSet) -> None:
     # pa-expiring is timer-driven: writes of Tasks fire pa-status-changed and identity reviews only
     assert sorted(t.id for t in topics.for_type("Task")) == [
         "alert-changed",
+        "monitoring-overdue",
         "pa-status-changed",
         "patient-identity-conflict",
     ]

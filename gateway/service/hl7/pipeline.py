@@ -101,6 +101,8 @@ REMEMBERED_FAILURES = 4096
 # (an overlong MSH-3/4, MSH-10 or MSH-9) are cut to fit: PostgreSQL refuses what does not fit, and the
 # message would get no answer at all. The ACK still echoes MSH-10 whole.
 SENDER_WIDTH, CONTROL_ID_WIDTH, TYPE_WIDTH = 255, 255, 32
+
+
 def _busy(exc: BaseException) -> bool:
     """SQLite's lock wait ran out: the database is up but busy, and the same message may pass later."""
     return "database is locked" in str(exc)

@@ -189,6 +189,7 @@ class AlertService:
         self, obs: JSON, orders: dict[str, list[JSON]], medications: dict[str, JSON]
     ) -> list[Finding]:
         critical = labs.critical_reasons(obs, self.rules)
+        active = orders.get(_subject(obs) or "")  # none: no drug-lab rule can hold (the common case)
         findings = [
             Finding(
                 rule=alert.rule_id,
@@ -199,9 +200,7 @@ class AlertService:
                 order=alert.medication_request_id,
                 lab=_lab_coding(obs, alert.lab_code),
             )
-            for alert in labs.monitoring_alerts(
-                obs, orders.get(_subject(obs) or "", []), self.rules, medications
-            )
+            for alert in (labs.monitoring_alerts(obs, active, self.rules, medications) if active else ())
         ]
         lab = _lab_coding(obs, None)
         if critical:
@@ -282,10 +281,30 @@ class AlertService:
         )
         if not open_alerts:
             return
-        tasks = {s.id: (orjson.loads(s.content or b"{}"), s) for s in open_alerts}
+        # Only the latest result of each lab and patient in this batch speaks for the patient now; alerts
+        # are looked up by (patient, lab), so the work grows with results plus alerts, not their product.
+        latest: dict[tuple[str, tuple[str | None, str]], tuple[int, _Result]] = {}
+        for result in quiet:
+            when = _effective(result.current)
+            if when is None:
+                continue
+            for code in labs.observation_codes(result.current):
+                key = (result.patient, code)
+                if key not in latest or latest[key][0] < when:
+                    latest[key] = (when, result)
+        groups: dict[tuple[str, tuple[str | None, str]], list[tuple[JSON, Stored]]] = {}
+        for stored in open_alerts:
+            task = orjson.loads(stored.content or b"{}")
+            patient = str((task.get("for") or {}).get("reference"))
+            for code in self._labs_of(task):
+                if (patient, code) in latest:
+                    groups.setdefault((patient, code), []).append((task, stored))
+        if not groups:
+            return
         focus_ids = {
             ("Observation", str(task["focus"]["reference"]).split("/", 1)[1])
-            for task, _ in tasks.values()
+            for members in groups.values()
+            for task, _ in members
             if str((task.get("focus") or {}).get("reference") or "").startswith("Observation/")
         }
         effective = {
@@ -293,37 +312,35 @@ class AlertService:
             for s in await store.load_by_keys(conn, focus_ids)
             if s.content
         }
-        for result in quiet:
-            when = _effective(result.current)
-            codes = labs.observation_codes(result.current)
-            for task_id, (task, stored) in tasks.items():
+        for key, members in groups.items():
+            when, result = latest[key]
+            for task, stored in members:
                 focus = str((task.get("focus") or {}).get("reference") or "")
+                before = effective.get(focus)
                 if (
-                    task_id in writes
+                    stored.id in writes
                     or focus == f"Observation/{result.id}"
-                    or str((task.get("for") or {}).get("reference")) != result.patient
                     or rules_of_alerts.rule_of(task) in result.holding
-                    or not self._same_lab(task, codes)
+                    or before is None
+                    or when <= before  # only a later result says the patient is back to normal
                 ):
                     continue
-                before = effective.get(focus)
-                if when is None or before is None or when <= before:
-                    continue  # only a later result says the patient is back to normal
                 why = (
                     f"A later result (Observation/{result.id}) no longer meets the rule."
                     " Close the alert when reviewed."
                 )
                 marked = rules_of_alerts.back_to_normal(task, why, now)
                 if marked is not None:
-                    writes[task_id] = (marked, stored)
+                    writes[stored.id] = (marked, stored)
 
-    def _same_lab(self, task: JSON, codes: set[tuple[str | None, str]]) -> bool:
-        """Whether a result with these codes is of the lab the alert is about: any of a drug-lab rule's
-        labs (they are alternatives), else the alert's own lab."""
+    def _labs_of(self, task: JSON) -> set[tuple[str | None, str]]:
+        """The labs whose results speak to an alert: any of a drug-lab rule's labs (they are alternatives),
+        else the alert's own lab."""
         rule_labs = self.labs_of_rule.get(rules_of_alerts.rule_of(task) or "")
         if rule_labs is not None:
-            return bool(codes & rule_labs)
-        return rules_of_alerts.lab_of(task) in codes
+            return set(rule_labs)
+        lab = rules_of_alerts.lab_of(task)
+        return {lab} if lab is not None else set()
 
 
 def _lab_coding(obs: JSON, code: str | None) -> JSON | None:
