@@ -75,7 +75,6 @@ class Finding:
     action: str = ""  # what the rule says to do; never the value
     band: str = ""  # the threshold that holds ("< 1500 /uL"), not the value
     order: str | None = None
-    lab: JSON | None = None  # the lab's coding (system, code, display)
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -146,8 +145,6 @@ def new_alert(
         task["basedOn"] = [{"reference": f"MedicationRequest/{finding.order}"}]
     if owner is not None:
         task["owner"] = {"reference": owner}
-    if finding.lab is not None:
-        task["input"] = [{"type": {"text": "lab"}, "valueCodeableConcept": {"coding": [finding.lab]}}]
     return task
 
 
@@ -225,16 +222,6 @@ def rule_of(task: JSON) -> str | None:
     for coding in codings or []:
         if isinstance(coding, dict) and coding.get("system") == ALERT_RULE:
             return str(coding.get("code"))
-    return None
-
-
-def lab_of(task: JSON) -> tuple[str | None, str] | None:
-    """(system, code) of the lab the alert is about (its `input`)."""
-    for item in task.get("input") or []:
-        concept = item.get("valueCodeableConcept") if isinstance(item, dict) else None
-        for coding in (concept or {}).get("coding") or []:
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                return (coding.get("system"), coding["code"])
     return None
 
 

@@ -22,6 +22,7 @@ from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.interactions import FhirService
 from gateway.service.hl7.pipeline import Pipeline, limits_of, warm_worker
 from gateway.service.pharmacist.alerts import AlertService
+from gateway.service.pharmacist.matching import PharmacistMatching
 from gateway.service.pharmacist.monitoring import MonitoringCalendar
 from gateway.service.priorauth import tracking as pa_tracking
 from gateway.service.priorauth.operations import PriorAuthOps
@@ -114,6 +115,8 @@ class Gateway:
         fhir.write_observers.append(pa_tracking.observe)  # lifecycle first: a refused move matches nothing
         fhir.write_observers.append(manager.observe)
         # After the topics of the results themselves: an alert's own events follow its result's.
+        # A first specialty order assigns the patient's pharmacist before alerts and calendars look for one.
+        fhir.write_observers.append(PharmacistMatching(fhir, manager.rules).observe)
         alerts = AlertService(fhir, manager.rules)
         fhir.write_observers.append(alerts.observe)
         monitoring = MonitoringCalendar(fhir, manager.rules, interval_s=settings.monitoring_sweep_seconds)

@@ -15,6 +15,8 @@ from tests import factories as f
 from tests.conftest import ClientFactory
 from tests.hl7_messages import ack_code, anc_oru
 
+WORK_ITEM_TYPE = "https://specialty-gateway.org/fhir/CodeSystem/work-item-type"
+
 ER7 = {"Content-Type": "x-application/hl7-v2+er7"}
 EVERYTHING_URL = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 # Every read this test needs except Observation.
@@ -85,6 +87,13 @@ async def record(api: httpx.AsyncClient) -> dict[str, Any]:
             "agent": [{"who": {"display": "City Lab"}}],
         },
     )
+    # A first specialty order with no pharmacist on file opens the patient's unassigned-patient work item.
+    unassigned = (
+        await api.get(
+            "/fhir/Task", params={"patient": patient, "code": f"{WORK_ITEM_TYPE}|unassigned-patient"}
+        )
+    ).json()
+    (work_item,) = unassigned["entry"]
     return {
         "patient": patient,
         "observations": [f"Observation/{o}" for o in observations],
@@ -96,6 +105,7 @@ async def record(api: httpx.AsyncClient) -> dict[str, Any]:
             f"MedicationDispense/{dispense}",
             f"DiagnosticReport/{report}",
             f"Task/{task}",
+            f"Task/{work_item['resource']['id']}",
             f"Provenance/{provenance}",
         },
         "referenced": {f"Practitioner/{prescriber}", f"Practitioner/{performer}"},

@@ -153,7 +153,7 @@ async def test_the_story_in_chronological_order(api: httpx.AsyncClient) -> None:
     assert summaries[8].startswith("Message to the prescriber: ANC 1.2")
     assert summaries[8].endswith("(outcome: prescriber agreed to hold the dose)")
     assert entries[7]["resource"] == f"Observation/{ids['anc3']}/_history/1"
-    assert summaries[10] == "Alert: clozapine: ANC monitoring (moderate, ready)"
+    assert summaries[10] == "Alert: clozapine monitoring (clozapine-anc) (moderate, ready)"
     # REST writes have no Provenance: the source is an EHR client (meta.source when it set one).
     assert all(e["source"] == {"system": None, "kind": "fhir-client"} for e in entries)
 

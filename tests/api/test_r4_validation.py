@@ -348,7 +348,9 @@ BAD: list[tuple[str, dict[str, Any], set[str]]] = [
             "status": "active",
             "intent": "plan",
             "subject": {"reference": "Patient/p1"},
-            "activity": [{"reference": {"reference": "ServiceRequest/s1"}, "detail": {"status": "scheduled"}}],
+            "activity": [
+                {"reference": {"reference": "ServiceRequest/s1"}, "detail": {"status": "scheduled"}}
+            ],
         },
         {"CarePlan.activity[0]"},
     ),

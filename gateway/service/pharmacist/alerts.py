@@ -193,24 +193,20 @@ class AlertService:
         findings = [
             Finding(
                 rule=alert.rule_id,
-                title=f"{alert.drug}: {alert.lab_display} monitoring",
+                title=f"{alert.drug} monitoring ({alert.rule_id})",  # the rule's words, not the result's
                 severity="critical" if critical else cast(Severity, alert.severity),
                 action=alert.action,
                 band=alert.band,
                 order=alert.medication_request_id,
-                lab=_lab_coding(obs, alert.lab_code),
             )
             for alert in (labs.monitoring_alerts(obs, active, self.rules, medications) if active else ())
         ]
-        lab = _lab_coding(obs, None)
         if critical:
             findings.append(
-                Finding(CRITICAL_VALUE, "Critical value", "critical", "Review the critical result.", lab=lab)
+                Finding(CRITICAL_VALUE, "Critical value", "critical", "Review the critical result.")
             )
         elif labs.is_abnormal(obs):
-            findings.append(
-                Finding(ABNORMAL_RESULT, "Abnormal result", "low", "Review the abnormal result.", lab=lab)
-            )
+            findings.append(Finding(ABNORMAL_RESULT, "Abnormal result", "low", "Review the abnormal result."))
         return findings
 
     async def _existing(self, conn: AsyncConnection, results: list[_Result]) -> dict[str, Stored]:
@@ -292,26 +288,25 @@ class AlertService:
                 key = (result.patient, code)
                 if key not in latest or latest[key][0] < when:
                     latest[key] = (when, result)
-        groups: dict[tuple[str, tuple[str | None, str]], list[tuple[JSON, Stored]]] = {}
-        for stored in open_alerts:
-            task = orjson.loads(stored.content or b"{}")
-            patient = str((task.get("for") or {}).get("reference"))
-            for code in self._labs_of(task):
-                if (patient, code) in latest:
-                    groups.setdefault((patient, code), []).append((task, stored))
-        if not groups:
-            return
+        tasks = [(orjson.loads(s.content or b"{}"), s) for s in open_alerts]
         focus_ids = {
             ("Observation", str(task["focus"]["reference"]).split("/", 1)[1])
-            for members in groups.values()
-            for task, _ in members
+            for task, _ in tasks
             if str((task.get("focus") or {}).get("reference") or "").startswith("Observation/")
         }
-        effective = {
-            f"Observation/{s.id}": _effective(orjson.loads(s.content))
+        focused = {
+            f"Observation/{s.id}": orjson.loads(s.content)
             for s in await store.load_by_keys(conn, focus_ids)
             if s.content
         }
+        effective = {reference: _effective(obs) for reference, obs in focused.items()}
+        groups: dict[tuple[str, tuple[str | None, str]], list[tuple[JSON, Stored]]] = {}
+        for task, stored in tasks:
+            patient = str((task.get("for") or {}).get("reference"))
+            focus = focused.get(str((task.get("focus") or {}).get("reference")))
+            for code in self._labs_of(task, focus):
+                if (patient, code) in latest:
+                    groups.setdefault((patient, code), []).append((task, stored))
         for key, members in groups.items():
             when, result = latest[key]
             for task, stored in members:
@@ -333,25 +328,11 @@ class AlertService:
                 if marked is not None:
                     writes[stored.id] = (marked, stored)
 
-    def _labs_of(self, task: JSON) -> set[tuple[str | None, str]]:
+    def _labs_of(self, task: JSON, focus: JSON | None) -> set[tuple[str | None, str]]:
         """The labs whose results speak to an alert: any of a drug-lab rule's labs (they are alternatives),
-        else the alert's own lab."""
+        else the codes of the alert's own result (the Task does not carry them: it says no more of the
+        result than that a rule fired)."""
         rule_labs = self.labs_of_rule.get(rules_of_alerts.rule_of(task) or "")
         if rule_labs is not None:
             return set(rule_labs)
-        lab = rules_of_alerts.lab_of(task)
-        return {lab} if lab is not None else set()
-
-
-def _lab_coding(obs: JSON, code: str | None) -> JSON | None:
-    """The Observation's coding with `code` (the rule's lab), else its first coding: system, code, display."""
-    concept = obs.get("code")
-    codings = [
-        c
-        for c in (concept or {}).get("coding") or []
-        if isinstance(c, dict) and isinstance(c.get("code"), str)
-    ]
-    chosen = next((c for c in codings if code is None or c["code"] == code), None)
-    if chosen is None:
-        return None
-    return {k: chosen[k] for k in ("system", "code", "display") if isinstance(chosen.get(k), str)}
+        return labs.observation_codes(focus) if focus is not None else set()

@@ -23,6 +23,7 @@ a pharmacist silently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,8 +49,10 @@ from gateway.service.access.authorization import require_all
 from gateway.service.access.context import CREATE, READ, UPDATE, RequestContext
 from gateway.service.fhirapi.interactions import FhirService, Outcome
 from gateway.store import resources as store
-from gateway.store.resources import Stored, VersionConflict
+from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON
+
+log = logging.getLogger("gateway.matching")
 
 OPERATION = "$match-pharmacist"
 GATEWAY = "https://specialty-gateway.org/fhir"
@@ -160,6 +163,47 @@ class PharmacistMatching:
         except VersionConflict as exc:
             raise Conflict(f"The patient's assignment changed while this ran ({exc}); try again") from exc
         return Outcome(200, None, orjson.dumps(to_parameters(result, assignment)))
+
+    # -- automatic assignment on the first specialty order -----------------------------------------
+
+    async def observe(
+        self, conn: AsyncConnection, ctx: RequestContext, pending: Sequence[PendingVersion], _: list[Stored]
+    ) -> None:
+        """A write observer: a patient's order of a specialty drug (one a drug-lab rule is about) becoming
+        active, with no pharmacist assigned yet, assigns the best match, or opens the unassigned-patient
+        work item when no one is eligible. In the order's transaction, as the gateway (not the caller)."""
+        patients: list[str] = []
+        for p in pending:
+            if p.type != "MedicationRequest" or p.content is None:
+                continue
+            order = orjson.loads(p.content)
+            before = orjson.loads(p.previous) if p.previous else {}
+            subject = _reference(order, "subject") or ""
+            if order.get("status") != "active" or before.get("status") == "active":
+                continue
+            if subject.startswith("Patient/") and ordered_rules(
+                order, self.rules, await self._referenced(conn, order)
+            ):
+                patients.append(subject)
+        if not patients:
+            return
+        system = RequestContext(ctx.base_url)
+        assigned = await assigned_pharmacists(self.fhir, conn, system, patients)
+        for subject in dict.fromkeys(patients):
+            if subject in assigned:
+                continue
+            result, patient = await self._rank(conn, system, subject.split("/", 1)[1])
+            outcome = await self._assign(conn, system, patient, result)
+            log.info("patient %s on a first specialty order: %s", subject, outcome.outcome)
+
+    async def _referenced(self, conn: AsyncConnection, order: JSON) -> dict[str, JSON]:
+        reference = _reference(order, "medicationReference") or ""
+        if not reference.startswith("Medication/"):
+            return {}
+        stored = await store.current(conn, "Medication", reference.split("/", 1)[1])
+        if stored is None or stored.content is None or stored.deleted:
+            return {}
+        return {reference: jsonio.loads(stored.content)}
 
     # -- gathering the facts ---------------------------------------------------------------------
 
