@@ -126,3 +126,15 @@ def test_moves_people_make(before: dict[str, Any], after: dict[str, Any], proble
 def test_a_person_may_open_an_alert_for_a_patient_only() -> None:
     assert alerts.move_problems(None, task()) == []
     assert [w for _, w in alerts.move_problems(None, {**task(), "for": None})] == ["Task.for"]
+
+
+def test_the_alert_task_is_valid_r4() -> None:
+    from pathlib import Path
+
+    from gateway.fhir.profiles import ProfileSet
+    from gateway.fhir.validation import Validator
+
+    root = Path(__file__).resolve().parents[2]
+    made = alerts.new_alert("alert-1", ANC, "Observation/o1", "Patient/p1", "PractitionerRole/r1", NOW)
+    issues = Validator(ProfileSet.load(root / "profiles")).validate(made)
+    assert [i for i in issues if i.is_error] == []
