@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.factories import MRN_SYSTEM, lab_observation, medication_request, pa_task, patient
+from tests.factories import GATEWAY, MRN_SYSTEM, lab_observation, medication_request, pa_task, patient
 
 
 async def create(api: httpx.AsyncClient, resource: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +180,12 @@ async def test_task_and_medication_request_parameters(api: httpx.AsyncClient) ->
     assert await ids(api, "/fhir/Task", **{"business-status": "submitted"}) == [task["id"]]
     assert await ids(api, "/fhir/Task", focus=f"MedicationRequest/{order['id']}") == [task["id"]]
     assert await ids(api, "/fhir/Task", owner="Organization/payer-1", status="requested") == [task["id"]]
-    assert await ids(api, "/fhir/Task", patient=pat["id"], intent="order") == [task["id"]]
+    # The first specialty order with no pharmacist on file opened the patient's unassigned-patient Task.
+    work = f"{GATEWAY}/CodeSystem/work-item-type|unassigned-patient"
+    (unassigned,) = await ids(api, "/fhir/Task", patient=pat["id"], code=work)
+    assert sorted(await ids(api, "/fhir/Task", patient=pat["id"], intent="order")) == sorted(
+        [task["id"], unassigned]
+    )
     assert await ids(api, "/fhir/Task", **{"business-status": "approved"}) == []
     assert await ids(api, "/fhir/MedicationRequest", intent="order", status="active", patient=pat["id"]) == [
         order["id"]

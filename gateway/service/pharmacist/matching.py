@@ -190,8 +190,9 @@ class PharmacistMatching:
         system = RequestContext(ctx.base_url)
         assigned = await assigned_pharmacists(self.fhir, conn, system, patients)
         for subject in dict.fromkeys(patients):
-            if subject in assigned:
-                continue
+            stored = await store.current(conn, "Patient", subject.split("/", 1)[1])
+            if subject in assigned or stored is None or stored.deleted:
+                continue  # an order may name a Patient not (or no longer) stored: nobody to assign
             result, patient = await self._rank(conn, system, subject.split("/", 1)[1])
             outcome = await self._assign(conn, system, patient, result)
             log.info("patient %s on a first specialty order: %s", subject, outcome.outcome)
