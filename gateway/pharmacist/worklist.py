@@ -307,7 +307,7 @@ def alert_summary(task: JSON, rules: MonitoringRules, lookups: Lookups) -> Summa
         what = resource_summary("observation", observation)
     elif isinstance(description, str) and description:
         what = description
-    what = what or _RULE_WHAT.get(rule_code or "") or (f"out of range for {drug}" if drug else "alert")
+    what = what or _RULE_WHAT.get(rule_code or "") or ("monitoring result out of band" if drug else "alert")
     head = f"{what} on {drug}" if drug else what
     return Summary(f"{head} (rule {rule_code})" if rule_code else head, drug, rule_code, what)
 

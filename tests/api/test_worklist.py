@@ -230,7 +230,7 @@ async def test_critical_alert_outranks_moderate_and_each_row_says_why(api: httpx
     assert first["rankReason"].startswith("critical severity; no deadline; patient risk ")
     assert second["rankReason"].startswith("moderate severity")
     assert first["summary"]["rule"] == "clozapine-anc" and first["summary"]["drug"] == "clozapine"
-    assert first["summary"]["text"] == "out of range for clozapine on clozapine (rule clozapine-anc)"
+    assert first["summary"]["text"] == "monitoring result out of band on clozapine (rule clozapine-anc)"
 
 
 async def test_overdue_pa_ranks_by_due_date(api: httpx.AsyncClient) -> None:
@@ -346,7 +346,7 @@ async def test_a_token_without_observation_read_learns_nothing_of_observations(
     row = narrow["rows"][0]
     assert "critical-results" not in reasons(row)
     assert "300" not in str(row) and "751-8" not in str(row) and f"Observation/{anc}" not in str(row)
-    assert row["summary"]["text"] == "out of range for clozapine on clozapine (rule clozapine-anc)"
+    assert row["summary"]["text"] == "monitoring result out of band on clozapine (rule clozapine-anc)"
     assert narrow["riskNotAssessed"] == [
         {"code": "critical-results", "text": "not assessed: needs system/Observation.r"}
     ]
