@@ -518,7 +518,7 @@ def row_json(row: RankedRow, found: Candidate, via: Via) -> JSON:
         "due": shown["due"],
         "created": shown["created"],
         "summary": found.summary.to_json(),
-        "why": f"{row.why} ({via.text})",
+        "why": f"{row.why}; {via.text}",
         "via": via.to_json(),
         "rankReason": row.rank_reason,
         "patientRisk": shown["patientRisk"],
