@@ -248,7 +248,7 @@ async def test_overdue_pa_ranks_by_due_date(api: httpx.AsyncClient) -> None:
     first = body["rows"][0]
     assert first["state"] == "overdue" and first["severity"] == "moderate"
     assert first["why"].startswith("the payer's prior-authorization decision is overdue")
-    assert "due 3 d ago" in first["rankReason"] or "due 72 h ago" in first["rankReason"]
+    assert "moderate severity; due 3 d ago; patient risk" in first["rankReason"]
     assert first["summary"]["drug"] == "clozapine 100 MG Oral Tablet"
     assert first["summary"]["text"].startswith("PA clozapine 100 MG Oral Tablet; decision due ")
     assert "payer Organization/payer-1" in first["summary"]["text"]
@@ -350,6 +350,39 @@ async def test_a_token_without_observation_read_learns_nothing_of_observations(
     assert narrow["riskNotAssessed"] == [
         {"code": "critical-results", "text": "not assessed: needs system/Observation.r"}
     ]
+
+
+async def test_a_token_without_order_or_dispense_read_gets_no_drug_facts(
+    api: httpx.AsyncClient, client_factory: ClientFactory
+) -> None:
+    practitioner, role = await pharmacist(api, "Lindqvist")
+    patient = await create(api, f.patient())
+    await assign(api, patient, role)
+    request = await order(api, patient)
+    await dispense(api, patient, day(-170))
+    await dispense(api, patient, day(-100))
+    denied = await pa(api, patient, request, "denied", reason="Not on formulary")
+    narrow = await client_factory(
+        "system/Task.r system/CareTeam.r system/Practitioner.r system/PractitionerRole.r"
+    )
+
+    full = await worklist(api, owner=f"Practitioner/{practitioner}")
+    body = await worklist(narrow, owner=f"Practitioner/{practitioner}")
+
+    assert tasks(full) == tasks(body) == [f"Task/{denied}"]
+    assert set(reasons(full["rows"][0])) == {"low-pdc", "pa-at-risk", "specialty-drugs"}
+    row = body["rows"][0]
+    assert reasons(row) == {"pa-at-risk": "PA denied or expiring"}
+    assert row["summary"]["drug"] is None and "clozapine" not in str(row)
+    assert [g["code"] for g in body["riskNotAssessed"]] == ["low-pdc", "critical-results", "specialty-drugs"]
+
+
+async def test_a_deleted_owner_is_gone(api: httpx.AsyncClient) -> None:
+    practitioner, role = await pharmacist(api, "Moreau")
+    assert (await api.delete(f"/fhir/PractitionerRole/{role}")).status_code in (200, 204)
+    answer = await api.get("/fhir/Task/$worklist", params={"owner": f"PractitionerRole/{role}"})
+    assert answer.status_code == 410, answer.text
+    assert (await worklist(api, owner=f"Practitioner/{practitioner}"))["rows"] == []
 
 
 async def test_scopes_checked_before_anything_is_read(

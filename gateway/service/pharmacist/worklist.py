@@ -354,16 +354,13 @@ class PharmacistWorklist:
             scope.members.add(owner)
         else:
             team = _loads(read.stored)
-            current = [m for m in _current_members(team, now_us) if m.split("/", 1)[0] in OWNER_TYPES[:2]]
+            current = _current_members(team, now_us)
             scope.members |= {m for m in current if m.startswith("PractitionerRole/")}
             practitioners = [m for m in current if m.startswith("Practitioner/")]
-            subject = _reference_of(team.get("subject"))
-            categories = [
-                c for concept in team.get("category") or [] for c in wl.codes(concept, CARE_TEAM_CATEGORY)
-            ]
-            if subject and subject.startswith("Patient/") and PHARMACIST_ASSIGNMENT in categories:
-                scope.patients[subject.split("/", 1)[1]] = wl.Via(
-                    "care-team", f"{subject} is the patient of {owner}", owner
+            patient = self._assignment_subject(team)
+            if patient is not None:
+                scope.patients[patient] = wl.Via(
+                    "care-team", f"Patient/{patient} is the patient of {owner}", owner
                 )
         scope.members |= set(practitioners)
         if practitioners:
@@ -375,6 +372,17 @@ class PharmacistWorklist:
         if scope.members:
             await self._patients_of(conn, ctx, scope, now_us)
         return scope
+
+    @staticmethod
+    def _assignment_subject(team: JSON) -> str | None:
+        """The patient id of a pharmacist-assignment CareTeam (None for any other team)."""
+        subject = _reference_of(team.get("subject")) or ""
+        categories = [
+            c for concept in team.get("category") or [] for c in wl.codes(concept, CARE_TEAM_CATEGORY)
+        ]
+        if subject.startswith("Patient/") and PHARMACIST_ASSIGNMENT in categories:
+            return subject.split("/", 1)[1]
+        return None
 
     async def _patients_of(
         self, conn: AsyncConnection, ctx: RequestContext, scope: Scope, now_us: int
