@@ -308,7 +308,7 @@ def alert_summary(task: JSON, rules: MonitoringRules, lookups: Lookups) -> Summa
     elif isinstance(description, str) and description:
         what = description
     what = what or _RULE_WHAT.get(rule_code or "") or ("monitoring result out of band" if drug else "alert")
-    head = f"{what} on {drug}" if drug else what
+    head = f"{what} on {drug}" if drug and drug.casefold() not in what.casefold() else what
     return Summary(f"{head} (rule {rule_code})" if rule_code else head, drug, rule_code, what)
 
 

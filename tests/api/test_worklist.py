@@ -310,12 +310,20 @@ async def test_patient_risk_breaks_ties_and_names_its_reasons(api: httpx.AsyncCl
     await dispense(api, risky, day(-170))
     await dispense(api, risky, day(-100))  # 60 of 171 days covered
     await lab_overdue(api, risky, priority="routine", due=day(-3))
+    # A critical ANC: the gateway opens a critical alert of its own for it (gateway.pharmacist.alerts).
     await create(api, f.lab_observation(risky, code="751-8", value=300, unit="/uL", effective=at(-2)))
 
     body = await worklist(api, owner=f"Practitioner/{practitioner}", kind="alert", _count="10")
 
-    assert tasks(body) == [f"Task/{risky_alert}", f"Task/{calm_alert}"]
-    first, second = body["rows"]
+    opened, first, second = body["rows"]
+    assert opened["severity"] == "critical" and opened["patient"] == f"Patient/{risky}"
+    assert opened["task"].startswith("Task/alert-") and opened["summary"]["rule"] == "clozapine-anc"
+    assert opened["via"] == {  # the gateway made the patient's pharmacist its owner
+        "code": "owner",
+        "text": f"the Task's owner is PractitionerRole/{role}",
+        "reference": f"PractitionerRole/{role}",
+    }
+    assert [first["task"], second["task"]] == [f"Task/{risky_alert}", f"Task/{calm_alert}"]
     assert reasons(first) == {
         "low-pdc": "PDC 35 % < 80 %",
         "overdue-labs": "1 overdue lab",
@@ -334,19 +342,27 @@ async def test_a_token_without_observation_read_learns_nothing_of_observations(
     practitioner, role = await pharmacist(api, "Kowalski")
     patient = await create(api, f.patient())
     await assign(api, patient, role)
+    await order(api, patient)  # clozapine: the ANC below is a drug-lab alert
+    # The gateway opens the alert for this result (gateway.pharmacist.alerts); the value is not in the Task.
     anc = await create(api, f.lab_observation(patient, code="751-8", value=300, unit="/uL", effective=at(-1)))
-    task = await alert(api, patient, "critical", observation=anc)
+    mine = await alert(api, patient, "low", observation=anc, description="ANC needs a look")
 
     full = await worklist(api, owner=f"Practitioner/{practitioner}")
     narrow = await worklist(await client_factory(READER), owner=f"Practitioner/{practitioner}")
 
-    assert tasks(full) == tasks(narrow) == [f"Task/{task}"]
-    assert "300" in full["rows"][0]["summary"]["text"]
-    assert "critical-results" in reasons(full["rows"][0])
-    row = narrow["rows"][0]
-    assert "critical-results" not in reasons(row)
-    assert "300" not in str(row) and "751-8" not in str(row) and f"Observation/{anc}" not in str(row)
-    assert row["summary"]["text"] == "monitoring result out of band on clozapine (rule clozapine-anc)"
+    assert tasks(full) == tasks(narrow) and len(tasks(full)) == 2 and tasks(full)[1] == f"Task/{mine}"
+    opened = full["rows"][0]
+    assert opened["severity"] == "critical" and opened["summary"]["rule"] == "clozapine-anc"
+    assert opened["summary"]["what"].startswith("751-8 300 /uL")  # quoted from the Observation
+    assert "critical-results" in reasons(opened)
+    assert full["rows"][1]["summary"]["text"].startswith("751-8 300 /uL")
+    for row in narrow["rows"]:
+        assert "critical-results" not in reasons(row)
+        assert " 300 " not in str(row) and f"Observation/{anc}" not in str(row)
+    assert narrow["rows"][0]["summary"]["what"].startswith(
+        "clozapine: 751-8 monitoring - rule band < 500 /uL"
+    )
+    assert narrow["rows"][1]["summary"]["text"] == "ANC needs a look on clozapine (rule clozapine-anc)"
     assert narrow["riskNotAssessed"] == [
         {"code": "critical-results", "text": "not assessed: needs system/Observation.r"}
     ]
@@ -411,7 +427,7 @@ async def test_other_pharmacists_patients_do_not_appear(api: httpx.AsyncClient) 
     their_alert = await alert(api, their_patient, "critical")
     await alert(api, former, "critical")
     covering = await alert(api, their_patient, "low", owner=f"PractitionerRole/{my_role}")
-    closed = await alert(api, my_patient, "critical", status="completed")
+    closed = await alert(api, my_patient, "critical", status="cancelled")
 
     body = await worklist(api, owner=f"Practitioner/{mine}")
 
