@@ -554,6 +554,32 @@ async def test_filters_by_kind_and_patient(api: httpx.AsyncClient) -> None:
     assert len(both["rows"]) == 2
 
 
+async def test_labs_the_monitoring_calendar_finds_overdue_are_rows(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    practitioner, role = await pharmacist(api, "Schmidt")
+    patient = await create(api, f.patient())
+    await assign(api, patient, role)
+    await create(api, f.medication_request(patient, authoredOn=day(-1)))  # clozapine: weekly ANC
+    plans = (await api.get("/fhir/CarePlan", params={"patient": patient})).json()["entry"]
+    first_lab = plans[0]["resource"]["activity"][0]["detail"]["scheduledPeriod"]
+    # Two weeks on, no result has come: the sweep opens lab-overdue Tasks (gateway.pharmacist.calendar).
+    later = datetime.fromisoformat(first_lab["end"]).date() + timedelta(days=8)
+    assert await gateway.monitoring.sweep(later) == 2
+
+    body = await worklist(api, owner=f"Practitioner/{practitioner}", kind="lab-overdue")
+
+    rows = body["rows"]
+    assert [r["kind"] for r in rows] == ["lab-overdue", "lab-overdue"]
+    assert {r["severity"] for r in rows} == {"high"}  # ANC can be a critical value: urgent when missed
+    first = rows[0]
+    assert rows[0]["due"] < rows[1]["due"]  # the earliest deadline first
+    assert first["summary"]["text"] == f"751-8 due {first_lab['start']} for clozapine (rule clozapine-anc)"
+    assert first["due"] == f"{first_lab['end']}T00:00:00Z"  # the last day a result counted
+    assert first["via"]["code"] == "owner"  # the sweep made the patient's pharmacist its owner
+    assert reasons(first)["overdue-labs"] == "2 overdue labs"
+
+
 @pytest.mark.parametrize(
     ("params", "status", "says"),
     [
