@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     delivery_poll_seconds: float = 1.0
     # pa-expiring: an approved authorization whose period ends within this many days fires the topic.
     pa_expiring_days: int = 30
+    # $worklist: a denied authorization is listed as appealable for this many days after the denial (60: the
+    # shortest common window, Medicaid managed care's; Medicare allows 65, ACA plans 180).
+    pa_appeal_days: int = 60
     # Payers' PAS endpoints, auth, timeouts, retries (YAML; see gateway/pa/payers.py). Empty: none.
     payers_file: Path | None = None
     # How often the prior-authorization worker sends due retries, polls pended requests and runs timers.

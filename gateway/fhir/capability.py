@@ -86,11 +86,11 @@ def _with_subscriptions(entry: dict[str, Any], topic_urls: list[str]) -> dict[st
 
 _GATEWAY_OPERATIONS = "https://specialty-gateway.org/fhir/OperationDefinition"
 # Prior-authorization operations (README, "Prior authorization with payers"); pharmacist operations
-# (README, "Pharmacist matching and assignment", "Patient $timeline").
+# (README, "Pharmacist matching and assignment", "Patient $timeline", "Worklist ($worklist)").
 _OPERATIONS = {
     "MedicationRequest": ["request-prior-auth"],
     "Patient": ["match-pharmacist", "timeline"],
-    "Task": ["appeal", "cancel", "pa-turnaround"],
+    "Task": ["appeal", "cancel", "pa-turnaround", "worklist"],
 }
 
 

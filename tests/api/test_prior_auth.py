@@ -542,7 +542,8 @@ async def test_the_capability_statement_lists_the_prior_authorization_operations
     statement = (await api.get("/fhir/metadata")).json()
     entries = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert [o["name"] for o in entries["MedicationRequest"]["operation"]] == ["request-prior-auth"]
-    assert [o["name"] for o in entries["Task"]["operation"]] == ["appeal", "cancel", "pa-turnaround"]
+    task_operations = [o["name"] for o in entries["Task"]["operation"]]
+    assert task_operations == ["appeal", "cancel", "pa-turnaround", "worklist"]
     assert "operation" not in entries["Observation"]
     assert f"{GATEWAY}/StructureDefinition/pas-claim" in entries["Claim"]["supportedProfile"]
 
