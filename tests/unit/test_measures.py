@@ -437,6 +437,14 @@ def measure(measure_id: str) -> dict[str, Any]:
     return loaded
 
 
+def populations_of(resource: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(group code, its population codes) of a Measure or MeasureReport."""
+    return [
+        (g["code"]["coding"][0]["code"], [p["code"]["coding"][0]["code"] for p in g["population"]])
+        for g in resource["group"]
+    ]
+
+
 def test_an_individual_pdc_report_is_valid_r4_with_the_measures_group_codes() -> None:
     tally = PdcTally()
     tally.add(adherence(CLOZAPINE_FILLS))
@@ -466,6 +474,7 @@ def test_an_individual_pdc_report_is_valid_r4_with_the_measures_group_codes() ->
     assert pdc_group["stratifier"][0]["stratum"][0]["value"] == {"text": "clozapine"}
     assert report["evaluatedResource"] == [{"reference": "MedicationDispense/d1"}]
     assert report["improvementNotation"]["coding"][0]["code"] == "increase"
+    assert populations_of(report) == populations_of(measure("pdc"))
 
 
 @pytest.mark.parametrize(
@@ -483,7 +492,6 @@ def test_every_measure_reports_each_of_its_groups_even_when_empty(measure_id: st
         definition, report_type="summary", subject=None, period=PERIOD, groups=tally.groups()
     )
     importlib.import_module("fhir.resources.R4B.measurereport").MeasureReport.model_validate(report)
-    codes = [g["code"]["coding"][0]["code"] for g in report["group"]]
-    assert codes == [g["code"]["coding"][0]["code"] for g in definition["group"]]
+    assert populations_of(report) == populations_of(definition)  # every group and population, in order
     assert all("measureScore" not in g for g in report["group"])  # nothing to score
     assert "subject" not in report and report["type"] == "summary"
