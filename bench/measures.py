@@ -154,7 +154,8 @@ async def one_backend(backend: str, postgres_url: str) -> None:
         gateway = await Gateway.start(Settings(database_url=url))
         try:
             ctx = RequestContext(base_url="http://bench/fhir")
-            practitioner = await gateway.fhir.create(ctx, "Practitioner", b'{"resourceType": "Practitioner"}', None)
+            body = b'{"resourceType": "Practitioner"}'
+            practitioner = await gateway.fhir.create(ctx, "Practitioner", body, None)
             assert practitioner.stored is not None
             practitioner_id = practitioner.stored.id
             role_body = orjson.dumps(

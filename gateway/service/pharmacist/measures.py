@@ -209,7 +209,7 @@ class MeasureService:
         for key, value in params:
             if key == "url":
                 urls = (urls or set()) | set(value.split(","))
-            elif key not in IGNORED_PARAMS:
+            elif key not in IGNORED_PARAMS and key != "_count":  # all of them fit on a page
                 raise BadRequest(f"Measure is searched by url only, not {key}")
         found = [d for d in self.definitions.values() if urls is None or d.get("url") in urls]
         entries = [Entry(f"Measure/{d['id']}", orjson.dumps(d), "match") for d in found]
@@ -222,8 +222,8 @@ class MeasureService:
         found = self.definitions.get(wanted) or next(
             (d for d in self.definitions.values() if d.get("url") == wanted), None
         )
-        if found is None:
-            raise NotFound(f"Measure {wanted} is not known")
+        if found is None or found["id"] not in READS:
+            raise NotFound(f"Measure {wanted} is not known (or has no evaluation here)")
         if evaluation.measure is not None and evaluation.measure not in (found["id"], found.get("url")):
             raise BadRequest(f"The measure parameter names another Measure than Measure/{found['id']}")
         return found
@@ -357,7 +357,7 @@ class MeasureService:
             return await self._alerts(conn, patients, period, evaluated)
         if measure_id == "monitoring-adherence":
             return await self._monitoring(conn, patients, period, now_us, evaluated)
-        raise NotFound(f"Measure/{measure_id} has no evaluation here")
+        raise NotFound(f"Measure/{measure_id} has no evaluation here")  # READS lists those that have one
 
     @staticmethod
     def _window(period: m.Period) -> tuple[int, int]:
