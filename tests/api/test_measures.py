@@ -28,6 +28,7 @@ from gateway.service.gateway import Gateway
 from gateway.service.pharmacist.matching import CARE_TEAM_CATEGORY, PHARMACIST_ASSIGNMENT
 from gateway.transports.http.app import create_app
 from tests import factories as f
+from tests.api.test_patient_timeline import anc
 from tests.conftest import ClientFactory
 
 pytestmark = pytest.mark.asyncio
@@ -377,6 +378,28 @@ async def test_alert_acknowledge_and_resolve_times_come_from_the_task_history(ap
     assert gauge(metrics, "gateway_alerts_unacknowledged") == 1
     median = gauge(metrics, "gateway_alert_acknowledge_seconds", '{statistic="median"}')
     assert median is not None and round(median / 3600, 2) == score(report, "acknowledge")
+
+
+async def test_an_alert_the_gateway_raised_counts_once_the_pharmacist_answers_it(
+    api: httpx.AsyncClient,
+) -> None:
+    # A low ANC on clozapine opens an alert Task owned by the assigned pharmacist (README, alerts).
+    patient = (await create(api, f.patient()))["id"]
+    await create(api, f.medication_request(patient))
+    await pharmacist(api, [patient])
+    await create(api, anc(patient, 1.2, instant(datetime.now(UTC)), "L"))
+    found = await api.get("/fhir/Task", params={"patient": patient, "code": f"{vocab.WORK_ITEM_TYPE}|alert"})
+    (raised,) = [e["resource"] for e in found.json()["entry"] if e["search"]["mode"] == "match"]
+    before = await evaluate(api, "alert-response", subject=f"Patient/{patient}", **YEAR)
+    assert populations(before, "acknowledge")["measure-population-exclusion"] == 1
+    accepted = await put(api, {**raised, "status": "accepted"})
+    note = [*raised.get("note", []), {"text": "repeat ANC ordered", "time": instant(datetime.now(UTC))}]
+    await put(api, {**accepted, "status": "completed", "note": note})
+    after = await evaluate(api, "alert-response", subject=f"Patient/{patient}", **YEAR)
+    assert populations(after, "acknowledge")["measure-observation"] == 1
+    assert populations(after, "resolve")["measure-observation"] == 1
+    acknowledged = score(after, "acknowledge")
+    assert acknowledged is not None and acknowledged < 1  # hours: accepted right after it was raised
 
 
 # -- monitoring adherence ------------------------------------------------------------------------------
