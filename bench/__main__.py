@@ -1,4 +1,4 @@
-"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|poison] [--backends ...]`.
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison] [--backends ...]`.
 
 `jsonio` and `validation` run in this process, with no database and no gateway.
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import audit, hl7, jsonio, poison, store, subscriptions, token_abuse, validation
+from bench import audit, hl7, jsonio, measures, poison, store, subscriptions, token_abuse, validation
 
-SUITES = ["all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "poison"]
+SUITES = [
+    "all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "measures", "poison"
+]  # fmt: skip
 
 
 def main() -> None:
@@ -50,6 +52,10 @@ def main() -> None:
         if everything:
             print()
         asyncio.run(audit.run(backends, args.postgres_url))
+    if args.suite in ("all", "measures"):
+        if everything:
+            print()
+        asyncio.run(measures.run(backends, args.postgres_url))
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
         asyncio.run(poison.run(backends, args.postgres_url))
 

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = 30.0
     # AuditEvents older than this are deleted (hourly, in small batches); HIPAA keeps records six years.
     audit_retention_days: int = 2190
+    # The pharmacist gauges on /metrics (PDC, time to first dose, alert response, monitoring on time) cover
+    # the trailing measures_period_days ending today and are recomputed from the store at most every
+    # measures_refresh_seconds (a scrape in between gets the cached figures; 0: every scrape).
+    measures_period_days: int = Field(default=365, ge=1, le=3660)
+    measures_refresh_seconds: float = Field(default=300.0, ge=0)
 
 
 def get_settings(**overrides: object) -> Settings:

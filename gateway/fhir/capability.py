@@ -109,6 +109,29 @@ def _with_operations(entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+_MEASURE_OPERATION = "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"
+
+
+def _measure_entry() -> dict[str, Any]:
+    """Measure: the pharmacist measures (profiles/Measure-*.json), read-only, and $evaluate-measure."""
+    return {
+        "type": "Measure",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Measure",
+        "documentation": (
+            "The pharmacist measures (PDC, time to first dose, PA turnaround, alert response, monitoring on"
+            " time), read-only, to any valid token. $evaluate-measure (periodStart, periodEnd, subject"
+            " Patient/{id} or Practitioner/{id}, practitioner, reportType subject | population) needs read on"
+            " every type the measure reads."
+        ),
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "searchParam": [
+            {"name": "url", "type": "uri", "definition": "http://hl7.org/fhir/SearchParameter/Measure-url"}
+        ],
+        "operation": [{"name": "evaluate-measure", "definition": _MEASURE_OPERATION}],
+    }
+
+
 def capability_statement(
     *,
     base_url: str,
@@ -122,6 +145,7 @@ def capability_statement(
         _with_subscriptions(r, topic_urls or []) if r["type"] == "Subscription" else r for r in resources
     ]
     resources.append(audit_capability())
+    resources.append(_measure_entry())
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -13,7 +13,14 @@ from sqlalchemy import and_, delete, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.tables import pa_reference, pa_submission, pa_timer_fired, pa_tracking
+from gateway.store.tables import (
+    pa_reference,
+    pa_submission,
+    pa_timer_fired,
+    pa_tracking,
+    resource,
+    sp_reference,
+)
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:
@@ -95,6 +102,40 @@ async def overdue(conn: AsyncConnection, statuses: Sequence[str], now_us: int) -
 async def submitted_ever(conn: AsyncConnection) -> list[Tracking]:
     """Every Task that was submitted at least once (turnaround figures)."""
     rows = await conn.execute(select(pa_tracking).where(pa_tracking.c.submitted_us.is_not(None)))
+    return [_tracking(r) for r in rows]
+
+
+async def submitted_between(
+    conn: AsyncConnection,
+    low_us: int,
+    high_us: int,
+    *,
+    patient_ids: Sequence[str] | None,
+    after_task_id: str | None,
+    limit: int,
+) -> list[Tracking]:
+    """Up to `limit` Tasks first submitted in [low_us, high_us] (the PA turnaround Measure), by Task id
+    after `after_task_id`; with `patient_ids`, only the Tasks of those Patients (`Task.for`)."""
+    t = pa_tracking.c
+    where = [t.submitted_us.is_not(None), t.submitted_us >= low_us, t.submitted_us <= high_us]
+    if patient_ids is not None:
+        r = sp_reference.c
+        of_patients = (
+            select(resource.c.res_id)
+            .select_from(resource.join(sp_reference, sp_reference.c.rid == resource.c.rid))
+            .where(
+                resource.c.res_type == "Task",
+                resource.c.deleted.is_(False),
+                r.res_type == "Task",
+                r.param == "patient",
+                r.target_type == "Patient",
+                r.target_id.in_(list(patient_ids)),
+            )
+        )
+        where.append(t.task_id.in_(of_patients))
+    if after_task_id is not None:
+        where.append(t.task_id > after_task_id)
+    rows = await conn.execute(select(pa_tracking).where(*where).order_by(t.task_id).limit(limit))
     return [_tracking(r) for r in rows]
 
 

@@ -50,10 +50,12 @@ def test_capability_statement_is_valid_r4_and_lists_only_what_is_served() -> Non
     )
     CapabilityStatement.model_validate(statement)
     resources = statement["rest"][0]["resource"]
-    # The store's types, and the audit trail (read and search only: it is not in the store).
-    assert [r["type"] for r in resources] == [*RESOURCE_TYPES, "AuditEvent"]
-    audit = resources[-1]
+    # The store's types, the audit trail and the Measures (read and search only: not in the store).
+    assert [r["type"] for r in resources] == [*RESOURCE_TYPES, "AuditEvent", "Measure"]
+    audit, measure = resources[-2:]
     assert {i["code"] for i in audit["interaction"]} == {"read", "search-type"}
+    assert {i["code"] for i in measure["interaction"]} == {"read", "search-type"}
+    assert [o["name"] for o in measure["operation"]] == ["evaluate-measure"]
     subscription = next(r for r in resources if r["type"] == "Subscription")
     assert [e["valueCanonical"] for e in subscription["extension"]] == [
         "https://gw.example/fhir/SubscriptionTopic/t1"

@@ -116,7 +116,7 @@ def _reference(resource: JSON, element: str) -> str | None:
     return reference if isinstance(reference, str) else None
 
 
-def _current_member(participant: object, now_us: int) -> str | None:
+def current_member(participant: object, now_us: int) -> str | None:
     """The participant's member reference when its period has not ended at `now_us`."""
     if not isinstance(participant, dict):
         return None
@@ -292,7 +292,7 @@ class PharmacistMatching:
             team = jsonio.loads(stored.content or b"{}")
             if _reference(team, "subject") == subject:
                 continue  # the patient's own assignment is not load against them
-            if any(_current_member(p, now_us) in members for p in team.get("participant") or []):
+            if any(current_member(p, now_us) in members for p in team.get("participant") or []):
                 load += 1
         return load
 
@@ -346,8 +346,8 @@ class PharmacistMatching:
         ctx.note("CareTeam", stored.id, stored.content)
         now_us = dates.now_us()
         participants = [p for p in team.get("participant") or [] if isinstance(p, dict)]
-        current = [p for p in participants if _current_member(p, now_us) is not None]
-        if any(_current_member(p, now_us) == member for p in current):
+        current = [p for p in participants if current_member(p, now_us) is not None]
+        if any(current_member(p, now_us) == member for p in current):
             return Assignment("unchanged", team)
         for participant in current:  # the previous pharmacist's part ends now
             participant["period"] = {**(participant.get("period") or {}), "end": now}
@@ -428,7 +428,7 @@ async def assigned_pharmacists(
     for stored in teams:
         team = orjson.loads(stored.content or b"{}")
         subject = _reference(team, "subject")
-        members = [m for p in team.get("participant") or [] if (m := _current_member(p, now_us))]
+        members = [m for p in team.get("participant") or [] if (m := current_member(p, now_us))]
         if subject and members:
             found[subject] = members[-1]  # the latest joined: a handover in progress goes to the new one
     return found

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,7 +29,7 @@ from gateway.adapters.payer import pas
 from gateway.exceptions import FhirError
 from gateway.fhir import dates
 from gateway.fhir.extract import extract
-from gateway.pa import lifecycle, tasks
+from gateway.pa import lifecycle, tasks, turnaround
 from gateway.pa.decision import PayerDecision
 from gateway.pa.payers import PayerConfig, PayerDirectory
 from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
@@ -415,26 +413,27 @@ class PayerWorker:
             by_payer.setdefault(payer.name if payer else (row.payer or "unknown"), []).append(row)
         report = []
         for name, group in sorted(by_payer.items()):
-            hours = sorted(
-                (r.decided_us - r.submitted_us) / 3_600_000_000
-                for r in group
-                if r.decided_us is not None and r.submitted_us is not None
-            )
-            waiting = [
-                r for r in group if r.decided_us is None and r.business_status in lifecycle.AWAITING_PAYER
-            ]
+            figures = turnaround.summarize((clock_of(r) for r in group), now)
             report.append(
                 PayerTurnaround(
                     name,
-                    len(hours),
-                    len(waiting),
-                    sum(1 for r in waiting if r.due_us is not None and r.due_us < now),
-                    statistics.median(hours) if hours else None,
-                    hours[math.ceil(0.9 * len(hours)) - 1] if hours else None,  # nearest rank
-                    statistics.fmean(hours) if hours else None,
+                    figures.decided,
+                    figures.pending,
+                    figures.overdue,
+                    figures.median_hours,
+                    figures.p90_hours,
+                    figures.mean_hours,
                 )
             )
         return report
+
+
+def clock_of(row: pa_store.Tracking) -> turnaround.Clock:
+    """A tracking row (first submitted) as the turnaround figures read it."""
+    assert row.submitted_us is not None
+    return turnaround.Clock(
+        row.submitted_us, row.decided_us, row.due_us, row.business_status in lifecycle.AWAITING_PAYER
+    )
 
 
 def _call_budget_s(payer: PayerConfig | None) -> float:

@@ -23,6 +23,7 @@ from gateway.transports.http import (
     everything_routes,
     fhir_routes,
     hl7_routes,
+    measure_routes,
     ops_routes,
     pa_routes,
     pharmacist_routes,
@@ -77,9 +78,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         registry.register(PriorAuthCollector(lambda: gateway.payer_worker.turnaround))
         registry.register(audit_routes.AuditCollector(lambda: gateway.audit))
     app.state.metrics_registry = registry
+    measure_routes.install(app, registry)  # the pharmacist gauges, refreshed before a scrape when stale
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)
     app.include_router(pharmacist_routes.router)
+    app.include_router(measure_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(everything_routes.router)
     app.include_router(timeline_routes.router)

@@ -25,4 +25,6 @@ async def healthz(gateway: GatewayDep) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics (no patient data)")
 async def metrics(request: Request) -> Response:
+    for refresh in getattr(request.app.state, "before_scrape", ()):  # cached figures past their age
+        await refresh()
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
