@@ -25,6 +25,7 @@ order or alert.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -175,6 +176,12 @@ def _json(stored: Stored) -> JSON:
     assert stored.content is not None
     found = orjson.loads(stored.content)  # only read: orjson is faster than `jsonio` here
     return found if isinstance(found, dict) else {}
+
+
+def _adherences(
+    groups: list[list[JSON]], medications: dict[str, JSON], period: m.Period
+) -> list[m.PatientAdherence]:
+    return [m.patient_adherence(fills_from_dispenses(d, medications).fills, period) for d in groups]
 
 
 def _patient_of(resource: Mapping[str, Any], element: str) -> str | None:
@@ -424,9 +431,9 @@ class MeasureService:
                     if patient in by_patient:
                         by_patient[patient].append(dispense)
             medications = await self._medications(conn, [d for found in by_patient.values() for d in found])
-            for dispenses in by_patient.values():
-                extracted = fills_from_dispenses(dispenses, medications)
-                adherence = m.patient_adherence(extracted.fills, period)
+            # The PDC arithmetic is most of the cost (about 0.4 ms a patient): off the event loop.
+            found = await asyncio.to_thread(_adherences, list(by_patient.values()), medications, period)
+            for adherence in found:
                 tally.add(adherence)
                 if evaluated is not None:
                     counted = [c.fill.source for d in adherence.drugs for c in d.result.fills if c.counted]
