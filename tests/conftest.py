@@ -25,6 +25,7 @@ from gateway.store.tables import (
     INDEX_TABLES,
     PA_TABLES,
     SUBSCRIPTION_TABLES,
+    TIMELINE_TABLES,
     hl7_message,
     resource,
     resource_version,
@@ -149,6 +150,7 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
     gw = gateways[backend]
     async with gw.db.write() as conn:
         emptied = (*INDEX_TABLES, resource_version, resource, hl7_message, *SUBSCRIPTION_TABLES, *PA_TABLES)
+        emptied += TIMELINE_TABLES
         for table in emptied:
             if table is not subscription_generation:
                 await conn.execute(delete(table))

@@ -115,6 +115,8 @@ class Database:
                 f"Unsupported database {self.dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg"
             )
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        # Last statements of every write transaction, inside it (e.g. numbering the timeline's changes).
+        self.before_commit: list[Callable[[AsyncConnection], Awaitable[None]]] = []
         self.after_commit: list[Callable[[AsyncConnection], None]] = []  # e.g. the statistics keeper
         self.after_rollback: list[Callable[[AsyncConnection | None], None]] = []
         self.before_dispose: list[Callable[[], Awaitable[None]]] = []  # background work on the pools
@@ -129,6 +131,7 @@ class Database:
 
         Hooks get the transaction's connection, so that state kept per transaction (several run at once
         on PostgreSQL) is settled for that one alone; a rollback before a connection was had passes None.
+        `before_commit` hooks run inside the transaction once the block is done (a failing one rolls it back).
         """
         current: AsyncConnection | None = None
         try:
@@ -136,10 +139,12 @@ class Database:
                 async with self.writer.begin() as conn:
                     current = conn
                     yield conn
+                    await self._before_commit(conn)
             else:
                 async with self._write_lock, self.writer.begin() as conn:
                     current = conn
                     yield conn
+                    await self._before_commit(conn)
         except BaseException:
             for rollback_hook in self.after_rollback:
                 rollback_hook(current)
@@ -147,6 +152,10 @@ class Database:
         assert current is not None
         for hook in self.after_commit:
             hook(current)
+
+    async def _before_commit(self, conn: AsyncConnection) -> None:
+        for hook in self.before_commit:
+            await hook(conn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -1,16 +1,35 @@
 """The reads behind `Patient/{id}/$timeline`: a patient's compartment rows of one type, the versions of
-some resources (the PA moves), and the Provenances naming some resources."""
+some resources (the PA moves), and the Provenances naming some resources; and the change log behind its
+live form (`_stream=true`): versions per Patient, numbered in commit order.
+
+Numbering. A writer adds its rows to `timeline_change` with `seq` NULL and an ordinal per Patient (in
+its transaction, so a rolled-back savepoint takes its rows along), then, as the transaction's last
+statements, moves each Patient's `timeline_counter` on by its count (`INSERT ... ON CONFLICT DO UPDATE
+... RETURNING`, Patients in sorted order) and gives its rows `seq` = the counter before + ordinal. The
+counter row stays locked until the commit, so on PostgreSQL a second writer of the same Patient gets its
+numbers only after the first has committed: once a number is visible, every smaller number of that
+Patient is visible too or never will be (a savepoint rolled back leaves a gap). SQLite has one writer at
+a time. A reader that has read up to `seq` n therefore never misses a row by asking for `seq > n`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import BigInteger, bindparam, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.everything import compartment_condition
-from gateway.store.resources import Stored, current_select, to_stored
-from gateway.store.tables import resource, resource_version, sp_reference
+from gateway.store.resources import Stored, bulk_insert, current_select, to_stored
+from gateway.store.tables import (
+    resource,
+    resource_version,
+    sp_reference,
+    timeline_change,
+    timeline_counter,
+)
 
 CHUNK = 400  # keys per statement: far below SQLite's and asyncpg's variable limits
 
@@ -57,3 +76,94 @@ async def provenances_naming(conn: AsyncConnection, keys: Sequence[tuple[str, st
         for row in await conn.execute(stmt):
             found[row.rid] = to_stored(row)
     return [found[rid] for rid in sorted(found)]
+
+
+# -- the change log of the live timeline -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A version in a Patient's compartment, with its number in that Patient's commit order."""
+
+    seq: int
+    rid: int
+    type: str
+    id: str
+    version: int
+
+
+async def add_changes(conn: AsyncConnection, rows: Sequence[tuple[str, int, int, str, str, int]]) -> None:
+    """Unnumbered rows (patient_id, ordinal, rid, res_type, res_id, version) of this transaction."""
+    columns = ("patient_id", "ordinal", "rid", "res_type", "res_id", "version")
+    await bulk_insert(conn, timeline_change, columns, list(rows))
+
+
+async def number_changes(conn: AsyncConnection, counts: Mapping[str, int]) -> None:
+    """Number this transaction's rows: Patient -> how many ordinals it used (see the module notes)."""
+    if not counts:
+        return
+    patients = sorted(counts)
+    for start in range(0, len(patients), CHUNK):
+        part = patients[start : start + CHUNK]
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(timeline_counter).values(
+            [{"patient_id": p, "last": counts[p]} for p in part]
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["patient_id"],
+            set_={"last": timeline_counter.c.last + statement.excluded.last},
+        ).returning(timeline_counter.c.patient_id, timeline_counter.c.last)
+        lasts = {row.patient_id: int(row.last) for row in await conn.execute(statement)}
+        c = timeline_change.c
+        await conn.execute(
+            update(timeline_change)
+            .where(c.patient_id == bindparam("p"), c.seq.is_(None))
+            .values(seq=bindparam("base", type_=BigInteger) + c.ordinal),
+            [{"p": p, "base": lasts[p] - counts[p]} for p in part],
+        )
+
+
+async def last_seq(conn: AsyncConnection, patient_id: str) -> int:
+    """The highest number given to the Patient's changes (0: none yet)."""
+    found = (
+        await conn.execute(select(timeline_counter.c.last).where(timeline_counter.c.patient_id == patient_id))
+    ).scalar_one_or_none()
+    return int(found or 0)
+
+
+async def last_seqs(conn: AsyncConnection, patient_ids: Sequence[str]) -> dict[str, int]:
+    """`last_seq` for several Patients (those without changes are left out)."""
+    found: dict[str, int] = {}
+    c = timeline_counter.c
+    for start in range(0, len(patient_ids), CHUNK):
+        stmt = select(c.patient_id, c.last).where(c.patient_id.in_(list(patient_ids[start : start + CHUNK])))
+        found.update({row.patient_id: int(row.last) for row in await conn.execute(stmt)})
+    return found
+
+
+async def changes_after(conn: AsyncConnection, patient_id: str, after: int, limit: int) -> list[Change]:
+    """The Patient's numbered changes after `after`, in order, at most `limit`."""
+    c = timeline_change.c
+    stmt = (
+        select(c.seq, c.rid, c.res_type, c.res_id, c.version)
+        .where(c.patient_id == patient_id, c.seq > after)
+        .order_by(c.seq)
+        .limit(limit)
+    )
+    return [Change(int(r.seq), r.rid, r.res_type, r.res_id, r.version) for r in await conn.execute(stmt)]
+
+
+async def versions_at(
+    conn: AsyncConnection, keys: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], Stored]:
+    """Stored versions by (rid, version); keys that name no version are left out."""
+    v = resource_version.c
+    found: dict[tuple[int, int], Stored] = {}
+    unique = sorted(set(keys))
+    for start in range(0, len(unique), CHUNK):
+        stmt = select(
+            v.rid, v.res_type, v.res_id, v.version, v.updated_us, v.deleted, v.content, v.method
+        ).where(tuple_(v.rid, v.version).in_(unique[start : start + CHUNK]))
+        for row in await conn.execute(stmt):
+            found[(row.rid, row.version)] = to_stored(row)
+    return found
