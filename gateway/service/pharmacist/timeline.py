@@ -109,25 +109,9 @@ class PatientTimeline:
         ctx.require("Patient", READ)
         check_id(patient_id)
         since_us, count, after = self._parse(ctx, params)
-        limit = self.fhir.max_count * ROWS_PER_TYPE_FACTOR
         async with self.fhir.db.read() as conn:
-            patient = await resources_store.head(conn, "Patient", patient_id)
-            if patient is None:
-                raise NotFound(f"Patient/{patient_id} is not known")
-            if patient.deleted:
-                raise Gone(f"Patient/{patient_id} was deleted (version {patient.version})")
-            entries: list[TimelineEntry] = []
-            for rtype in self.types(ctx):
-                rows = await store.compartment(conn, patient_id, rtype, limit + 1)
-                if len(rows) > limit:
-                    raise TooCostly(f"$timeline: more than {limit} {rtype} resources for this patient")
-                entries += await self._entries(conn, rtype, rows)
-            if ctx.can("Provenance", READ) and "Provenance" not in self.fhir.policies:
-                await self._sources(conn, entries)
-            else:
-                for entry in entries:
-                    entry.source = None
-        entries.sort(key=lambda e: e.order)
+            await self.check_patient(conn, patient_id)
+            entries = await self.collect(conn, ctx, patient_id)
         if since_us is not None:
             entries = [e for e in entries if e.moment.us >= since_us]
         total = len(entries)
@@ -135,6 +119,36 @@ class PatientTimeline:
             entries = [e for e in entries if e.order > after]
         page, more = entries[:count], len(entries) > count
         return self._answer(ctx, patient_id, params, page, more, count, total)
+
+    @staticmethod
+    async def check_patient(conn: Any, patient_id: str) -> None:
+        """404 for a Patient that is not known, 410 for a deleted one."""
+        patient = await resources_store.head(conn, "Patient", patient_id)
+        if patient is None:
+            raise NotFound(f"Patient/{patient_id} is not known")
+        if patient.deleted:
+            raise Gone(f"Patient/{patient_id} was deleted (version {patient.version})")
+
+    async def collect(self, conn: Any, ctx: RequestContext, patient_id: str) -> list[TimelineEntry]:
+        """Every entry this caller may see, with its source, ordered by (time, entry id)."""
+        limit = self.fhir.max_count * ROWS_PER_TYPE_FACTOR
+        entries: list[TimelineEntry] = []
+        for rtype in self.types(ctx):
+            rows = await store.compartment(conn, patient_id, rtype, limit + 1)
+            if len(rows) > limit:
+                raise TooCostly(f"$timeline: more than {limit} {rtype} resources for this patient")
+            entries += await self._entries(conn, rtype, rows)
+        await self.with_sources(conn, ctx, entries)
+        entries.sort(key=lambda e: e.order)
+        return entries
+
+    async def with_sources(self, conn: Any, ctx: RequestContext, entries: list[TimelineEntry]) -> None:
+        """Each entry's source, for a caller that may read Provenance; None for the others."""
+        if ctx.can("Provenance", READ) and "Provenance" not in self.fhir.policies:
+            await self._sources(conn, entries)
+        else:
+            for entry in entries:
+                entry.source = None
 
     def _parse(
         self, ctx: RequestContext, params: list[tuple[str, str]]
@@ -183,11 +197,36 @@ class PatientTimeline:
                 resource = jsonio.loads(version.content)
                 before = previous.get(version.rid)
                 previous[version.rid] = resource
-                if tl.is_pa_move(resource, before):
-                    when = tl.pa_move_time(resource, before, version.updated_us)
-                    entry_id = f"{version.type}/{version.id}/_history/{version.version}"
-                    found.append(self._entry(entry_id, "pa-task", resource, version, when))
+                entry = self.pa_move(version, resource, before)
+                if entry is not None:
+                    found.append(entry)
         return found
+
+    @classmethod
+    def entry_of(cls, version: Stored, previous: Stored | None) -> TimelineEntry | None:
+        """The entry a stored version makes on its own (the stream's unit): None when it makes none
+        (a deletion, a Task that is neither a PA nor an alert, a PA Task version that did not move)."""
+        if version.deleted or version.content is None:
+            return None
+        resource = jsonio.loads(version.content)
+        kind = tl.kind_of(resource)
+        if kind is None:
+            return None
+        if kind == "pa-task":
+            before = None
+            if previous is not None and not previous.deleted and previous.content is not None:
+                before = jsonio.loads(previous.content)
+            return cls.pa_move(version, resource, before)
+        when = tl.time_of(kind, resource, version.updated_us)
+        return cls._entry(f"{version.type}/{version.id}", kind, resource, version, when)
+
+    @classmethod
+    def pa_move(cls, version: Stored, resource: Any, before: Any) -> TimelineEntry | None:
+        if not tl.is_pa_move(resource, before):
+            return None
+        when = tl.pa_move_time(resource, before, version.updated_us)
+        entry_id = f"{version.type}/{version.id}/_history/{version.version}"
+        return cls._entry(entry_id, "pa-task", resource, version, when)
 
     @staticmethod
     def _entry(entry_id: str, kind: str, resource: Any, row: Stored, when: tl.Moment) -> TimelineEntry:
