@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -74,12 +75,21 @@ class KeyEncryptionKey:
         if not keys:
             raise KeyEncryptionError("no key-encryption key")
         self._keys = {fingerprint(k): AESGCM(k) for k in keys}
+        # Keys for other purposes, one per KEK, derived by label (`derived`); never the KEK itself.
+        self._derivable = [
+            hmac.new(k, b"specialty-gateway derived keys", hashlib.sha256).digest() for k in keys
+        ]
         self.primary = fingerprint(keys[0])
         self.source = source  # for messages: where the KEK came from (never the key)
 
     @classmethod
     def parse(cls, text: str, source: str = "") -> KeyEncryptionKey:
         return cls([_decode_key(part) for part in text.split(",") if part.strip()], source)
+
+    def derived(self, label: str) -> list[bytes]:
+        """32-byte keys for one purpose (e.g. the timeline stream's event ids), the primary KEK's first:
+        HMAC-SHA256 under a key derived from each KEK, so every process with the same KEKs agrees."""
+        return [hmac.new(k, label.encode(), hashlib.sha256).digest() for k in self._derivable]
 
     def seal(self, kid: str, secret: bytes) -> str:
         nonce = secrets.token_bytes(NONCE_BYTES)
