@@ -101,6 +101,7 @@ async def _serve(settings: Settings) -> None:
     from gateway.service.gateway import Gateway
     from gateway.transports.http.app import create_app
     from gateway.transports.http.header_timeout import with_header_timeout
+    from gateway.transports.http.server import GatewayServer
     from gateway.transports.mllp.pipeline_handler import pipeline_handler
     from gateway.transports.mllp.server import MLLPServer
 
@@ -135,7 +136,7 @@ async def _serve(settings: Settings) -> None:
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,  # a TLS proxy in front (README: Security)
         )
-        server = uvicorn.Server(config)
+        server = GatewayServer(config, on_shutdown=gateway.timeline_feed.close)  # open streams end first
         click.echo(_banner(settings), err=True)
         # uvicorn shuts down on SIGTERM, then restores the previous handler and raises the signal again;
         # with the default handler the process would end right there, before the gateway below is closed

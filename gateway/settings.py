@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     # PostgreSQL reads (searches) are cancelled after this many seconds (0: never); they answer 503.
     db_statement_timeout_seconds: float = 30.0
+    # The live timeline ($timeline?_stream=true): open streams per process and per client; seconds between
+    # heartbeats, between looks for other processes' commits, and a write to a reader may wait at most.
+    timeline_stream_max: int = 100
+    timeline_stream_max_per_client: int = 5
+    timeline_stream_heartbeat_seconds: float = 15.0
+    timeline_stream_poll_seconds: float = 1.0
+    timeline_stream_send_timeout_seconds: float = 30.0
     # AuditEvents older than this are deleted (hourly, in small batches); HIPAA keeps records six years.
     audit_retention_days: int = 2190
     # The pharmacist gauges on /metrics (PDC, time to first dose, alert response, monitoring on time) cover

@@ -24,6 +24,8 @@ from gateway.service.hl7.pipeline import Pipeline, limits_of, warm_worker
 from gateway.service.pharmacist.alerts import AlertService
 from gateway.service.pharmacist.matching import PharmacistMatching
 from gateway.service.pharmacist.monitoring import MonitoringCalendar
+from gateway.service.pharmacist.timeline import PatientTimeline
+from gateway.service.pharmacist.timeline_stream import EVENT_ID_LABEL, EventIds, TimelineFeed
 from gateway.service.priorauth import tracking as pa_tracking
 from gateway.service.priorauth.operations import PriorAuthOps
 from gateway.service.priorauth.payer_client import PayerClient
@@ -60,6 +62,7 @@ class Gateway:
     workers: WorkerPool  # CPU-heavy parsing off the event loop (service/workers.py)
     audit: AuditLog
     monitoring: MonitoringCalendar
+    timeline_feed: TimelineFeed  # the live patient timeline: change log and open streams
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -121,6 +124,16 @@ class Gateway:
         fhir.write_observers.append(alerts.observe)
         monitoring = MonitoringCalendar(fhir, manager.rules, interval_s=settings.monitoring_sweep_seconds)
         fhir.write_observers.append(monitoring.observe)
+        timeline_feed = TimelineFeed(
+            db,
+            PatientTimeline(fhir),
+            EventIds(kek.derived(EVENT_ID_LABEL)),
+            poll_s=settings.timeline_stream_poll_seconds,
+            heartbeat_s=settings.timeline_stream_heartbeat_seconds,
+            max_total=settings.timeline_stream_max,
+            max_per_client=settings.timeline_stream_max_per_client,
+        )
+        fhir.write_observers.append(timeline_feed.observe)
         fhir.policies["Subscription"] = SubscriptionPolicy(manager)
         await pa_tracking.backfill(db)
         await manager.reload()
@@ -186,6 +199,7 @@ class Gateway:
             pool,
             audit,
             monitoring,
+            timeline_feed,
         )
 
     async def start_background(self) -> None:
@@ -197,6 +211,7 @@ class Gateway:
         await self.monitoring.start()
 
     async def close(self) -> None:
+        await self.timeline_feed.stop()  # open streams end first (`gateway serve` ends them earlier)
         await self.monitoring.stop()
         await self.payer_worker.stop()
         await self.deliverer.stop()
