@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,8 +23,11 @@ import orjson
 import pytest_asyncio
 import uvicorn
 
+from gateway.service.access.context import RequestContext
 from gateway.service.gateway import Gateway
+from gateway.service.pharmacist.timeline_stream import BATCH
 from gateway.transports.http.app import create_app
+from gateway.transports.http.event_stream import EventStreamResponse
 from tests import factories as f
 from tests.api.test_patient_timeline import NO_OBSERVATION, anc, create, move
 from tests.conftest import ClientFactory
@@ -388,3 +392,56 @@ async def test_commits_of_another_process_arrive_by_polling(
     finally:
         del feed.wake
         feed.poll_s = saved
+
+
+async def test_a_reader_that_stops_reading_costs_one_batch_and_is_let_go(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    """The answer is written one item at a time: while a write waits for the client nothing more is read
+    or built, and a write still waiting after the send timeout ends the stream and frees its slot."""
+    feed = gateway.timeline_feed
+    patient = await create(api, f.patient())
+    ctx = RequestContext(base_url="http://gateway.test/fhir", client_id="slow-reader")
+
+    async def valid() -> None:
+        return None
+
+    stream = await feed.open(
+        ctx,
+        patient,
+        [("_stream", "true")],
+        last_event_id=None,
+        expires_at=time.time() + 600,
+        check_token=valid,
+    )
+    stuck = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("body"):
+            stuck.set()
+            await asyncio.Event().wait()  # the client never reads again
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    answering = asyncio.create_task(
+        EventStreamResponse(stream, send_timeout=0.5)({"type": "http"}, receive, send)
+    )
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": anc(patient, 1.0 + i / 100, "2024-02-26T08:00:00Z"),
+                "request": {"method": "POST", "url": "Observation"},
+            }
+            for i in range(BATCH + 20)
+        ],
+    }
+    assert (await api.post("/fhir", json=bundle)).status_code == 200
+    async with asyncio.timeout(WAIT):
+        await stuck.wait()
+        await answering  # returns once the stalled write is given up
+    assert stream.sent <= BATCH
+    assert feed.open_streams == 0
