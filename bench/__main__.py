@@ -1,4 +1,5 @@
-"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison] [--backends ...]`.
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison|timeline-stream]
+[--backends ...]`.
 
 `jsonio` and `validation` run in this process, with no database and no gateway.
 """
@@ -8,10 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import audit, hl7, jsonio, measures, poison, store, subscriptions, token_abuse, validation
+from bench import (
+    audit,
+    hl7,
+    jsonio,
+    measures,
+    poison,
+    store,
+    subscriptions,
+    timeline_stream,
+    token_abuse,
+    validation,
+)
 
 SUITES = [
-    "all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "measures", "poison"
+    "all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "measures", "poison",
+    "timeline-stream",
 ]  # fmt: skip
 
 
@@ -56,6 +69,10 @@ def main() -> None:
         if everything:
             print()
         asyncio.run(measures.run(backends, args.postgres_url))
+    if args.suite in ("all", "timeline-stream"):
+        if everything:
+            print()
+        asyncio.run(timeline_stream.run(backends, args.postgres_url))
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
         asyncio.run(poison.run(backends, args.postgres_url))
 

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     timeline_stream_max: int = 100
     timeline_stream_max_per_client: int = 5
     timeline_stream_heartbeat_seconds: float = 15.0
-    timeline_stream_poll_seconds: float = 1.0
+    timeline_stream_poll_seconds: float = 0.5
     timeline_stream_send_timeout_seconds: float = 30.0
     # AuditEvents older than this are deleted (hourly, in small batches); HIPAA keeps records six years.
     audit_retention_days: int = 2190

@@ -167,7 +167,7 @@ class TimelineFeed:
         timeline: PatientTimeline,
         ids: EventIds,
         *,
-        poll_s: float = 1.0,
+        poll_s: float = 0.5,
         heartbeat_s: float = 15.0,
         max_total: int = 100,
         max_per_client: int = 5,
