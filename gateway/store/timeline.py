@@ -14,11 +14,11 @@ a time. A reader that has read up to `seq` n therefore never misses a row by ask
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.everything import compartment_condition
@@ -99,28 +99,38 @@ async def add_changes(conn: AsyncConnection, rows: Sequence[tuple[str, int, int,
 
 
 async def number_changes(conn: AsyncConnection, counts: Mapping[str, int]) -> None:
-    """Number this transaction's rows: Patient -> how many ordinals it used (see the module notes)."""
+    """Number this transaction's rows: Patient -> how many ordinals it used (see the module notes).
+
+    Two statements in the driver's own SQL (no compilation: this runs before every commit that wrote a
+    timeline type): the counters, moved on in Patient order, then the rows.
+    """
     if not counts:
         return
     patients = sorted(counts)
+    mark = _marks(conn)
     for start in range(0, len(patients), CHUNK):
         part = patients[start : start + CHUNK]
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(timeline_counter).values(
-            [{"patient_id": p, "last": counts[p]} for p in part]
+        values = ", ".join(f"({mark(2 * i + 1)}, {mark(2 * i + 2)})" for i in range(len(part)))
+        moved = await conn.exec_driver_sql(
+            f"INSERT INTO timeline_counter (patient_id, last) VALUES {values}"
+            " ON CONFLICT (patient_id) DO UPDATE SET last = timeline_counter.last + excluded.last"
+            " RETURNING patient_id, last",
+            tuple(value for p in part for value in (p, counts[p])),
         )
-        statement = statement.on_conflict_do_update(
-            index_elements=["patient_id"],
-            set_={"last": timeline_counter.c.last + statement.excluded.last},
-        ).returning(timeline_counter.c.patient_id, timeline_counter.c.last)
-        lasts = {row.patient_id: int(row.last) for row in await conn.execute(statement)}
-        c = timeline_change.c
-        await conn.execute(
-            update(timeline_change)
-            .where(c.patient_id == bindparam("p"), c.seq.is_(None))
-            .values(seq=bindparam("base", type_=BigInteger) + c.ordinal),
-            [{"p": p, "base": lasts[p] - counts[p]} for p in part],
+        rows: list[Any] = list(moved)
+        lasts = {str(row[0]): int(row[1]) for row in rows}
+        await conn.exec_driver_sql(
+            f"UPDATE timeline_change SET seq = CAST({mark(1)} AS BIGINT) + ordinal"
+            f" WHERE patient_id = {mark(2)} AND seq IS NULL",
+            [(lasts[p] - counts[p], p) for p in part],
         )
+
+
+def _marks(conn: AsyncConnection) -> Callable[[int], str]:
+    """The driver's placeholder for the n-th parameter (from 1)."""
+    if conn.dialect.paramstyle == "numeric_dollar":  # asyncpg
+        return lambda n: f"${n}"
+    return lambda n: "?"
 
 
 async def last_seq(conn: AsyncConnection, patient_id: str) -> int:
