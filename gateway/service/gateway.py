@@ -155,6 +155,7 @@ class Gateway:
         )
         auth.on_client_revoked.append(deliverer.turn_off_owned)  # a removed client's subscriptions go off
         auth.after_client_revoked.append(deliverer.settle_owner)  # and what was on the wire has landed
+        auth.after_client_revoked.append(timeline_feed.client_revoked)  # its open streams end now
         translator = Translator(mappings, default_zone=default_zone)
         pool = WorkerPool(settings, warmers=(warm_worker,))
         pipeline = Pipeline(

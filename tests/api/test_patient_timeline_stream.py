@@ -345,8 +345,8 @@ async def test_a_revoked_token_stops_receiving(
     await stream.next()
     before = len(stream.raw)
     assert await gateway.auth.disable_client(registered.client_id)
+    await stream.ended()  # woken by the revocation, the stream finds its token refused and ends
     await create(api, anc(patient, 0.8, "2024-02-27T08:00:00Z"))
-    await stream.ended()  # the wake finds the token refused: no event, the answer ends
     assert not any(line.startswith("data: ") for line in stream.raw[before:])
     assert stream.comments[-1] == ": closed: access token no longer valid"
     await reader.aclose()

@@ -240,6 +240,13 @@ class TimelineFeed:
             for listener in self._listeners.get(patient, ()):
                 listener.woken.set()
 
+    async def client_revoked(self, client_id: str) -> None:
+        """A client was removed or disabled in this process: its streams check their token now (and end)."""
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                if listener.client_id == client_id:
+                    listener.woken.set()
+
     def join(self, patient_id: str, client_id: str) -> Listener:
         if self.closing:
             raise StreamsUnavailable("The server is shutting down: connect again in a moment")
