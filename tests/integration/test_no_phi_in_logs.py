@@ -8,6 +8,7 @@ whose exception texts would carry the SQL parameters of the failed statement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,34 @@ def _patient() -> dict[str, Any]:
     )
 
 
+async def _stream(http: httpx.AsyncClient, patient: str, lines: list[str], ready: asyncio.Event) -> None:
+    path = f"/fhir/Patient/{patient}/$timeline"
+    async with http.stream(
+        "GET", path, params={"_stream": "true"}, headers={"Accept": "text/event-stream"}
+    ) as r:
+        assert r.status_code == 200
+        ready.set()
+        with contextlib.suppress(httpx.TransportError):  # closed under it when the client closes
+            async for line in r.aiter_lines():
+                lines.append(line)
+
+
 async def test_a_full_run_logs_no_phi(database_url_factory: Any, tmp_path: Path) -> None:
     url = await database_url_factory("postgresql")
     log_path = tmp_path / "gateway.log"
     live = await start_server("postgresql", url, log_path, env={"GATEWAY_LOG_LEVEL": "DEBUG"})
+    stream: asyncio.Task[None] | None = None
     try:
         token = await live.token("system/*.cruds hl7v2/messages.read hl7v2/messages.reprocess")
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=live.base_url, headers=headers, timeout=30) as http:
             created = await http.post("/fhir/Patient", json=_patient())
             assert created.status_code == 201
+            # A live timeline of the patient, open through what follows.
+            streamed: list[str] = []
+            ready = asyncio.Event()
+            stream = asyncio.create_task(_stream(http, created.json()["id"], streamed, ready))
+            await asyncio.wait_for(ready.wait(), 30)
             await http.get("/fhir/Patient", params={"family": FAMILY, "birthdate": BIRTH_FHIR})
             await http.get("/fhir/Patient", params={"identifier": MRN, "_sort": "nonsense"})  # a 400
             await http.get("/fhir/Patient", params={"birthdate": "not-a-date-" + BIRTH})  # a 400
@@ -80,6 +99,9 @@ async def test_a_full_run_logs_no_phi(database_url_factory: Any, tmp_path: Path)
             await asyncio.to_thread(_mllp, live.mllp_port, _oru("PHI-3"))
             await asyncio.to_thread(_mllp, live.mllp_port, "MSH|^~\\&|junk " + FAMILY)
             await http.get("/hl7v2/messages")
+            async with asyncio.timeout(30):
+                while not any(line.startswith("data: ") for line in streamed):
+                    await asyncio.sleep(0.05)
             # The database fails under the running server: writes now end in 500s.
             conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
             try:
@@ -93,6 +115,8 @@ async def test_a_full_run_logs_no_phi(database_url_factory: Any, tmp_path: Path)
     finally:
         live.process.terminate()
         live.process.wait(timeout=10)
+    if stream is not None:
+        await asyncio.wait_for(stream, 10)
     logged = log_path.read_text(errors="replace")
     assert "HTTP" in logged or "gateway" in logged  # the log is not empty: something was there to leak
     leaks = [marker for marker in MARKERS if marker in logged]
