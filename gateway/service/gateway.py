@@ -116,14 +116,6 @@ class Gateway:
             allowlist=Allowlist.parse(settings.subscription_allowlist),
         )
         fhir.write_observers.append(pa_tracking.observe)  # lifecycle first: a refused move matches nothing
-        fhir.write_observers.append(manager.observe)
-        # After the topics of the results themselves: an alert's own events follow its result's.
-        # A first specialty order assigns the patient's pharmacist before alerts and calendars look for one.
-        fhir.write_observers.append(PharmacistMatching(fhir, manager.rules).observe)
-        alerts = AlertService(fhir, manager.rules)
-        fhir.write_observers.append(alerts.observe)
-        monitoring = MonitoringCalendar(fhir, manager.rules, interval_s=settings.monitoring_sweep_seconds)
-        fhir.write_observers.append(monitoring.observe)
         timeline_feed = TimelineFeed(
             db,
             PatientTimeline(fhir),
@@ -133,7 +125,16 @@ class Gateway:
             max_total=settings.timeline_stream_max,
             max_per_client=settings.timeline_stream_max_per_client,
         )
+        # Before the observers that write (alerts, calendars): a result's entry comes before its alert's.
         fhir.write_observers.append(timeline_feed.observe)
+        fhir.write_observers.append(manager.observe)
+        # After the topics of the results themselves: an alert's own events follow its result's.
+        # A first specialty order assigns the patient's pharmacist before alerts and calendars look for one.
+        fhir.write_observers.append(PharmacistMatching(fhir, manager.rules).observe)
+        alerts = AlertService(fhir, manager.rules)
+        fhir.write_observers.append(alerts.observe)
+        monitoring = MonitoringCalendar(fhir, manager.rules, interval_s=settings.monitoring_sweep_seconds)
+        fhir.write_observers.append(monitoring.observe)
         fhir.policies["Subscription"] = SubscriptionPolicy(manager)
         await pa_tracking.backfill(db)
         await manager.reload()
