@@ -314,6 +314,8 @@ async def test_bad_requests(api: httpx.AsyncClient, streams: StreamServer) -> No
         assert answer.json()["resourceType"] == "OperationOutcome"
     assert (await streams.get(api, patient, _count="5")).status_code == 400
     assert (await streams.get(api, patient, _stream="maybe")).status_code == 400
+    document = await api.get(f"/fhir/Patient/{patient}/$timeline", params={"_stream": "false"})
+    assert document.status_code == 200 and document.json()["entries"] == []
     assert (await streams.get(api, "unknown-1")).status_code == 404
     accept = await streams.get(api, patient, headers={"Accept": "application/fhir+json"})
     assert accept.status_code == 406

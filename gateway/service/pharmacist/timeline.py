@@ -46,7 +46,7 @@ from gateway.store import timeline as store
 from gateway.store.resources import Stored
 
 OPERATION = "$timeline"
-KNOWN_PARAMS = frozenset({"_since", "_count", "_cursor", "_format", "_pretty"})
+KNOWN_PARAMS = frozenset({"_since", "_count", "_cursor", "_format", "_pretty", "_stream"})  # _stream=false
 ROWS_PER_TYPE_FACTOR = 20  # at most GATEWAY_MAX_PAGE_SIZE x this rows of one type are read
 
 
