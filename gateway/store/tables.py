@@ -387,21 +387,17 @@ AUDIT_TABLES = (audit_event_ref, audit_event)
 # --- the live patient timeline ($timeline?_stream=true) -----------------------------------------------
 # One row per version of a timeline type (gateway/pharmacist/timeline.py KINDS) per Patient whose
 # compartment it is in, numbered per Patient in commit order: the stream's position and its event ids.
-# Rows are written with `seq` NULL inside the writer's transaction (so a rolled-back savepoint takes them
-# along) and numbered just before it commits from `timeline_counter`, whose row lock orders the commits
-# of one Patient's writers (gateway/service/pharmacist/timeline_stream.py).
+# Written as the writer's transaction's last statements, under numbers from `timeline_counter`, whose row
+# lock orders the commits of one Patient's writers (gateway/store/timeline.py).
 timeline_change = Table(
     "timeline_change",
     metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
-    Column("patient_id", String(64), nullable=False),
-    Column("seq", BigInteger, nullable=True),
-    Column("ordinal", Integer, nullable=False),  # place among this Patient's rows of its transaction
+    Column("patient_id", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("rid", RowId, nullable=False),
     Column("res_type", String(64), nullable=False),
     Column("res_id", String(64), nullable=False),
     Column("version", Integer, nullable=False),
-    Index(None, "patient_id", "seq"),
 )
 
 timeline_counter = Table(

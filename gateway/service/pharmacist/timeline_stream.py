@@ -5,10 +5,10 @@ Each event is one timeline entry, in the shape of the `$timeline` document's ent
 wrote it (REST, a transaction Bundle, HL7 v2 over MLLP or `POST /hl7v2`, the payer feeds and the PA
 worker: every write goes through `FhirService.write_versions`).
 
-Where events come from. `TimelineFeed.observe` is a write observer: every version of a timeline type
-(`gateway.pharmacist.timeline.KINDS`) adds one row per Patient whose compartment it is in to the change
-log (`timeline_change`), in the writer's transaction; just before that transaction commits the rows are
-numbered per Patient in commit order (`gateway/store/timeline.py` says how). After the commit the
+Where events come from. `TimelineFeed.observe` is a write observer: it notes every version of a timeline
+type (`gateway.pharmacist.timeline.KINDS`) once per Patient whose compartment it is in; just before the
+writer's transaction commits these become rows of the change log (`timeline_change`), numbered per
+Patient in commit order (`gateway/store/timeline.py` says how). After the commit the
 process's streams of those Patients are woken; every `poll_s` the feed also reads the counters of the
 Patients it streams, so writes committed by another gateway process on the same database arrive too.
 
@@ -179,8 +179,9 @@ class TimelineFeed:
         self.heartbeat_s = heartbeat_s
         self.max_total = max_total
         self.max_per_client = max_per_client
-        # Per write transaction not yet committed: Patient -> ordinals used; then the Patients to wake.
-        self._counts: dict[AsyncConnection, dict[str, int]] = {}
+        # Per write transaction not yet committed: Patient -> its versions (rid, type, id, version), in
+        # write order; then, once numbered, the Patients whose streams to wake after the commit.
+        self._pending: dict[AsyncConnection, dict[str, dict[tuple[int, str, str, int], None]]] = {}
         self._numbered: dict[AsyncConnection, set[str]] = {}
         self._listeners: dict[str, set[Listener]] = {}
         self._per_client: dict[str, int] = {}
@@ -200,37 +201,35 @@ class TimelineFeed:
         pending: Sequence[PendingVersion],
         written: list[Stored],
     ) -> None:
-        """Add this batch's versions of timeline types to the change log, once per Patient they are about."""
-        rows: list[tuple[str, int, int, str, str, int]] = []
+        """Note this batch's versions of timeline types, once per Patient they are about (written to the
+        change log, numbered, just before the commit)."""
         for p, s in zip(pending, written, strict=True):
             if p.type not in tl.KINDS or p.content is None or p.index is None:
                 continue
             params = PATIENT_COMPARTMENT.get(p.type, ())
             patients = {i for (name, t, i) in p.index.references if t == "Patient" and name in params}
-            if not patients:
-                continue
-            counts = self._counts.setdefault(conn, {})
-            for patient in sorted(patients):
-                counts[patient] = ordinal = counts.get(patient, 0) + 1
-                rows.append((patient, ordinal, s.rid, s.type, s.id, s.version))
-        if rows:
-            await store.add_changes(conn, rows)
+            if patients:
+                noted = self._pending.setdefault(conn, {})
+                for patient in sorted(patients):
+                    noted.setdefault(patient, {})[(s.rid, s.type, s.id, s.version)] = None
 
     async def _before_commit(self, conn: AsyncConnection) -> None:
-        counts = self._counts.pop(conn, None)
-        if counts:
-            await store.number_changes(conn, counts)
-            self._numbered[conn] = set(counts)
+        # A version noted inside a savepoint that was rolled back makes a row naming no stored version (or
+        # another resource's, where SQLite reuses the row id): streams skip it (see TimelineStream._read).
+        noted = self._pending.pop(conn, None)
+        if noted:
+            await store.record_changes(conn, {patient: list(versions) for patient, versions in noted.items()})
+            self._numbered[conn] = set(noted)
 
     def _after_commit(self, conn: AsyncConnection) -> None:
-        self._counts.pop(conn, None)
+        self._pending.pop(conn, None)
         patients = self._numbered.pop(conn, None)
         if patients:
             self.wake(patients)
 
     def _after_rollback(self, conn: AsyncConnection | None) -> None:
         if conn is not None:
-            self._counts.pop(conn, None)
+            self._pending.pop(conn, None)
             self._numbered.pop(conn, None)
 
     # -- open streams ----------------------------------------------------------------------------------

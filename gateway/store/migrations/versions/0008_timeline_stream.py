@@ -22,18 +22,13 @@ RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     op.create_table(
         "timeline_change",
-        sa.Column("id", RowId, autoincrement=True, nullable=False),
         sa.Column("patient_id", sa.String(length=64), nullable=False),
-        sa.Column("seq", sa.BigInteger(), nullable=True),
-        sa.Column("ordinal", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("rid", RowId, nullable=False),
         sa.Column("res_type", sa.String(length=64), nullable=False),
         sa.Column("res_id", sa.String(length=64), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_timeline_change")),
-    )
-    op.create_index(
-        op.f("ix_timeline_change_patient_id_seq"), "timeline_change", ["patient_id", "seq"], unique=False
+        sa.PrimaryKeyConstraint("patient_id", "seq", name=op.f("pk_timeline_change")),
     )
     op.create_table(
         "timeline_counter",
@@ -45,5 +40,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("timeline_counter")
-    op.drop_index(op.f("ix_timeline_change_patient_id_seq"), table_name="timeline_change")
     op.drop_table("timeline_change")
