@@ -26,6 +26,7 @@ import uvicorn
 from gateway.service.access.context import RequestContext
 from gateway.service.gateway import Gateway
 from gateway.service.pharmacist.timeline_stream import BATCH
+from gateway.store import timeline as timeline_store
 from gateway.transports.http.app import create_app
 from gateway.transports.http.event_stream import EventStreamResponse
 from tests import factories as f
@@ -456,3 +457,31 @@ async def test_a_reader_that_stops_reading_costs_one_batch_and_is_let_go(
         await answering  # returns once the stalled write is given up
     assert stream.sent <= BATCH
     assert feed.open_streams == 0
+
+
+async def test_a_savepoint_rolled_back_leaves_nothing_in_the_change_log(
+    gateway: Gateway, api: httpx.AsyncClient
+) -> None:
+    """Versions written inside a savepoint that is rolled back (the PA worker applies answers that way)
+    never become changes; those of a savepoint that is kept do."""
+    patient = await create(api, f.patient())
+    ctx = RequestContext(base_url="http://gateway.test/fhir")
+
+    class Undone(Exception):
+        pass
+
+    async with gateway.db.write() as conn:
+        kept = await gateway.fhir.create_on(conn, ctx, anc(patient, 2.0, "2024-02-01T08:00:00Z"))
+        with contextlib.suppress(Undone):
+            async with conn.begin_nested():
+                await gateway.fhir.create_on(conn, ctx, anc(patient, 3.0, "2024-02-02T08:00:00Z"))
+                raise Undone
+        async with conn.begin_nested():
+            inner = await gateway.fhir.create_on(conn, ctx, anc(patient, 4.0, "2024-02-03T08:00:00Z"))
+    async with gateway.db.read() as conn:
+        changes = await timeline_store.changes_after(conn, patient, 0, 100)
+    assert kept.stored is not None and inner.stored is not None
+    assert [(c.seq, c.type, c.id) for c in changes] == [
+        (1, "Observation", kept.stored.id),
+        (2, "Observation", inner.stored.id),
+    ]

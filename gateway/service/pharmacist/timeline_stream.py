@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from sqlalchemy import Connection
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.exceptions import BadRequest, FhirError
@@ -158,6 +160,13 @@ class Closed:
 StreamItem = Event | Heartbeat | Closed
 
 
+def _key(conn: AsyncConnection) -> Connection:
+    """A write transaction's connection as the savepoint events name it."""
+    sync = conn.sync_connection
+    assert sync is not None
+    return sync
+
+
 class TimelineFeed:
     """The change log's writer (a write observer and commit hooks) and the process's open streams."""
 
@@ -179,10 +188,12 @@ class TimelineFeed:
         self.heartbeat_s = heartbeat_s
         self.max_total = max_total
         self.max_per_client = max_per_client
-        # Per write transaction not yet committed: Patient -> its versions (rid, type, id, version), in
-        # write order; then, once numbered, the Patients whose streams to wake after the commit.
-        self._pending: dict[AsyncConnection, dict[str, dict[tuple[int, str, str, int], None]]] = {}
-        self._numbered: dict[AsyncConnection, set[str]] = {}
+        # Per write transaction not yet committed (by its connection): the versions noted, as (Patient,
+        # rid, type, id, version) in write order, and the savepoints open with how many were noted before
+        # each (a savepoint rolled back takes its versions along); then the Patients to wake.
+        self._pending: dict[Connection, list[tuple[str, int, str, str, int]]] = {}
+        self._savepoints: dict[Connection, list[int]] = {}
+        self._numbered: dict[Connection, set[str]] = {}
         self._listeners: dict[str, set[Listener]] = {}
         self._per_client: dict[str, int] = {}
         self._open = 0
@@ -191,6 +202,9 @@ class TimelineFeed:
         db.before_commit.append(self._before_commit)
         db.after_commit.append(self._after_commit)
         db.after_rollback.append(self._after_rollback)
+        sa_event.listen(db.writer.sync_engine, "savepoint", self._savepoint)
+        sa_event.listen(db.writer.sync_engine, "rollback_savepoint", self._rollback_savepoint)
+        sa_event.listen(db.writer.sync_engine, "release_savepoint", self._release_savepoint)
 
     # -- the write side ------------------------------------------------------------------------------
 
@@ -209,28 +223,50 @@ class TimelineFeed:
             params = PATIENT_COMPARTMENT.get(p.type, ())
             patients = {i for (name, t, i) in p.index.references if t == "Patient" and name in params}
             if patients:
-                noted = self._pending.setdefault(conn, {})
-                for patient in sorted(patients):
-                    noted.setdefault(patient, {})[(s.rid, s.type, s.id, s.version)] = None
+                noted = self._pending.setdefault(_key(conn), [])
+                noted += [(patient, s.rid, s.type, s.id, s.version) for patient in sorted(patients)]
+
+    # Savepoints nest (SQLAlchemy's nested transactions close innermost first), so the innermost open one
+    # is the one rolled back or released; the event that opens one does not know its name yet.
+
+    def _savepoint(self, conn: Connection, _name: str | None) -> None:
+        self._savepoints.setdefault(conn, []).append(len(self._pending.get(conn, ())))
+
+    def _rollback_savepoint(self, conn: Connection, _name: str, _context: object) -> None:
+        opened = self._savepoints.get(conn)
+        if opened:
+            size = opened.pop()
+            if conn in self._pending:
+                del self._pending[conn][size:]
+
+    def _release_savepoint(self, conn: Connection, _name: str, _context: object) -> None:
+        opened = self._savepoints.get(conn)
+        if opened:
+            opened.pop()
 
     async def _before_commit(self, conn: AsyncConnection) -> None:
-        # A version noted inside a savepoint that was rolled back makes a row naming no stored version (or
-        # another resource's, where SQLite reuses the row id): streams skip it (see TimelineStream._read).
-        noted = self._pending.pop(conn, None)
+        noted = self._pending.pop(_key(conn), None)
         if noted:
-            await store.record_changes(conn, {patient: list(versions) for patient, versions in noted.items()})
-            self._numbered[conn] = set(noted)
+            versions: dict[str, dict[tuple[int, str, str, int], None]] = {}
+            for patient, rid, rtype, res_id, number in noted:  # once each, in write order
+                versions.setdefault(patient, {})[(rid, rtype, res_id, number)] = None
+            await store.record_changes(conn, {patient: list(found) for patient, found in versions.items()})
+            self._numbered[_key(conn)] = set(versions)
 
     def _after_commit(self, conn: AsyncConnection) -> None:
-        self._pending.pop(conn, None)
-        patients = self._numbered.pop(conn, None)
+        self._forget(_key(conn))
+        patients = self._numbered.pop(_key(conn), None)
         if patients:
             self.wake(patients)
 
     def _after_rollback(self, conn: AsyncConnection | None) -> None:
         if conn is not None:
-            self._pending.pop(conn, None)
-            self._numbered.pop(conn, None)
+            self._forget(_key(conn))
+            self._numbered.pop(_key(conn), None)
+
+    def _forget(self, conn: Connection) -> None:
+        self._pending.pop(conn, None)
+        self._savepoints.pop(conn, None)
 
     # -- open streams ----------------------------------------------------------------------------------
 
