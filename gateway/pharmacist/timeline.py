@@ -12,20 +12,25 @@ Pure: `gateway.service.pharmacist.timeline` reads the store and asks this module
 - `payer-answer`: ClaimResponse, at `created`;
 - `alert`: a Task coded from the gateway's `work-item-type` with a code other than `identity-review`
   and `unassigned-patient` (the alert work items), at `authoredOn`;
-- `interaction`: Communication (pharmacist interventions), at `sent`, else `received`.
+- `interaction`: Communication (pharmacist interventions), at `sent`, else `received`;
+- `monitoring-due`: an activity of a monitoring calendar (CarePlan of category monitoring-calendar), at
+  its due date: in the document, every activity due up to `DUE_AHEAD_DAYS` from today (the next labs
+  owed, and what became of the past ones); on the live stream, the activity a calendar version changed
+  (a result completed it, a hold moved it) or, for a new calendar, its first lab owed.
 
 A resource without its clinical time is placed at when the gateway recorded it (`meta.lastUpdated`).
-`monitoring-due` (CarePlan activities) is reserved: CarePlan is not served yet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 from gateway.fhir import dates
 from gateway.pa.tasks import SOURCES as PAYER_SOURCES
+from gateway.pharmacist.calendar import is_calendar
 from gateway.pharmacist.vocabulary import SEVERITY_OF
 
 GATEWAY = "https://specialty-gateway.org/fhir"
@@ -44,7 +49,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "Task": ("pa-task", "alert"),
     "ClaimResponse": ("payer-answer",),
     "Communication": ("interaction",),
+    "CarePlan": ("monitoring-due",),
 }
+DUE_AHEAD_DAYS = 31
 ALL_KINDS: tuple[str, ...] = (
     "medication-order",
     "dispense",
@@ -91,6 +98,8 @@ def kind_of(resource: JSON) -> str | None:
     rtype = resource.get("resourceType")
     if rtype == "Task":
         return task_kind(resource)
+    if rtype == "CarePlan":
+        return "monitoring-due" if is_calendar(resource) else None
     kinds = KINDS.get(str(rtype))
     return kinds[0] if kinds else None
 
@@ -366,3 +375,64 @@ def source_from_meta(resource: JSON) -> JSON:
     meta = resource.get("meta")
     said = meta.get("source") if isinstance(meta, Mapping) else None
     return {"system": str(said) if said else None, "kind": "fhir-client"}
+
+
+# --- monitoring calendars ---------------------------------------------------------------------------------
+
+
+def _activity_detail(resource: JSON, index: int) -> JSON:
+    activities = resource.get("activity") or []
+    item = activities[index] if 0 <= index < len(activities) else {}
+    detail = item.get("detail") if isinstance(item, Mapping) else None
+    return dict(detail) if isinstance(detail, Mapping) else {}
+
+
+def _due_of(detail: JSON) -> Moment | None:
+    period = detail.get("scheduledPeriod")
+    return moment(period.get("start")) if isinstance(period, Mapping) else None
+
+
+def activity_summary(resource: JSON, index: int, today: date) -> str:
+    """`Lab due: clozapine monitoring lab #3 (completed)`; `overdue` for a scheduled one past its last day."""
+    detail = _activity_detail(resource, index)
+    what = str(detail.get("description") or concept_text(detail.get("code")) or "monitoring lab")
+    status = str(detail.get("status") or "unknown")
+    period = detail.get("scheduledPeriod")
+    last = str(period.get("end") or "")[:10] if isinstance(period, Mapping) else ""
+    if status == "scheduled" and last and last < today.isoformat():
+        status = "overdue"
+    return _clip(f"Lab due: {what} ({status})")
+
+
+def calendar_entries(resource: JSON, today: date) -> list[tuple[int, Moment]]:
+    """(activity index, due) of the activities the timeline document shows: due up to DUE_AHEAD_DAYS ahead."""
+    horizon = (today + timedelta(days=DUE_AHEAD_DAYS)).isoformat()
+    found = []
+    for index in range(len(resource.get("activity") or [])):
+        due = _due_of(_activity_detail(resource, index))
+        if due is not None and due.text[:10] <= horizon:
+            found.append((index, due))
+    return found
+
+
+def changed_activity(resource: JSON, previous: JSON | None) -> int | None:
+    """The activity a calendar version changed (status or due date), the first owed one of a new calendar;
+    None when the version changed no activity."""
+    count = len(resource.get("activity") or [])
+    if previous is None:
+        return next(
+            (n for n in range(count) if _activity_detail(resource, n).get("status") == "scheduled"),
+            0 if count else None,
+        )
+    for n in range(count):
+        now, before = _activity_detail(resource, n), _activity_detail(previous, n)
+        if (now.get("status"), now.get("scheduledPeriod")) != (
+            before.get("status"),
+            before.get("scheduledPeriod"),
+        ):
+            return n
+    return None
+
+
+def due_moment(resource: JSON, index: int) -> Moment | None:
+    return _due_of(_activity_detail(resource, index))

@@ -177,3 +177,19 @@ async def test_a_renewal_continues_the_therapy_rather_than_starting_over(api: ht
     assert plan["period"]["start"] == first.isoformat() and old != renewal
     dates = [date.fromisoformat(d) for d, _ in due(plan)]
     assert dates[0] >= today() and (dates[1] - dates[0]).days == 14  # month 10 of therapy: every 2 weeks
+
+
+async def test_the_timeline_shows_the_labs_owed_in_the_next_month(api: httpx.AsyncClient) -> None:
+    start = today()
+    patient, _ = await clozapine(api, start)
+    await create(api, anc(patient, start))
+    body = (await api.get(f"/fhir/Patient/{patient}/$timeline", params={"_count": "100"})).json()
+    due_entries = [e for e in body["entries"] if e["kind"] == "monitoring-due"]
+    # The baseline (done) and the weekly labs up to 31 days ahead: days 0, 7, 14, 21, 28.
+    assert [e["time"] for e in due_entries] == [
+        (start + timedelta(days=d)).isoformat() for d in (0, 7, 14, 21, 28)
+    ]
+    assert due_entries[0]["summary"] == "Lab due: clozapine monitoring lab baseline (completed)"
+    assert due_entries[1]["summary"] == "Lab due: clozapine monitoring lab #1 (scheduled)"
+    assert due_entries[0]["source"] == {"system": "specialty-gateway", "kind": "gateway"}
+    assert due_entries[0]["id"].startswith("CarePlan/") and due_entries[0]["id"].endswith("/activity/0")

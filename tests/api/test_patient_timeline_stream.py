@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -218,6 +219,23 @@ async def test_an_entry_arrives_after_a_rest_write(api: httpx.AsyncClient, strea
         kinds[received.entry["kind"]] = received.entry
     assert kinds["observation"]["source"]["kind"] == "hl7v2"
     assert kinds["observation"]["summary"].startswith("Neutrophils 0.9")
+
+
+async def test_a_result_completing_a_monitoring_lab_sends_the_calendar_entry(
+    api: httpx.AsyncClient, streams: StreamServer
+) -> None:
+    today = datetime.now(UTC).date()
+    patient = await create(api, f.patient())
+    await create(api, f.medication_request(patient, authoredOn=today.isoformat()))
+    stream = await streams.open(api, patient)
+    await create(api, anc(patient, 2.4, f"{today.isoformat()}T08:00:00Z"))
+    seen: dict[str, dict[str, Any]] = {}
+    while "monitoring-due" not in seen:
+        got = await stream.next()
+        seen[got.entry["kind"]] = got.entry
+    assert list(seen) == ["observation", "monitoring-due"]  # the result, then what it did to the calendar
+    assert seen["monitoring-due"]["summary"] == "Lab due: clozapine monitoring lab baseline (completed)"
+    assert seen["monitoring-due"]["time"] == today.isoformat()
 
 
 async def test_resuming_misses_nothing_and_repeats_nothing(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -75,6 +76,10 @@ class TimelineEntry:
             "source": self.source,
             "resource": self.resource,
         }
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
 
 
 def encode_cursor(order: tuple[int, str]) -> str:
@@ -183,6 +188,13 @@ class PatientTimeline:
             if kind == "pa-task":
                 pa_rids.append(row.rid)
                 continue
+            if kind == "monitoring-due":
+                today = _today()
+                found += [
+                    self._due(row, resource, index, when, today)
+                    for index, when in tl.calendar_entries(resource, today)
+                ]
+                continue
             found.append(
                 self._entry(
                     f"{row.type}/{row.id}", kind, resource, row, tl.time_of(kind, resource, row.updated_us)
@@ -212,11 +224,17 @@ class PatientTimeline:
         kind = tl.kind_of(resource)
         if kind is None:
             return None
+        before = None
+        if previous is not None and not previous.deleted and previous.content is not None:
+            before = jsonio.loads(previous.content)
         if kind == "pa-task":
-            before = None
-            if previous is not None and not previous.deleted and previous.content is not None:
-                before = jsonio.loads(previous.content)
             return cls.pa_move(version, resource, before)
+        if kind == "monitoring-due":
+            index = tl.changed_activity(resource, before)
+            when = tl.due_moment(resource, index) if index is not None else None
+            if index is None or when is None:
+                return None
+            return cls._due(version, resource, index, when, _today())
         when = tl.time_of(kind, resource, version.updated_us)
         return cls._entry(f"{version.type}/{version.id}", kind, resource, version, when)
 
@@ -227,6 +245,13 @@ class PatientTimeline:
         when = tl.pa_move_time(resource, before, version.updated_us)
         entry_id = f"{version.type}/{version.id}/_history/{version.version}"
         return cls._entry(entry_id, "pa-task", resource, version, when)
+
+    @classmethod
+    def _due(cls, row: Stored, resource: Any, index: int, when: tl.Moment, today: date) -> TimelineEntry:
+        entry = cls._entry(f"{row.type}/{row.id}/activity/{index}", "monitoring-due", resource, row, when)
+        entry.summary = tl.activity_summary(resource, index, today)
+        entry.source = {"system": "specialty-gateway", "kind": "gateway"}  # the calendar is the gateway's own
+        return entry
 
     @staticmethod
     def _entry(entry_id: str, kind: str, resource: Any, row: Stored, when: tl.Moment) -> TimelineEntry:

@@ -505,7 +505,9 @@ class TimelineStream:
                 return changes, []
             visible = [c for c in changes if c.type in self.types]
             keys = [(c.rid, c.version) for c in visible]
-            keys += [(c.rid, c.version - 1) for c in visible if c.type == "Task" and c.version > 1]
+            keys += [
+                (c.rid, c.version - 1) for c in visible if c.type in ("Task", "CarePlan") and c.version > 1
+            ]
             versions = await store.versions_at(conn, keys) if keys else {}
             made: list[tuple[int, TimelineEntry]] = []
             for change in visible:
