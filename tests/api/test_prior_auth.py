@@ -116,6 +116,35 @@ async def test_the_request_bundle_passes_the_profile_and_holds_each_resource_onc
     assert entry["resource"]["entity"][0]["what"]["display"] == "PAS Claim/$submit response"
 
 
+async def test_a_requester_given_only_by_identifier_is_the_practitioner_holding_it(
+    api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    """An HL7 v2 order names its prescriber by identifier only (ORC-12): the Practitioner here with that
+    identifier is the Claim's provider; with two such Practitioners none is chosen and the request says so."""
+    npi = {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1538246790"}
+    prescriber = (
+        await api.post("/fhir/Practitioner", json={"resourceType": "Practitioner", "identifier": [npi]})
+    ).json()["id"]
+    logical = {"type": "Practitioner", "identifier": npi, "display": "Daniel Okafor"}
+    request = (
+        await api.post("/fhir/MedicationRequest", json=f.medication_request(order.patient, requester=logical))
+    ).json()["id"]
+    answer = await api.post(f"/fhir/MedicationRequest/{request}/$request-prior-auth", json=parameters(order))
+    assert answer.status_code == 200, answer.text
+    bundle = payer.on("$submit")[-1].body
+    assert bundle["entry"][0]["resource"]["provider"] == {"reference": f"Practitioner/{prescriber}"}
+    sent = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]}
+    assert ("Practitioner", prescriber) in sent
+
+    await api.post("/fhir/Practitioner", json={"resourceType": "Practitioner", "identifier": [npi]})
+    other = (
+        await api.post("/fhir/MedicationRequest", json=f.medication_request(order.patient, requester=logical))
+    ).json()["id"]
+    refused = await api.post(f"/fhir/MedicationRequest/{other}/$request-prior-auth", json=parameters(order))
+    assert refused.status_code == 422
+    assert "supply the provider" in refused.json()["issue"][0]["diagnostics"]
+
+
 def api_gateway(api: httpx.AsyncClient) -> Gateway:
     transport = api._transport  # the in-process app's gateway
     app = transport.app  # type: ignore[attr-defined]

@@ -49,6 +49,8 @@ log = logging.getLogger("gateway.priorauth")
 RESUBMITTABLE = frozenset({"pa-required", "submission-error", "rejected-by-payer", "info-requested"})
 # References followed from the Claim when assembling the Bundle (Claim -> PractitionerRole -> ...).
 MAX_REFERENCE_DEPTH = 3
+# What a Claim's provider may be (PAS): a requester given only by identifier is looked up among these.
+PROVIDER_TYPES = frozenset({"Practitioner", "PractitionerRole", "Organization"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +369,11 @@ class PriorAuthService:
             )
         insurer = await self._must(conn, insurer_ref, "Coverage.payor")
         requester = _ref(request.get("requester"))
-        provider = await self._must(conn, requester, "MedicationRequest.requester") if requester else None
+        provider = (
+            await self._must(conn, requester, "MedicationRequest.requester")
+            if requester
+            else await self._by_identifier(conn, request.get("requester"))
+        )
         medication_ref = _ref(request.get("medicationReference"))
         medication = (
             await self._must(conn, medication_ref, "MedicationRequest.medicationReference")
@@ -389,6 +395,25 @@ class PriorAuthService:
             "supporting": supporting,
             "extras": extras,
         }
+
+    @staticmethod
+    async def _by_identifier(conn: AsyncConnection, reference: object) -> JSON | None:
+        """The resource a logical reference names by identifier (an HL7 v2 order's ORC-12 becomes
+        `{type: Practitioner, identifier: {system, value}}`): the one live resource of that type here with
+        that identifier; None when there is none, or more than one (then the request names no provider)."""
+        if not isinstance(reference, dict):
+            return None
+        rtype, identifier = reference.get("type"), reference.get("identifier")
+        if rtype not in PROVIDER_TYPES or not isinstance(identifier, dict):
+            return None
+        system, value = identifier.get("system"), identifier.get("value")
+        if not isinstance(system, str) or not system or not isinstance(value, str) or not value:
+            return None
+        found = await store_search.all_ids_by_identifier(conn, str(rtype), [(system, value)])
+        ids = found.get((system, value), [])
+        if len(ids) != 1:
+            return None
+        return resource_of(await store.current(conn, str(rtype), ids[0]))
 
     async def _closure(self, conn: AsyncConnection, chosen: list[JSON]) -> list[JSON]:
         """Resources the chosen ones reference (a few levels deep) that exist here: the Bundle needs them."""
