@@ -10,7 +10,7 @@ import httpx
 from tests import factories as f
 from tests.api.test_communication import intervention
 from tests.conftest import ClientFactory
-from tests.hl7_messages import ack_code, anc_oru
+from tests.hl7_messages import ack_code, anc_oru, rde
 
 ER7 = {"Content-Type": "x-application/hl7-v2+er7"}
 GATEWAY = "https://specialty-gateway.org/fhir"
@@ -170,6 +170,32 @@ async def test_an_hl7_result_names_its_sender(api: httpx.AsyncClient) -> None:
     assert observations and all(e["source"]["kind"] == "hl7v2" for e in observations)
     assert observations[0]["source"]["system"] == who.removeprefix("HL7 v2 sender ")
     assert observations[0]["summary"].endswith("(low)")
+
+
+async def test_sources_are_who_wrote_each_version(api: httpx.AsyncClient) -> None:
+    """The order stays the EHR's when the pharmacy's dispense repeats it unchanged; the alert is the lab's
+    (its result's message opened it); the dispense is the pharmacy's."""
+
+    async def send(message: str) -> None:
+        answer = await api.post("/hl7v2", content=message.encode(), headers=ER7)
+        assert ack_code(answer.text) == "AA", answer.text
+
+    await send(rde("TLS-1", "MRN-TLS"))
+    dispense = (
+        rde("TLS-2", "MRN-TLS", control="RE")
+        .replace("|EHR|CITY HOSPITAL|", "|RXSYS|SPECIALTY RX|")
+        .replace("RDE^O11^RDE_O11", "RDS^O13^RDS_O13")
+    ) + "RXD|1|2555^clozapine 100 MG Oral Tablet^RXNORM|20240302101500-0500|60|TAB^tablet^UCUM\r"
+    await send(dispense)
+    await send(anc_oru("TLS-3", "MRN-TLS"))
+    patient = (await api.get("/fhir/Patient", params={"identifier": "MRN-TLS"})).json()["entry"][0][
+        "resource"
+    ]
+    entries = {e["kind"]: e for e in (await timeline(api, patient["id"]))["entries"]}
+    assert entries["medication-order"]["source"] == {"system": "EHR / CITY HOSPITAL", "kind": "hl7v2"}
+    assert entries["dispense"]["source"] == {"system": "RXSYS / SPECIALTY RX", "kind": "hl7v2"}
+    assert entries["observation"]["source"] == {"system": "LABSYS / CITY LAB", "kind": "hl7v2"}
+    assert entries["alert"]["source"] == {"system": "LABSYS / CITY LAB", "kind": "hl7v2"}
 
 
 async def test_no_observation_for_a_token_that_cannot_read_them(

@@ -82,6 +82,13 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
+def _focus(entry: TimelineEntry) -> tuple[str, str] | None:
+    """The (type, id) an alert work item's `focus` names (its result)."""
+    task = orjson.loads(entry.content)
+    reference = (task.get("focus") or {}).get("reference") if isinstance(task, dict) else None
+    return parse_reference(reference) if isinstance(reference, str) else None
+
+
 def encode_cursor(order: tuple[int, str]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(list(order))).decode().rstrip("=")
 
@@ -269,11 +276,23 @@ class PatientTimeline:
         )
 
     async def _sources(self, conn: Any, entries: list[TimelineEntry]) -> None:
-        """The Provenance naming the entry's version, else the latest naming the resource; else meta."""
-        keys = sorted({e.key for e in entries})
+        """Each entry's source (README, "Patient $timeline"):
+
+        - the Provenance that first named the entry's version: the message or payer answer that wrote it
+          (a later HL7 v2 message that repeats an order unchanged, as a dispense does, names the same version
+          without having written it);
+        - else the latest Provenance naming the resource without a version (one naming *other* versions says
+          nothing about this one: a PA Task's submission is not the payer's answer);
+        - else, for an alert work item (the gateway opens it in the transaction of the result that met the
+          rule, and writes no Provenance for it), the source of that result: its focus;
+        - else what the resource's meta says (`fhir-client`).
+        """
+        focus = {id(e): _focus(e) for e in entries if e.kind == "alert"}
+        keys = sorted({e.key for e in entries} | {k for k in focus.values() if k is not None})
         exact: dict[tuple[str, str, int], dict[str, Any]] = {}
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for provenance in await store.provenances_naming(conn, keys):
+        unversioned: dict[tuple[str, str], dict[str, Any]] = {}
+        first: dict[tuple[str, str], dict[str, Any]] = {}
+        for provenance in await store.provenances_naming(conn, keys):  # oldest first
             assert provenance.content is not None
             content = jsonio.loads(provenance.content)
             source = tl.source_from_provenance(content)
@@ -284,12 +303,17 @@ class PatientTimeline:
                 parsed = parse_reference(reference)
                 if parsed is None:
                     continue
-                latest[parsed] = source
+                first.setdefault(parsed, source)
                 parts = reference.split("/_history/")
                 if len(parts) == 2 and parts[1].isdigit():
-                    exact[(*parsed, int(parts[1]))] = source
+                    exact.setdefault((*parsed, int(parts[1])), source)
+                else:
+                    unversioned[parsed] = source
         for entry in entries:
-            found = exact.get((*entry.key, entry.version)) or latest.get(entry.key)
+            found = exact.get((*entry.key, entry.version)) or unversioned.get(entry.key)
+            about = focus.get(id(entry))
+            if found is None and about is not None:
+                found = first.get(about)
             if found is not None:
                 entry.source = found
 
