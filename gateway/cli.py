@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,11 @@ def _exit_after_shutdown(_signum: int, _frame: object) -> None:
     raise SystemExit(0)  # unwinds through _serve's `finally`, which closes the gateway
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(
+    settings: Settings, ready: Callable[[], Coroutine[Any, Any, None]] | None = None, *, banner: bool = True
+) -> None:
+    """Serve until stopped. `ready` (the demo's feed) runs once the HTTP and MLLP listeners accept
+    connections, beside the server; if it fails, the server stops and its error is raised."""
     import uvicorn
 
     from gateway.service.gateway import Gateway
@@ -137,18 +141,46 @@ async def _serve(settings: Settings) -> None:
             forwarded_allow_ips=settings.forwarded_allow_ips,  # a TLS proxy in front (README: Security)
         )
         server = GatewayServer(config, on_shutdown=gateway.timeline_feed.close)  # open streams end first
-        click.echo(_banner(settings), err=True)
+        if banner:
+            click.echo(_banner(settings), err=True)
         # uvicorn shuts down on SIGTERM, then restores the previous handler and raises the signal again;
         # with the default handler the process would end right there, before the gateway below is closed
         # (the audit queue written, delivery leases released). Exit cleanly after closing instead.
         signal.signal(signal.SIGTERM, _exit_after_shutdown)
-        await server.serve()
+        if ready is None:
+            await server.serve()
+        else:
+            await _serve_with(server, ready)
     finally:
         if warming is not None and not warming.done():
             warming.cancel()
         if settings.mllp_enabled:
             await mllp.stop()
         await gateway.close()
+
+
+async def _serve_with(server: Any, ready: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Serve, and run `ready` once the server has started; a failure of `ready` stops the server."""
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn offers a flag, no event)
+        await asyncio.sleep(0.05)
+    if serving.done():  # did not start (a port in use): uvicorn said why
+        await serving
+        raise click.ClickException("the gateway did not start")
+    feeding = asyncio.create_task(ready())
+    await asyncio.wait({serving, feeding}, return_when=asyncio.FIRST_COMPLETED)
+    if not feeding.done():  # stopped (Ctrl-C) while feeding: the feed's calls fail as the server goes
+        feeding.cancel()
+        with contextlib.suppress(BaseException):
+            await feeding
+        await serving
+        return
+    problem = feeding.exception()
+    if problem is not None:
+        server.should_exit = True
+        await serving
+        raise problem
+    await serving
 
 
 def _tune_garbage_collection() -> None:
@@ -162,6 +194,207 @@ def _tune_garbage_collection() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+
+
+@main.command()
+@click.option(
+    "--base-url",
+    envvar="GATEWAY_DEMO_BASE_URL",
+    default=None,
+    help="Feed this running gateway (e.g. http://127.0.0.1:8080) instead of serving one"
+    " [GATEWAY_DEMO_BASE_URL]",
+)
+@click.option(
+    "--client-id",
+    envvar="GATEWAY_DEMO_CLIENT_ID",
+    default=None,
+    help="With --base-url: an API client with"
+    ' scope "system/*.cruds" (`gateway clients add`) [GATEWAY_DEMO_CLIENT_ID]',
+)
+@click.option(
+    "--client-secret",
+    envvar="GATEWAY_DEMO_CLIENT_SECRET",
+    default=None,
+    help="With --base-url: its secret [GATEWAY_DEMO_CLIENT_SECRET]",
+)
+@click.option(
+    "--mllp-host", default=None, help="With --base-url: the MLLP listener's host [the host of --base-url]"
+)
+@click.option(
+    "--mllp-port", type=int, default=None, help="MLLP port: fed (--base-url) or served [default 2575]"
+)
+@click.option(
+    "--payer-insurer",
+    default=None,
+    metavar="SYSTEM|VALUE",
+    help="With --base-url: the identifier of an insurer the running gateway's payers file lists; the demo's"
+    " insurer carries it and the PA request goes through $request-prior-auth to that payer. Without it the"
+    " demo records the request as a PA Task and plays the payer through POST /payer/files",
+)
+@click.option("--port", type=int, default=None, help="Served: the HTTP port [GATEWAY_PORT, default 8080]")
+@click.option(
+    "--database-url", default=None, help="Served: the database [a new SQLite file ./var/demo-<time>.db]"
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document")
+def demo(
+    base_url: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    mllp_host: str | None,
+    mllp_port: int | None,
+    payer_insurer: str | None,
+    port: int | None,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
+    """Feed a specialty-pharmacy story through the gateway's real paths: pharmacists and patients over the
+    FHIR API, a clozapine order, two fills and three weekly ANCs over HL7 v2 (MLLP), a leflunomide order
+    over FHIR, prior authorization with a payer. Prints whom the matching assigned and why, and what to
+    look at next.
+
+    Without --base-url the demo serves its own gateway on a new SQLite database with a stand-in payer,
+    feeds it, and keeps serving until Ctrl-C. With --base-url it feeds a running gateway and exits."""
+    from gateway.demo import DemoError
+
+    try:
+        if base_url:
+            if not client_id or not client_secret:
+                raise click.UsageError("--base-url needs --client-id and --client-secret")
+            _demo_feed(base_url, (client_id, client_secret), mllp_host, mllp_port, payer_insurer, as_json)
+        else:
+            if client_id or client_secret or mllp_host or payer_insurer:
+                raise click.UsageError(
+                    "--client-id, --client-secret, --mllp-host and --payer-insurer go with --base-url"
+                )
+            _demo_served(port, mllp_port, database_url, as_json)
+    except DemoError as exc:
+        raise click.ClickException(f"demo: {exc}") from None
+
+
+def _demo_say(as_json: bool) -> Callable[[str], None]:
+    """Progress lines: on stdout, or on stderr when stdout carries the JSON summary."""
+    return lambda line: click.echo(line, err=as_json)
+
+
+def _demo_print(result: Any, access: Any, where: dict[str, Any], as_json: bool) -> None:
+    from gateway.demo import report
+
+    if as_json:
+        click.echo(orjson.dumps(report.as_json(result, access, where)).decode())
+    else:
+        click.echo(report.text(result, access, [f"  {k:<10} {v}" for k, v in where.items()]))
+
+
+def _demo_feed(
+    base_url: str,
+    client: tuple[str, str],
+    mllp_host: str | None,
+    mllp_port: int | None,
+    payer_insurer: str | None,
+    as_json: bool,
+) -> None:
+    from datetime import UTC, datetime
+    from urllib.parse import urlsplit
+
+    from gateway.demo import Access, PayerFeeds, PriorAuth, Story, ThroughPayer, feed, run_id
+
+    insurer: tuple[str, str] | None = None
+    prior_auth: PriorAuth = PayerFeeds()
+    if payer_insurer:
+        system, bar, value = payer_insurer.partition("|")
+        if not bar or not system or not value:
+            raise click.UsageError(
+                "--payer-insurer is SYSTEM|VALUE, e.g. http://hl7.org/fhir/sid/us-npi|1234567893"
+            )
+        insurer = (system, value)
+        prior_auth = ThroughPayer(None, payer_insurer)
+    now = datetime.now(UTC)
+    story = Story(run_id(now), now)
+    host = mllp_host or urlsplit(base_url).hostname or "127.0.0.1"
+    say = _demo_say(as_json)
+    say(f"gateway demo, run {story.run}: feeding {base_url} (MLLP {host}:{mllp_port or 2575})")
+    result = feed(story, base_url, client, (host, mllp_port or 2575), prior_auth, insurer=insurer, say=say)
+    _demo_print(result, Access(client[0], None, None), {"mode": "fed a running gateway"}, as_json)
+
+
+def _demo_served(port: int | None, mllp_port: int | None, database_url: str | None, as_json: bool) -> None:
+    import os
+    from datetime import UTC, datetime
+
+    from gateway.demo import (
+        FEEDER_SCOPE,
+        PAYER_SCOPE,
+        READER_SCOPE,
+        Access,
+        DemoPayer,
+        Story,
+        ThroughPayer,
+        feed,
+        run_id,
+    )
+    from gateway.demo.story import NPI_SYSTEM
+
+    now = datetime.now(UTC)
+    story = Story(run_id(now), now)
+    stamp = f"{now:%Y%m%d-%H%M%S}-{story.run[-2:]}"
+    var = Path("./var")
+    var.mkdir(exist_ok=True)
+    database_url = database_url or f"sqlite+aiosqlite:///{var / f'demo-{stamp}.db'}"
+    settings = get_settings(port=port, mllp_port=mllp_port, database_url=database_url)
+    _configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", "WARNING"))
+
+    async def register(auth: Any) -> dict[str, Any]:
+        return {
+            kind: await auth.add_client(f"demo-{kind}-{story.run}", scope)
+            for kind, scope in (("feeder", FEEDER_SCOPE), ("payer", PAYER_SCOPE), ("reader", READER_SCOPE))
+        }
+
+    with _configuration_errors(), _key_errors():
+        clients = asyncio.run(_with_auth(settings, register))
+    payer = DemoPayer().start()
+    try:
+        payers_file = var / f"demo-{stamp}-payers.yaml"
+        insurer = f"{NPI_SYSTEM}|{story.insurer_npi}"
+        payers_file.write_text(payer.payers_file("bluebonnet-demo", insurer, clients["payer"].client_id))
+        os.environ["GATEWAY_DEMO_PAYER_TOKEN"] = payer.token  # the payers file's token_env
+        settings = get_settings(
+            port=port, mllp_port=mllp_port, database_url=database_url, payers_file=payers_file
+        )
+        base = f"http://{settings.host}:{settings.port}"
+        payer.gateway_url = base
+        payer.gateway_client = (clients["payer"].client_id, clients["payer"].client_secret)
+        where = {
+            "mode": "served by this command until Ctrl-C",
+            "database": settings.database_url.split("@")[-1],
+            "payers": f"{payers_file} (the demo payer at {payer.base_url})",
+        }
+        say = _demo_say(as_json)
+
+        def run() -> None:
+            say(f"gateway demo, run {story.run}: serving {base} (MLLP {settings.host}:{settings.mllp_port})")
+            for label, value in where.items():
+                say(f"  {label:<10} {value}")
+            result = feed(
+                story,
+                base,
+                (clients["feeder"].client_id, clients["feeder"].client_secret),
+                (settings.host, settings.mllp_port),
+                ThroughPayer(payer, "the demo payer"),
+                say=say,
+            )
+            reader = clients["reader"]
+            _demo_print(result, Access(reader.client_id, reader.client_secret, READER_SCOPE), where, as_json)
+            say("Serving until Ctrl-C (the database stays; delete it when done).")
+
+        async def ready() -> None:
+            await asyncio.to_thread(run)
+
+        # Ctrl-C as well as SIGTERM: stop serving, close the gateway, exit 0.
+        signal.signal(signal.SIGINT, _exit_after_shutdown)
+        with _configuration_errors():
+            asyncio.run(_serve(settings, ready, banner=False))
+    finally:
+        payer.stop()
 
 
 @main.command()
