@@ -317,6 +317,18 @@ def _demo_feed(
     _demo_print(result, Access(client[0], None, None), {"mode": "fed a running gateway"}, as_json)
 
 
+def _can_listen(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _demo_served(port: int | None, mllp_port: int | None, database_url: str | None, as_json: bool) -> None:
     import os
     from datetime import UTC, datetime
@@ -334,6 +346,13 @@ def _demo_served(port: int | None, mllp_port: int | None, database_url: str | No
     )
     from gateway.demo.story import NPI_SYSTEM
 
+    settings = get_settings(port=port, mllp_port=mllp_port)
+    for what, number in (("HTTP", settings.port), ("MLLP", settings.mllp_port)):
+        if not _can_listen(settings.host, number):
+            raise click.ClickException(
+                f"{settings.host}:{number} ({what}) is in use: is a gateway running there? Feed it with"
+                " `gateway demo --base-url ...`, or serve the demo elsewhere with --port and --mllp-port"
+            )
     now = datetime.now(UTC)
     story = Story(run_id(now), now)
     stamp = f"{now:%Y%m%d-%H%M%S}-{story.run[-2:]}"

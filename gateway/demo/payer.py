@@ -94,9 +94,10 @@ class DemoPayer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def payers_file(self, name: str, insurer: str, payer_client_id: str) -> str:
-        """The gateway's payers file naming this payer (YAML)."""
-        return (
+    def payers_file(self, name: str, insurer: str, payer_client_id: str | None = None) -> str:
+        """A payers file (YAML) naming this payer for the insurer (`system|value`); the API client it answers
+        the gateway with, when given, may then answer only this payer's requests."""
+        text = (
             "# Written by `gateway demo`: the demo's stand-in payer (see gateway/demo/payer.py).\n"
             "payers:\n"
             f"  - name: {name}\n"
@@ -109,8 +110,15 @@ class DemoPayer:
             "    retry: {max_attempts: 3, first_delay_seconds: 5, max_delay_seconds: 30}\n"
             "    inquire_every_seconds: 0\n"
             "    claim_type: pharmacy\n"
-            f"    clients: [{payer_client_id}]\n"
         )
+        return text + (f"    clients: [{payer_client_id}]\n" if payer_client_id else "")
+
+    @property
+    def claims(self) -> list[JSON]:
+        """The Claims received, oldest first."""
+        with self._lock:
+            states = sorted({id(s): s for s in self._claims.values()}.values(), key=lambda s: s.n)
+            return [s.claim for s in states]
 
     # -- the reviewer's decision -----------------------------------------------------------------------
 

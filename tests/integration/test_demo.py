@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.demo import DemoPayer
 from tests.integration.conftest import GATEWAY_BIN, LiveServer, free_port, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -255,3 +256,32 @@ async def test_the_demo_feeds_a_running_gateway_twice(
     finally:
         server.process.terminate()
         server.process.wait(timeout=30)
+
+
+@pytest.mark.slow
+async def test_with_payer_insurer_the_request_goes_to_the_running_gateways_payer(
+    database_url_factory: Callable[[str], Awaitable[str]], tmp_path: Path
+) -> None:
+    """The running gateway has a payer for the insurer (here the demo's stand-in, behind a payers file): the
+    demo's request goes through $request-prior-auth, the HL7 v2 order's prescriber (ORC-12, by NPI) is the
+    Claim's provider, and the payer's decision (pended) is left to the payer."""
+    insurer = "http://hl7.org/fhir/sid/us-npi|1234567893"
+    payer = DemoPayer().start()
+    try:
+        payers = tmp_path / "payers.yaml"
+        payers.write_text(payer.payers_file("acme", insurer))
+        env = {**ENV, "GATEWAY_PAYERS_FILE": str(payers), "GATEWAY_DEMO_PAYER_TOKEN": payer.token}
+        url = await database_url_factory("sqlite")
+        server = await start_server("sqlite", url, tmp_path / "gateway.log", env=env)
+        try:
+            summary = run_demo(server, server.add_client("system/*.cruds"), "--payer-insurer", insurer)
+        finally:
+            server.process.terminate()
+            server.process.wait(timeout=30)
+        assert "$request-prior-auth" in summary["priorAuthorization"]
+        maria = next(p for p in summary["patients"] if p["key"] == "maria")
+        assert maria["priorAuthorization"]["moves"] == ["submitted", "pended"]
+        (claim,) = payer.claims
+        assert claim["provider"]["reference"].startswith("Practitioner/")
+    finally:
+        payer.stop()
