@@ -206,6 +206,7 @@ class PatientResult:
     care_plans: list[str] = field(default_factory=list)
     prior_auth: JSON | None = None  # {"task", "moves": [...], "status", "number", "period"}
     intervention: str | None = None
+    worklist: list[JSON] = field(default_factory=list)  # the pharmacist's $worklist rows of this patient
 
 
 @dataclass
@@ -430,11 +431,31 @@ class Feeder:
                 "CarePlan", patient=result.patient, category=f"{CARE_PLAN_CATEGORY}|monitoring-calendar"
             )
         ]
+        if result.assigned_practitioner:
+            result.worklist = self._worklist(result.assigned_practitioner, result.patient)
         ranking = self.api.json(
             "POST", f"/fhir/{result.patient}/$match-pharmacist", body={"resourceType": "Parameters"}
         )
         result.ranking = [
             self._candidate(p) for p in ranking.get("parameter") or [] if p.get("name") == "candidate"
+        ]
+
+    def _worklist(self, owner: str, patient: str) -> list[JSON]:
+        """The pharmacist's worklist rows of this patient; none from a gateway that does not serve it."""
+        answer = self.api.call(
+            "GET", "/fhir/Task/$worklist", params={"owner": owner, "patient": patient}, ok=(200, 400, 404)
+        )
+        if answer.status_code != 200:
+            return []
+        return [
+            {
+                "rank": row.get("rank"),
+                "kind": row.get("kind"),
+                "severity": row.get("severity"),
+                "task": row.get("task"),
+                "why": row.get("why"),
+            }
+            for row in answer.json().get("rows") or []
         ]
 
     def _assignment(self, result: PatientResult) -> None:

@@ -92,6 +92,7 @@ def as_json(result: Result, access: Access, where: JSON) -> JSON:
                 "carePlans": p.care_plans,
                 "priorAuthorization": p.prior_auth,
                 "intervention": p.intervention,
+                "worklist": p.worklist,
                 "links": dict((label, url) for label, url in links(result, p)),
             }
             for p in result.patients
@@ -136,11 +137,14 @@ def text(result: Result, access: Access, where: list[str]) -> str:
             lines.append(
                 f"    alert {alert['task']} ({alert['rule']}, {alert['priority']}) owned by {alert['owner']}"
             )
+        for row in patient.worklist:
+            lines.append(
+                f"    on the worklist: {row['rank']}. {row['kind']} ({row['severity']}): {row['why']}"
+            )
     lines += ["", "Where to look next (GET, with a token):"]
     for patient in result.patients:
         lines.append(f"  {patient.person.name}")
         lines += [f"    {label:<36} {url}" for label, url in links(result, patient)]
-    lines.append("  (Task/$worklist is the pharmacist's ranked work queue: served once that issue lands.)")
     token_url = f"{result.base_url}/auth/token"
     secret = access.client_secret or "$CLIENT_SECRET"
     lines += ["", "A token:"]

@@ -105,6 +105,11 @@ def check_story(http: httpx.Client, summary: dict[str, Any], *, prior_auth_sourc
     rule = (f"{GATEWAY}/CodeSystem/alert-rule", "clozapine-anc")
     (alert,) = [a for a in alerts if rule in [(c["system"], c["code"]) for c in a["reasonCode"]["coding"]]]
     assert alert["owner"]["reference"] == hernandez["role"] and alert["status"] == "ready"
+    # Her pharmacist's worklist (the link the demo prints) holds it.
+    worklist = http.get("/Task/$worklist", params={"owner": hernandez["practitioner"], "patient": patient})
+    assert worklist.status_code == 200, worklist.text
+    assert [(r["kind"], r["task"]) for r in worklist.json()["rows"]] == [("alert", f"Task/{alert['id']}")]
+    assert [r["task"] for r in maria["worklist"]] == [f"Task/{alert['id']}"]
     focus = http.get(f"/{alert['focus']['reference']}").json()
     assert focus["code"]["coding"][0]["code"] == "751-8" and focus["valueQuantity"]["value"] == 1.2
 
