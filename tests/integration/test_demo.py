@@ -63,7 +63,8 @@ def search(http: httpx.Client, resource_type: str, **params: str) -> list[dict[s
 
 
 def moment(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """An entry's time; a date (a lab's due date) as its start in UTC."""
+    return datetime.fromisoformat((text + "T00:00:00Z" if len(text) == 10 else text).replace("Z", "+00:00"))
 
 
 def check_story(http: httpx.Client, summary: dict[str, Any], *, prior_auth_source: str) -> None:
@@ -115,9 +116,12 @@ def check_story(http: httpx.Client, summary: dict[str, Any], *, prior_auth_sourc
 
     # (3) The timeline tells the story in order, each step with its source.
     timeline = http.get(f"/{patient}/$timeline", params={"_count": "100"}).json()
-    entries = [e for e in timeline["entries"] if e["kind"] != "report"]
-    times = [moment(e["time"]) for e in entries]
+    times = [moment(e["time"]) for e in timeline["entries"]]
     assert times == sorted(times)
+    # The monitoring calendar's labs: the one due yesterday, completed by the ANC, and the weekly ones ahead.
+    due = [e["summary"] for e in timeline["entries"] if e["kind"] == "monitoring-due"]
+    assert any(s.endswith("(completed)") for s in due) and len(due) >= 2
+    entries = [e for e in timeline["entries"] if e["kind"] not in ("report", "monitoring-due")]
     lab = {"system": "LIS / CENTRAL REFERENCE LAB", "kind": "hl7v2"}
     story = [(e["kind"], e["source"]) for e in entries if e["kind"] != "payer-answer"]
     assert story == [
@@ -201,7 +205,7 @@ async def test_the_demo_serves_feeds_prints_and_stops_on_ctrl_c(tmp_path: Path) 
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(timeout=10)
+        process.communicate(timeout=10)  # and its pipes closed
 
 
 def run_demo(server: LiveServer, client: dict[str, str], *extra: str) -> dict[str, Any]:
