@@ -26,6 +26,7 @@ import contextlib
 import logging
 import multiprocessing
 import resource
+import signal
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -59,6 +60,9 @@ def worker_settings() -> Settings:
 def _initialize(settings: Settings, memory_bytes: int) -> None:
     global _settings
     _settings = settings
+    # Ctrl-C reaches the whole process group: the serving process stops the pool; a worker that took it
+    # too would die mid-task with a traceback on the operator's terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_bytes > 0:
         with contextlib.suppress(ValueError, OSError):  # a lower hard limit set by the operator wins
             resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
