@@ -196,6 +196,15 @@ async def test_the_demo_serves_feeds_prints_and_stops_on_ctrl_c(tmp_path: Path) 
             assert links["timeline"].endswith(f"/fhir/{maria['patient']}/$timeline")
             worklist = next(v for k, v in links.items() if k.startswith("worklist"))
             assert worklist.endswith(f"/fhir/Task/$worklist?owner={maria['assigned']['practitioner']}")
+            # The pharmacist the matching chose sees the clozapine ANC alert at the top of the whole worklist,
+            # with the drug, the rule and why it ranks there.
+            rows = http.get("/Task/$worklist", params={"owner": maria["assigned"]["practitioner"]}).json()[
+                "rows"
+            ]
+            top = rows[0]
+            assert (top["rank"], top["kind"], top["patient"]) == (1, "alert", maria["patient"])
+            assert "clozapine" in top["summary"]["drug"].lower() and top["summary"]["rule"] == "clozapine-anc"
+            assert top["rankReason"].startswith("moderate severity")
             assert maria["priorAuthorization"]["moves"] == ["submitted", "pended", "approved"]
             assert maria["priorAuthorization"]["number"] == "BHP-PA-00001"
         assert process.poll() is None  # still serving
