@@ -266,3 +266,17 @@ async def test_a_token_without_observation_read_sees_the_alert_not_the_value(
     (task,) = await alerts(narrow, patient)
     assert task["reasonCode"]["coding"][0]["code"] == "clozapine-anc"
     assert "1.2" not in said(task) and "valueQuantity" not in str(task)
+
+
+async def test_a_result_deleted_and_written_again_under_its_id_keeps_its_one_alert(
+    api: httpx.AsyncClient,
+) -> None:
+    patient, _ = await clozapine_patient(api)
+    result = {**anc(patient, 1.2, "2024-03-01T08:00:00Z", "L"), "id": "anc-again"}
+    assert (await api.put("/fhir/Observation/anc-again", json=result)).status_code == 201
+    (first,) = await alerts(api, patient)
+    assert (await api.delete("/fhir/Observation/anc-again")).status_code in (200, 204)
+    again = await api.put("/fhir/Observation/anc-again", json={**result, "status": "corrected"})
+    assert again.status_code == 201, again.text
+    (task,) = await alerts(api, patient)
+    assert task["id"] == first["id"] and mark(task) == "corrected"

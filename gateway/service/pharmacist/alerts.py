@@ -61,6 +61,7 @@ class _Result:
     current: JSON
     previous: JSON | None
     findings: list[Finding]  # those that become alerts
+    version: int = 1
     holding: frozenset[str] = frozenset()  # every rule that holds, alert or not
 
 
@@ -129,7 +130,7 @@ class AlertService:
             patient = _subject(current)
             if patient is None or not _changed(previous, current):
                 continue  # a re-sent result, or one about no patient: nothing new to say
-            results.append(_Result(p.id, patient, current, previous, []))
+            results.append(_Result(p.id, patient, current, previous, [], p.version))
         if not results:
             return
         system = RequestContext(ctx.base_url)
@@ -211,7 +212,9 @@ class AlertService:
 
     async def _existing(self, conn: AsyncConnection, results: list[_Result]) -> dict[str, Stored]:
         """The alert Tasks already about these results (any status), by id."""
-        focus = [f"Observation/{r.id}" for r in results if r.previous is not None or r.findings]
+        # A result at version 1 has an id never used before: no alert can be about it yet (a deleted and
+        # created again result is at a later version). Most results are new: most batches skip the query.
+        focus = [f"Observation/{r.id}" for r in results if r.version > 1]
         found = await store_search.by_reference(conn, "Task", "focus", focus) if focus else []
         return {s.id: s for s in found if s.content and rules_of_alerts.is_alert(orjson.loads(s.content))}
 
@@ -233,7 +236,7 @@ class AlertService:
                     task_id, finding, observation, result.patient, owners.get(result.patient), now
                 )
                 writes[task_id] = (task, None)
-            elif result.previous is not None:
+            elif result.previous is not None or result.version > 1:  # changed, or deleted and back
                 task = orjson.loads(stored.content or b"{}")
                 if task.get("status") != "entered-in-error":
                     writes[task_id] = (rules_of_alerts.corrected(task, finding, status, now), stored)
