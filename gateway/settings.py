@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # scrypt cost for client secrets, log2 of N (10-18): 14 is ~16 MiB and tens of ms per check. Stored
     # hashes carry their own cost, so raising it later keeps older secrets working. The test suite uses 10.
     secret_hash_cost: int = Field(default=14, ge=10, le=18)
+    # argon2id memory for people's passwords, log2 of KiB (10-20): 16 is 64 MiB, argon2-cffi's default (with
+    # its 3 passes and 4 lanes). Stored hashes carry their parameters. Below 16 only for tests (10).
+    password_hash_cost: int = Field(default=16, ge=10, le=20)
     default_page_size: int = 20
     max_page_size: int = 1000
     # Results pulled in by _include/_revinclude per page, at most.
