@@ -616,6 +616,150 @@ def clients_enable(name_or_id: str, database_url: str | None) -> None:
 
 
 @main.group()
+def users() -> None:
+    """Add, list and disable the people who log in, and reset their passwords (never shown or logged)."""
+
+
+async def _with_database(settings: Settings, action: Any) -> Any:
+    """Run `action(db)` on the migrated database."""
+    from gateway.service.access.clients import key_encryption_from
+    from gateway.store import migrate as migrations
+    from gateway.store.database import Database
+
+    kek = key_encryption_from(settings)
+    db = Database(settings.database_url)
+    try:
+        await migrations.upgrade(db, key_encryption=kek)
+        return await action(db)
+    finally:
+        await db.dispose()
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """An unusable name, role, Practitioner reference or password, a duplicate or unknown user: one line,
+    exit status 1."""
+    from gateway.auth.passwords import WeakPassword
+    from gateway.auth.roles import InvalidAccount
+    from gateway.service.access.users import UnknownUser
+    from gateway.store.users import DuplicateUser
+
+    with _key_errors():
+        try:
+            yield
+        except (InvalidAccount, WeakPassword, DuplicateUser, UnknownUser) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: the first line of standard input, or typed twice at a hidden prompt. Never an
+    argument (it would sit in the shell history and in every process listing)."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise click.ClickException("no password on standard input")
+        return password
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+_PASSWORD_STDIN = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of standard input"
+)
+_DATABASE_URL = click.option("--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL]")
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", required=True, help="pharmacist, coordinator, analyst, admin or auditor")
+@click.option("--practitioner", default=None, help="The user's Practitioner/ID (required for a pharmacist)")
+@_PASSWORD_STDIN
+@_DATABASE_URL
+def users_add(
+    name: str, role: str, practitioner: str | None, password_stdin: bool, database_url: str | None
+) -> None:
+    """Add a user; the password is asked for (twice, hidden) or read with --password-stdin."""
+    from gateway.auth.passwords import check_policy
+    from gateway.service.access import users as user_service
+    from gateway.store.users import DuplicateUser
+
+    settings = get_settings(database_url=database_url)
+    with _user_errors():
+        name, role, practitioner = user_service.check_new_user(name, role, practitioner)
+        if asyncio.run(_with_database(settings, lambda db: user_service.find_user(db, name))) is not None:
+            raise DuplicateUser(f"a user named {name!r} already exists")  # before asking for a password
+        password = _read_password(password_stdin)
+        check_policy(password, name)
+        added = asyncio.run(
+            _with_database(
+                settings,
+                lambda db: user_service.add_user(
+                    db, name, role, practitioner, password, cost=settings.password_hash_cost
+                ),
+            )
+        )
+    click.echo(f"added {added.name} ({added.role}{', ' + added.practitioner if added.practitioner else ''})")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_DATABASE_URL
+def users_list(as_json: bool, database_url: str | None) -> None:
+    """List users: name, role, Practitioner, disabled (never their passwords or hashes)."""
+    from gateway.service.access import users as user_service
+
+    settings = get_settings(database_url=database_url)
+    with _user_errors():
+        records = asyncio.run(_with_database(settings, user_service.list_users))
+    rows = [
+        {"name": r.name, "role": r.role, "practitioner": r.practitioner, "disabled": r.disabled}
+        for r in records
+    ]
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    for row in rows:
+        state = "disabled" if row["disabled"] else "enabled"
+        click.echo(f"{row['name']}  {row['role']}  {row['practitioner'] or '-'}  [{state}]")
+
+
+@users.command("disable")
+@click.argument("name")
+@_DATABASE_URL
+def users_disable(name: str, database_url: str | None) -> None:
+    """Disable a user: they can no longer log in."""
+    from gateway.service.access import users as user_service
+
+    settings = get_settings(database_url=database_url)
+    with _user_errors():
+        record = asyncio.run(_with_database(settings, lambda db: user_service.set_disabled(db, name, True)))
+    click.echo(f"disabled {record.name}")
+
+
+@users.command("reset-password")
+@click.argument("name")
+@_PASSWORD_STDIN
+@_DATABASE_URL
+def users_reset_password(name: str, password_stdin: bool, database_url: str | None) -> None:
+    """Set a user's password (asked for, or read with --password-stdin); clears failed logins and any
+    lockout. A disabled user stays disabled."""
+    from gateway.service.access import users as user_service
+
+    settings = get_settings(database_url=database_url)
+    with _user_errors():
+        if asyncio.run(_with_database(settings, lambda db: user_service.find_user(db, name))) is None:
+            raise user_service.UnknownUser(f"no user named {name!r}")  # before asking for a password
+        password = _read_password(password_stdin)
+        record = asyncio.run(
+            _with_database(
+                settings,
+                lambda db: user_service.reset_password(db, name, password, cost=settings.password_hash_cost),
+            )
+        )
+    click.echo(f"password changed for {record.name}")
+
+
+@main.group()
 def keys() -> None:
     """Rotate and list the access-token signing keys (sealed in the database; never shown)."""
 

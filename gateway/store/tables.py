@@ -6,6 +6,7 @@ Layout:
 - `sp_*` hold the search index of each resource's *current* version, one row per indexed value,
   keyed by the integer `rid` so the index rows stay small.
 - `api_client`, `signing_key`, `used_assertion` back OAuth client credentials.
+- `app_user` holds the people who log in: role, Practitioner, argon2id password hash, lockout state.
 """
 
 from __future__ import annotations
@@ -408,3 +409,23 @@ timeline_counter = Table(
 )
 
 TIMELINE_TABLES = (timeline_change, timeline_counter)
+
+# --- people who log in (gateway/auth/roles.py, gateway/auth/passwords.py) ------------------------------
+# `name` as given, unique ignoring case through `name_key` (its casefold, which every lookup uses).
+# `password_hash` is argon2id; `failed_logins` and `locked_until_us` back the login lockout.
+app_user = Table(
+    "app_user",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("name_key", String(64), nullable=False, unique=True),
+    Column("role", String(32), nullable=False),
+    Column("practitioner", String(100), nullable=True),  # Practitioner/ID; required for pharmacists
+    Column("password_hash", String(255), nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Column("password_changed_us", BigInteger, nullable=False),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until_us", BigInteger, nullable=True),
+)
