@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import insert, select
 
 from gateway.service.gateway import Gateway
-from gateway.store.tables import metadata
+from gateway.store import migrate
+from gateway.store.database import Database
+from gateway.store.tables import api_client, app_user, metadata
 
 
 async def test_migrated_schema_matches_the_table_definitions(gateway: Gateway) -> None:
@@ -16,3 +21,31 @@ async def test_migrated_schema_matches_the_table_definitions(gateway: Gateway) -
 
     async with gateway.db.write() as conn:
         assert await conn.run_sync(diff) == []
+
+
+async def test_upgrading_from_0008_adds_the_user_table_and_keeps_the_data(
+    database_url_factory: Callable[[str], Awaitable[str]], backend: str
+) -> None:
+    db = Database(await database_url_factory(backend))
+    try:
+        await migrate.upgrade(db, "0008")
+        async with db.write() as conn:
+            await conn.execute(
+                insert(api_client).values(
+                    client_id="c1", name="lab", scope="system/*.rs", created_us=1, disabled=False
+                )
+            )
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            assert (await conn.execute(select(app_user))).all() == []
+            assert [r.name for r in await conn.execute(select(api_client))] == ["lab"]
+            # failed_logins has a server default: rows written without it start at 0
+            await conn.execute(
+                insert(app_user).values(
+                    id="u1", name="Ann", name_key="ann", role="admin", password_hash="$argon2id$x",
+                    disabled=False, created_us=1, updated_us=1, password_changed_us=1,
+                )
+            )  # fmt: skip
+            assert (await conn.execute(select(app_user.c.failed_logins))).scalar_one() == 0
+    finally:
+        await db.dispose()
