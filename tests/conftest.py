@@ -117,10 +117,17 @@ async def database_url_factory(
 # Client secrets hashed at scrypt's lowest allowed cost: every API test registers a client and asks for a
 # token, and the default cost (tests/unit/test_auth.py checks it) would be most of the suite's CPU time.
 TEST_SECRET_HASH_COST = 10
+# People's passwords likewise at argon2id's lowest allowed cost, 1 MiB (tests/unit/test_passwords.py checks
+# the default once).
+TEST_PASSWORD_HASH_COST = 10
 
 
 def settings_for(database_url: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {"secret_hash_cost": TEST_SECRET_HASH_COST, **overrides}
+    values: dict[str, object] = {
+        "secret_hash_cost": TEST_SECRET_HASH_COST,
+        "password_hash_cost": TEST_PASSWORD_HASH_COST,
+        **overrides,
+    }
     return Settings(database_url=database_url, **values)  # type: ignore[arg-type]
 
 

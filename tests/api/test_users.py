@@ -15,8 +15,9 @@ from gateway.auth.passwords import verify_password
 from gateway.cli import main
 from gateway.store.database import Database
 from gateway.store.users import UserRecord, get_user
+from tests.conftest import TEST_PASSWORD_HASH_COST
 
-ENV = {"GATEWAY_PASSWORD_HASH_COST": "10"}
+ENV = {"GATEWAY_PASSWORD_HASH_COST": str(TEST_PASSWORD_HASH_COST)}
 PASSWORD = "clozapine-anc-1500"
 
 

@@ -38,7 +38,7 @@ def test_the_five_roles_and_what_each_sees() -> None:
 
 def test_roles_parse_ignoring_case_and_unknown_ones_name_the_choices() -> None:
     assert parse_role(" Pharmacist ") is Role.PHARMACIST
-    with pytest.raises(InvalidAccount, match="unknown role 'nurse' .one of: pharmacist, coordinator"):
+    with pytest.raises(InvalidAccount, match=r"unknown role 'nurse' \(one of: pharmacist, coordinator"):
         parse_role("nurse")
 
 
