@@ -663,3 +663,21 @@ def test_a_dispense_of_a_mixture_still_points_at_its_order() -> None:
     assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{request['id']}"}]
     assert dispense["dosageInstruction"][0]["timing"]["code"]["coding"][0]["code"] == "Q12H"
     assert [u for u in translation.unused if u.startswith("RXC")] == ["RXC#11"]  # the dispense's: listed
+
+
+def test_each_dispense_of_an_rds_carries_only_its_own_rxd() -> None:
+    """Two fills in one RDS^O13: each MedicationDispense has its own prescription number and quantity,
+    once (the order's other RXD segments were in its scope, and repeated rules read them all)."""
+    segments = [
+        "MSH|^~\\&|PHARMACY|SPECIALTY RX|GATEWAY|SPECIALTY RX|20240305090000-0500||RDS^O13^RDS_O13|RDS-2|P|2.5.1",
+        "PID|1||MRN-RDS^^^HOSP&2.16.840.1.113883.19.5&ISO^MR||Testperson^Alex||19800203|F",
+        "ORC|RE|RX7001^EHR|||||||20240301090000-0500",
+        "RXE|^BID^^20240301|2555^clozapine 100 MG Oral Tablet^RXNORM|100||mg^mg^UCUM|TAB|||||60|TAB^tablet|2",
+        "RXD|1|2555^clozapine 100 MG Oral Tablet^RXNORM|20240302|28|TAB^tablet^UCUM||RXNUM-1|1",
+        "RXD|2|2555^clozapine 100 MG Oral Tablet^RXNORM|20240330|30|TAB^tablet^UCUM||RXNUM-2|0",
+    ]
+    dispenses = resources(translate("\r".join(segments) + "\r"), "MedicationDispense")
+    assert [(d["identifier"], d["quantity"]["value"]) for d in dispenses] == [
+        ([{"value": "RXNUM-1"}], 28),
+        ([{"value": "RXNUM-2"}], 30),
+    ]

@@ -120,7 +120,11 @@ def _dispenses(run: _Run) -> None:
         context = [s for s, _ in _segments_in(order, lambda g: g.name.endswith("OBSERVATION"))]
         for number, rxd in enumerate(order.segments("RXD"), start=1):
             scope = run.scope(
-                rxd, *_following(order, rxd, "NTE"), *[s for s in context if s.name != "NTE"], run.message.msh
+                # The order's other RXD are other fills: a repeated rule (identifier) would read them all.
+                rxd,
+                *_following(order, rxd, "NTE"),
+                *[s for s in context if s.name not in ("NTE", "RXD")],
+                run.message.msh,
             )
             dispense = run.apply("MedicationDispense", scope.add_group("ORDER", order))
             dispense["id"] = stable_id("MedicationDispense", *key, rxd.get(1).text or str(number))
