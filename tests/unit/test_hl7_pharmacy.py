@@ -669,7 +669,8 @@ def test_each_dispense_of_an_rds_carries_only_its_own_rxd() -> None:
     """Two fills in one RDS^O13: each MedicationDispense has its own prescription number and quantity,
     once (the order's other RXD segments were in its scope, and repeated rules read them all)."""
     segments = [
-        "MSH|^~\\&|PHARMACY|SPECIALTY RX|GATEWAY|SPECIALTY RX|20240305090000-0500||RDS^O13^RDS_O13|RDS-2|P|2.5.1",
+        "MSH|^~\\&|PHARMACY|SPECIALTY RX|GATEWAY|SPECIALTY RX|20240305090000-0500||RDS^O13^RDS_O13|RDS-2|P|"
+        "2.5.1",
         "PID|1||MRN-RDS^^^HOSP&2.16.840.1.113883.19.5&ISO^MR||Testperson^Alex||19800203|F",
         "ORC|RE|RX7001^EHR|||||||20240301090000-0500",
         "RXE|^BID^^20240301|2555^clozapine 100 MG Oral Tablet^RXNORM|100||mg^mg^UCUM|TAB|||||60|TAB^tablet|2",
@@ -681,3 +682,23 @@ def test_each_dispense_of_an_rds_carries_only_its_own_rxd() -> None:
         ([{"value": "RXNUM-1"}], 28),
         ([{"value": "RXNUM-2"}], 30),
     ]
+
+
+def test_an_rds_without_the_order_segments_dispenses_against_the_order_orc_names() -> None:
+    """RXO and RXE are optional in RDS^O13: a pharmacy that sends only ORC and RXD still records the fill,
+    against the MedicationRequest its ORC names (the one the RDE^O11 made), without writing an order."""
+    (order,) = resources(
+        translate(rde(ORC, "RXE||2555^clozapine 100 MG Oral Tablet^RXNORM|100||mg^mg^UCUM|TAB")),
+        "MedicationRequest",
+    )
+    segments = [
+        "MSH|^~\\&|EHR|CITY HOSPITAL|GATEWAY|SPECIALTY RX|20240305090000-0500||RDS^O13^RDS_O13|RDS-3|P|2.5.1",
+        "PID|1||MRN-77^^^HOSP&2.16.840.1.113883.19.5&ISO^MR||Testperson^Alex||19800203|F",
+        "ORC|RE|RX7001^EHR|||||||20240301090000-0500",
+        "RXD|1|2555^clozapine 100 MG Oral Tablet^RXNORM|20240302|28|TAB^tablet^UCUM||RXNUM-9|1",
+    ]
+    translation = translate("\r".join(segments) + "\r")
+    assert resources(translation, "MedicationRequest") == []
+    (dispense,) = resources(translation, "MedicationDispense")
+    assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{order['id']}"}]
+    assert dispense["medicationCodeableConcept"]["coding"][0]["code"] == "2555"

@@ -72,6 +72,10 @@ def _medication_request(run: _Run, order: Group) -> str | None:
     if not any(s.name in ("RXO", "RXE", "RXD") for s in body):
         return None  # not a pharmacy order (a lab ORM); its segments stay unused and are reported
     key = run.order_key(orc.get(2), orc.get(3), where=orc)
+    if not any(s.name in ("RXO", "RXE") for s in body):
+        # A dispense without the order's segments (RXO and RXE are optional in RDS^O13): its fills point at
+        # the order ORC names, as the order message made it; no order is written from what is not there.
+        return stable_id("MedicationRequest", *key)
     # MSH too: which table RXR-2's site codes come from depends on the version.
     scope = run.scope(*body, run.message.msh).add_group("ORDER", order)
     request = run.apply("MedicationRequest", scope)
