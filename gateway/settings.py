@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # argon2id memory for people's passwords, log2 of KiB (10-20): 16 is 64 MiB, argon2-cffi's default (with
     # its 3 passes and 4 lanes). Stored hashes carry their parameters. Below 16 only for tests (10).
     password_hash_cost: int = Field(default=16, ge=10, le=20)
+    # Console sessions (people who log in): ended after this long without a request, and this long after
+    # the login whatever happens.
+    session_idle_minutes: float = Field(default=30, gt=0)
+    session_max_hours: float = Field(default=12, gt=0)
+    # Failed logins in a row before an account is locked; the lock lasts 1 minute, doubling with each
+    # further failure up to login_lockout_max_minutes.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_max_minutes: float = Field(default=60, gt=0)
     default_page_size: int = 20
     max_page_size: int = 1000
     # Results pulled in by _include/_revinclude per page, at most.

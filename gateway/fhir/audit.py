@@ -10,7 +10,7 @@ Codes (R4 AuditEvent):
 - type: `rest` (audit-event-type) for the REST API, subtype the restful-interaction; DICOM `110106`
   Export for subscription deliveries (subtype the notification type), `110107` Import for HL7 v2
   messages (subtype the trigger event, HL7 table 0003) and payers' feeds, `110114` User Authentication
-  for token requests (subtype `110122` Login);
+  for token requests and people's logins (subtype `110122` Login, `110123` Logout);
 - outcome: `0` success, `4` minor failure (an HTTP 4xx, an AE, a delivery to be retried), `8` serious
   failure (an HTTP 5xx, an AR); `12` (the system died) is never recorded: nothing survives to record it.
 """
@@ -48,7 +48,8 @@ KINDS: dict[str, tuple[tuple[str, str, str], str]] = {
     "login": ((DCM, "110114", "User Authentication"), DCM),
 }
 LOGIN = "110122"
-_SUBTYPE_DISPLAY = {LOGIN: "Login"}
+LOGOUT = "110123"
+_SUBTYPE_DISPLAY = {LOGIN: "Login", LOGOUT: "Logout"}
 
 # Who the agent is: the identifier system of its id, by kind.
 AGENT_SYSTEMS = {
@@ -56,7 +57,10 @@ AGENT_SYSTEMS = {
     "mllp": f"{GATEWAY}/audit-agent/mllp-peer",  # host:port of an MLLP connection (MLLP has no login)
     "file": f"{GATEWAY}/audit-agent/file",  # the name of a file given to `gateway ingest`
     "internal": f"{GATEWAY}/audit-agent/internal",  # the gateway's own tools (reprocessing from the CLI)
+    "user": f"{GATEWAY}/audit-agent/user",  # a person's user name (one with no Practitioner, or unknown)
 }
+# agent_kind of a person acting as their Practitioner: `agent` is the reference (agent.who.reference).
+PRACTITIONER_AGENT = "practitioner"
 
 # restful-interaction -> R4 AuditEvent.action (C R U D E)
 _ACTIONS = {
@@ -173,7 +177,8 @@ class AuditRecord:
     subtype: str | None = None  # restful-interaction code, trigger event, notification type, LOGIN
     subtype_display: str | None = None
     agent: str | None = None  # who: a client id, an MLLP peer, a file name
-    agent_kind: str = "client"  # AGENT_SYSTEMS
+    agent_kind: str = "client"  # AGENT_SYSTEMS, or PRACTITIONER_AGENT
+    agent_alt: str | None = None  # another name of the agent (a Practitioner's user name): agent.altId
     requestor: bool = True  # false when the agent received rather than asked (deliveries)
     address: str | None = None  # from where: the client's IP address (or the subscriber's host)
     resources: dict[tuple[str, str], None] = field(default_factory=dict)  # what, in order, once each
@@ -281,11 +286,15 @@ def build(record: AuditRecord, event_id: str, observer: str) -> BuiltEvent:
     if record.outcome_desc:
         event["outcomeDesc"] = record.outcome_desc
     agent: JSON = {"requestor": record.requestor}
-    if record.agent:
+    if record.agent and record.agent_kind == PRACTITIONER_AGENT:
+        agent["who"] = {"reference": record.agent}
+    elif record.agent:
         system = AGENT_SYSTEMS.get(record.agent_kind, AGENT_SYSTEMS["client"])
         agent["who"] = {"identifier": {"system": system, "value": record.agent}}
     else:
         agent["who"] = {"display": "unauthenticated"}
+    if record.agent_alt:
+        agent["altId"] = record.agent_alt
     if record.address:
         agent["network"] = {"address": record.address, "type": "2"}  # 2: an IP address
     event["agent"] = [agent]

@@ -17,6 +17,7 @@ from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
 from gateway.service.access.clients import AuthService, key_encryption_from
+from gateway.service.access.logins import LoginService
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.interactions import FhirService
@@ -63,6 +64,7 @@ class Gateway:
     audit: AuditLog
     monitoring: MonitoringCalendar
     timeline_feed: TimelineFeed  # the live patient timeline: change log and open streams
+    logins: LoginService  # people's logins and console sessions
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -202,6 +204,14 @@ class Gateway:
             audit,
             monitoring,
             timeline_feed,
+            LoginService(
+                db,
+                cost=settings.password_hash_cost,
+                idle_minutes=settings.session_idle_minutes,
+                max_hours=settings.session_max_hours,
+                max_failures=settings.login_max_failures,
+                lockout_max_minutes=settings.login_lockout_max_minutes,
+            ),
         )
 
     async def start_background(self) -> None:

@@ -7,6 +7,7 @@ Layout:
   keyed by the integer `rid` so the index rows stay small.
 - `api_client`, `signing_key`, `used_assertion` back OAuth client credentials.
 - `app_user` holds the people who log in: role, Practitioner, argon2id password hash, lockout state.
+- `user_session` holds their console sessions, by the SHA-256 of the session id (never the id itself).
 """
 
 from __future__ import annotations
@@ -428,4 +429,16 @@ app_user = Table(
     Column("password_changed_us", BigInteger, nullable=False),
     Column("failed_logins", Integer, nullable=False, server_default="0"),
     Column("locked_until_us", BigInteger, nullable=True),
+)
+
+# A console session: `id_hash` is the SHA-256 (hex) of the random session id the cookie carries, so a copy
+# of the table opens no session. `csrf_secret` is what the session's forms must send back.
+user_session = Table(
+    "user_session",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("csrf_secret", String(64), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False),
 )

@@ -112,3 +112,28 @@ async def set_password(
         )
     )
     return await get_user(conn, name)
+
+
+async def count_failed_login(conn: AsyncConnection, user_id: str) -> int:
+    """Add one to the user's failed logins (in the database, so concurrent attempts all count); the new
+    count."""
+    await conn.execute(
+        update(app_user).where(app_user.c.id == user_id).values(failed_logins=app_user.c.failed_logins + 1)
+    )
+    count = await conn.scalar(select(app_user.c.failed_logins).where(app_user.c.id == user_id))
+    return int(count or 0)
+
+
+async def lock_until(conn: AsyncConnection, user_id: str, until_us: int) -> None:
+    await conn.execute(update(app_user).where(app_user.c.id == user_id).values(locked_until_us=until_us))
+
+
+async def clear_failed_logins(
+    conn: AsyncConnection, user_id: str, password_hash: str | None, now_us: int
+) -> None:
+    """A successful login: no failures, no lockout; and the password hashed again when `password_hash`
+    is given (the configured cost changed)."""
+    values: dict[str, object] = {"failed_logins": 0, "locked_until_us": None}
+    if password_hash is not None:
+        values.update(password_hash=password_hash, updated_us=now_us)
+    await conn.execute(update(app_user).where(app_user.c.id == user_id).values(**values))

@@ -20,6 +20,7 @@ from gateway.settings import Settings
 from gateway.transports.http import (
     audit_routes,
     auth_routes,
+    console_routes,
     everything_routes,
     fhir_routes,
     hl7_routes,
@@ -88,6 +89,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(timeline_routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)
+    app.include_router(console_routes.router)
     app.include_router(hl7_routes.router)
     app.include_router(ops_routes.router)
     _install_error_handlers(app)

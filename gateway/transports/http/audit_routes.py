@@ -95,7 +95,9 @@ def finish(scope: Scope, status: int) -> None:
         return
     try:
         describe(record, scope["method"], template, scope.get("path_params") or {}, scope.get("query_string"))
-        if status >= 400 or record.outcome_desc is None:
+        if record.kind == "login" and record.outcome_desc is not None and status < 500:
+            record.finish(record.outcome)  # a person's login or logout: the console route said how it went
+        elif status >= 400 or record.outcome_desc is None:
             record.finish(outcome_of_status(status), f"HTTP {status}")
         else:  # the HL7 v2 ACK code said how it went
             record.finish(record.outcome)
