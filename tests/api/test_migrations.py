@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from gateway.service.gateway import Gateway
 from gateway.store import migrate
 from gateway.store.database import Database
-from gateway.store.tables import api_client, app_user, metadata
+from gateway.store.tables import api_client, app_user, metadata, user_session
 
 
 async def test_migrated_schema_matches_the_table_definitions(gateway: Gateway) -> None:
@@ -47,5 +47,18 @@ async def test_upgrading_from_0008_adds_the_user_table_and_keeps_the_data(
                 )
             )  # fmt: skip
             assert (await conn.execute(select(app_user.c.failed_logins))).scalar_one() == 0
+    finally:
+        await db.dispose()
+
+
+async def test_upgrading_from_0009_adds_the_session_table(
+    database_url_factory: Callable[[str], Awaitable[str]], backend: str
+) -> None:
+    db = Database(await database_url_factory(backend))
+    try:
+        await migrate.upgrade(db, "0009")
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            assert (await conn.execute(select(user_session))).all() == []
     finally:
         await db.dispose()
