@@ -760,6 +760,131 @@ def users_reset_password(name: str, password_stdin: bool, database_url: str | No
 
 
 @main.group()
+def apps() -> None:
+    """Register, list and disable SMART apps (standalone launch; the authorization flow comes later)."""
+
+
+@contextlib.contextmanager
+def _app_errors() -> Iterator[None]:
+    """An unusable name, redirect URI or scope, a duplicate or unknown app: one line, exit status 1."""
+    from gateway.auth.smart_apps import InvalidApp
+    from gateway.service.access.apps import UnknownApp
+    from gateway.store.smart_apps import DuplicateApp
+
+    with _key_errors():
+        try:
+            yield
+        except (InvalidApp, DuplicateApp, UnknownApp) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _app_row(record: Any) -> dict[str, Any]:
+    return {
+        "client_id": record.client_id,
+        "name": record.name,
+        "type": "confidential" if record.confidential else "public",
+        "redirect_uris": list(record.redirect_uris),
+        "scope": record.scope,
+        "disabled": record.disabled,
+    }
+
+
+@apps.command("add")
+@click.argument("name")
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    required=True,
+    help="Exact redirect URI (repeatable): https, or http only for localhost, 127.0.0.1 or [::1]; no #fragment",
+)
+@click.option(
+    "--confidential",
+    is_flag=True,
+    help="The app keeps a secret (a server-side app): it gets a client secret; otherwise it is public (PKCE only)",
+)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help='Scopes the app may ask for (repeatable, space-separated), e.g. "openid fhirUser launch/patient '
+    'patient/*.rs"; user/ and patient/ scopes, openid, fhirUser, launch/patient, offline_access '
+    "[default: openid fhirUser launch/patient offline_access patient/*.rs user/*.rs]",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the registration as JSON")
+@_DATABASE_URL
+def apps_add(
+    name: str,
+    redirect_uris: tuple[str, ...],
+    confidential: bool,
+    scopes: tuple[str, ...],
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Register a SMART app and print its client_id and, for a confidential app, its client_secret (shown
+    only once; only its hash is stored)."""
+    from gateway.auth.smart_apps import DEFAULT_APP_SCOPE
+    from gateway.service.access import apps as app_service
+
+    settings = get_settings(database_url=database_url)
+    scope = " ".join(scopes) if scopes else DEFAULT_APP_SCOPE
+    with _app_errors():
+        created = asyncio.run(
+            _with_database(
+                settings,
+                lambda db: app_service.add_app(
+                    db, name, redirect_uris, scope, confidential=confidential, cost=settings.secret_hash_cost
+                ),
+            )
+        )
+    answer = _app_row(created.record)
+    del answer["disabled"]
+    if created.client_secret is not None:
+        answer["client_secret"] = created.client_secret
+    if as_json:
+        click.echo(orjson.dumps(answer).decode())
+        return
+    click.echo(f"client_id:     {answer['client_id']}   ({answer['type']} app {answer['name']})")
+    if created.client_secret is not None:
+        click.echo(f"client_secret: {created.client_secret}   (shown once; only its hash is stored)")
+    for uri in answer["redirect_uris"]:
+        click.echo(f"redirect_uri:  {uri}")
+    click.echo(f"scope:         {answer['scope']}")
+
+
+@apps.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_DATABASE_URL
+def apps_list(as_json: bool, database_url: str | None) -> None:
+    """List registered apps (never their secrets or hashes)."""
+    from gateway.service.access import apps as app_service
+
+    settings = get_settings(database_url=database_url)
+    with _app_errors():
+        rows = [_app_row(r) for r in asyncio.run(_with_database(settings, app_service.list_apps))]
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    for row in rows:
+        state = "disabled" if row["disabled"] else "enabled"
+        uris = " ".join(row["redirect_uris"])
+        click.echo(f"{row['client_id']}  {row['name']}  [{row['type']}, {state}]  {uris}  {row['scope']}")
+
+
+@apps.command("disable")
+@click.argument("name")
+@_DATABASE_URL
+def apps_disable(name: str, database_url: str | None) -> None:
+    """Disable an app: it can no longer start an authorization (there is no enable; register it anew)."""
+    from gateway.service.access import apps as app_service
+
+    settings = get_settings(database_url=database_url)
+    with _app_errors():
+        record = asyncio.run(_with_database(settings, lambda db: app_service.disable_app(db, name)))
+    click.echo(f"disabled {record.name}")
+
+
+@main.group()
 def keys() -> None:
     """Rotate and list the access-token signing keys (sealed in the database; never shown)."""
 

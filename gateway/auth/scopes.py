@@ -103,6 +103,12 @@ def _parse_token(token: str) -> Scope | str:
     return Scope(match.group("context"), match.group("type"), permissions)
 
 
+def parse_token(token: str) -> Scope | str:
+    """One scope: a `Scope`, or the token itself when it is a known non-resource or operation scope;
+    `InvalidScope` when it is malformed or unsupported."""
+    return _parse_token(token)
+
+
 def _split(text: str) -> tuple[list[Scope], list[str]]:
     resources: list[Scope] = []
     others: list[str] = []

@@ -8,6 +8,8 @@ Layout:
 - `api_client`, `signing_key`, `used_assertion` back OAuth client credentials.
 - `app_user` holds the people who log in: role, Practitioner, argon2id password hash, lockout state.
 - `user_session` holds their console sessions, by the SHA-256 of the session id (never the id itself).
+- `smart_app` holds the registered SMART apps: public or confidential (scrypt secret hash), exact redirect
+  URIs (a JSON array), the scopes they may ask for.
 """
 
 from __future__ import annotations
@@ -441,4 +443,19 @@ user_session = Table(
     Column("csrf_secret", String(64), nullable=False),
     Column("created_us", BigInteger, nullable=False),
     Column("last_seen_us", BigInteger, nullable=False),
+)
+
+
+smart_app = Table(
+    "smart_app",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("confidential", Boolean, nullable=False),
+    Column("secret_hash", String(255), nullable=True),  # scrypt, as for API clients; None when public
+    Column("redirect_uris", Text, nullable=False),  # JSON array of exact URIs, in registration order
+    Column("scope", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("disabled_us", BigInteger, nullable=True),
 )
