@@ -80,6 +80,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         registry.register(audit_routes.AuditCollector(lambda: gateway.audit))
     app.state.metrics_registry = registry
     measure_routes.install(app, registry)  # the pharmacist gauges, refreshed before a scrape when stale
+    app.include_router(auth_routes.discovery_router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)
     app.include_router(pharmacist_routes.router)

@@ -46,6 +46,7 @@ OPEN_ROUTES = frozenset(
         "/healthz",
         "/metrics",
         "/.well-known/smart-configuration",
+        "/fhir/.well-known/smart-configuration",
         "/docs",
         "/docs/oauth2-redirect",
         "/redoc",

@@ -7,10 +7,13 @@ from fastapi.responses import JSONResponse
 
 from gateway.exceptions import OAuthError
 from gateway.service.access.clients import RetryLater
+from gateway.service.gateway import Gateway
 from gateway.transports.http.audit_routes import note_token_request
-from gateway.transports.http.deps import GatewayDep
+from gateway.transports.http.deps import GatewayDep, fhir_base
 
 router = APIRouter(tags=["Auth"])
+# Included before the generic /fhir/{type}/{id} routes, which would otherwise take the discovery path.
+discovery_router = APIRouter(tags=["Auth"])
 
 
 @router.post("/auth/token", summary="OAuth 2.0 client credentials token (SMART Backend Services)")
@@ -38,20 +41,72 @@ async def token(request: Request, gateway: GatewayDep) -> JSONResponse:
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-@router.get("/.well-known/smart-configuration", summary="SMART configuration")
-async def smart_configuration(request: Request) -> JSONResponse:
-    base = str(request.base_url).rstrip("/")
+# SMART App Launch 2.x discovery. Capabilities are what issue 11 builds; which are live yet is in the README
+# ("SMART apps"). `sso-openid-connect` (and with it `issuer` and `jwks_uri`, which the spec then requires)
+# comes with the ID token: access tokens are HS256, so there is no public key set to point at yet.
+SMART_CAPABILITIES = (
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "client-confidential-asymmetric",
+    "context-standalone-patient",
+    "permission-offline",
+    "permission-patient",
+    "permission-user",
+    "permission-v2",
+    "permission-v1",
+)
+SMART_SCOPES = (
+    "openid",
+    "fhirUser",
+    "launch/patient",
+    "offline_access",
+    "patient/*.rs",
+    "user/*.rs",
+    "system/*.rs",
+    "system/*.cruds",
+)
+AUTHORIZE_PATH = "/auth/authorize"
+TOKEN_PATH = "/auth/token"
+
+
+def _server_root(request: Request, gateway: Gateway) -> str:
+    """Where /auth/... is served: the FHIR base without its `/fhir` (GATEWAY_BASE_URL when set)."""
+    base = fhir_base(request, gateway)
+    if base.endswith("/fhir"):
+        return base.removesuffix("/fhir")
+    return str(request.base_url).rstrip("/")
+
+
+def smart_configuration_document(root: str) -> dict[str, object]:
+    return {
+        "authorization_endpoint": f"{root}{AUTHORIZE_PATH}",
+        "token_endpoint": f"{root}{TOKEN_PATH}",
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+        ],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "scopes_supported": list(SMART_SCOPES),
+        "capabilities": list(SMART_CAPABILITIES),
+    }
+
+
+@discovery_router.get(
+    "/fhir/.well-known/smart-configuration",
+    summary="SMART configuration (SMART App Launch 2.x discovery, relative to the FHIR base; open)",
+)
+async def smart_configuration(request: Request, gateway: GatewayDep) -> JSONResponse:
     return JSONResponse(
-        {
-            "token_endpoint": f"{base}/auth/token",
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": [
-                "client_secret_basic",
-                "client_secret_post",
-                "private_key_jwt",
-            ],
-            "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-            "scopes_supported": ["system/*.cruds", "system/*.rs"],
-            "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"],
-        }
+        smart_configuration_document(_server_root(request, gateway)),
+        headers={"Cache-Control": "public, max-age=300"},
     )
+
+
+@router.get("/.well-known/smart-configuration", summary="SMART configuration (also at the server root)")
+async def smart_configuration_at_root(request: Request, gateway: GatewayDep) -> JSONResponse:
+    return await smart_configuration(request, gateway)
