@@ -796,12 +796,14 @@ def _app_row(record: Any) -> dict[str, Any]:
     "redirect_uris",
     multiple=True,
     required=True,
-    help="Exact redirect URI (repeatable): https, or http only for localhost, 127.0.0.1 or [::1]; no #fragment",
+    help="Exact redirect URI (repeatable): https, or http only for localhost, 127.0.0.1 or [::1]; "
+    "no #fragment",
 )
 @click.option(
     "--confidential",
     is_flag=True,
-    help="The app keeps a secret (a server-side app): it gets a client secret; otherwise it is public (PKCE only)",
+    help="The app keeps a secret (a server-side app): it gets a client secret; otherwise it is public "
+    "(PKCE only)",
 )
 @click.option(
     "--scope",

@@ -45,7 +45,8 @@ async def add_app(
     scope: str,
     now_us: int,
 ) -> AppRecord:
-    """Register an app: confidential exactly when it has a secret hash. DuplicateApp when the name is taken."""
+    """Register an app: confidential exactly when it has a secret hash; DuplicateApp when the name is
+    taken."""
     try:
         async with conn.begin_nested():
             await conn.execute(

@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 from gateway.service.gateway import Gateway
 from gateway.store import migrate
 from gateway.store.database import Database
-from gateway.store.tables import api_client, app_user, metadata, user_session
+from gateway.store.tables import api_client, app_user, metadata, smart_app, user_session
 
 
 async def test_migrated_schema_matches_the_table_definitions(gateway: Gateway) -> None:
@@ -60,5 +60,33 @@ async def test_upgrading_from_0009_adds_the_session_table(
         await migrate.upgrade(db)
         async with db.write() as conn:
             assert (await conn.execute(select(user_session))).all() == []
+    finally:
+        await db.dispose()
+
+
+async def test_upgrading_from_0010_adds_the_smart_app_table_and_keeps_the_users(
+    database_url_factory: Callable[[str], Awaitable[str]], backend: str
+) -> None:
+    db = Database(await database_url_factory(backend))
+    try:
+        await migrate.upgrade(db, "0010")
+        async with db.write() as conn:
+            await conn.execute(
+                insert(app_user).values(
+                    id="u1", name="Ann", name_key="ann", role="admin", password_hash="$argon2id$x",
+                    disabled=False, created_us=1, updated_us=1, password_changed_us=1,
+                )
+            )  # fmt: skip
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            assert [r.name for r in await conn.execute(select(app_user))] == ["Ann"]
+            assert (await conn.execute(select(smart_app))).all() == []
+            await conn.execute(
+                insert(smart_app).values(
+                    client_id="a1", name="pocket", confidential=False, redirect_uris='["http://localhost/cb"]',
+                    scope="openid patient/*.rs", disabled=False, created_us=1,
+                )
+            )  # fmt: skip
+            assert (await conn.execute(select(smart_app.c.secret_hash))).scalar_one() is None
     finally:
         await db.dispose()
