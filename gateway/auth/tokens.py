@@ -136,3 +136,61 @@ def verify_access_token(token: str, *, key: bytes, issuer: str, now: int | None 
     if not isinstance(generation, int) or isinstance(generation, bool):
         raise InvalidToken("malformed token")
     return AccessClaims(client_id, scope, int(claims["exp"]), str(claims["jti"]), generation)
+
+
+ID_TOKEN_TYPE = "JWT"
+
+
+def issue_user_access_token(
+    *,
+    key: bytes,
+    kid: str,
+    issuer: str,
+    client_id: str,
+    user_id: str,
+    scope: str,
+    fhir_user: str | None,
+    ttl_seconds: int,
+    now: int,
+) -> str:
+    """An access token a SMART app gets for a person: `sub` is the user id, `client_id` the app.
+
+    `verify_access_token` refuses it (its `sub` is not its client), so it opens no FHIR route until
+    patient-compartment filtering for user tokens is in place."""
+    claims: dict[str, object] = {
+        "iss": issuer,
+        "sub": user_id,
+        "aud": issuer,
+        "client_id": client_id,
+        "scope": scope,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "jti": secrets.token_urlsafe(16),
+    }
+    if fhir_user:
+        claims["fhirUser"] = fhir_user
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE, "kid": kid})
+
+
+def issue_id_token(
+    *,
+    key: bytes,
+    kid: str,
+    issuer: str,
+    client_id: str,
+    user_id: str,
+    fhir_user: str | None,
+    ttl_seconds: int,
+    now: int,
+) -> str:
+    """An OpenID Connect ID token for the app (aud = its client id), signed like the access tokens."""
+    claims: dict[str, object] = {
+        "iss": issuer,
+        "sub": user_id,
+        "aud": client_id,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    if fhir_user:
+        claims["fhirUser"] = fhir_user
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"typ": ID_TOKEN_TYPE, "kid": kid})

@@ -17,6 +17,7 @@ from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
 from gateway.routing.topics import TopicSet
 from gateway.service.access.clients import AuthService, key_encryption_from
+from gateway.service.access.launch import LaunchService
 from gateway.service.access.logins import LoginService
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
@@ -65,6 +66,7 @@ class Gateway:
     monitoring: MonitoringCalendar
     timeline_feed: TimelineFeed  # the live patient timeline: change log and open streams
     logins: LoginService  # people's logins and console sessions
+    launch: LaunchService  # SMART standalone launch: codes, consent, user tokens
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -212,6 +214,7 @@ class Gateway:
                 max_failures=settings.login_max_failures,
                 lockout_max_minutes=settings.login_lockout_max_minutes,
             ),
+            LaunchService(db, auth),
         )
 
     async def start_background(self) -> None:

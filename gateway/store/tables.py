@@ -459,3 +459,34 @@ smart_app = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("disabled_us", BigInteger, nullable=True),
 )
+
+# SMART standalone launch (gateway/service/access/launch.py). Codes and refresh tokens are kept only as
+# their SHA-256 (hex). A code is single use (`used_us`); the refresh tokens issued from it form a `family`
+# (the code's hash), revoked together when a used code or a rotated-out refresh token comes back.
+auth_code = Table(
+    "auth_code",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("code_challenge", String(128), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("used_us", BigInteger, nullable=True),
+)
+
+refresh_token = Table(
+    "refresh_token",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("family", String(64), nullable=False, index=True),
+    Column("client_id", String(64), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("used_us", BigInteger, nullable=True),  # rotated out: a new token replaced it
+    Column("revoked", Boolean, nullable=False),
+)

@@ -80,6 +80,11 @@ async def get_user(conn: AsyncConnection, name: str) -> UserRecord | None:
     return _record(row) if row is not None else None
 
 
+async def get_user_by_id(conn: AsyncConnection, user_id: str) -> UserRecord | None:
+    row = (await conn.execute(select(app_user).where(app_user.c.id == user_id))).first()
+    return _record(row) if row is not None else None
+
+
 async def list_users(conn: AsyncConnection) -> list[UserRecord]:
     rows = await conn.execute(select(app_user).order_by(app_user.c.name_key))
     return [_record(row) for row in rows]

@@ -24,6 +24,7 @@ from gateway.transports.http import (
     everything_routes,
     fhir_routes,
     hl7_routes,
+    launch_routes,
     measure_routes,
     ops_routes,
     pa_routes,
@@ -90,6 +91,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(timeline_routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)
+    app.include_router(launch_routes.router)
     app.include_router(console_routes.router)
     app.include_router(hl7_routes.router)
     app.include_router(ops_routes.router)

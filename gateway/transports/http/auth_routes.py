@@ -16,7 +16,10 @@ router = APIRouter(tags=["Auth"])
 discovery_router = APIRouter(tags=["Auth"])
 
 
-@router.post("/auth/token", summary="OAuth 2.0 client credentials token (SMART Backend Services)")
+@router.post(
+    "/auth/token",
+    summary="OAuth 2.0 token endpoint (client credentials, authorization code with PKCE, refresh token)",
+)
 async def token(request: Request, gateway: GatewayDep) -> JSONResponse:
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype != "application/x-www-form-urlencoded":
@@ -28,9 +31,14 @@ async def token(request: Request, gateway: GatewayDep) -> JSONResponse:
     # The peer's address, not X-Forwarded-For: a header would let each guess claim a new address.
     address = request.client.host if request.client else ""
     try:
-        answer = await gateway.auth.token(
-            fields, request.headers.get("authorization"), token_url, address=address
-        )
+        if fields.get("grant_type") in ("authorization_code", "refresh_token"):
+            answer = await gateway.launch.token(
+                fields, request.headers.get("authorization"), fhir_base(request, gateway), address=address
+            )
+        else:
+            answer = await gateway.auth.token(
+                fields, request.headers.get("authorization"), token_url, address=address
+            )
     except RetryLater as exc:
         return JSONResponse(
             {"error": exc.error, "error_description": exc.description},

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import secrets
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
@@ -66,13 +67,30 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers=_HEADERS)
 
 
-def _login_form(csrf: str, message: str | None = None, status: int = 200) -> HTMLResponse:
+def safe_next(target: str | None) -> str | None:
+    """`target` when it is a path on this site (`/...`, not `//host` or `/\\host`, no scheme, no control
+    characters); None for anything else, so a login cannot be made to send a person elsewhere."""
+    if not target or len(target) > 4000 or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    if any(not c.isprintable() or c.isspace() or c == "\\" for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def _login_form(
+    csrf: str, message: str | None = None, status: int = 200, next_url: str | None = None
+) -> HTMLResponse:
     alert = f'<p role="alert">{html.escape(message)}</p>\n' if message else ""
+    hidden_next = f'<input type="hidden" name="next" value="{html.escape(next_url)}">\n' if next_url else ""
     body = (
         "<h1>Sign in</h1>\n"
         f"{alert}"
         '<form method="post" action="/console/login">\n'
         f'<input type="hidden" name="{CSRF_FIELD}" value="{html.escape(csrf)}">\n'
+        f"{hidden_next}"
         '<p><label for="username">User name</label><br>'
         '<input id="username" name="username" autocomplete="username" required autofocus></p>\n'
         '<p><label for="password">Password</label><br>'
@@ -127,7 +145,7 @@ async def current_session(request: Request, gateway: Gateway) -> Session | None:
 @router.get("/login", summary="the login form", response_class=HTMLResponse)
 async def login_form(request: Request, gateway: GatewayDep) -> Response:
     csrf = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
-    response = _login_form(csrf)
+    response = _login_form(csrf, next_url=safe_next(request.query_params.get("next")))
     _set_cookie(response, request, gateway, LOGIN_CSRF_COOKIE, csrf)
     return response
 
@@ -144,9 +162,12 @@ async def login(request: Request, gateway: GatewayDep) -> Response:
         name, form.get("password", ""), replacing=request.cookies.get(SESSION_COOKIE)
     )
     _audit_login(request, attempt, name)
+    next_url = safe_next(form.get("next"))
     if attempt.session_id is None:
-        return _login_form(csrf, REFUSED, 401)
-    response = RedirectResponse("/console", status_code=303, headers={"Cache-Control": "no-store"})
+        return _login_form(csrf, REFUSED, 401, next_url)
+    response = RedirectResponse(
+        next_url or "/console", status_code=303, headers={"Cache-Control": "no-store"}
+    )
     _set_cookie(response, request, gateway, SESSION_COOKIE, attempt.session_id)
     _clear_cookie(response, request, gateway, LOGIN_CSRF_COOKIE)
     return response
