@@ -11,7 +11,15 @@ from sqlalchemy import insert, select
 from gateway.service.gateway import Gateway
 from gateway.store import migrate
 from gateway.store.database import Database
-from gateway.store.tables import api_client, app_user, metadata, smart_app, user_session
+from gateway.store.tables import (
+    api_client,
+    app_user,
+    auth_code,
+    metadata,
+    refresh_token,
+    smart_app,
+    user_session,
+)
 
 
 async def test_migrated_schema_matches_the_table_definitions(gateway: Gateway) -> None:
@@ -88,5 +96,27 @@ async def test_upgrading_from_0010_adds_the_smart_app_table_and_keeps_the_users(
                 )
             )  # fmt: skip
             assert (await conn.execute(select(smart_app.c.secret_hash))).scalar_one() is None
+    finally:
+        await db.dispose()
+
+
+async def test_upgrading_from_0011_adds_the_launch_tables_and_keeps_the_apps(
+    database_url_factory: Callable[[str], Awaitable[str]], backend: str
+) -> None:
+    db = Database(await database_url_factory(backend))
+    try:
+        await migrate.upgrade(db, "0011")
+        async with db.write() as conn:
+            await conn.execute(
+                insert(smart_app).values(
+                    client_id="a1", name="pocket", confidential=False, redirect_uris='["http://localhost/cb"]',
+                    scope="openid patient/*.rs", disabled=False, created_us=1,
+                )
+            )  # fmt: skip
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            assert [r.name for r in await conn.execute(select(smart_app))] == ["pocket"]
+            assert (await conn.execute(select(auth_code))).all() == []
+            assert (await conn.execute(select(refresh_token))).all() == []
     finally:
         await db.dispose()
