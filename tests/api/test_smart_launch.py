@@ -114,7 +114,7 @@ async def exchange(client: httpx.AsyncClient, **fields: str) -> httpx.Response:
 
 
 async def signing_key(gateway: Gateway) -> bytes:
-    return (await gateway.auth._signing_key())[1]
+    return (await gateway.auth.signing_key())[1]
 
 
 async def test_public_app_completes_the_launch_and_refresh_rotates(

@@ -202,14 +202,14 @@ class AuthService:
         its reason), keys sealed under an older KEK are re-sealed, finished overlaps retired; the dummy
         hash is computed now rather than during the first unknown client's request."""
         await self._load_ring(strict=True)
-        await self._in_pool(prepare_dummy, self.policy.hash_cost)
+        await self.in_pool(prepare_dummy, self.policy.hash_cost)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+    async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-heavy `fn` (scrypt) on the hashing threads; the event loop stays free meanwhile."""
         if self._waiting >= self.policy.hash_workers * MAX_WAITING_PER_WORKER:
             raise RetryLater(503, 1, "the token endpoint is busy; retry later")
@@ -232,7 +232,7 @@ class AuthService:
             raise ValueError("a JWKS must be a JSON object with a 'keys' list")
         client_id = new_client_id()
         secret = None if jwks is not None else new_secret()
-        secret_hash = await self._in_pool(hash_secret, secret, self.policy.hash_cost) if secret else None
+        secret_hash = await self.in_pool(hash_secret, secret, self.policy.hash_cost) if secret else None
         async with self.db.write() as conn:
             await client_store.add_client(
                 conn,
@@ -354,7 +354,7 @@ class AuthService:
         """Read the keys again on next use (after a change made behind this process's back)."""
         self._ring_at = -math.inf
 
-    async def _signing_key(self) -> tuple[str, bytes]:
+    async def signing_key(self) -> tuple[str, bytes]:
         ring = await self._keyring()
         current = ring.current
         if current is not None:
@@ -433,7 +433,7 @@ class AuthService:
             scope = grant(client.scope, form.get("scope"))
         except InvalidScope as exc:
             raise OAuthError("invalid_scope", str(exc)) from exc
-        kid, key = await self._signing_key()
+        kid, key = await self.signing_key()
         token = issue_access_token(
             key=key,
             kid=kid,
@@ -451,14 +451,14 @@ class AuthService:
             "scope": scope,
         }
 
-    def _check_throttle(self, client_id: str | None, address: str) -> None:
+    def check_throttle(self, client_id: str | None, address: str) -> None:
         wait = self.address_failures.retry_after(address)
         if client_id:
             wait = max(wait, self.client_failures.retry_after(client_id))
         if wait > 0:
             raise RetryLater(429, wait, "too many failed attempts; retry later")
 
-    def _failed(self, client_id: str | None, address: str, reason: str) -> OAuthError:
+    def failed(self, client_id: str | None, address: str, reason: str) -> OAuthError:
         """Count a failure and give the one answer every failure gets (the reason only goes to the log)."""
         if client_id:
             self.client_failures.failed(client_id)
@@ -473,24 +473,24 @@ class AuthService:
             return await self._authenticate_assertion(form, token_url, address)
         client_id, secret = form.get("client_id"), form.get("client_secret")
         if authorization and authorization.lower().startswith("basic "):
-            credentials = _basic_credentials(authorization)
+            credentials = basic_credentials(authorization)
             if credentials is None:
-                self._check_throttle(None, address)
-                raise self._failed(None, address, "malformed Basic credentials")
+                self.check_throttle(None, address)
+                raise self.failed(None, address, "malformed Basic credentials")
             client_id, secret = credentials
-        self._check_throttle(client_id, address)
+        self.check_throttle(client_id, address)
         if not client_id or not secret:
-            raise self._failed(client_id, address, "no client credentials")
+            raise self.failed(client_id, address, "no client credentials")
         async with self.db.read() as conn:
             client = await client_store.get_client(conn, client_id)
         usable = client is not None and not client.disabled and client.secret_hash
         # Unknown, disabled or secret-less: the same scrypt against a dummy hash, so it takes as long.
         stored = client.secret_hash if usable and client is not None else None
         if (
-            not await self._in_pool(verify_secret_or_dummy, secret, stored, self.policy.hash_cost)
+            not await self.in_pool(verify_secret_or_dummy, secret, stored, self.policy.hash_cost)
             or client is None
         ):
-            raise self._failed(client_id, address, "unknown client, disabled, no secret, or wrong secret")
+            raise self.failed(client_id, address, "unknown client, disabled, no secret, or wrong secret")
         self.client_failures.succeeded(client_id)
         return client
 
@@ -498,26 +498,26 @@ class AuthService:
         self, form: dict[str, str], token_url: str, address: str
     ) -> ClientRecord:
         if form.get("client_assertion_type") != JWT_BEARER:
-            self._check_throttle(None, address)
-            raise self._failed(None, address, "wrong client_assertion_type")
+            self.check_throttle(None, address)
+            raise self.failed(None, address, "wrong client_assertion_type")
         assertion = form.get("client_assertion", "")
         try:
             client_id = assertion_client_id(assertion)
         except InvalidClientAssertion as exc:
-            self._check_throttle(None, address)
-            raise self._failed(None, address, str(exc)) from exc
-        self._check_throttle(client_id, address)
+            self.check_throttle(None, address)
+            raise self.failed(None, address, str(exc)) from exc
+        self.check_throttle(client_id, address)
         async with self.db.read() as conn:
             client = await client_store.get_client(conn, client_id)
         if client is None or client.disabled or not client.jwks:
-            raise self._failed(client_id, address, "unknown client, disabled, or no registered keys")
+            raise self.failed(client_id, address, "unknown client, disabled, or no registered keys")
         now = int(time.time())
         try:
             claims = verify_client_assertion(
                 assertion, jwks=orjson.loads(client.jwks), client_id=client_id, token_url=token_url, now=now
             )
         except InvalidClientAssertion as exc:
-            raise self._failed(client_id, address, str(exc)) from exc
+            raise self.failed(client_id, address, str(exc)) from exc
         async with self.db.write() as conn:
             fresh = await client_store.remember_assertion(
                 conn,
@@ -527,7 +527,7 @@ class AuthService:
                 now_us=now * 1_000_000,
             )
         if not fresh:
-            raise self._failed(client_id, address, "this client assertion (jti) was already used")
+            raise self.failed(client_id, address, "this client assertion (jti) was already used")
         self.client_failures.succeeded(client_id)
         return client
 
@@ -625,7 +625,7 @@ def key_encryption_from(settings: Settings) -> KeyEncryptionKey:
     return key_encryption.from_settings(settings.key_encryption_key, settings.key_encryption_key_file)
 
 
-def _basic_credentials(header: str) -> tuple[str, str] | None:
+def basic_credentials(header: str) -> tuple[str, str] | None:
     """(client_id, secret) from a Basic header; None when it is malformed."""
     from urllib.parse import unquote
 

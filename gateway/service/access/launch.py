@@ -29,7 +29,7 @@ from gateway.auth.secrets import verify_secret_or_dummy
 from gateway.auth.tokens import issue_id_token, issue_user_access_token
 from gateway.exceptions import OAuthError
 from gateway.fhir import dates
-from gateway.service.access.clients import ISSUER, AuthService, _basic_credentials
+from gateway.service.access.clients import ISSUER, AuthService, basic_credentials
 from gateway.store import launch as launch_store
 from gateway.store import smart_apps as app_store
 from gateway.store import users as user_store
@@ -181,23 +181,23 @@ class LaunchService:
         """The app: a confidential one by its secret (Basic or post), a public one by its client_id."""
         client_id, secret = form.get("client_id"), form.get("client_secret")
         if authorization and authorization.lower().startswith("basic "):
-            credentials = _basic_credentials(authorization)
+            credentials = basic_credentials(authorization)
             if credentials is None:
-                self.auth._check_throttle(None, address)
-                raise self.auth._failed(None, address, "malformed Basic credentials")
+                self.auth.check_throttle(None, address)
+                raise self.auth.failed(None, address, "malformed Basic credentials")
             client_id, secret = credentials
-        self.auth._check_throttle(client_id, address)
+        self.auth.check_throttle(client_id, address)
         if not client_id:
-            raise self.auth._failed(None, address, "no client_id")
+            raise self.auth.failed(None, address, "no client_id")
         async with self.db.read() as conn:
             app = await app_store.get_app(conn, client_id)
         if app is not None and not app.confidential and not app.disabled and not secret:
             return app
         stored = app.secret_hash if app is not None and app.confidential and not app.disabled else None
         cost = self.auth.policy.hash_cost
-        ok = await self.auth._in_pool(verify_secret_or_dummy, secret or "", stored, cost)
+        ok = await self.auth.in_pool(verify_secret_or_dummy, secret or "", stored, cost)
         if not ok or app is None or not secret:
-            raise self.auth._failed(client_id, address, "unknown app, disabled, or wrong secret")
+            raise self.auth.failed(client_id, address, "unknown app, disabled, or wrong secret")
         self.auth.client_failures.succeeded(client_id)
         return app
 
@@ -264,7 +264,7 @@ class LaunchService:
     async def _tokens(
         self, app: AppRecord, user: UserRecord, scope: str, family: str, fhir_base: str
     ) -> dict[str, Any]:
-        kid, key = await self.auth._signing_key()
+        kid, key = await self.auth.signing_key()
         now_us = self.clock()
         now = now_us // 1_000_000
         ttl = self.auth.token_ttl_seconds
