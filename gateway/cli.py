@@ -736,6 +736,19 @@ def users_disable(name: str, database_url: str | None) -> None:
     click.echo(f"disabled {record.name}")
 
 
+@users.command("enable")
+@click.argument("name")
+@_DATABASE_URL
+def users_enable(name: str, database_url: str | None) -> None:
+    """Enable a disabled user again (their password and any lockout stay as they were)."""
+    from gateway.service.access import users as user_service
+
+    settings = get_settings(database_url=database_url)
+    with _user_errors():
+        record = asyncio.run(_with_database(settings, lambda db: user_service.set_disabled(db, name, False)))
+    click.echo(f"enabled {record.name}")
+
+
 @users.command("reset-password")
 @click.argument("name")
 @_PASSWORD_STDIN

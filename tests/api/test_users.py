@@ -1,4 +1,4 @@
-"""`gateway users add|list|disable|reset-password` on both backends: argon2id hashes at rest, passwords
+"""`gateway users add|list|disable|enable|reset-password` on both backends: argon2id hashes at rest, passwords
 never taken as arguments nor shown, clear refusals."""
 
 from __future__ import annotations
@@ -91,6 +91,12 @@ async def test_add_list_disable_and_reset_password(url: str) -> None:
     assert not verify_password(PASSWORD, after.password_hash)
     assert after.password_changed_us > record.password_changed_us
     assert after.disabled  # a reset does not enable the user again
+
+    enabled = await gateway_cmd(url, "users", "enable", "pharm.one")
+    assert enabled.exit_code == 0 and "enabled Pharm.One" in enabled.output
+    assert [u["disabled"] for u in await listed(url)] == [False, False]
+    unknown = await gateway_cmd(url, "users", "enable", "nobody")
+    assert unknown.exit_code == 1 and unknown.output.count("\n") == 1
 
 
 async def test_a_password_cannot_be_given_as_an_argument(url: str) -> None:
