@@ -14,11 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import jwt
 import pytest_asyncio
+from sqlalchemy import select
 
 from gateway.service.access import apps as app_service
 from gateway.service.access import users as user_service
 from gateway.service.access.clients import ISSUER
 from gateway.service.gateway import Gateway
+from gateway.store.tables import audit_event
 from gateway.transports.http.app import create_app
 from tests.conftest import TEST_PASSWORD_HASH_COST, TEST_SECRET_HASH_COST
 
@@ -291,6 +293,12 @@ async def test_denial_gives_access_denied_and_consent_needs_csrf(
     page = await consent_page(browser, authorize_params(client_id, challenge), user)
     query = callback_query(await decide(browser, page, "deny"))
     assert query == {"error": "access_denied", "state": "st-42"}
+    # The decision is in the audit trail: who, which app, what it asked for.
+    await gateway.audit.flush()
+    async with gateway.db.read() as conn:
+        found = await conn.execute(select(audit_event.c.content))
+        described = [row.content for row in found if f"SMART consent denied: app {client_id}" in row.content]
+    assert len(described) == 1
     forged = await browser.post(
         "/auth/authorize", data={**authorize_params(client_id, challenge), "decision": "approve"}
     )

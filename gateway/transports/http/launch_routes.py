@@ -22,6 +22,7 @@ from gateway.service.access.launch import (
     scopes_for,
 )
 from gateway.service.access.logins import tokens_match
+from gateway.transports.http.audit_routes import record_of
 from gateway.transports.http.console_routes import (
     _HEADERS,
     CSRF_FIELD,
@@ -126,7 +127,13 @@ async def decide(request: Request, gateway: GatewayDep) -> Response:
     params = _params(form)
     try:
         checked = await gateway.launch.check_request(params, fhir_base(request, gateway))
-        if form.get("decision") != "approve":
+        decision = "approved" if form.get("decision") == "approve" else "denied"
+        record = record_of(request)
+        if record is not None:  # the audit trail says who let which app ask for what
+            record.operation = (
+                f"SMART consent {decision}: app {checked.app.client_id}, scope {checked.requested_scope}"
+            )
+        if decision != "approved":
             return _back_to_app(checked.redirect_uri, checked.state, error="access_denied")
         code = await gateway.launch.issue_code(checked, session.user)
     except LaunchPageError as exc:
