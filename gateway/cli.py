@@ -728,12 +728,18 @@ def users_list(as_json: bool, database_url: str | None) -> None:
 @_DATABASE_URL
 def users_disable(name: str, database_url: str | None) -> None:
     """Disable a user: they can no longer log in."""
+    _set_user_disabled(name, True, database_url)
+
+
+def _set_user_disabled(name: str, disabled: bool, database_url: str | None) -> None:
     from gateway.service.access import users as user_service
 
     settings = get_settings(database_url=database_url)
     with _user_errors():
-        record = asyncio.run(_with_database(settings, lambda db: user_service.set_disabled(db, name, True)))
-    click.echo(f"disabled {record.name}")
+        record = asyncio.run(
+            _with_database(settings, lambda db: user_service.set_disabled(db, name, disabled))
+        )
+    click.echo(f"{'disabled' if disabled else 'enabled'} {record.name}")
 
 
 @users.command("enable")
@@ -741,12 +747,7 @@ def users_disable(name: str, database_url: str | None) -> None:
 @_DATABASE_URL
 def users_enable(name: str, database_url: str | None) -> None:
     """Enable a disabled user again (their password and any lockout stay as they were)."""
-    from gateway.service.access import users as user_service
-
-    settings = get_settings(database_url=database_url)
-    with _user_errors():
-        record = asyncio.run(_with_database(settings, lambda db: user_service.set_disabled(db, name, False)))
-    click.echo(f"enabled {record.name}")
+    _set_user_disabled(name, False, database_url)
 
 
 @users.command("reset-password")

@@ -27,7 +27,7 @@ import logging
 import multiprocessing
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -66,6 +66,40 @@ def _initialize(settings: Settings, memory_bytes: int) -> None:
     if memory_bytes > 0:
         with contextlib.suppress(ValueError, OSError):  # a lower hard limit set by the operator wins
             resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
+
+
+class Repeating:
+    """Runs `round()` at once and then every `interval_s` in a task of its own, until `stop()`; a round that
+    fails is logged on `logger` (as `what` failed) and the next one runs as usual."""
+
+    def __init__(
+        self,
+        name: str,
+        what: str,
+        round_: Callable[[], Awaitable[object]],
+        interval_s: float,
+        logger: logging.Logger,
+    ) -> None:
+        self.name, self.what, self.round, self.interval_s, self.log = name, what, round_, interval_s, logger
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._forever(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception:
+                self.log.exception("%s failed", self.what)
+            await asyncio.sleep(self.interval_s)
 
 
 class WorkerPool:

@@ -305,6 +305,23 @@ class FhirService:
             await observer(conn, ctx, pending, written)
         return written
 
+    async def write_derived(
+        self, conn: AsyncConnection, ctx: RequestContext, writes: dict[str, tuple[JSON, Stored | None]]
+    ) -> None:
+        """Write what a use case derived (alert Tasks, calendars): by id, the resource and the stored version
+        it replaces (None, or a deleted one: a new resource). Unchanged ones make no version; one write."""
+        now = dates.now_us()
+        plans: list[PendingVersion] = []
+        for resource_id, (resource, stored) in writes.items():
+            if stored is None or stored.deleted:
+                plans.append(self.plan_new(ctx, resource, resource_id, "PUT", now))
+            else:
+                plan = self.plan_update(ctx, resource, resource_id, stored, None, now)
+                if isinstance(plan, PendingVersion):
+                    plans.append(plan)
+        if plans:
+            await self.write_versions(conn, ctx, plans)
+
     # -- planning writes (no I/O): what version each write would store -----------------------------
 
     def plan_new(

@@ -149,17 +149,7 @@ class AlertService:
         for result in results:
             self._reconcile(result, existing, owners, now, writes)
         await self._later_results(conn, system, results, writes, now)
-        if not writes:
-            return
-        plans: list[PendingVersion] = []
-        for task_id, (task, stored) in writes.items():
-            if stored is None:
-                plans.append(self.fhir.plan_new(system, task, task_id, "PUT", now_us))
-            else:
-                plan = self.fhir.plan_update(system, task, task_id, stored, None, now_us)
-                if isinstance(plan, PendingVersion):
-                    plans.append(plan)
-        await self.fhir.write_versions(conn, system, plans)
+        await self.fhir.write_derived(conn, system, writes)
 
     async def _orders(
         self, conn: AsyncConnection, results: list[_Result]

@@ -182,7 +182,7 @@ class PharmacistMatching:
             if order.get("status") != "active" or before.get("status") == "active":
                 continue
             if subject.startswith("Patient/") and ordered_rules(
-                order, self.rules, await self._referenced(conn, order)
+                order, self.rules, await referenced_medication(conn, order)
             ):
                 patients.append(subject)
         if not patients:
@@ -196,15 +196,6 @@ class PharmacistMatching:
             result, patient = await self._rank(conn, system, subject.split("/", 1)[1])
             outcome = await self._assign(conn, system, patient, result)
             log.info("patient %s on a first specialty order: %s", subject, outcome.outcome)
-
-    async def _referenced(self, conn: AsyncConnection, order: JSON) -> dict[str, JSON]:
-        reference = _reference(order, "medicationReference") or ""
-        if not reference.startswith("Medication/"):
-            return {}
-        stored = await store.current(conn, "Medication", reference.split("/", 1)[1])
-        if stored is None or stored.content is None or stored.deleted:
-            return {}
-        return {reference: jsonio.loads(stored.content)}
 
     # -- gathering the facts ---------------------------------------------------------------------
 
@@ -404,6 +395,19 @@ class PharmacistMatching:
         task = {k: v for k, v in task.items() if v is not None}
         written = await self.fhir.update_on(conn, ctx, task, task_id)
         return Assignment("unassigned", _content(written))
+
+
+async def referenced_medication(conn: AsyncConnection, order: JSON) -> dict[str, JSON]:
+    """The Medication an order's `medicationReference` names, as `{"Medication/id": resource}` (the shape
+    `gateway.routing.labs` reads); empty when it names none that is stored. For the gateway's own use: no
+    scope is checked and nothing is noted for the audit trail."""
+    reference = _reference(order, "medicationReference") or ""
+    if not reference.startswith("Medication/"):
+        return {}
+    stored = await store.current(conn, "Medication", reference.split("/", 1)[1])
+    if stored is None or stored.content is None or stored.deleted:
+        return {}
+    return {reference: jsonio.loads(stored.content)}
 
 
 async def assigned_pharmacists(

@@ -18,8 +18,6 @@ order's CarePlan in step with the order and the results, and a timer that opens 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -44,7 +42,8 @@ from gateway.pharmacist.vocabulary import (
 from gateway.routing import labs
 from gateway.service.access.context import RequestContext
 from gateway.service.fhirapi.interactions import FhirService
-from gateway.service.pharmacist.matching import assigned_pharmacists
+from gateway.service.pharmacist.matching import assigned_pharmacists, referenced_medication
+from gateway.service.workers import Repeating
 from gateway.store import resources as store
 from gateway.store.resources import PendingVersion, Stored
 from gateway.types import JSON
@@ -88,8 +87,9 @@ class MonitoringCalendar:
         self.rules = {rule.id: rule for rule in rules.drug_lab if rule.schedule is not None}
         self.monitoring = rules
         self.lab_codes = {(lab.system, lab.code) for rule in self.rules.values() for lab in rule.labs}
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self.timer = Repeating(
+            "monitoring-calendar", "monitoring calendar sweep", self.sweep, interval_s, log
+        )
 
     # -- the write observer ----------------------------------------------------------------------
 
@@ -106,22 +106,7 @@ class MonitoringCalendar:
         results = [p for p in pending if p.type == "Observation" and p.content is not None]
         if results:
             await self._results(conn, system, results, writes)
-        await self._write(conn, system, writes)
-
-    async def _write(
-        self, conn: AsyncConnection, system: RequestContext, writes: dict[str, tuple[JSON, Stored | None]]
-    ) -> None:
-        now = dates.now_us()
-        plans: list[PendingVersion] = []
-        for resource_id, (resource, stored) in writes.items():
-            if stored is None or stored.deleted:
-                plans.append(self.fhir.plan_new(system, resource, resource_id, "PUT", now))
-            else:
-                plan = self.fhir.plan_update(system, resource, resource_id, stored, None, now)
-                if isinstance(plan, PendingVersion):
-                    plans.append(plan)
-        if plans:
-            await self.fhir.write_versions(conn, system, plans)
+        await self.fhir.write_derived(conn, system, writes)
 
     async def _current(
         self, conn: AsyncConnection, rtype: str, rid: str
@@ -130,13 +115,6 @@ class MonitoringCalendar:
         if stored is None or stored.deleted or stored.content is None:
             return None, stored
         return orjson.loads(stored.content), stored
-
-    async def _medications(self, conn: AsyncConnection, request: JSON) -> dict[str, JSON]:
-        reference = str((request.get("medicationReference") or {}).get("reference") or "")
-        if not reference.startswith("Medication/"):
-            return {}
-        found = await store.load_by_keys(conn, [("Medication", reference.split("/", 1)[1])])
-        return {f"Medication/{m.id}": orjson.loads(m.content) for m in found if m.content}
 
     async def _orders_changed(
         self,
@@ -154,7 +132,9 @@ class MonitoringCalendar:
                 continue
             rules = [
                 self.rules[r.id]
-                for r in labs.ordered_rules(request, self.monitoring, await self._medications(conn, request))
+                for r in labs.ordered_rules(
+                    request, self.monitoring, await referenced_medication(conn, request)
+                )
                 if r.id in self.rules
             ]
             for rule in rules:
@@ -286,9 +266,8 @@ class MonitoringCalendar:
             other = orjson.loads(stored.content or b"{}")
             if other.get("status") == "entered-in-error":
                 continue
-            if rule.id not in {
-                r.id for r in labs.ordered_rules(other, self.monitoring, await self._medications(conn, other))
-            }:
+            medications = await referenced_medication(conn, other)
+            if rule.id not in {r.id for r in labs.ordered_rules(other, self.monitoring, medications)}:
                 continue
             authored = _day(other.get("authoredOn"))
             if authored is not None and authored < earliest:
@@ -405,22 +384,10 @@ class MonitoringCalendar:
     # -- the timer -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._forever(), name="monitoring-calendar")
+        self.timer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("monitoring calendar sweep failed")
-            await asyncio.sleep(self.interval_s)
+        await self.timer.stop()
 
     async def sweep(self, today: date | None = None) -> int:
         """Open a lab-overdue Task for every active calendar's activity past due plus grace on `today`
@@ -463,7 +430,7 @@ class MonitoringCalendar:
                     None,
                 )
                 opened += 1
-            await self._write(conn, system, writes)
+            await self.fhir.write_derived(conn, system, writes)
         if opened:
             log.info("monitoring sweep opened %d lab-overdue task(s)", opened)
         return opened

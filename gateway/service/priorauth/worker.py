@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -36,6 +35,7 @@ from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
 from gateway.service.priorauth.payer_client import Answered, Failed, Outcome, PayerClient, Refused
 from gateway.service.priorauth.requests import PriorAuthService, resource_of, submission_id
 from gateway.service.subscriptions.manager import SubscriptionManager
+from gateway.service.workers import Repeating
 from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
 from gateway.store.priorauth import Submission
@@ -74,8 +74,7 @@ class PayerWorker:
         self.client = client
         self.manager = manager
         self.window_us = expiring_days * DAY_US
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self.timer = Repeating("prior-auth", "prior-authorization round", self.run_once, interval_s, log)
         self.turnaround: list[PayerTurnaround] = []
 
     @property
@@ -83,23 +82,11 @@ class PayerWorker:
         return self.service.payers  # one directory, which tests and reloads may replace
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._forever(), name="prior-auth")
+        self.timer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.timer.stop()
         await self.client.close()
-
-    async def _forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("prior-authorization round failed")
-            await asyncio.sleep(self.interval_s)
 
     async def run_once(self, now_us: int | None = None) -> None:
         now = now_us or dates.now_us()
