@@ -2,8 +2,9 @@
 
 A resource scope is `context/Type.perms`:
 
-* context: `system` (what backend clients get), `user` or `patient`. All three parse, but `Grants` only
-  honours `system`: this gateway has no user login or patient launch context to evaluate the others against.
+* context: `system` (what backend clients get), `user` or `patient` (what a person's token gets). A
+  client's `Grants` honour `system`; a person's honour `user` and `patient`, and the person's reach
+  (their patients) narrows what those allow.
 * Type: a FHIR resource type name or `*` for every type.
 * perms: a non-empty subset of `c r u d s` written in that order (`rs`, `cud`, `cruds`; `sr` is malformed).
   The SMART v1 forms `read`, `write` and `*` are accepted and mapped to `rs`, `cud` and `cruds`.
@@ -135,12 +136,15 @@ class Grants:
 
     __slots__ = ("_by_type", "_wildcard", "operations")
 
-    def __init__(self, scopes: Iterable[Scope], operations: Iterable[str] = ()) -> None:
+    def __init__(
+        self, scopes: Iterable[Scope], operations: Iterable[str] = (), contexts: Iterable[str] = ("system",)
+    ) -> None:
         self.operations = frozenset(o for o in operations if o in OPERATION_SCOPES)
+        honoured = frozenset(contexts)
         wildcard: set[str] = set()
         by_type: dict[str, set[str]] = {}
         for scope in scopes:
-            if scope.context != "system":
+            if scope.context not in honoured:
                 continue
             if scope.resource_type == "*":
                 wildcard |= scope.permissions
@@ -152,9 +156,16 @@ class Grants:
 
     @classmethod
     def from_string(cls, text: str) -> Grants:
-        """Grants for a token's `scope` claim."""
+        """Grants for a client's token's `scope` claim (its `system` scopes)."""
         resources, others = _split(text)
         return cls(resources, others)
+
+    @classmethod
+    def for_person(cls, text: str) -> Grants:
+        """Grants for a person's token or session: its `user` and `patient` scopes, which say what types
+        it may touch; which instances is the person's reach (gateway/service/access/people.py)."""
+        resources, others = _split(text)
+        return cls(resources, others, contexts=("user", "patient"))
 
     def has(self, operation: str) -> bool:
         """Whether an operation scope (`hl7v2/messages.read`, ...) was granted by name."""

@@ -36,6 +36,8 @@ class AccessClaims:
     expires_at: int
     jti: str
     generation: int = 0
+    user_id: str | None = None  # a person's token (a SMART app acting for them): their user id
+    patient: str | None = None  # the patient chosen at launch (`launch/patient`), for a person's token
 
 
 def issue_access_token(
@@ -131,14 +133,22 @@ def verify_access_token(token: str, *, key: bytes, issuer: str, now: int | None 
         raise InvalidToken("expired")
     client_id, scope = claims.get("client_id"), claims.get("scope")
     generation = claims.get("client_gen", 0)  # tokens from before generations: 0, the first one
-    if not isinstance(client_id, str) or not isinstance(scope, str) or client_id != claims["sub"]:
+    if not isinstance(client_id, str) or not isinstance(scope, str) or not isinstance(claims["sub"], str):
         raise InvalidToken("malformed token")
     if not isinstance(generation, int) or isinstance(generation, bool):
         raise InvalidToken("malformed token")
+    if claims["sub"] != client_id:  # a person's token: `sub` is the user, `client_id` the app
+        patient = claims.get("patient")
+        if claims.get("token_use") != USER_TOKEN or (patient is not None and not isinstance(patient, str)):
+            raise InvalidToken("malformed token")
+        return AccessClaims(
+            client_id, scope, int(claims["exp"]), str(claims["jti"]), user_id=claims["sub"], patient=patient
+        )
     return AccessClaims(client_id, scope, int(claims["exp"]), str(claims["jti"]), generation)
 
 
 ID_TOKEN_TYPE = "JWT"
+USER_TOKEN = "user"
 
 
 def issue_user_access_token(
@@ -152,12 +162,13 @@ def issue_user_access_token(
     fhir_user: str | None,
     ttl_seconds: int,
     now: int,
+    patient: str | None = None,
 ) -> str:
-    """An access token a SMART app gets for a person: `sub` is the user id, `client_id` the app.
-
-    `verify_access_token` refuses it (its `sub` is not its client), so it opens no FHIR route until
-    patient-compartment filtering for user tokens is in place."""
+    """An access token a SMART app gets for a person: `sub` is the user id, `client_id` the app, and
+    `token_use` says so (a token whose `sub` differs from its client without it is refused); `patient`
+    is the patient chosen at launch, which narrows the token to that patient's record."""
     claims: dict[str, object] = {
+        "token_use": USER_TOKEN,
         "iss": issuer,
         "sub": user_id,
         "aud": issuer,
@@ -169,6 +180,8 @@ def issue_user_access_token(
     }
     if fhir_user:
         claims["fhirUser"] = fhir_user
+    if patient:
+        claims["patient"] = patient
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE, "kid": kid})
 
 

@@ -25,6 +25,9 @@ as it is how prescribers are referenced too).
 
 from __future__ import annotations
 
+from typing import Any
+
+from gateway.fhir.extract import extract
 from gateway.fhir.searchparams import SEARCH_PARAMS, ParamType
 
 # type -> the reference parameters (indexed, pointing at a Patient) that put a resource in the compartment
@@ -58,3 +61,24 @@ def check_table() -> None:
             assert not param.targets or "Patient" in param.targets, (rtype, name)
     for rtype in REFERENCED_TYPES:
         assert rtype in SEARCH_PARAMS, rtype
+
+
+def in_compartment(resource_type: str) -> bool:
+    """Whether resources of this type belong to Patients' compartments (the Patient type included)."""
+    return resource_type == "Patient" or resource_type in PATIENT_COMPARTMENT
+
+
+def compartment_patients(resource: dict[str, Any], local_bases: tuple[str, ...] = ()) -> set[str]:
+    """The ids of the Patients whose compartment holds this resource, read exactly as the search index
+    reads it (the same `extract`), so a read and a search decide alike: a Patient is in its own; any
+    other type through its compartment parameters that point at a Patient. Empty for a type outside the
+    compartment, or a resource that names no Patient."""
+    resource_type = resource.get("resourceType")
+    if resource_type == "Patient":
+        rid = resource.get("id")
+        return {rid} if isinstance(rid, str) else set()
+    params = PATIENT_COMPARTMENT.get(str(resource_type))
+    if not params:
+        return set()
+    rows = extract(resource, local_bases)
+    return {rid for param, rtype, rid in rows.references if rtype == "Patient" and param in params}

@@ -139,6 +139,16 @@ class Include:
     target_type: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class PatientRestriction:
+    """A search narrowed to the records of some patients (a person's reach): a Patient by its id; a
+    resource of another type when linked through its compartment `params` to one of `patient_ids`, and
+    to no other Patient."""
+
+    params: tuple[str, ...]
+    patient_ids: frozenset[str]
+
+
 @dataclass(slots=True)
 class SearchQuery:
     resource_type: str
@@ -153,6 +163,8 @@ class SearchQuery:
     unknown: list[str] = field(default_factory=list)
     # The parameters that were used, for the Bundle's self link.
     used: list[tuple[str, str]] = field(default_factory=list)
+    # Set by the authorization, never by a parameter: only these patients' records.
+    restriction: PatientRestriction | None = None
 
 
 def split_values(raw: str) -> list[str]:

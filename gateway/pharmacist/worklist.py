@@ -523,3 +523,26 @@ def row_json(row: RankedRow, found: Candidate, via: Via) -> JSON:
         "rankReason": row.rank_reason,
         "patientRisk": shown["patientRisk"],
     }
+
+
+def current_members(team: JSON, now_us: int) -> list[str]:
+    """The member references of the team's participants whose period has not ended at `now_us`."""
+    found = []
+    for participant in team.get("participant") or []:
+        if not isinstance(participant, dict):
+            continue
+        end = (participant.get("period") or {}).get("end")
+        try:
+            if isinstance(end, str) and dates.date_range(end)[1] < now_us:
+                continue
+        except dates.DateFormatError:
+            continue
+        member = _member_reference(participant.get("member"))
+        if member:
+            found.append(member)
+    return found
+
+
+def _member_reference(value: object) -> str | None:
+    reference = value.get("reference") if isinstance(value, dict) else None
+    return reference if isinstance(reference, str) else None

@@ -19,6 +19,7 @@ from gateway.routing.topics import TopicSet
 from gateway.service.access.clients import AuthService, key_encryption_from
 from gateway.service.access.launch import LaunchService
 from gateway.service.access.logins import LoginService
+from gateway.service.access.people import People
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.interactions import FhirService
@@ -67,6 +68,7 @@ class Gateway:
     timeline_feed: TimelineFeed  # the live patient timeline: change log and open streams
     logins: LoginService  # people's logins and console sessions
     launch: LaunchService  # SMART standalone launch: codes, consent, user tokens
+    people: People  # what a person (console session, user token) reaches
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -215,6 +217,7 @@ class Gateway:
                 lockout_max_minutes=settings.login_lockout_max_minutes,
             ),
             LaunchService(db, auth),
+            People(db),
         )
 
     async def start_background(self) -> None:

@@ -13,7 +13,15 @@ from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, func, or_
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
-from gateway.fhir.query import DateValue, Filter, Include, ReferenceValue, SearchQuery, TokenValue
+from gateway.fhir.query import (
+    DateValue,
+    Filter,
+    Include,
+    PatientRestriction,
+    ReferenceValue,
+    SearchQuery,
+    TokenValue,
+)
 from gateway.fhir.searchparams import ParamType
 from gateway.store.resources import Stored, current_select, load_by_keys, load_by_rids, to_stored
 from gateway.store.tables import resource, sp_date, sp_reference, sp_string, sp_token
@@ -125,8 +133,27 @@ def _narrows_by_index(f: Filter) -> bool:
     return not (f.modifier == "missing" and f.missing)
 
 
+def restriction_condition(
+    resource_type: str, restriction: PatientRestriction, r: FromClause = resource
+) -> ColumnElement[bool]:
+    """Only the records of the restriction's patients: linked to one of them, and to no other Patient."""
+    ids = sorted(restriction.patient_ids)
+    if resource_type == "Patient":
+        return r.c.res_id.in_(ids)
+    links = [
+        sp_reference.c.res_type == resource_type,
+        sp_reference.c.param.in_(restriction.params),
+        sp_reference.c.target_type == "Patient",
+    ]
+    inside = select(sp_reference.c.rid).where(*links, sp_reference.c.target_id.in_(ids))
+    outside = select(sp_reference.c.rid).where(*links, sp_reference.c.target_id.not_in(ids))
+    return and_(r.c.rid.in_(inside), r.c.rid.not_in(outside))
+
+
 def _where(query: SearchQuery) -> list[ColumnElement[bool]]:
     conditions = [filter_condition(f, query.resource_type) for f in query.filters]
+    if query.restriction is not None:
+        conditions.append(restriction_condition(query.resource_type, query.restriction))
     if not any(_narrows_by_index(f) for f in query.filters):
         # Only when no index criterion implies the type: a redundant `res_type = ?` on the resource table
         # lures planners without statistics (a fresh PostgreSQL, SQLite) into scanning the type's rows.

@@ -13,15 +13,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
+import orjson
 import pytest_asyncio
 from sqlalchemy import select
 
 from gateway.service.access import apps as app_service
 from gateway.service.access import users as user_service
 from gateway.service.access.clients import ISSUER
+from gateway.service.access.context import RequestContext
 from gateway.service.gateway import Gateway
 from gateway.store.tables import audit_event
 from gateway.transports.http.app import create_app
+from tests import factories as f
 from tests.conftest import TEST_PASSWORD_HASH_COST, TEST_SECRET_HASH_COST
 
 PASSWORD = "clozapine-anc-1500"
@@ -115,6 +118,24 @@ async def exchange(client: httpx.AsyncClient, **fields: str) -> httpx.Response:
     )
 
 
+async def patients_of(gateway: Gateway, practitioner: str) -> tuple[str, str]:
+    """Two Patients: the first on a CareTeam with the practitioner, the second on none."""
+    ctx = RequestContext(base_url=AUD)
+    made = []
+    for _ in range(2):
+        outcome = await gateway.fhir.create(ctx, "Patient", orjson.dumps(f.patient()), None)
+        assert outcome.stored is not None
+        made.append(outcome.stored.id)
+    team = {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": {"reference": f"Patient/{made[0]}"},
+        "participant": [{"member": {"reference": practitioner}}],
+    }
+    await gateway.fhir.create(ctx, "CareTeam", orjson.dumps(team), None)
+    return made[0], made[1]
+
+
 async def signing_key(gateway: Gateway) -> bytes:
     return (await gateway.auth.signing_key())[1]
 
@@ -123,6 +144,8 @@ async def test_public_app_completes_the_launch_and_refresh_rotates(
     gateway: Gateway, browser: httpx.AsyncClient
 ) -> None:
     user, practitioner = await pharmacist(gateway)
+    assert practitioner is not None
+    mine, other = await patients_of(gateway, practitioner)
     client_id, _ = await register(gateway)
     verifier, challenge = pkce()
     page = await consent_page(browser, authorize_params(client_id, challenge), user)
@@ -141,9 +164,14 @@ async def test_public_app_completes_the_launch_and_refresh_rotates(
     id_token = jwt.decode(body["id_token"], key, algorithms=["HS256"], audience=client_id)
     assert id_token["iss"] == ISSUER and id_token["sub"] == access["sub"]
     assert id_token["fhirUser"] == f"{AUD}/{practitioner}" and id_token["exp"] > id_token["iat"]
-    # A user token opens no FHIR route yet (patient-compartment filtering comes next).
+    # With the pharmacist's token the app reads that pharmacist's patients, and only those.
     fhir = await browser.get("/fhir/Patient", headers={"Authorization": f"Bearer {body['access_token']}"})
-    assert fhir.status_code == 401
+    assert fhir.status_code == 200, fhir.text
+    assert {e["resource"]["id"] for e in fhir.json().get("entry", [])} == {mine}
+    theirs = await browser.get(
+        f"/fhir/Patient/{other}", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    assert theirs.status_code == 404
 
     first = body["refresh_token"]
     renewed = await browser.post(

@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 
 from gateway.exceptions import Forbidden
 from gateway.fhir.audit import AuditRecord
+from gateway.service.access.people import PersonAccess, Reach
 
 # SMART v2 permission letters per FHIR interaction.
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
@@ -33,6 +34,8 @@ class RequestContext:
     # What this request did, for the audit trail (filled in by the interactions, completed and queued by
     # the transport); None for internal callers, whose transport (pipeline, deliverer) audits itself.
     audit: AuditRecord | None = None
+    # A person (a console session, or a SMART app with their token): what they reach beyond the scopes.
+    person: PersonAccess | None = None
 
     def note(self, resource_type: str, resource_id: str, content: bytes | None = None) -> None:
         """For the audit trail: this request read or wrote this resource (content: its Patient is found)."""
@@ -53,6 +56,9 @@ class RequestContext:
             self.audit.subtype = interaction
 
     def can(self, resource_type: str, permission: str) -> bool:
+        """Scopes allow it, and for a person, the type is within their reach at all (people.py)."""
+        if self.person is not None and self.person.reach(resource_type) is Reach.NONE:
+            return False
         return self.grants is None or self.grants.allows(resource_type, permission)
 
     def may(self, operation: str) -> bool:
@@ -65,10 +71,16 @@ class RequestContext:
                 f"The access token's scopes do not include {operation} (it must be granted by name)"
             )
 
+    @property
+    def _context_name(self) -> str:
+        return "system" if self.person is None else "user"
+
     def require(self, resource_type: str, permission: str) -> None:
+        if self.person is not None and self.person.reach(resource_type) is Reach.NONE:
+            raise Forbidden(f"A user with the {self.person.role.value} role does not reach {resource_type}")
         if not self.can(resource_type, permission):
             names = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
             raise Forbidden(
                 f"The access token's scopes do not allow {names[permission]} on {resource_type}"
-                f" (needs system/{resource_type}.{permission} or a wider scope)"
+                f" (needs {self._context_name}/{resource_type}.{permission} or a wider scope)"
             )

@@ -37,6 +37,7 @@ from gateway.fhir.urls import check_id, check_type
 from gateway.fhir.validation import Validator
 from gateway.service.access.authorization import ResourcePolicy, check_query, restrict_to
 from gateway.service.access.context import CREATE, DELETE, READ, SEARCH, UPDATE, RequestContext
+from gateway.service.access.people import Reach
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store.database import Database
@@ -224,6 +225,25 @@ class FhirService:
         if visible is not None and resource_id not in visible:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
 
+    def person_sees(self, ctx: RequestContext, stored: Stored) -> bool:
+        """Whether a person's context reaches this version (people.py); always for other callers. A
+        deletion carries no content to tell whose it was: a person reaches it only with the whole type."""
+        if ctx.person is None:
+            return True
+        if stored.content is None:
+            return ctx.person.reach(stored.type) is Reach.ALL
+        return ctx.person.sees(jsonio.loads(stored.content), self.local_bases(ctx))
+
+    @staticmethod
+    def check_reach(ctx: RequestContext, patient_id: str) -> None:
+        """A patient outside a person's reach does not exist for them (404), for the patient operations."""
+        if ctx.person is not None and not ctx.person.sees_patient(patient_id):
+            raise NotFound(f"Patient/{patient_id} is not known")
+
+    def _check_person(self, ctx: RequestContext, stored: Stored) -> None:
+        if not self.person_sees(ctx, stored):
+            raise NotFound(f"{stored.type}/{stored.id} is not known")
+
     def _shown(self, ctx: RequestContext, resource_type: str, content: bytes | None) -> bytes | None:
         policy = self.policies.get(resource_type)
         if policy is None or content is None:
@@ -232,6 +252,10 @@ class FhirService:
 
     async def _restricted(self, conn: AsyncConnection, ctx: RequestContext, query: SearchQuery) -> bool:
         """Narrow a query to what the caller may see; False when it may see none of that type."""
+        if ctx.person is not None:
+            query.restriction = ctx.person.restriction(query.resource_type)
+            if query.restriction is not None and not query.restriction.patient_ids:
+                return False
         visible = await self._visible(conn, ctx, query.resource_type)
         return visible is None or restrict_to(query, visible)
 
@@ -298,12 +322,27 @@ class FhirService:
         self, conn: AsyncConnection, ctx: RequestContext, pending: Sequence[PendingVersion]
     ) -> list[Stored]:
         """Every write goes through here: store the versions, then observers act in the same transaction."""
+        if ctx.person is not None:
+            self._check_person_writes(ctx, pending)
         written = await store.write(conn, pending)
         for version in pending:
             ctx.note(version.type, version.id, version.content or version.previous)
         for observer in self.write_observers:
             await observer(conn, ctx, pending, written)
         return written
+
+    def _check_person_writes(self, ctx: RequestContext, pending: Sequence[PendingVersion]) -> None:
+        """A person writes only what they reach, before and after: no resource moved into or out of the
+        records of patients who are not theirs."""
+        assert ctx.person is not None
+        bases = self.local_bases(ctx)
+        for version in pending:
+            for content in (version.previous, version.content):
+                if content is not None and not ctx.person.sees(jsonio.loads(content), bases):
+                    raise Forbidden(
+                        f"{version.type}/{version.id} would be outside the records of the patients this"
+                        " user reaches"
+                    )
 
     async def write_derived(
         self, conn: AsyncConnection, ctx: RequestContext, writes: dict[str, tuple[JSON, Stored | None]]
@@ -452,6 +491,8 @@ class FhirService:
         if issues is None:
             issues = self.validate(resource)
         current = await store.current(conn, resource["resourceType"], resource_id)
+        if current is not None and not current.deleted:
+            self._check_person(ctx, current)
         policy = self.policies.get(resource["resourceType"])
         if policy is not None and current is not None:
             await self._check_visible(conn, ctx, resource["resourceType"], resource_id)
@@ -473,6 +514,8 @@ class FhirService:
         if_match: int | None = None,
     ) -> Outcome:
         current = await store.current(conn, resource_type, resource_id)
+        if current is not None and not current.deleted:
+            self._check_person(ctx, current)
         if current is not None and resource_type in self.policies:
             await self._check_visible(conn, ctx, resource_type, resource_id)
         plan = self.plan_delete(ctx, resource_type, resource_id, current, if_match, dates.now_us())
@@ -529,6 +572,7 @@ class FhirService:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         ctx.note(resource_type, resource_id, stored.content)
         await self._check_visible(conn, ctx, resource_type, resource_id)
+        self._check_person(ctx, stored)
         if stored.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted (version {stored.version})")
         return Outcome(200, stored, self._shown(ctx, resource_type, stored.content))
@@ -550,6 +594,7 @@ class FhirService:
             raise NotFound(f"Version {version_id} of {resource_type}/{resource_id} is not known")
         ctx.note(resource_type, resource_id, stored.content)
         await self._check_visible(conn, ctx, resource_type, resource_id)
+        self._check_person(ctx, stored)
         if stored.deleted:
             raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         return Outcome(200, stored, self._shown(ctx, resource_type, stored.content))
@@ -589,6 +634,8 @@ class FhirService:
         return Outcome(200, body=bundle_bytes("searchset", entries, total=total, links=links))
 
     async def _may_see(self, conn: AsyncConnection, ctx: RequestContext, stored: Stored) -> bool:
+        if not self.person_sees(ctx, stored):
+            return False
         visible = await self._visible(conn, ctx, stored.type)
         return visible is None or stored.id in visible
 
@@ -634,6 +681,15 @@ class FhirService:
             if await store.head(conn, resource_type, resource_id) is None:
                 raise NotFound(f"{resource_type}/{resource_id} is not known")
             await self._check_visible(conn, ctx, resource_type, resource_id)
+            if ctx.person is not None:
+                latest = await store.current(conn, resource_type, resource_id)
+                if latest is None or latest.deleted or not self.person_sees(ctx, latest):
+                    raise NotFound(f"{resource_type}/{resource_id} is not known")
+        elif ctx.person is not None and ctx.person.reach(resource_type) is not Reach.ALL:
+            raise Forbidden(
+                f"The history of all {resource_type} resources includes other patients' records; read the"
+                f" history of one {resource_type} by id"
+            )
         elif await self._visible(conn, ctx, resource_type) is not None:
             raise Forbidden(
                 f"The history of all {resource_type} resources includes other clients'; read the history"
@@ -648,6 +704,8 @@ class FhirService:
             count=count,
             offset=offset,
         )
+        # A version from when the resource was in another patient's record is not this person's to see.
+        versions = [v for v in versions if v.content is None or self.person_sees(ctx, v)]
         if resource_id is None:
             ctx.note_search(resource_type, params, [v.content for v in versions])
         else:

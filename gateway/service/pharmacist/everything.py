@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, and_
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -53,6 +53,7 @@ from gateway.service.fhirapi.audit import AUDIT_READ
 from gateway.service.fhirapi.interactions import FhirService, Outcome, since_param, strict_count_param
 from gateway.store import everything as store
 from gateway.store import resources as resources_store
+from gateway.store import search as search_store
 from gateway.types import Issue
 
 AUDIT_EVENT = "AuditEvent"
@@ -125,6 +126,7 @@ class PatientEverything:
     async def run(self, ctx: RequestContext, patient_id: str, params: list[tuple[str, str]]) -> Outcome:
         ctx.require("Patient", READ)
         check_id(patient_id)
+        self.fhir.check_reach(ctx, patient_id)
         wanted, since_us, count, cursor, issues = self._parse(ctx, params)
         try:
             async with self.fhir.db.read() as conn:
@@ -237,7 +239,7 @@ class PatientEverything:
                 break
         total = 0
         for segment in segments:
-            total += await self._segment_count(conn, patient_id, segment, sources, since_us)
+            total += await self._segment_count(conn, ctx, patient_id, segment, sources, since_us)
         return self._answer(ctx, patient_id, params, found, total, more, count, issues)
 
     async def _segment_page(
@@ -261,7 +263,7 @@ class PatientEverything:
                 _Found(segment, f"{ctx.base_url}/AuditEvent/{i}", content.encode(), [AUDIT_EVENT, at, i])
                 for at, i, content in events
             ]
-        condition = self._condition(patient_id, segment, sources)
+        condition = self._condition(ctx, patient_id, segment, sources)
         rows = await store.page(conn, condition, since_us=since_us, after_rid=after_rid, limit=limit)
         return [
             _Found(segment, f"{ctx.base_url}/{s.type}/{s.id}", s.content, [rtype, s.rid])
@@ -269,14 +271,22 @@ class PatientEverything:
             if s.content is not None
         ]
 
-    def _condition(self, patient_id: str, segment: Segment, sources: list[str]) -> ColumnElement[bool]:
+    def _condition(
+        self, ctx: RequestContext, patient_id: str, segment: Segment, sources: list[str]
+    ) -> ColumnElement[bool]:
         if segment.mode == "include":
             return store.referenced_condition(patient_id, segment.resource_type, sources)
-        return store.compartment_condition(patient_id, segment.resource_type)
+        condition = store.compartment_condition(patient_id, segment.resource_type)
+        restriction = ctx.person.restriction(segment.resource_type) if ctx.person else None
+        if restriction is None:
+            return condition
+        # A resource also in another patient's record that the person does not reach is left out.
+        return and_(condition, search_store.restriction_condition(segment.resource_type, restriction))
 
     async def _segment_count(
         self,
         conn: AsyncConnection,
+        ctx: RequestContext,
         patient_id: str,
         segment: Segment,
         sources: list[str],
@@ -284,7 +294,8 @@ class PatientEverything:
     ) -> int:
         if segment.resource_type == AUDIT_EVENT:
             return await store.audit_count(conn, patient_id, since_us=since_us)
-        return await store.count(conn, self._condition(patient_id, segment, sources), since_us=since_us)
+        condition = self._condition(ctx, patient_id, segment, sources)
+        return await store.count(conn, condition, since_us=since_us)
 
     def _answer(
         self,

@@ -120,6 +120,7 @@ class PatientTimeline:
     async def run(self, ctx: RequestContext, patient_id: str, params: list[tuple[str, str]]) -> Outcome:
         ctx.require("Patient", READ)
         check_id(patient_id)
+        self.fhir.check_reach(ctx, patient_id)
         since_us, count, after = self._parse(ctx, params)
         async with self.fhir.db.read() as conn:
             await self.check_patient(conn, patient_id)
@@ -149,6 +150,8 @@ class PatientTimeline:
             rows = await store.compartment(conn, patient_id, rtype, limit + 1)
             if len(rows) > limit:
                 raise TooCostly(f"$timeline: more than {limit} {rtype} resources for this patient")
+            # A resource also in the record of a patient a person does not reach is not theirs to see.
+            rows = [r for r in rows if self.fhir.person_sees(ctx, r)]
             entries += await self._entries(conn, rtype, rows)
         await self.with_sources(conn, ctx, entries)
         entries.sort(key=lambda e: e.order)

@@ -370,6 +370,7 @@ class TimelineFeed:
         slot and fix where it starts; the caller must `close` what it gets."""
         ctx.require("Patient", READ)
         check_id(patient_id)
+        self.timeline.fhir.check_reach(ctx, patient_id)
         since_us: int | None = None
         unknown: list[str] = []
         for key, value in params:
@@ -514,6 +515,8 @@ class TimelineStream:
                 version = versions.get((change.rid, change.version))
                 if version is None or (version.type, version.id) != (change.type, change.id):
                     continue
+                if not self.feed.timeline.fhir.person_sees(self.ctx, version):
+                    continue  # also in the record of a patient this person does not reach
                 entry = PatientTimeline.entry_of(version, versions.get((change.rid, change.version - 1)))
                 if entry is not None:
                     made.append((change.seq, entry))

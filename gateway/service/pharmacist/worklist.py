@@ -34,7 +34,8 @@ from urllib.parse import urlencode
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.exceptions import BadRequest, TooCostly
+from gateway.auth.roles import Area, Role
+from gateway.exceptions import BadRequest, Forbidden, TooCostly
 from gateway.fhir import dates, jsonio
 from gateway.fhir.query import split_values
 from gateway.fhir.references import parse_reference
@@ -49,6 +50,7 @@ from gateway.pharmacist.reasons import Reason
 from gateway.routing.labs import critical_reasons, ordered_rules
 from gateway.service.access.authorization import require_all
 from gateway.service.access.context import READ, RequestContext
+from gateway.service.access.people import PersonAccess
 from gateway.service.fhirapi.interactions import FhirService, Outcome, strict_count_param
 from gateway.service.pharmacist.matching import CARE_TEAM_CATEGORY, PHARMACIST_ASSIGNMENT
 from gateway.store import search as store_search
@@ -94,24 +96,6 @@ class Scope:
 def _reference_of(value: Any) -> str | None:
     reference = value.get("reference") if isinstance(value, dict) else None
     return reference if isinstance(reference, str) else None
-
-
-def _current_members(team: JSON, now_us: int) -> list[str]:
-    """The member references of the team's participants whose period has not ended at `now_us`."""
-    found = []
-    for participant in team.get("participant") or []:
-        if not isinstance(participant, dict):
-            continue
-        end = (participant.get("period") or {}).get("end")
-        try:
-            if isinstance(end, str) and dates.date_range(end)[1] < now_us:
-                continue
-        except dates.DateFormatError:
-            continue
-        member = _reference_of(participant.get("member"))
-        if member:
-            found.append(member)
-    return found
 
 
 def _chunks(values: Sequence[str], size: int) -> Iterable[list[str]]:
@@ -218,10 +202,35 @@ class PharmacistWorklist:
             needs.append(("PractitionerRole", READ))  # a Practitioner's roles; a role read; a team's members
         return needs
 
+    @staticmethod
+    def _check_person(person: PersonAccess, request: WorklistRequest) -> None:
+        """A person asks for their own worklist (owner=their Practitioner) or, where their role allows,
+        for the unassigned work; an admin for anyone's."""
+        if person.role is Role.ADMIN:
+            return
+        if not person.reaches(Area.WORKLIST):
+            raise Forbidden(f"A user with the {person.role.value} role has no worklist")
+        if request.unassigned:
+            if not person.reaches(Area.UNASSIGNED_WORK):
+                raise Forbidden(f"A user with the {person.role.value} role does not see unassigned work")
+            return
+        own = tuple(person.practitioner.split("/", 1)) if person.practitioner else None
+        if request.owner != own:
+            raise Forbidden(f"{OPERATION}: a user's worklist is their own (owner={person.practitioner})")
+
+    @staticmethod
+    def _person_row(person: PersonAccess | None, candidate: wl.Candidate, via: wl.Via) -> bool:
+        """A row a person may see: of a patient they reach, or unassigned work where their role allows."""
+        if person is None or person.sees_patient(candidate.item.patient_id):
+            return True
+        return via.code == "no-pharmacist" and person.reaches(Area.UNASSIGNED_WORK)
+
     # -- the answer ------------------------------------------------------------------------------
 
     async def run(self, ctx: RequestContext, params: list[tuple[str, str]]) -> Outcome:
         request = self.parse(ctx, params)
+        if ctx.person is not None:
+            self._check_person(ctx.person, request)
         require_all(ctx, OPERATION, self.needs(request))
         now_us = dates.now_us()
         try:
@@ -264,7 +273,9 @@ class PharmacistWorklist:
         rows = [
             (c, via, stored)
             for c, task, stored in found
-            if (via := self._via(scope, request, task, c, assigned)) is not None and self._wanted(request, c)
+            if (via := self._via(scope, request, task, c, assigned)) is not None
+            and self._wanted(request, c)
+            and self._person_row(ctx.person, c, via)
         ]
         shown = {c.item.patient_id for c, _, _ in rows}
         risks, gaps = await self._risks(conn, ctx, shown, [c for c, _, _ in found], now_us)
@@ -354,7 +365,7 @@ class PharmacistWorklist:
             scope.members.add(owner)
         else:
             team = _loads(read.stored)
-            current = _current_members(team, now_us)
+            current = wl.current_members(team, now_us)
             scope.members |= {m for m in current if m.startswith("PractitionerRole/")}
             practitioners = [m for m in current if m.startswith("Practitioner/")]
             patient = self._assignment_subject(team)
@@ -399,7 +410,7 @@ class PharmacistWorklist:
         for stored in teams:
             team = _loads(stored)
             subject = _reference_of(team.get("subject")) or ""
-            member = next((m for m in _current_members(team, now_us) if m in scope.members), None)
+            member = next((m for m in wl.current_members(team, now_us) if m in scope.members), None)
             if member is None or not subject.startswith("Patient/"):
                 continue
             patient = subject.split("/", 1)[1]
@@ -430,7 +441,7 @@ class PharmacistWorklist:
             subject.split("/", 1)[1]
             for s in teams
             if (team := _loads(s))
-            and _current_members(team, now_us)
+            and wl.current_members(team, now_us)
             and (subject := _reference_of(team.get("subject")) or "").startswith("Patient/")
         }
 

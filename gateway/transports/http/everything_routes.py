@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.service.pharmacist.everything import PatientEverything
-from gateway.transports.http.deps import Ctx, GatewayDep
+from gateway.transports.http.deps import GatewayDep, PeopleCtx
 from gateway.transports.http.responses import fhir_response
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
@@ -20,6 +20,8 @@ router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
     "/Patient/{patient_id}/$everything",
     summary="the Patient and its compartment (and what it references), paged; _type, _since, _count",
 )
-async def patient_everything(patient_id: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def patient_everything(
+    patient_id: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep
+) -> Response:
     params = list(request.query_params.multi_items())
     return fhir_response(await PatientEverything(gateway.fhir).run(ctx, patient_id, params))

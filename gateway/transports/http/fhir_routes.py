@@ -10,7 +10,7 @@ from starlette.responses import Response
 from gateway import __version__
 from gateway.fhir.capability import capability_statement
 from gateway.fhir.urls import check_type
-from gateway.transports.http.deps import Ctx, GatewayDep, check_formats, fhir_base
+from gateway.transports.http.deps import GatewayDep, PeopleCtx, check_formats, fhir_base
 from gateway.transports.http.responses import FHIR_JSON, fhir_response
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
@@ -40,17 +40,17 @@ async def metadata(request: Request, gateway: GatewayDep) -> Response:
 
 @router.post("/", include_in_schema=False)
 @router.post("", summary="transaction or batch Bundle")
-async def bundle(request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def bundle(request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.bundles.process(ctx, await request.body()))
 
 
 @router.get("/{rtype}", summary="search")
-async def search(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def search(rtype: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.fhir.search(ctx, rtype, query_params(request)))
 
 
 @router.post("/{rtype}/_search", summary="search with form-encoded parameters")
-async def search_post(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def search_post(rtype: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     check_type(rtype)
     form = await request.form()
     params = query_params(request) + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
@@ -60,7 +60,7 @@ async def search_post(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDe
 @router.post(
     "/{rtype}", summary="create (If-None-Exist, or search parameters in the URL, for conditional create)"
 )
-async def create(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def create(rtype: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     criteria = request.headers.get("if-none-exist")
     if criteria is None:
         # POST Type?params as conditional create: what fhirpy's get_or_create sends (an Aidbox convention).
@@ -70,7 +70,7 @@ async def create(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) ->
 
 
 @router.put("/{rtype}", summary="conditional update")
-async def conditional_update(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def conditional_update(rtype: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     outcome = await gateway.fhir.conditional_update(
         ctx, rtype, query_params(request), await request.body(), request.headers.get("if-match")
     )
@@ -78,22 +78,22 @@ async def conditional_update(rtype: str, request: Request, ctx: Ctx, gateway: Ga
 
 
 @router.delete("/{rtype}", summary="conditional delete")
-async def conditional_delete(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def conditional_delete(rtype: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.fhir.conditional_delete(ctx, rtype, query_params(request)))
 
 
 @router.get("/{rtype}/_history", summary="type history")
-async def type_history(rtype: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def type_history(rtype: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.fhir.history(ctx, rtype, None, query_params(request)))
 
 
 @router.get("/{rtype}/{rid}", summary="read")
-async def read(rtype: str, rid: str, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def read(rtype: str, rid: str, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.fhir.read(ctx, rtype, rid))
 
 
 @router.put("/{rtype}/{rid}", summary="update (If-Match for optimistic locking)")
-async def update(rtype: str, rid: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def update(rtype: str, rid: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     outcome = await gateway.fhir.update(
         ctx, rtype, rid, await request.body(), request.headers.get("if-match")
     )
@@ -101,15 +101,17 @@ async def update(rtype: str, rid: str, request: Request, ctx: Ctx, gateway: Gate
 
 
 @router.delete("/{rtype}/{rid}", summary="delete")
-async def delete(rtype: str, rid: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def delete(rtype: str, rid: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.fhir.delete(ctx, rtype, rid, request.headers.get("if-match")))
 
 
 @router.get("/{rtype}/{rid}/_history", summary="instance history")
-async def instance_history(rtype: str, rid: str, request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def instance_history(
+    rtype: str, rid: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep
+) -> Response:
     return fhir_response(await gateway.fhir.history(ctx, rtype, rid, query_params(request)))
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}", summary="vread")
-async def vread(rtype: str, rid: str, vid: str, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def vread(rtype: str, rid: str, vid: str, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     return fhir_response(await gateway.fhir.vread(ctx, rtype, rid, vid))

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from gateway.service.pharmacist.matching import PharmacistMatching
 from gateway.service.pharmacist.worklist import PharmacistWorklist
-from gateway.transports.http.deps import Ctx, GatewayDep
+from gateway.transports.http.deps import Ctx, GatewayDep, PeopleCtx
 from gateway.transports.http.responses import fhir_response
 
 router = APIRouter(tags=["Pharmacist"])
@@ -34,7 +34,7 @@ async def match_pharmacist(patient_id: str, request: Request, ctx: Ctx, gateway:
     " each row with why it is listed and why at its rank; owner= or unassigned=true, kind, patient,"
     " _count, _cursor",
 )
-async def worklist(request: Request, ctx: Ctx, gateway: GatewayDep) -> Response:
+async def worklist(request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
     settings = gateway.settings
     worklist = PharmacistWorklist(
         gateway.fhir,

@@ -8,10 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.exceptions import NotAcceptable
+from gateway.exceptions import Forbidden, NotAcceptable
 from gateway.service.pharmacist.timeline import PatientTimeline
 from gateway.service.pharmacist.timeline_stream import StreamsUnavailable, TooManyStreams, stream_requested
-from gateway.transports.http.deps import AuthCtx, GatewayDep, check_formats
+from gateway.transports.http.deps import GatewayDep, PeopleAuthCtx, check_formats
 from gateway.transports.http.event_stream import EVENT_STREAM, EventStreamResponse
 from gateway.transports.http.responses import error_response
 
@@ -27,7 +27,9 @@ RETRY_AFTER_SECONDS = "5"
     " new entries as server-sent events (Last-Event-ID resumes)",
     response_model=None,
 )
-async def patient_timeline(patient_id: str, request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Response:
+async def patient_timeline(
+    patient_id: str, request: Request, ctx: PeopleAuthCtx, gateway: GatewayDep
+) -> Response:
     params = list(request.query_params.multi_items())
     if not stream_requested(params):
         check_formats(request)
@@ -38,7 +40,11 @@ async def patient_timeline(patient_id: str, request: Request, ctx: AuthCtx, gate
     claims = await gateway.auth.verify_bearer(authorization)
 
     async def check_token() -> None:
-        await gateway.auth.verify_bearer(authorization)
+        current = await gateway.auth.verify_bearer(authorization)
+        if current.user_id is not None:  # a person: still enabled, and still this patient's (CareTeams)
+            person = await gateway.people.for_token(current)
+            if not person.sees_patient(patient_id):
+                raise Forbidden(f"The user no longer reaches Patient/{patient_id}")
 
     try:
         stream = await gateway.timeline_feed.open(
