@@ -1,6 +1,7 @@
 """The roles of people who log in, as data: what each may see, and the rules for a user's account.
 
-Only data and pure helpers: the console and the FHIR API used with a user's token enforce these later.
+Only data and pure helpers: gateway/service/access/people.py applies them (the console and the FHIR API
+used with a user's token).
 
 - pharmacist: the patients on their CareTeams (through their Practitioner) and unassigned work; their
   worklist, alerts, interventions, with clinical values.
@@ -96,6 +97,20 @@ ROLES: dict[Role, RoleRules] = {
             description="the AuditEvents",
         ),
     )
+}
+
+
+# What a person's console session may do, as scopes (`Grants.for_person`); their reach (which patients)
+# narrows it further. Writes are only those the console's actions make: alert moves and interventions for
+# a pharmacist, PA actions for a coordinator.
+CONSOLE_SCOPES: dict[Role, str] = {
+    Role.PHARMACIST: "user/*.rs user/Task.u user/Communication.c",
+    Role.COORDINATOR: "user/*.rs user/Task.cu user/Claim.c user/Communication.c",
+    Role.ANALYST: "hl7v2/messages.read hl7v2/messages.reprocess subscriptions/admin",
+    Role.AUDITOR: "audit/events.read",
+    Role.ADMIN: (
+        "user/*.cruds hl7v2/messages.read hl7v2/messages.reprocess subscriptions/admin audit/events.read"
+    ),
 }
 
 

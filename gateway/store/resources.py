@@ -370,3 +370,10 @@ async def history(
         .offset(offset)
     )
     return [to_stored(row) for row in rows], int(total)
+
+
+async def latest_updated_us(conn: AsyncConnection, types: Sequence[str]) -> int:
+    """When a resource of these types last changed (0 when none ever did): what a console watches."""
+    query = select(func.max(resource.c.updated_us)).where(resource.c.res_type.in_(list(types)))
+    found = (await conn.execute(query)).scalar()
+    return int(found or 0)

@@ -32,6 +32,9 @@ from gateway.transports.http import (
     subscription_routes,
     timeline_routes,
 )
+from gateway.transports.http.console import static_routes as console_static
+from gateway.transports.http.console import worklist_pages as console_worklist
+from gateway.transports.http.console.session import LoginNeeded, login_redirect
 from gateway.transports.http.docs import install_docs
 from gateway.transports.http.errors import UnexpectedErrors
 from gateway.transports.http.guards import NulGuard
@@ -93,6 +96,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(auth_routes.router)
     app.include_router(launch_routes.router)
     app.include_router(console_routes.router)
+    app.include_router(console_static.router)
+    app.include_router(console_worklist.router)
     app.include_router(hl7_routes.router)
     app.include_router(ops_routes.router)
     _install_error_handlers(app)
@@ -104,6 +109,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LoginNeeded)
+    async def login_needed(_: Request, exc: LoginNeeded) -> Response:
+        return login_redirect(exc.back_to)
+
     @app.exception_handler(FhirError)
     async def fhir_error(_: Request, exc: FhirError) -> Response:
         return error_response(exc)

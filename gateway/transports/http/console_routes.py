@@ -213,19 +213,3 @@ async def whoami(request: Request, gateway: GatewayDep) -> Response:
         },
         headers={"Cache-Control": "no-store"},
     )
-
-
-@router.get("", summary="the console (for now: who is signed in, and logout)", response_class=HTMLResponse)
-async def console(request: Request, gateway: GatewayDep) -> Response:
-    session = await current_session(request, gateway)
-    if session is None:
-        return RedirectResponse("/console/login", status_code=303)
-    _audit_person(request, session.user, session.user.name)
-    user = session.user
-    body = (
-        f"<h1>Signed in as {html.escape(user.name)}</h1>\n<p>Role: {html.escape(user.role)}</p>\n"
-        '<form method="post" action="/console/logout">\n'
-        f'<input type="hidden" name="{CSRF_FIELD}" value="{html.escape(session.csrf_token)}">\n'
-        '<button type="submit">Sign out</button>\n</form>'
-    )
-    return _page("Console", body)
