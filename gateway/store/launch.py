@@ -23,6 +23,7 @@ class CodeRecord:
     created_us: int
     expires_us: int
     used_us: int | None
+    patient: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class RefreshRecord:
     expires_us: int
     used_us: int | None
     revoked: bool
+    patient: str | None = None
 
 
 async def add_code(conn: AsyncConnection, record: CodeRecord) -> None:

@@ -475,6 +475,7 @@ auth_code = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("expires_us", BigInteger, nullable=False),
     Column("used_us", BigInteger, nullable=True),
+    Column("patient", String(64), nullable=True),  # chosen at launch (launch/patient)
 )
 
 refresh_token = Table(
@@ -489,4 +490,5 @@ refresh_token = Table(
     Column("expires_us", BigInteger, nullable=False),
     Column("used_us", BigInteger, nullable=True),  # rotated out: a new token replaced it
     Column("revoked", Boolean, nullable=False),
+    Column("patient", String(64), nullable=True),  # chosen at launch (launch/patient)
 )

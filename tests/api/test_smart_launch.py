@@ -350,3 +350,42 @@ async def test_login_next_is_followed_only_on_this_site(gateway: Gateway, browse
             data={"username": user, "password": PASSWORD, "csrf_token": csrf.group(1), "next": target},
         )
         assert answer.status_code == 303 and answer.headers["location"] == expected
+
+
+async def test_launch_patient_offers_only_the_users_patients_and_narrows_the_token(
+    gateway: Gateway, browser: httpx.AsyncClient
+) -> None:
+    user, practitioner = await pharmacist(gateway)
+    assert practitioner is not None
+    mine, other = await patients_of(gateway, practitioner)
+    scope = "openid fhirUser launch/patient patient/*.rs offline_access"
+    client_id, _ = await register(gateway, scope)
+    verifier, challenge = pkce()
+    page = await consent_page(browser, authorize_params(client_id, challenge, scope=scope), user)
+    offered = re.findall(r'name="patient" value="([^"]+)"', page.text)
+    assert offered == [mine]
+    # a patient the user does not reach is refused, though the form was changed to send it
+    refused = callback_query(await decide_with(browser, page, "approve", patient=other))
+    assert refused["error"] == "invalid_request" and "code" not in refused
+    page = await consent_page(browser, authorize_params(client_id, challenge, scope=scope), user)
+    query = callback_query(await decide_with(browser, page, "approve", patient=mine))
+    answer = await exchange(browser, code=query["code"], code_verifier=verifier, client_id=client_id)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["patient"] == mine
+    bearer = {"Authorization": f"Bearer {body['access_token']}"}
+    seen = (await browser.get("/fhir/Patient", headers=bearer)).json()
+    assert [e["resource"]["id"] for e in seen.get("entry", [])] == [mine]
+    renewed = await browser.post(
+        "/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": client_id},
+    )
+    assert renewed.status_code == 200 and renewed.json()["patient"] == mine
+
+
+async def decide_with(
+    client: httpx.AsyncClient, page: httpx.Response, decision: str, **extra: str
+) -> httpx.Response:
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
+    fields = {k: v.replace("&amp;", "&") for k, v in fields.items()}
+    return await client.post("/auth/authorize", data={**fields, "decision": decision, **extra})

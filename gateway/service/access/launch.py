@@ -140,8 +140,11 @@ class LaunchService:
             raise LaunchRedirectError("invalid_scope", str(exc)) from exc
         return AuthorizationRequest(app, redirect_uri, params.get("state"), challenge, requested, aud)
 
-    async def issue_code(self, request: AuthorizationRequest, user: UserRecord) -> str:
-        """A new code for what the user approved; LaunchRedirectError when the role leaves nothing."""
+    async def issue_code(
+        self, request: AuthorizationRequest, user: UserRecord, patient: str | None = None
+    ) -> str:
+        """A new code for what the user approved (and the patient they chose, for launch/patient; the
+        caller checked that the user reaches it); LaunchRedirectError when the role leaves nothing."""
         scope = scopes_for(request.app.scope, request.requested_scope, user)
         if not scope:
             raise LaunchRedirectError(
@@ -163,6 +166,7 @@ class LaunchService:
                     created_us=now,
                     expires_us=now + CODE_TTL_S * 1_000_000,
                     used_us=None,
+                    patient=patient,
                 ),
             )
         return code
@@ -233,7 +237,7 @@ class LaunchService:
         scope = scopes_for(record.scope, record.scope, user)  # the role may have changed since
         if not scope:
             raise OAuthError("invalid_grant", "the user's role no longer allows any of the scopes")
-        return await self._tokens(app, user, scope, code_hash, fhir_base)
+        return await self._tokens(app, user, scope, code_hash, fhir_base, record.patient)
 
     async def _from_refresh(self, app: AppRecord, form: dict[str, str], fhir_base: str) -> dict[str, Any]:
         presented = form.get("refresh_token", "")
@@ -259,11 +263,13 @@ class LaunchService:
         scope = scopes_for(scope, scope, user)
         if not scope:
             raise OAuthError("invalid_grant", "the user's role no longer allows any of the scopes")
-        return await self._tokens(app, user, scope, record.family, fhir_base)
+        return await self._tokens(app, user, scope, record.family, fhir_base, record.patient)
 
     async def _tokens(
-        self, app: AppRecord, user: UserRecord, scope: str, family: str, fhir_base: str
+        self, app: AppRecord, user: UserRecord, scope: str, family: str, fhir_base: str, patient: str | None
     ) -> dict[str, Any]:
+        """The token response; with a launch patient, the access token is narrowed to that patient
+        (its `patient` claim) and the response names it, as SMART's launch context says."""
         kid, key = await self.auth.signing_key()
         now_us = self.clock()
         now = now_us // 1_000_000
@@ -274,11 +280,14 @@ class LaunchService:
             "access_token": issue_user_access_token(
                 key=key, kid=kid, issuer=ISSUER, client_id=app.client_id, user_id=user.id, scope=scope,
                 fhir_user=fhir_user if "fhirUser" in scopes else None, ttl_seconds=ttl, now=now,
+                patient=patient,
             ),
             "token_type": "Bearer",
             "expires_in": ttl,
             "scope": scope,
         }  # fmt: skip
+        if patient is not None:
+            answer["patient"] = patient
         if "openid" in scopes and "fhirUser" in scopes:
             answer["id_token"] = issue_id_token(
                 key=key, kid=kid, issuer=ISSUER, client_id=app.client_id, user_id=user.id,
@@ -299,6 +308,7 @@ class LaunchService:
                         expires_us=now_us + REFRESH_TTL_S * 1_000_000,
                         used_us=None,
                         revoked=False,
+                        patient=patient,
                     ),
                 )
             answer["refresh_token"] = refresh

@@ -9,12 +9,17 @@ The consent form carries the session's CSRF token and the request's parameters, 
 from __future__ import annotations
 
 import html
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.responses import Response
 
+from gateway.auth.scopes import Grants
+from gateway.exceptions import FhirError
+from gateway.service.access.context import RequestContext
 from gateway.service.access.launch import (
     AuthorizationRequest,
     LaunchPageError,
@@ -22,6 +27,9 @@ from gateway.service.access.launch import (
     scopes_for,
 )
 from gateway.service.access.logins import tokens_match
+from gateway.service.access.people import PersonAccess
+from gateway.service.gateway import Gateway
+from gateway.store.users import UserRecord
 from gateway.transports.http.audit_routes import record_of
 from gateway.transports.http.console_routes import (
     _HEADERS,
@@ -68,7 +76,25 @@ def _params(source: dict[str, str]) -> dict[str, str]:
     return {k: source[k] for k in _PARAMS if k in source}
 
 
-def _consent(request: AuthorizationRequest, scope: str, csrf: str, params: dict[str, str]) -> HTMLResponse:
+def _picker(patients: list[tuple[str, str]]) -> str:
+    """The launch/patient picker: one radio button per patient the person reaches."""
+    if not patients:
+        return "<p>You have no patients to choose from: the app cannot be given a patient.</p>\n"
+    options = "".join(
+        f'<li><label><input type="radio" name="patient" value="{html.escape(pid)}" required> '
+        f"{html.escape(label)}</label></li>\n"
+        for pid, label in patients
+    )
+    return f"<fieldset><legend>Choose the patient the app will see</legend><ul>\n{options}</ul></fieldset>\n"
+
+
+def _consent(
+    request: AuthorizationRequest,
+    scope: str,
+    csrf: str,
+    params: dict[str, str],
+    patients: list[tuple[str, str]] | None = None,
+) -> HTMLResponse:
     hidden = "".join(
         f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">\n' for k, v in params.items()
     )
@@ -79,6 +105,7 @@ def _consent(request: AuthorizationRequest, scope: str, csrf: str, params: dict[
         f"<ul>\n{items}</ul>\n"
         f'<form method="post" action="{AUTHORIZE_PATH}">\n'
         f'<input type="hidden" name="{CSRF_FIELD}" value="{html.escape(csrf)}">\n{hidden}'
+        f"{_picker(patients) if patients is not None else ''}"
         '<button type="submit" name="decision" value="approve">Allow</button>\n'
         '<button type="submit" name="decision" value="deny">Deny</button>\n</form>'
     )
@@ -89,6 +116,48 @@ def _consent(request: AuthorizationRequest, scope: str, csrf: str, params: dict[
         "form-action 'self'", f"form-action 'self' {target.scheme}://{target.netloc}"
     )
     return response
+
+
+LAUNCH_PATIENT = "launch/patient"
+PICKER_SIZE = 100  # patients listed at most (an admin reaches every one: the first hundred)
+
+
+def _person_ctx(request: Request, gateway: Gateway, person: PersonAccess) -> RequestContext:
+    return RequestContext(
+        base_url=fhir_base(request, gateway),
+        grants=Grants.for_person("user/Patient.rs"),
+        audit=record_of(request),  # the picker shows patients' names: the request's AuditEvent names them
+        person=person,
+    )
+
+
+async def _patients(request: Request, gateway: Gateway, user: UserRecord) -> list[tuple[str, str]]:
+    """(id, "name · identifier") of the patients the person reaches, by name, for the picker."""
+    person = await gateway.people.for_user(user)
+    ctx = _person_ctx(request, gateway, person)
+    found = await gateway.fhir.search(ctx, "Patient", [("_count", str(PICKER_SIZE))])
+    bundle = orjson.loads(found.body or b"{}")
+    listed = [(str(e["resource"]["id"]), patient_label(e["resource"])) for e in bundle.get("entry", [])]
+    return sorted(listed, key=lambda p: p[1].casefold())
+
+
+async def _exists(request: Request, gateway: Gateway, person: PersonAccess, patient: str) -> bool:
+    try:
+        await gateway.fhir.read(_person_ctx(request, gateway, person), "Patient", patient)
+    except FhirError:
+        return False
+    return True
+
+
+def patient_label(patient: dict[str, Any]) -> str:
+    """How a person recognises a patient in a list: name, then the first identifier."""
+    names = patient.get("name") or [{}]
+    first = names[0] if isinstance(names[0], dict) else {}
+    given = " ".join(g for g in first.get("given") or [] if isinstance(g, str))
+    name = " ".join(p for p in (given, str(first.get("family") or "")) if p) or "(no name)"
+    identifiers = [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
+    shown = next((str(v) for v in identifiers if v), f"Patient/{patient.get('id')}")
+    return f"{name} · {shown}"
 
 
 @router.get(
@@ -114,7 +183,8 @@ async def authorize(request: Request, gateway: GatewayDep) -> Response:
             checked.redirect_uri, checked.state, error="invalid_scope",
             error_description="none of the requested scopes is allowed for this user",
         )  # fmt: skip
-    return _consent(checked, scope, session.csrf_token, params)
+    patients = await _patients(request, gateway, session.user) if LAUNCH_PATIENT in scope.split() else None
+    return _consent(checked, scope, session.csrf_token, params, patients)
 
 
 @router.post(AUTHORIZE_PATH, summary="the consent form (approve or deny)", response_class=HTMLResponse)
@@ -135,7 +205,13 @@ async def decide(request: Request, gateway: GatewayDep) -> Response:
             )
         if decision != "approved":
             return _back_to_app(checked.redirect_uri, checked.state, error="access_denied")
-        code = await gateway.launch.issue_code(checked, session.user)
+        patient = None
+        if LAUNCH_PATIENT in scopes_for(checked.app.scope, checked.requested_scope, session.user).split():
+            patient = form.get("patient", "")
+            person = await gateway.people.for_user(session.user)
+            if not person.sees_patient(patient) or not await _exists(request, gateway, person, patient):
+                raise LaunchRedirectError("invalid_request", "choose one of your patients for launch/patient")
+        code = await gateway.launch.issue_code(checked, session.user, patient)
     except LaunchPageError as exc:
         return _error_page(str(exc))
     except LaunchRedirectError as exc:
