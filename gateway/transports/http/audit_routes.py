@@ -51,6 +51,7 @@ OPEN_ROUTES = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        "/console/static/{name}",  # the console's style sheet and script: no data
     }
 )
 # Non-FHIR routes that bring data in from outside.
