@@ -187,3 +187,32 @@ async def test_without_a_session_pages_go_to_the_login_and_actions_change_nothin
         assert (await anon.get("/console/static/console.css")).status_code == 200
         assert (await anon.get("/console/static/..%2Fsession.py")).status_code == 404
     assert (await task_of(api, task_id))["status"] == "ready"
+
+
+async def test_the_patient_page_charts_the_lab_against_the_threshold_and_is_audited(
+    gateway: Gateway, api: httpx.AsyncClient, browser: Browser, client_factory: Any
+) -> None:
+    patient, ph1, _ = await setup(api)
+    await create(api, anc(patient, 2.1, "2024-02-15T08:00:00Z", None))
+    me = await browser(ph1)
+    page = await me.get(f"/console/patients/{patient}")
+    assert page.status_code == 200, page.text
+    assert 'data-rule="clozapine-anc"' in page.text
+    # the 1.2 (10*3/uL) result is marked below the 1500 /uL threshold; the 2.1 one is not
+    assert page.text.count('class="point below-threshold') == 1
+    assert 'data-value="1500"' in page.text and "clozapine" in page.text
+    ph2 = await create(api, {"resourceType": "Practitioner", "name": [{"family": "Two"}]})
+    other = await browser(f"Practitioner/{ph2}")
+    refused = await other.get(f"/console/patients/{patient}")
+    assert refused.status_code == 404 and "clozapine" not in refused.text
+    await gateway.audit.flush()
+    auditor = await client_factory("audit/events.read")
+    found = (
+        await auditor.get("/fhir/AuditEvent", params={"patient": f"Patient/{patient}", "agent": ph1})
+    ).json()
+    # the page's request is one AuditEvent: the pharmacist's Practitioner as agent, the Patient as entity
+    opened = [e["resource"] for e in found.get("entry", [])]
+    assert len(opened) == 1, [e.get("subtype") for e in opened]
+    event = opened[0]
+    assert event["agent"][0]["who"] == {"reference": ph1}
+    assert any(e.get("what", {}).get("reference") == f"Patient/{patient}" for e in event["entity"])

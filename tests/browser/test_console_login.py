@@ -18,7 +18,8 @@ async def sign_in(page: Page, name: str, password: str) -> None:
 async def test_pharmacist_signs_in_and_sees_their_name(page: Page, pharmacist: Person) -> None:
     await sign_in(page, pharmacist.name, pharmacist.password)
     await expect(page).to_have_url("/console")
-    await expect(page.get_by_role("heading", level=1)).to_have_text(f"Signed in as {pharmacist.name}")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Worklist")
+    await expect(page.get_by_test_id("user-name")).to_have_text(pharmacist.name)
     await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     assert (await screenshot(page, "console-signed-in")).stat().st_size > 0
 

@@ -32,6 +32,7 @@ from gateway.transports.http import (
     subscription_routes,
     timeline_routes,
 )
+from gateway.transports.http.console import patient_pages as console_patient
 from gateway.transports.http.console import static_routes as console_static
 from gateway.transports.http.console import worklist_pages as console_worklist
 from gateway.transports.http.console.session import LoginNeeded, login_redirect
@@ -98,6 +99,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(console_routes.router)
     app.include_router(console_static.router)
     app.include_router(console_worklist.router)
+    app.include_router(console_patient.router)
     app.include_router(hl7_routes.router)
     app.include_router(ops_routes.router)
     _install_error_handlers(app)

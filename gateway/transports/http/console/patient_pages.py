@@ -94,6 +94,8 @@ async def patient_fragment(patient_id: str, request: Request) -> Response:
 
 async def _values(request: Request, caller: Caller, patient_id: str) -> dict[str, Any] | Response:
     fhir = caller.gateway.fhir
+    if caller.ctx.audit is not None:  # what the person opened, in their words (the reads below add the rest)
+        caller.ctx.audit.operation = f"console: patient page of Patient/{patient_id[:64]}"
     try:
         read = await fhir.read(caller.ctx, "Patient", patient_id)
     except (NotFound, Gone):
