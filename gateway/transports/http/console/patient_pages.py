@@ -19,12 +19,12 @@ from starlette.responses import Response
 from gateway.exceptions import FhirError, Gone, NotFound
 from gateway.fhir import dates
 from gateway.mapping.monitoring import DrugLabRule
-from gateway.pharmacist import patient_view as view
 from gateway.pharmacist.charts import render_lab_chart
 from gateway.pharmacist.timeline import INTERVENTION_DISPLAY
 from gateway.pharmacist.worklist import PA_TASK_CODES, PDC_DAYS
 from gateway.routing.labs import WITHDRAWN_STATUSES, ordered_rules
 from gateway.service.pharmacist.timeline import PatientTimeline
+from gateway.transports.http.console import patient_view as view
 from gateway.transports.http.console.render import render
 from gateway.transports.http.console.session import Caller, caller_of
 from gateway.transports.http.console.worklist_pages import DONE

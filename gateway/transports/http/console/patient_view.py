@@ -1,4 +1,5 @@
-"""What the console's patient page shows, read from the resources the page loaded (pure: no I/O).
+"""What the console's patient page shows, read from the resources the page loaded (pure: no I/O; here
+rather than in gateway/pharmacist because it joins pharmacist, routing and mapping rules).
 
 - the header: name, identifiers, birth date, gender, preferred language, state of residence;
 - the care team: the current participants of the patient's active CareTeams;
