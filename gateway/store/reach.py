@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import resources as resources_store
@@ -14,9 +14,29 @@ from gateway.store.resources import Stored
 from gateway.store.tables import resource, sp_reference, sp_token
 
 
-async def active_care_teams(conn: AsyncConnection, practitioner_id: str) -> list[Stored]:
-    """The current, active CareTeams with `Practitioner/{practitioner_id}` among their participants (the
-    caller checks each participant's period: the index does not know it)."""
+async def roles_of(conn: AsyncConnection, practitioner_id: str) -> list[str]:
+    """The ids of the current PractitionerRoles of `Practitioner/{practitioner_id}`."""
+    query = (
+        select(resource.c.res_id)
+        .join(sp_reference, sp_reference.c.rid == resource.c.rid)
+        .where(
+            resource.c.res_type == "PractitionerRole",
+            resource.c.deleted.is_(False),
+            sp_reference.c.res_type == "PractitionerRole",
+            sp_reference.c.param == "practitioner",
+            sp_reference.c.target_type == "Practitioner",
+            sp_reference.c.target_id == practitioner_id,
+        )
+    )
+    return [rid for (rid,) in (await conn.execute(query)).all()]
+
+
+async def active_care_teams(conn: AsyncConnection, members: Iterable[tuple[str, str]]) -> list[Stored]:
+    """The current, active CareTeams with one of `members` ((type, id): a Practitioner or their roles)
+    among their participants (the caller checks each participant's period: the index does not know it)."""
+    wanted = list(members)
+    if not wanted:
+        return []
     member = sp_reference.alias("member")
     status = sp_token.alias("status")
     rids = (
@@ -28,8 +48,7 @@ async def active_care_teams(conn: AsyncConnection, practitioner_id: str) -> list
             resource.c.deleted.is_(False),
             member.c.res_type == "CareTeam",
             member.c.param == "participant",
-            member.c.target_type == "Practitioner",
-            member.c.target_id == practitioner_id,
+            or_(*[and_(member.c.target_type == t, member.c.target_id == i) for t, i in wanted]),
             status.c.res_type == "CareTeam",
             status.c.param == "status",
             status.c.code == "active",

@@ -303,3 +303,17 @@ async def test_records_opened_are_audited_under_the_persons_practitioner(
     for event in events:
         assert event["agent"][0]["who"]["reference"] == f"Practitioner/{world.ph1}"
         assert any(e.get("what", {}).get("reference") == f"Patient/{world.a}" for e in event["entity"])
+
+
+async def test_a_care_team_naming_the_pharmacists_role_counts(
+    world: World, person: Any, api: httpx.AsyncClient
+) -> None:
+    """Pharmacist matching assigns a PractitionerRole (one site, one caseload): it is the pharmacist too."""
+    role = await _make(
+        api, {"resourceType": "PractitionerRole", "practitioner": {"reference": f"Practitioner/{world.ph2}"}}
+    )
+    team = _team(world.c, world.ph2)
+    team["participant"] = [{"member": {"reference": f"PractitionerRole/{role}"}}]
+    await _make(api, team)
+    ph2 = await person(world, "pharmacist", world.ph2)
+    assert ids(await get_json(ph2, "/fhir/Patient")) == {f"Patient/{world.b}", f"Patient/{world.c}"}

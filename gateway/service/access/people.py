@@ -4,11 +4,12 @@ A person's reach is their role's (gateway/auth/roles.py) applied to the data, de
 consulted by every interaction (FhirService), every operation and every console page:
 
 - Patients' records (Patient and every type of the Patient compartment, gateway/fhir/compartment.py):
-  a pharmacist's are the patients of the active CareTeams that name their Practitioner as a current
-  participant; a coordinator's the patients with prior-authorization Tasks; an admin's every patient;
-  the analyst and the auditor reach none. A resource is in reach when every Patient it is linked to
-  through its compartment parameters is one of the person's, and it is linked to at least one (an
-  Observation naming no Patient belongs to nobody's record, so to no person's). Searches are narrowed
+  a pharmacist's are the patients of the active CareTeams that name their Practitioner, or one of their
+  PractitionerRoles, as a current participant; a coordinator's the patients with prior-authorization
+  Tasks; an admin's every patient; the analyst and the auditor reach none. A resource is in reach when
+  every Patient it is linked to through its compartment parameters is one of the person's, and it is
+  linked to at least one (an Observation naming no Patient belongs to nobody's record, so to no
+  person's). Searches are narrowed
   in SQL by the same rule (`PatientRestriction`), so pages and totals hold only what may be seen.
 - Types outside any patient's record that describe no patient (Practitioner, PractitionerRole,
   Organization, Medication) are in reach as their scopes allow.
@@ -97,9 +98,9 @@ class PersonAccess:
         return PatientRestriction(PATIENT_COMPARTMENT.get(resource_type, ()), self.patients)
 
 
-def care_team_patients(practitioner: str, teams: Iterable[JSON], now_us: int | None = None) -> set[str]:
-    """The patients (subjects) of these CareTeams on which `practitioner` (`Practitioner/ID`) is a current
-    participant (a participant whose period has ended no longer counts)."""
+def care_team_patients(members: set[str], teams: Iterable[JSON], now_us: int | None = None) -> set[str]:
+    """The patients (subjects) of these CareTeams on which one of `members` (`Practitioner/ID`,
+    `PractitionerRole/ID`) is a current participant (one whose period has ended no longer counts)."""
     at = dates.now_us() if now_us is None else now_us
     found: set[str] = set()
     for team in teams:
@@ -107,7 +108,7 @@ def care_team_patients(practitioner: str, teams: Iterable[JSON], now_us: int | N
         subject = holder.get("reference") if isinstance(holder, dict) else None
         if not isinstance(subject, str) or not subject.startswith("Patient/"):
             continue
-        if practitioner in current_members(team, at):
+        if members & set(current_members(team, at)):
             found.add(subject.split("/", 1)[1])
     return found
 
@@ -146,8 +147,15 @@ class People:
         if reach is Patients.ALL:
             patients = None
         elif reach is Patients.CARE_TEAM and user.practitioner:
-            teams = await reach_store.active_care_teams(conn, user.practitioner.split("/", 1)[1])
-            found = care_team_patients(user.practitioner, [_loads(t.content) for t in teams], self.clock())
+            # The person is on a CareTeam as their Practitioner or as one of their PractitionerRoles
+            # (pharmacist matching assigns roles: one site, one caseload).
+            practitioner_id = user.practitioner.split("/", 1)[1]
+            roles = await reach_store.roles_of(conn, practitioner_id)
+            members = [("Practitioner", practitioner_id), *(("PractitionerRole", r) for r in roles)]
+            teams = await reach_store.active_care_teams(conn, members)
+            found = care_team_patients(
+                {f"{t}/{i}" for t, i in members}, [_loads(t.content) for t in teams], self.clock()
+            )
             patients = frozenset(found)
         elif reach is Patients.PRIOR_AUTH:
             patients = frozenset(await reach_store.patients_with_tasks(conn, *PA_TASKS))

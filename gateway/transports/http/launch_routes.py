@@ -9,7 +9,6 @@ The consent form carries the session's CSRF token and the request's parameters, 
 from __future__ import annotations
 
 import html
-from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
@@ -31,6 +30,7 @@ from gateway.service.access.people import PersonAccess
 from gateway.service.gateway import Gateway
 from gateway.store.users import UserRecord
 from gateway.transports.http.audit_routes import record_of
+from gateway.transports.http.console.patient_view import patient_label
 from gateway.transports.http.console_routes import (
     _HEADERS,
     CSRF_FIELD,
@@ -147,17 +147,6 @@ async def _exists(request: Request, gateway: Gateway, person: PersonAccess, pati
     except FhirError:
         return False
     return True
-
-
-def patient_label(patient: dict[str, Any]) -> str:
-    """How a person recognises a patient in a list: name, then the first identifier."""
-    names = patient.get("name") or [{}]
-    first = names[0] if isinstance(names[0], dict) else {}
-    given = " ".join(g for g in first.get("given") or [] if isinstance(g, str))
-    name = " ".join(p for p in (given, str(first.get("family") or "")) if p) or "(no name)"
-    identifiers = [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
-    shown = next((str(v) for v in identifiers if v), f"Patient/{patient.get('id')}")
-    return f"{name} · {shown}"
 
 
 @router.get(

@@ -268,3 +268,14 @@ def chart_specs(
                 spec.thresholds.append((band.limit, label, band.severity, _DIRECTION[band.condition]))
         specs.append(spec)
     return specs
+
+
+def patient_label(patient: JSON) -> str:
+    """How a person recognises a patient in a list: name, then the first identifier."""
+    names = patient.get("name") or [{}]
+    first = names[0] if isinstance(names[0], dict) else {}
+    given = " ".join(g for g in first.get("given") or [] if isinstance(g, str))
+    name = " ".join(p for p in (given, str(first.get("family") or "")) if p) or "(no name)"
+    identifiers = [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
+    shown = next((str(v) for v in identifiers if v), f"Patient/{patient.get('id')}")
+    return f"{name} · {shown}"

@@ -26,6 +26,7 @@ from gateway.pharmacist.alerts import is_alert
 from gateway.pharmacist.timeline import INTERVENTION_DISPLAY
 from gateway.service.pharmacist.worklist import PharmacistWorklist
 from gateway.store import resources as resources_store
+from gateway.transports.http.console.patient_view import patient_label
 from gateway.transports.http.console.render import SECTIONS, render
 from gateway.transports.http.console.session import Caller, caller_of, csrf_ok, form_of
 
@@ -83,12 +84,28 @@ async def worklist_rows(caller: Caller) -> dict[str, Any]:
     if caller.reaches(Area.UNASSIGNED_WORK):
         found = await service.run(caller.ctx, [("unassigned", "true"), ("_count", "100")])
         unassigned = orjson.loads(found.body or b"{}")
+    rows = [*(own or {}).get("rows", []), *(unassigned or {}).get("rows", [])]
     return {
+        "names": await patient_names(caller, {_row_view(caller, r)["patient_id"] for r in rows}),
         "own": [_row_view(caller, r) for r in own["rows"]] if own else None,
         "own_total": own["total"] if own else 0,
         "unassigned": [_row_view(caller, r) for r in unassigned["rows"]] if unassigned else None,
         "unassigned_total": unassigned["total"] if unassigned else 0,
         "problem": problem,
+    }
+
+
+async def patient_names(caller: Caller, patient_ids: set[str]) -> dict[str, str]:
+    """Patients' names for the rows, as the person may read them (others keep their reference)."""
+    wanted = sorted(p for p in patient_ids if p and caller.person.sees_patient(p))
+    if not wanted or not caller.ctx.can("Patient", "s"):
+        return {}
+    found = await caller.gateway.fhir.search(caller.ctx, "Patient", [("_id", ",".join(wanted))])
+    bundle = orjson.loads(found.body or b"{}")
+    return {
+        str(e["resource"]["id"]): patient_label(e["resource"])
+        for e in bundle.get("entry", [])
+        if e.get("resource", {}).get("resourceType") == "Patient"
     }
 
 
