@@ -66,11 +66,14 @@ def _refs(resources: list[JSON], key: str) -> set[str]:
     }
 
 
-def _member_name(reference: str, practitioners: dict[str, JSON]) -> str:
-    found = practitioners.get(reference)
-    if found is None:
-        return reference
-    return f"{view.header(found).name} ({reference})"
+def _member_name(reference: str, practitioners: dict[str, JSON], roles: dict[str, JSON]) -> str:
+    """A care team member as a person reads it: the pharmacist's name (a role: its Practitioner's)."""
+    role = roles.get(reference)
+    person = reference
+    if role is not None:
+        person = next(iter(_refs([role], "practitioner")), reference)
+    found = practitioners.get(person)
+    return reference if found is None else f"{view.header(found).name} ({reference})"
 
 
 @router.get("/patients/{patient_id}")
@@ -126,7 +129,10 @@ async def _values(request: Request, caller: Caller, patient_id: str) -> dict[str
         else []
     )
     members = view.care_team(teams, now_us)
-    practitioners = await _by_id(caller, "Practitioner", set(members))
+    roles = await _by_id(caller, "PractitionerRole", set(members))
+    practitioners = await _by_id(
+        caller, "Practitioner", set(members) | _refs(list(roles.values()), "practitioner")
+    )
     charts = []
     for number, spec in enumerate(view.chart_specs(observations, list(applied.values()), WITHDRAWN_STATUSES)):
         svg = render_lab_chart(
@@ -151,7 +157,7 @@ async def _values(request: Request, caller: Caller, patient_id: str) -> dict[str
     values = {
         "patient_id": patient_id,
         "header": view.header(patient),
-        "care_team": [_member_name(m, practitioners) for m in members],
+        "care_team": [_member_name(m, practitioners, roles) for m in members],
         "orders": view.orders(requests, rules, medications),
         "prior_auths": view.prior_auths(tasks, today),
         "adherence": view.adherence(dispenses, medications, today),

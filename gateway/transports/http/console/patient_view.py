@@ -20,6 +20,7 @@ from typing import Any
 from gateway.fhir import dates
 from gateway.mapping.monitoring import DrugLabRule, MonitoringRules
 from gateway.pa.lifecycle import BUSINESS_STATUS_SYSTEM
+from gateway.pharmacist.dispenses import fills_from_dispenses
 from gateway.pharmacist.worklist import PA_TASK_CODES, current_members, lowest_pdc
 from gateway.routing import units
 from gateway.routing.labs import ordered_rules
@@ -169,10 +170,15 @@ def prior_auths(tasks: Iterable[JSON], today: date) -> list[PriorAuth]:
 
 
 def adherence(dispenses: Sequence[JSON], medications: Mapping[str, JSON], today: date) -> str:
+    """The lowest PDC, or why there is none (a pharmacist must not read "no PDC" as "adherent")."""
     lowest = lowest_pdc(dispenses, medications, today)
-    if lowest is None:
-        return "not enough fills to tell (two fills of a drug on different days are needed)"
-    return f"{float(lowest.pdc) * 100:.0f} % ({lowest.drug}, {lowest.start} to {lowest.end})"
+    if lowest is not None:
+        return f"{float(lowest.pdc) * 100:.0f} % ({lowest.drug}, {lowest.start} to {lowest.end})"
+    skipped = fills_from_dispenses(dispenses, medications).skipped
+    if skipped:
+        reasons = sorted({s.reason for s in skipped})
+        return f"not computed: {len(skipped)} of {len(dispenses)} dispenses not usable ({'; '.join(reasons)})"
+    return "not enough fills to tell (two fills of a drug on different days are needed)"
 
 
 @dataclass(slots=True)
@@ -264,7 +270,8 @@ def chart_specs(
                 if spec.threshold_unit and spec.threshold_unit != band.unit:
                     continue
                 spec.threshold_unit, spec.threshold_factor = band.unit, factor
-                label = f"{band.describe()} ({band.severity})"
+                # the chart writes "<label> <value> <unit> (<severity>)": the operator is the label
+                label = {"below": "<", "above": ">", "at_least": ">="}[band.condition]
                 spec.thresholds.append((band.limit, label, band.severity, _DIRECTION[band.condition]))
         specs.append(spec)
     return specs
