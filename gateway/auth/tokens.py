@@ -38,6 +38,7 @@ class AccessClaims:
     generation: int = 0
     user_id: str | None = None  # a person's token (a SMART app acting for them): their user id
     patient: str | None = None  # the patient chosen at launch (`launch/patient`), for a person's token
+    family: str | None = None  # a person's token: the code it descends from (revoked together)
 
 
 def issue_access_token(
@@ -138,12 +139,15 @@ def verify_access_token(token: str, *, key: bytes, issuer: str, now: int | None 
     if not isinstance(generation, int) or isinstance(generation, bool):
         raise InvalidToken("malformed token")
     if claims["sub"] != client_id:  # a person's token: `sub` is the user, `client_id` the app
-        patient = claims.get("patient")
-        if claims.get("token_use") != USER_TOKEN or (patient is not None and not isinstance(patient, str)):
+        patient, family = claims.get("patient"), claims.get("fam")
+        if claims.get("token_use") != USER_TOKEN or not all(
+            v is None or isinstance(v, str) for v in (patient, family)
+        ):
             raise InvalidToken("malformed token")
         return AccessClaims(
-            client_id, scope, int(claims["exp"]), str(claims["jti"]), user_id=claims["sub"], patient=patient
-        )
+            client_id, scope, int(claims["exp"]), str(claims["jti"]),
+            user_id=claims["sub"], patient=patient, family=family,
+        )  # fmt: skip
     return AccessClaims(client_id, scope, int(claims["exp"]), str(claims["jti"]), generation)
 
 
@@ -163,6 +167,7 @@ def issue_user_access_token(
     ttl_seconds: int,
     now: int,
     patient: str | None = None,
+    family: str | None = None,
 ) -> str:
     """An access token a SMART app gets for a person: `sub` is the user id, `client_id` the app, and
     `token_use` says so (a token whose `sub` differs from its client without it is refused); `patient`
@@ -182,6 +187,8 @@ def issue_user_access_token(
         claims["fhirUser"] = fhir_user
     if patient:
         claims["patient"] = patient
+    if family:
+        claims["fam"] = family
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE, "kid": kid})
 
 

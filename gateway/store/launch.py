@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.tables import auth_code, refresh_token
@@ -50,13 +50,32 @@ async def get_code(conn: AsyncConnection, code_hash: str) -> CodeRecord | None:
 
 
 async def use_code(conn: AsyncConnection, code_hash: str, now_us: int) -> bool:
-    """Mark the code used; False when it already was (or there is none)."""
+    """Mark the code used; False when it already was (it is then marked replayed) or there is none."""
     result = await conn.execute(
         update(auth_code)
         .where(auth_code.c.code_hash == code_hash, auth_code.c.used_us.is_(None))
         .values(used_us=now_us)
     )
-    return result.rowcount == 1
+    if result.rowcount == 1:
+        return True
+    await conn.execute(
+        update(auth_code)
+        .where(auth_code.c.code_hash == code_hash, auth_code.c.replayed_us.is_(None))
+        .values(replayed_us=now_us)
+    )
+    return False
+
+
+async def family_revoked(conn: AsyncConnection, family: str) -> bool:
+    """Whether the tokens descending from a code are dead: the code was replayed, or a refresh token of
+    the family was presented again (RFC 9700 4.5: tokens issued from a stolen code or token stop)."""
+    replayed = select(auth_code.c.code_hash).where(
+        auth_code.c.code_hash == family, auth_code.c.replayed_us.is_not(None)
+    )
+    revoked = select(refresh_token.c.token_hash).where(
+        refresh_token.c.family == family, refresh_token.c.revoked.is_(True)
+    )
+    return bool((await conn.execute(select(or_(exists(replayed), exists(revoked))))).scalar())
 
 
 async def delete_expired_codes(conn: AsyncConnection, before_us: int) -> None:

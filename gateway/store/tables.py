@@ -476,6 +476,7 @@ auth_code = Table(
     Column("expires_us", BigInteger, nullable=False),
     Column("used_us", BigInteger, nullable=True),
     Column("patient", String(64), nullable=True),  # chosen at launch (launch/patient)
+    Column("replayed_us", BigInteger, nullable=True),  # a used code came back: its tokens are dead
 )
 
 refresh_token = Table(

@@ -262,8 +262,12 @@ async def test_missing_or_wrong_verifier_and_reused_code_are_refused(
     code = await get_code(browser, client_id, user, challenge)
     good = await exchange(browser, code=code, client_id=client_id, code_verifier=verifier)
     assert good.status_code == 200, good.text
+    bearer = {"Authorization": f"Bearer {good.json()['access_token']}"}
+    assert (await browser.get("/fhir/Patient", headers=bearer)).status_code == 200
     again = await exchange(browser, code=code, client_id=client_id, code_verifier=verifier)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    # the replay killed the access token issued from the code (RFC 9700 4.5) ...
+    assert (await browser.get("/fhir/Patient", headers=bearer)).status_code == 401
     # the replay revoked the refresh token issued from the code
     refresh = await browser.post(
         "/auth/token",

@@ -280,7 +280,7 @@ class LaunchService:
             "access_token": issue_user_access_token(
                 key=key, kid=kid, issuer=ISSUER, client_id=app.client_id, user_id=user.id, scope=scope,
                 fhir_user=fhir_user if "fhirUser" in scopes else None, ttl_seconds=ttl, now=now,
-                patient=patient,
+                patient=patient, family=family,
             ),
             "token_type": "Bearer",
             "expires_in": ttl,

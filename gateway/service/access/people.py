@@ -37,6 +37,7 @@ from gateway.fhir.compartment import PATIENT_COMPARTMENT, REFERENCED_TYPES, comp
 from gateway.fhir.query import PatientRestriction
 from gateway.pa.lifecycle import TASK_TYPE_SYSTEM
 from gateway.pharmacist.worklist import PA_TASK_CODES, current_members
+from gateway.store import launch as launch_store
 from gateway.store import reach as reach_store
 from gateway.store import smart_apps as app_store
 from gateway.store import users as user_store
@@ -138,6 +139,8 @@ class People:
                 raise Unauthorized("The access token is not valid: its app was removed or disabled")
             if user is None or user.disabled:
                 raise Unauthorized("The access token is not valid: its user was removed or disabled")
+            if claims.family is not None and await launch_store.family_revoked(conn, claims.family):
+                raise Unauthorized("The access token is not valid: its authorization was revoked")
             return await self._access(conn, user, claims.patient)
 
     async def _access(self, conn: AsyncConnection, user: UserRecord, patient: str | None) -> PersonAccess:
