@@ -168,6 +168,7 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
     # Failed token requests of earlier tests (all from the test client's one address) start no back-off here.
     gw.auth.client_failures = FailureThrottle(gw.auth.client_failures.policy)
     gw.auth.address_failures = FailureThrottle(gw.auth.address_failures.policy)
+    gw.logins.address_failures = FailureThrottle(gw.logins.address_failures.policy)
     yield gw
 
 

@@ -16,6 +16,7 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from gateway.auth import passwords
+from gateway.auth.throttle import FailureThrottle, ThrottlePolicy
 from gateway.service.access import users as user_service
 from gateway.service.gateway import Gateway
 from gateway.store import users as user_store
@@ -320,3 +321,20 @@ async def test_every_attempt_is_an_audit_event(
         assert (
             await conn.execute(select(app_user.c.failed_logins).where(app_user.c.name == auditor))
         ).scalar() == 1
+
+
+async def test_an_address_spraying_many_accounts_is_slowed_before_any_password_is_checked(
+    gateway: Gateway, browser: httpx.AsyncClient
+) -> None:
+    """Per-account lockout does not stop one guess at each of many accounts: the address is throttled."""
+    gateway.logins.address_failures = FailureThrottle(ThrottlePolicy(free_failures=3, base_delay_s=60.0))
+    names = [await add_user(gateway) for _ in range(4)]
+    for name in names[:3]:
+        assert (await login(browser, name, "spring-2026-guess")).status_code == 401
+    assert (await login(browser, f"nobody-{uuid.uuid4().hex[:6]}", "spring-2026-guess")).status_code == 401
+    # now even the right password of an untouched account waits, and no account was locked by it
+    refused = await login(browser, names[3], PASSWORD)
+    assert refused.status_code == 429 and 0 < int(refused.headers["retry-after"]) <= 60
+    for name in names:
+        assert (await user_row(gateway, name)).locked_until_us is None
+    assert await session_count(gateway, names[3]) == 0

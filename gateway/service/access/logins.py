@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth import passwords
+from gateway.auth.throttle import FailureThrottle, ThrottlePolicy
 from gateway.fhir import dates
 from gateway.store import sessions as session_store
 from gateway.store import users as user_store
@@ -36,6 +37,12 @@ class LoginResult(enum.Enum):
     UNKNOWN_USER = "unknown user"
     LOCKED = "account locked"
     DISABLED = "account disabled"
+    THROTTLED = "too many failures from this address"  # before any password is looked at
+
+
+# Per source address, on top of the per-account lockout: an address that guesses across many accounts
+# (password spraying) waits, doubling from a second up to five minutes, after 20 failures in 15 minutes.
+ADDRESS_THROTTLE = ThrottlePolicy(free_failures=20, base_delay_s=1.0, max_delay_s=300.0, forget_after_s=900.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +103,26 @@ class LoginService:
         self.max_failures = max_failures
         self.lockout_max_minutes = lockout_max_minutes
         self.clock = clock
+        self.address_failures = FailureThrottle(ADDRESS_THROTTLE)
 
-    async def login(self, name: str, password: str, *, replacing: str | None = None) -> Attempt:
+    async def login(
+        self, name: str, password: str, *, replacing: str | None = None, address: str = ""
+    ) -> Attempt:
         """Check `name` and `password`; on success a new session (ending the one `replacing` names, so a
-        session id planted before the login is worth nothing after it)."""
+        session id planted before the login is worth nothing after it). An address with too many recent
+        failures is refused before anything is hashed."""
+        if address and self.address_failures.retry_after(address) > 0:
+            return Attempt(LoginResult.THROTTLED, None)
+        attempt = await self._login(name, password, replacing)
+        if address and attempt.result in (LoginResult.WRONG_PASSWORD, LoginResult.UNKNOWN_USER):
+            self.address_failures.failed(address)
+        return attempt
+
+    def retry_after(self, address: str) -> int:
+        """Whole seconds until `address` may try again (0: now)."""
+        return int(-(-self.address_failures.retry_after(address) // 1))
+
+    async def _login(self, name: str, password: str, replacing: str | None) -> Attempt:
         # Bounded before hashing: a form cannot make the server hash a megabyte.
         password = password[: passwords.MAX_LENGTH + 1]
         async with self.db.read() as conn:

@@ -158,11 +158,17 @@ async def login(request: Request, gateway: GatewayDep) -> Response:
         return _forbidden()
     assert csrf is not None
     name = form.get("username", "").strip()
+    address = request.client.host if request.client else ""
     attempt = await gateway.logins.login(
-        name, form.get("password", ""), replacing=request.cookies.get(SESSION_COOKIE)
+        name, form.get("password", ""), replacing=request.cookies.get(SESSION_COOKIE), address=address
     )
     _audit_login(request, attempt, name)
     next_url = safe_next(form.get("next"))
+    if attempt.result is LoginResult.THROTTLED:
+        wait = gateway.logins.retry_after(address)
+        refused = _login_form(csrf, f"Too many failed logins from this address: try again in {wait} s.", 429)
+        refused.headers["Retry-After"] = str(max(wait, 1))
+        return refused
     if attempt.session_id is None:
         return _login_form(csrf, REFUSED, 401, next_url)
     response = RedirectResponse(
