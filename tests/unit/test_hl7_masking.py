@@ -48,7 +48,7 @@ def test_segments_are_masked_field_by_field(segment: str, expected: str) -> None
 
 def test_a_very_long_field_is_replaced_not_kept_in_part() -> None:
     name = "A" * 200_000
-    (msh, pid) = masked_message(f"MSH|^~\\&|S|F|R|F|20240101||ADT^A01|C1|P|2.5\rPID|1||M1||{name}^B")
+    (_, pid) = masked_message(f"MSH|^~\\&|S|F|R|F|20240101||ADT^A01|C1|P|2.5\rPID|1||M1||{name}^B")
     assert pid == f"PID|1||{MASK}||{MASK}" and len(pid) < 40
 
 
