@@ -4,50 +4,12 @@ runs the message again."""
 
 from __future__ import annotations
 
-import re
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import httpx
-import pytest_asyncio
 
-from gateway.service.access import users as user_service
-from gateway.service.gateway import Gateway
-from gateway.transports.http.app import create_app
+from tests.api.conftest import Person
 from tests.api.test_console_worklist import csrf_of
 from tests.api.test_hl7_pipeline import log_entries, send
-from tests.conftest import TEST_PASSWORD_HASH_COST
 from tests.hl7_messages import anc_oru, pid
-
-PASSWORD = "message-log-password-1"
-Person = Callable[..., Awaitable[httpx.AsyncClient]]
-
-
-@pytest_asyncio.fixture
-async def person(gateway: Gateway) -> AsyncIterator[Person]:
-    """Makes a logged-in browser (cookies kept) for a new user of the given role."""
-    app = create_app(gateway.settings, gateway)
-    opened: list[httpx.AsyncClient] = []
-
-    async def make(role: str, practitioner: str | None = None) -> httpx.AsyncClient:
-        name = f"{role[:2]}-{uuid.uuid4().hex[:8]}"
-        await user_service.add_user(
-            gateway.db, name, role, practitioner, PASSWORD, cost=TEST_PASSWORD_HASH_COST
-        )
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
-        opened.append(client)
-        form = await client.get("/console/login")
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-        assert csrf is not None
-        answer = await client.post(
-            "/console/login", data={"username": name, "password": PASSWORD, "csrf_token": csrf.group(1)}
-        )
-        assert answer.status_code == 303, answer.text
-        return client
-
-    yield make
-    for client in opened:
-        await client.aclose()
 
 
 def oru_of_jane() -> str:
