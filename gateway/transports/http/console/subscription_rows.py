@@ -38,6 +38,7 @@ def endpoint_shown(endpoint: str | None) -> str:
         return ""
     parts = urlsplit(endpoint)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
