@@ -106,7 +106,9 @@ ROLES: dict[Role, RoleRules] = {
 CONSOLE_SCOPES: dict[Role, str] = {
     Role.PHARMACIST: "user/*.rs user/Task.u user/Communication.c",
     Role.COORDINATOR: "user/*.rs user/Task.cu user/Claim.c user/Communication.c",
-    Role.ANALYST: "hl7v2/messages.read hl7v2/messages.reprocess subscriptions/admin",
+    # Subscription read and update: the console's subscriptions page and its Reactivate (an update with
+    # `status: requested`, as a client reactivates its own).
+    Role.ANALYST: "user/Subscription.rus hl7v2/messages.read hl7v2/messages.reprocess subscriptions/admin",
     Role.AUDITOR: "audit/events.read",
     Role.ADMIN: (
         "user/*.cruds hl7v2/messages.read hl7v2/messages.reprocess subscriptions/admin audit/events.read"

@@ -3,7 +3,9 @@ stand-in and a specialty order ready for prior authorization."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -11,8 +13,11 @@ import pytest
 import pytest_asyncio
 
 from gateway.pa.payers import parse_payers
+from gateway.service.access import users as user_service
 from gateway.service.gateway import Gateway
+from gateway.transports.http.app import create_app
 from tests import factories as f
+from tests.conftest import TEST_PASSWORD_HASH_COST
 from tests.payer_standin import PayerStandIn
 from tests.receiver import Receiver
 
@@ -117,3 +122,35 @@ async def order(gateway: Gateway, api: httpx.AsyncClient, payer: PayerStandIn) -
         }
     )
     gateway.priorauth.payers = previous
+
+
+CONSOLE_PASSWORD = "console-password-1"
+Person = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest_asyncio.fixture
+async def person(gateway: Gateway) -> AsyncIterator[Person]:
+    """Makes a logged-in browser (cookies kept) for a new user of the given role."""
+    app = create_app(gateway.settings, gateway)
+    opened: list[httpx.AsyncClient] = []
+
+    async def make(role: str, practitioner: str | None = None) -> httpx.AsyncClient:
+        name = f"{role[:2]}-{uuid.uuid4().hex[:8]}"
+        await user_service.add_user(
+            gateway.db, name, role, practitioner, CONSOLE_PASSWORD, cost=TEST_PASSWORD_HASH_COST
+        )
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+        opened.append(client)
+        form = await client.get("/console/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert csrf is not None
+        answer = await client.post(
+            "/console/login",
+            data={"username": name, "password": CONSOLE_PASSWORD, "csrf_token": csrf.group(1)},
+        )
+        assert answer.status_code == 303, answer.text
+        return client
+
+    yield make
+    for client in opened:
+        await client.aclose()

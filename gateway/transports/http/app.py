@@ -32,8 +32,10 @@ from gateway.transports.http import (
     subscription_routes,
     timeline_routes,
 )
+from gateway.transports.http.console import message_pages as console_messages
 from gateway.transports.http.console import patient_pages as console_patient
 from gateway.transports.http.console import static_routes as console_static
+from gateway.transports.http.console import subscription_pages as console_subscriptions
 from gateway.transports.http.console import worklist_pages as console_worklist
 from gateway.transports.http.console.session import LoginNeeded, login_redirect
 from gateway.transports.http.docs import install_docs
@@ -100,6 +102,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(console_static.router)
     app.include_router(console_worklist.router)
     app.include_router(console_patient.router)
+    app.include_router(console_messages.router)
+    app.include_router(console_subscriptions.router)
     app.include_router(hl7_routes.router)
     app.include_router(ops_routes.router)
     _install_error_handlers(app)

@@ -12,7 +12,8 @@ from starlette.responses import Response
 
 from gateway.exceptions import BadRequest, NotFound
 from gateway.service.access.context import CREATE, READ, UPDATE, RequestContext
-from gateway.service.hl7.pipeline import Source
+from gateway.service.gateway import Gateway
+from gateway.service.hl7.pipeline import Result, Source
 from gateway.store import messages as message_log
 from gateway.store.messages import LoggedMessage
 from gateway.transports.http.deps import AuthCtx, GatewayDep
@@ -40,7 +41,7 @@ async def receive(request: Request, ctx: AuthCtx, gateway: GatewayDep) -> Respon
     )
 
 
-def _clinical(ctx: RequestContext, row: LoggedMessage) -> bool:
+def may_read_content(ctx: RequestContext, row: LoggedMessage) -> bool:
     """Whether the caller may read everything the message made (and so its content): Patient at least."""
     made = {str(r).split("/", 1)[0] for r in orjson.loads(row.resources)} | {"Patient"}
     return all(ctx.can(t, READ) for t in made)
@@ -49,7 +50,7 @@ def _clinical(ctx: RequestContext, row: LoggedMessage) -> bool:
 _QUOTED = re.compile(r"'[^']*'")
 
 
-def _masked_problems(problems: list[str]) -> list[str]:
+def masked_problems(problems: list[str]) -> list[str]:
     """Problem notes quote the values they could not map (a malformed birth date): hidden from readers
     who may not read the clinical content."""
     return [_QUOTED.sub("'***'", p) for p in problems]
@@ -81,7 +82,7 @@ def _summary(row: LoggedMessage, ctx: RequestContext) -> dict[str, Any]:
         "attempts": row.attempts,
         "received": row.received_us,
         "errors": orjson.loads(row.errors),
-        "problems": problems if _clinical(ctx, row) else _masked_problems(problems),
+        "problems": problems if may_read_content(ctx, row) else masked_problems(problems),
         "unusedSegments": orjson.loads(row.unused),
         "unmappedFields": orjson.loads(row.unmapped or "[]"),
         "notes": orjson.loads(row.notes or "[]"),
@@ -111,7 +112,7 @@ async def list_messages(
     return JSONResponse({"total": total, "messages": [_summary(r, ctx) for r in rows]})
 
 
-async def _load(gateway: Any, message_id: str) -> LoggedMessage:
+async def load_message(gateway: Gateway, message_id: str) -> LoggedMessage:
     async with gateway.db.read() as conn:
         row = await message_log.get(conn, message_id)
     if row is None:
@@ -119,13 +120,23 @@ async def _load(gateway: Any, message_id: str) -> LoggedMessage:
     return row
 
 
+async def reprocess_logged(gateway: Gateway, ctx: RequestContext, message_id: str) -> Result:
+    """Run a logged message again as first received (the API's `$reprocess` and the console's button):
+    the pipeline checks the caller may write what it makes."""
+    ctx.require_operation(LOG_REPROCESS)
+    row = await load_message(gateway, message_id)
+    return await gateway.pipeline.submit(
+        row.raw, Source("reprocess", f"log:{message_id}", ctx.audit), ctx=ctx, reprocess_id=message_id
+    )
+
+
 @router.get("/hl7v2/messages/{message_id}", summary="one logged message, with its content and ACK")
 async def get_message(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
     """The message with its ACK; its raw content only for a reader who may read what it made (else its
     structure, values masked, and `rawMasked: true`)."""
     ctx.require_operation(LOG_READ)
-    row = await _load(gateway, message_id)
-    clinical = _clinical(ctx, row)
+    row = await load_message(gateway, message_id)
+    clinical = may_read_content(ctx, row)
     raw = row.raw if clinical else masked_raw(row.raw)
     return JSONResponse({**_summary(row, ctx), "raw": raw, "rawMasked": not clinical, "ack": row.ack})
 
@@ -174,11 +185,7 @@ async def sender_coverage(sender: str, ctx: AuthCtx, gateway: GatewayDep) -> JSO
     "/hl7v2/messages/{message_id}/$reprocess", summary="run a logged message again (after a mapping fix)"
 )
 async def reprocess(message_id: str, ctx: AuthCtx, gateway: GatewayDep) -> JSONResponse:
-    ctx.require_operation(LOG_REPROCESS)
-    row = await _load(gateway, message_id)
-    result = await gateway.pipeline.submit(
-        row.raw, Source("reprocess", f"log:{message_id}", ctx.audit), ctx=ctx, reprocess_id=message_id
-    )
+    result = await reprocess_logged(gateway, ctx, message_id)
     return JSONResponse(
         {"id": result.log_id, "ackCode": result.code, "errors": result.errors, "ack": result.ack}
     )
