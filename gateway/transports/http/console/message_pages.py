@@ -3,8 +3,13 @@ segments, ACK, resources, errors and unmapped fields, and a Reprocess button.
 
 Read through the same store functions and checks as `/hl7v2/messages` (hl7_routes.py): the log needs
 `hl7v2/messages.read`; the content is shown as sent only to a person with clinical values who may read
-everything the message made, and masked otherwise (gateway/adapters/hl7v2/masking.py). Reprocessing is
-the API's `$reprocess` (hl7_routes.reprocess_logged), so the pipeline checks the same write rights.
+everything the message made, and masked otherwise (gateway/adapters/hl7v2/masking.py).
+
+Reprocessing (the API's `$reprocess`, hl7_routes.reprocess_logged) needs the role's
+`hl7v2/messages.reprocess` and then runs the message as the pipeline does on receipt, with the
+pipeline's own rights: an analyst, whose job is to run a message again once its mapping is fixed, holds
+the operation but no right to write patients' records, and the message writes what its sender sent, not
+what the analyst chose. The request's AuditEvent names the person who pressed the button.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from gateway.adapters.hl7v2 import masking
 from gateway.auth.roles import Area
 from gateway.exceptions import FhirError
 from gateway.fhir import dates
+from gateway.service.access.context import RequestContext
 from gateway.store import messages as message_log
 from gateway.store.messages import LoggedMessage
 from gateway.transports.http.console.render import render
@@ -143,7 +149,11 @@ async def reprocess(message_id: str, request: Request) -> Response:
     if not csrf_ok(form, caller):
         return render(request, caller, "refused.html", "Refused", {"message": _EXPIRED}, 403)
     try:
-        result = await reprocess_logged(caller.gateway, caller.ctx, message_id)
+        caller.ctx.require_operation(LOG_REPROCESS)
+        as_pipeline = RequestContext(
+            base_url=caller.ctx.base_url, client_id=caller.ctx.client_id, audit=caller.ctx.audit
+        )
+        result = await reprocess_logged(caller.gateway, as_pipeline, message_id)
     except FhirError as exc:
         reason = f"The message was not processed again: {exc}"
         return await _message_page(request, caller, message_id, reason, exc.status)
