@@ -33,6 +33,7 @@ from gateway.transports.http import (
     timeline_routes,
 )
 from gateway.transports.http.console import message_pages as console_messages
+from gateway.transports.http.console import metrics_pages as console_metrics
 from gateway.transports.http.console import pa_pages as console_pa
 from gateway.transports.http.console import patient_pages as console_patient
 from gateway.transports.http.console import static_routes as console_static
@@ -103,6 +104,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(console_static.router)
     app.include_router(console_worklist.router)
     app.include_router(console_pa.router)
+    app.include_router(console_metrics.router)
     app.include_router(console_patient.router)
     app.include_router(console_messages.router)
     app.include_router(console_subscriptions.router)
