@@ -124,3 +124,15 @@ async def test_a_pharmacist_sees_no_prior_authorizations(api: httpx.AsyncClient,
     moved = await me.post(f"/console/pa/{seen['overdue']}/withdraw", data={"csrf_token": csrf})
     assert moved.status_code == 403
     assert (await task_of(api, seen["overdue"]))["status"] == "requested"
+
+
+async def test_an_appeal_goes_to_the_operation_and_its_refusal_is_shown(
+    api: httpx.AsyncClient, login: Login
+) -> None:
+    seen = await seeded(api)
+    me = await login("coordinator", None)
+    csrf = csrf_of((await me.get("/console/pa")).text)
+    answer = await me.post(f"/console/pa/{seen['overdue']}/appeal", data={"csrf_token": csrf})
+    assert answer.status_code == 409 and "Only a denied prior authorization can be appealed" in answer.text
+    assert "The action was refused" in answer.text and 'data-status="submitted"' in answer.text
+    assert (await task_of(api, seen["overdue"]))["status"] == "requested"

@@ -317,3 +317,16 @@ async def test_a_care_team_naming_the_pharmacists_role_counts(
     await _make(api, team)
     ph2 = await person(world, "pharmacist", world.ph2)
     assert ids(await get_json(ph2, "/fhir/Patient")) == {f"Patient/{world.b}", f"Patient/{world.c}"}
+
+
+async def test_the_pa_operations_refuse_a_users_token(
+    world: World, person: Any, api: httpx.AsyncClient
+) -> None:
+    # $appeal and $cancel read and write with the PA service's own context, without a person's reach:
+    # a person reaches them only through the console, which reads the Task with their context first.
+    ph1 = await person(world, "pharmacist", world.ph1, scope="user/*.cruds")
+    for operation in ("$cancel", "$appeal"):
+        answer = await ph1.post(f"/fhir/Task/{world.pa_task_b}/{operation}")
+        assert answer.status_code == 403, (operation, answer.text)
+    task = (await api.get(f"/fhir/Task/{world.pa_task_b}")).json()
+    assert task["businessStatus"]["coding"][0]["code"] == "submitted"

@@ -4,8 +4,9 @@ lifecycle order (gateway/pa/board.py), with appeal (a denied request) and withdr
 Every read goes through the FHIR service with the person's context, so a coordinator sees the PA Tasks of
 their patients and nothing else. The actions call the same operations as `POST /fhir/Task/{id}/$appeal`
 and `$cancel` (gateway/service/priorauth/operations.py). Those check the context's scopes but then read
-and write the store with the PA service's internal context, without the person's reach: so the Task is
-read here first with the person's context, and a Task out of their reach is a 404 before anything moves.
+and write the store with the PA service's internal context, without the person's reach (their FHIR routes
+refuse a user's token for that reason): so the Task is read here first with the person's context, and a
+Task out of their reach is a 404 before anything moves.
 """
 
 from __future__ import annotations
