@@ -10,12 +10,11 @@ import httpx
 import pytest
 
 from tests import factories as f
-from tests.api.console_login import Login, login
+from tests.api.conftest import Person
 from tests.api.test_console_worklist import care_team
 from tests.api.test_measures import alert, create, put
 
 pytestmark = pytest.mark.asyncio
-__all__ = ["login"]  # the fixture, used by name
 
 
 def figure(page: str, group: str) -> str:
@@ -24,7 +23,7 @@ def figure(page: str, group: str) -> str:
 
 
 async def test_an_alert_acknowledged_after_three_hours_shows_overall_and_for_its_pharmacist(
-    api: httpx.AsyncClient, login: Login
+    api: httpx.AsyncClient, person: Person
 ) -> None:
     practitioner = (await create(api, {"resourceType": "Practitioner", "name": [{"family": "Okafor"}]}))["id"]
     await create(
@@ -42,7 +41,7 @@ async def test_an_alert_acknowledged_after_three_hours_shows_overall_and_for_its
     owner = {"reference": f"Practitioner/{practitioner}"}
     await put(api, {**raised, "owner": owner, "status": "accepted"})
 
-    me = await login("pharmacist", f"Practitioner/{practitioner}")
+    me = await person("pharmacist", f"Practitioner/{practitioner}")
     page = await me.get("/console/metrics")
     assert page.status_code == 200, page.text
     acknowledge = figure(page.text, "acknowledge")
@@ -60,11 +59,11 @@ async def test_an_alert_acknowledged_after_three_hours_shows_overall_and_for_its
 
 
 async def test_a_role_that_reads_no_clinical_data_gets_no_figures(
-    api: httpx.AsyncClient, login: Login
+    api: httpx.AsyncClient, person: Person
 ) -> None:
-    me = await login("analyst", None)
+    me = await person("analyst")
     page = await me.get("/console/metrics")
     assert page.status_code == 200
     assert "Not available to this user." in page.text and "data-value" not in page.text
-    coordinator = await login("coordinator", None)
+    coordinator = await person("coordinator")
     assert (await coordinator.get("/console/metrics")).status_code == 403

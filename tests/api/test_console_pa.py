@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from tests import factories as f
-from tests.api.console_login import Login, csrf_of, login
+from tests.api.conftest import Person
+from tests.api.test_console_worklist import csrf_of
 from tests.api.test_worklist import at, create, day, order, pa
 
 pytestmark = pytest.mark.asyncio
-__all__ = ["login"]  # the fixture, used by name
 
 
 async def task_of(api: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
@@ -39,10 +39,10 @@ async def seeded(api: httpx.AsyncClient) -> dict[str, str]:
 
 
 async def test_the_coordinator_sees_state_due_date_breach_and_expiry(
-    api: httpx.AsyncClient, login: Login
+    api: httpx.AsyncClient, person: Person
 ) -> None:
     seen = await seeded(api)
-    me = await login("coordinator", None)
+    me = await person("coordinator")
     page = await me.get("/console/pa")
     assert page.status_code == 200, page.text
     assert page.headers["cache-control"] == "no-store"
@@ -62,10 +62,10 @@ async def test_the_coordinator_sees_state_due_date_breach_and_expiry(
 
 
 async def test_withdrawing_needs_the_forms_token_and_cancels_the_task(
-    api: httpx.AsyncClient, login: Login
+    api: httpx.AsyncClient, person: Person
 ) -> None:
     seen = await seeded(api)
-    me = await login("coordinator", None)
+    me = await person("coordinator")
     csrf = csrf_of((await me.get("/console/pa")).text)
     target = f"/console/pa/{seen['overdue']}/withdraw"
     refused = await me.post(target, data={"csrf_token": "forged", "reason": "no longer needed"})
@@ -82,16 +82,16 @@ async def test_withdrawing_needs_the_forms_token_and_cancels_the_task(
     assert "Request withdrawn." in page.text and 'data-status="cancelled"' in page.text
 
 
-async def test_a_refused_move_is_shown_and_changes_nothing(api: httpx.AsyncClient, login: Login) -> None:
+async def test_a_refused_move_is_shown_and_changes_nothing(api: httpx.AsyncClient, person: Person) -> None:
     seen = await seeded(api)
-    me = await login("coordinator", None)
+    me = await person("coordinator")
     csrf = csrf_of((await me.get("/console/pa")).text)
     answer = await me.post(f"/console/pa/{seen['denied']}/withdraw", data={"csrf_token": csrf})
     assert answer.status_code == 409 and "cannot go from denied to cancelled" in answer.text
     assert (await task_of(api, seen["denied"]))["businessStatus"]["coding"][0]["code"] == "denied"
 
 
-async def test_a_task_out_of_reach_is_not_found_and_not_moved(api: httpx.AsyncClient, login: Login) -> None:
+async def test_a_task_out_of_reach_is_not_found_and_not_moved(api: httpx.AsyncClient, person: Person) -> None:
     # An alert Task of a patient without prior authorizations: outside a coordinator's reach.
     other = await create(api, f.patient())
     alert = await create(
@@ -104,7 +104,7 @@ async def test_a_task_out_of_reach_is_not_found_and_not_moved(api: httpx.AsyncCl
             "authoredOn": at(-1),
         },
     )
-    me = await login("coordinator", None)
+    me = await person("coordinator")
     csrf = csrf_of((await me.get("/console/pa")).text)
     for action in ("withdraw", "appeal"):
         answer = await me.post(f"/console/pa/{alert}/{action}", data={"csrf_token": csrf})
@@ -113,10 +113,10 @@ async def test_a_task_out_of_reach_is_not_found_and_not_moved(api: httpx.AsyncCl
     assert (await task_of(api, alert))["status"] == "ready"
 
 
-async def test_a_pharmacist_sees_no_prior_authorizations(api: httpx.AsyncClient, login: Login) -> None:
+async def test_a_pharmacist_sees_no_prior_authorizations(api: httpx.AsyncClient, person: Person) -> None:
     seen = await seeded(api)
     practitioner = await create(api, {"resourceType": "Practitioner", "name": [{"family": "Other"}]})
-    me = await login("pharmacist", f"Practitioner/{practitioner}")
+    me = await person("pharmacist", f"Practitioner/{practitioner}")
     page = await me.get("/console/pa")
     assert page.status_code == 403 and seen["overdue"] not in page.text
     assert 'href="/console/pa"' not in (await me.get("/console")).text
@@ -127,10 +127,10 @@ async def test_a_pharmacist_sees_no_prior_authorizations(api: httpx.AsyncClient,
 
 
 async def test_an_appeal_goes_to_the_operation_and_its_refusal_is_shown(
-    api: httpx.AsyncClient, login: Login
+    api: httpx.AsyncClient, person: Person
 ) -> None:
     seen = await seeded(api)
-    me = await login("coordinator", None)
+    me = await person("coordinator")
     csrf = csrf_of((await me.get("/console/pa")).text)
     answer = await me.post(f"/console/pa/{seen['overdue']}/appeal", data={"csrf_token": csrf})
     assert answer.status_code == 409 and "Only a denied prior authorization can be appealed" in answer.text
