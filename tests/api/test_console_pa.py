@@ -53,7 +53,7 @@ async def test_the_coordinator_sees_state_due_date_breach_and_expiry(
     overdue = row_of(text, seen["overdue"])
     assert 'data-breached="true"' in overdue and "SLA breached" in overdue
     assert "clozapine 100 MG Oral Tablet" in overdue and "Organization/payer-1" in overdue
-    assert f"Patient/{seen['patient']}" in overdue
+    assert f"/console/patients/{seen['patient']}" in overdue
     assert "Withdraw" in overdue and "Appeal" not in overdue
     denied = row_of(text, seen["denied"])
     assert "Step therapy not tried" in denied and "Appeal" in denied and "Withdraw" not in denied

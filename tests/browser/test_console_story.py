@@ -10,6 +10,7 @@ patient's care team) cannot open the patient. Screenshots of each page go to tes
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -43,7 +44,8 @@ async def sign_in(page: Page, person: Person) -> None:
     await page.get_by_label("User name").fill(person.name)
     await page.get_by_label("Password").fill(person.password)
     await page.get_by_role("button", name="Sign in").click()
-    await expect(page).to_have_url("/console")
+    # the console's home, or for a role without a worklist its first section
+    await expect(page).to_have_url(re.compile(r"/console(/(messages|pa|subscriptions|metrics))?$"))
 
 
 def new_anc(summary: dict[str, Any], value: str) -> str:
@@ -127,3 +129,38 @@ async def test_a_pharmacist_works_a_live_alert_and_a_colleague_cannot_open_the_p
     assert "Reyes" not in await colleague.content()
     await screenshot(colleague, "console-patient-refused")
     await other.close()
+
+    # The other pages, on the same data: an admin's PA board, metrics, subscriptions and message log, and
+    # an analyst's message log, masked.
+    admin = await browser.new_context(
+        base_url=console_server.base_url, viewport={"width": 1280, "height": 900}
+    )
+    boss = await admin.new_page()
+    await sign_in(boss, add_user(console_server, "admin", None))
+    await boss.goto("/console/pa")
+    await expect(boss.get_by_role("heading", level=1)).to_have_text("Prior authorizations")
+    await expect(boss.locator("main")).to_contain_text("approved")
+    await screenshot(boss, "console-pa-board")
+    await boss.goto("/console/metrics")
+    await expect(boss.get_by_role("heading", level=1)).to_have_text("Metrics")
+    await expect(boss.locator("svg[role=img]").first).to_be_visible()
+    await screenshot(boss, "console-metrics")
+    await boss.goto("/console/subscriptions")
+    await expect(boss.get_by_role("heading", level=1)).to_have_text("Subscriptions")
+    await screenshot(boss, "console-subscriptions")
+    await admin.close()
+    analyst = await browser.new_context(
+        base_url=console_server.base_url, viewport={"width": 1280, "height": 900}
+    )
+    reader_page = await analyst.new_page()
+    await sign_in(reader_page, add_user(console_server, "analyst", None))
+    await reader_page.goto("/console/messages")
+    await expect(reader_page.get_by_role("heading", level=1)).to_have_text("Message log")
+    await expect(reader_page.locator("main")).to_contain_text("ORU^R01")
+    await screenshot(reader_page, "console-message-log")
+    await reader_page.locator('a[href^="/console/messages/"]').first.click()
+    await expect(reader_page.locator("main")).to_contain_text("MSH")
+    shown = await reader_page.content()
+    assert "Reyes" not in shown and "REYES" not in shown  # the patient's name is masked for an analyst
+    await screenshot(reader_page, "console-message-masked")
+    await analyst.close()

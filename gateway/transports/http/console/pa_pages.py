@@ -26,6 +26,7 @@ from gateway.pa.lifecycle import TASK_TYPE_SYSTEM
 from gateway.pharmacist.worklist import PA_TASK_CODES
 from gateway.transports.http.console.render import render
 from gateway.transports.http.console.session import Caller, caller_of, csrf_ok, form_of
+from gateway.transports.http.console.worklist_pages import patient_names
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -70,8 +71,15 @@ async def _board_page(
         return render(request, caller, "refused.html", "Refused", message, 403)
     found, orders, total = await pa_tasks(caller)
     columns = board.board(found, orders, dates.now_us())
+    patients = {
+        c.patient.split("/", 1)[1]
+        for col in columns
+        for c in col.cards
+        if c.patient is not None and c.patient.startswith("Patient/")
+    }
     values = {
         "columns": columns,
+        "names": await patient_names(caller, patients),
         "shown": len(found),
         "total": total,
         "breached": sum(1 for c in columns for card in c.cards if card.breached),
