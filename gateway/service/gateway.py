@@ -10,6 +10,7 @@ from gateway.fhir.profiles import ProfileSet
 from gateway.fhir.query import SearchLimits
 from gateway.fhir.validation import Validator
 from gateway.mapping import files as mapping_files
+from gateway.mapping.fhir_clients import load_fhir_clients
 from gateway.mapping.files import MappingSet
 from gateway.mapping.monitoring import load_monitoring
 from gateway.pa.payers import load_payers
@@ -22,6 +23,7 @@ from gateway.service.access.logins import LoginService
 from gateway.service.access.people import People
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
+from gateway.service.fhirapi.ehr_feeds import EhrFeeds
 from gateway.service.fhirapi.interactions import FhirService
 from gateway.service.hl7.pipeline import Pipeline, limits_of, warm_worker
 from gateway.service.pharmacist.alerts import AlertService
@@ -75,6 +77,7 @@ class Gateway:
         # A bad payers file, mapping file or time zone fails the start before the database is touched.
         payers = load_payers(settings.payers_file)
         mappings = mapping_files.load(settings.mappings_dir)
+        ehr_clients = load_fhir_clients(settings.mappings_dir / "fhir" / "clients")
         default_zone = mapping_files.default_zone(settings.hl7_default_offset)
         kek = key_encryption_from(settings)  # a malformed key stops the start here too
         db = Database(
@@ -142,6 +145,7 @@ class Gateway:
         monitoring = MonitoringCalendar(fhir, manager.rules, interval_s=settings.monitoring_sweep_seconds)
         fhir.write_observers.append(monitoring.observe)
         fhir.policies["Subscription"] = SubscriptionPolicy(manager)
+        fhir.feeds = EhrFeeds(ehr_clients) if ehr_clients else None
         await pa_tracking.backfill(db)
         await manager.reload()
         deliverer = Deliverer(

@@ -184,3 +184,9 @@ async def remember_assertion(
     except IntegrityError:
         return False
     return True
+
+
+async def any_named(conn: AsyncConnection, names: list[str]) -> bool:
+    """Whether a client is registered under one of these names (enabled or not)."""
+    found = await conn.execute(select(api_client.c.client_id).where(api_client.c.name.in_(names)).limit(1))
+    return found.first() is not None

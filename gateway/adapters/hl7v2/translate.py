@@ -30,6 +30,7 @@ from gateway.adapters.hl7v2.run import (
     segments_in,
 )
 from gateway.adapters.hl7v2.structure import Group, group_message
+from gateway.mapping.codes import replace_coding
 from gateway.mapping.files import MappingSet, Site
 from gateway.mapping.zones import UTC, Zone
 
@@ -302,7 +303,7 @@ def _apply_site(site: Site, run: _Run) -> None:
             if resource["resourceType"] != rule.get("resource", resource["resourceType"]):
                 continue
             concept = resource.get(rule.get("element", "code"))
-            if isinstance(concept, dict) and _replace_coding(concept, rule):
+            if isinstance(concept, dict) and replace_coding(concept, rule):
                 run.ctx.problems.append(
                     f"{resource['resourceType']}.{rule.get('element', 'code')}: local code "
                     f"{rule['from'].get('code')} replaced by site {site.name}"
@@ -323,16 +324,3 @@ def _apply_site(site: Site, run: _Run) -> None:
                         produced.resource.setdefault("extension", []).append(
                             {"url": target["extension"], f"value{suffix}": converted}
                         )
-
-
-def _replace_coding(concept: dict[str, Any], rule: dict[str, Any]) -> bool:
-    """Put the site's standard coding first when a local coding matches; keep the local one after it."""
-    wanted = rule["from"]
-    codings = concept.get("coding") or []
-    for coding in codings:
-        if coding.get("code") == wanted.get("code") and (
-            "system" not in wanted or coding.get("system", "") == wanted["system"]
-        ):
-            concept["coding"] = [dict(rule["to"]), *[c for c in codings if c != rule["to"]]]
-            return True
-    return False

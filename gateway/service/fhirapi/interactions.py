@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.adapters.fhir.results import merged_marks
 from gateway.exceptions import (
     BadRequest,
     Conflict,
@@ -35,9 +36,11 @@ from gateway.fhir.outcome import outcome_bytes
 from gateway.fhir.query import QueryParser, SearchLimits, SearchQuery, parse_offset
 from gateway.fhir.urls import check_id, check_type
 from gateway.fhir.validation import Validator
+from gateway.mapping.fhir_clients import FhirClientMapping
 from gateway.service.access.authorization import ResourcePolicy, check_query, restrict_to
 from gateway.service.access.context import CREATE, DELETE, READ, SEARCH, UPDATE, RequestContext
 from gateway.service.access.people import Reach
+from gateway.service.fhirapi.ehr_feeds import EhrFeeds
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store.database import Database
@@ -186,6 +189,8 @@ class FhirService:
         self.write_observers: list[WriteObserver] = []
         # Rules beyond scopes for some types (Subscriptions belong to their creator): see authorization.py.
         self.policies: dict[str, ResourcePolicy] = {}
+        # EHRs that push FHIR (mappings/fhir/clients/): codes, Provenance, one result per lab result.
+        self.feeds: EhrFeeds | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -473,9 +478,59 @@ class FhirService:
                 return self.written(ctx, existing, 200, [])
         if issues is None:
             issues = self.validate(resource)
+        mapping = await self.feeds.mapping_for(conn, ctx.client_id) if self.feeds is not None else None
+        if mapping is not None and self.feeds is not None:
+            self.feeds.normalize(mapping, resource)
+            if mapping.merge_results and rtype == "Observation":
+                twin = await self.feeds.twin_of(conn, resource, self.local_bases(ctx), from_feed_only=False)
+                if twin is not None:
+                    return await self._merge_into(conn, ctx, twin, resource, mapping, issues)
         pending = self.plan_new(ctx, resource, resource_id or str(uuid.uuid4()), "POST", dates.now_us())
         (stored,) = await self.write_versions(conn, ctx, [pending])
+        if mapping is not None:
+            await self._feed_provenance(conn, ctx, mapping, stored, "CREATE")
         return self.written(ctx, stored, 201, issues)
+
+    async def _merge_into(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        twin: Stored,
+        pushed: JSON,
+        mapping: FhirClientMapping,
+        issues: list[Issue],
+    ) -> Outcome:
+        """A result the EHR pushes that is already stored: one Observation, knowing both sources' marks."""
+        assert twin.content is not None
+        merged = merged_marks(jsonio.loads(twin.content), pushed)
+        planner = RequestContext(base_url=ctx.base_url)  # the merge is the gateway's, not an update asked for
+        plan = self.plan_update(planner, merged, twin.id, twin, None, dates.now_us())
+        if isinstance(plan, Stored):
+            stored = plan
+        else:
+            (stored,) = await self.write_versions(conn, ctx, [plan])
+        await self._feed_provenance(conn, ctx, mapping, stored, "UPDATE")
+        note = Issue(
+            "information",
+            "duplicate",
+            f"The same result is stored already: merged into Observation/{twin.id}",
+        )
+        return self.written(ctx, stored, 200, [*issues, note])
+
+    async def _feed_provenance(
+        self,
+        conn: AsyncConnection,
+        ctx: RequestContext,
+        mapping: FhirClientMapping,
+        stored: Stored,
+        activity: str,
+    ) -> None:
+        assert self.feeds is not None and ctx.client_id is not None
+        target = f"{stored.type}/{stored.id}/_history/{stored.version}"
+        provenance = self.feeds.provenance(mapping, ctx.client_id, [target], activity)
+        await self.write_versions(
+            conn, ctx, [self.plan_new(ctx, provenance, str(uuid.uuid4()), "POST", dates.now_us())]
+        )
 
     async def update_on(
         self,
@@ -490,6 +545,9 @@ class FhirService:
         check_id(resource_id)
         if issues is None:
             issues = self.validate(resource)
+        mapping = await self.feeds.mapping_for(conn, ctx.client_id) if self.feeds is not None else None
+        if mapping is not None and self.feeds is not None:
+            self.feeds.normalize(mapping, resource)
         current = await store.current(conn, resource["resourceType"], resource_id)
         if current is not None and not current.deleted:
             self._check_person(ctx, current)
@@ -502,6 +560,8 @@ class FhirService:
             return self.written(ctx, plan, 200, issues)
         (stored,) = await self.write_versions(conn, ctx, [plan])
         created = current is None or current.deleted
+        if mapping is not None:
+            await self._feed_provenance(conn, ctx, mapping, stored, "CREATE" if created else "UPDATE")
         return self.written(ctx, stored, 201 if created else 200, issues)
 
     async def delete_on(

@@ -74,6 +74,18 @@ def adopt(translation: Translation, old_id: str, new_id: str) -> None:
         translation.merge = (prior, new_id if survivor == old_id else survivor)
 
 
+def rename(translation: Translation, resource_type: str, old_id: str, new_id: str) -> None:
+    """File the message's `resource_type`/`old_id` under `new_id`: its id and every reference to it."""
+    old, new = f"{resource_type}/{old_id}", f"{resource_type}/{new_id}"
+    for produced in translation.resources:
+        resource = produced.resource
+        if resource["resourceType"] == resource_type and resource["id"] == old_id:
+            resource["id"] = new_id
+        for reference in iter_references(resource):
+            if reference["reference"] == old:
+                reference["reference"] = new
+
+
 def _identity_digest(patient: JSON) -> str:
     """Which identity a message claims (its name, birth date, sex), as a digest: no PHI in ids."""
     claimed = [patient.get("name"), patient.get("birthDate"), patient.get("gender")]

@@ -38,6 +38,7 @@ import orjson
 from sqlalchemy import exc as sql_errors
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.adapters.fhir.results import merged_marks
 from gateway.adapters.hl7v2 import loss, structure
 from gateway.adapters.hl7v2.ack import AckError, build_ack, build_nak, hl7_timestamp
 from gateway.adapters.hl7v2.er7 import (
@@ -65,7 +66,7 @@ from gateway.service import workers
 from gateway.service.access.context import CREATE, UPDATE, RequestContext
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.interactions import FhirService
-from gateway.service.hl7.patient_matching import IdentityOutcome, Matcher, replace_patient
+from gateway.service.hl7.patient_matching import IdentityOutcome, Matcher, rename, replace_patient
 from gateway.service.hl7.patient_merge import merged_versions
 from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import messages as message_log
@@ -903,6 +904,7 @@ class _Batch:
         """Plan every resource of the message (and its Provenance); returns their versioned references."""
         assert job.translation is not None
         translation = job.translation
+        await self._adopt_twins(translation)
         refs: list[str] = []
         for number, produced in enumerate(translation.resources, 1):
             if number % PLAN_SLICE == 0:
@@ -923,6 +925,29 @@ class _Batch:
         if refs:  # a Provenance always has targets (R4: target is 1..*)
             refs.append(self._plan(self._provenance(job, log_id, refs), "replace"))
         return refs
+
+    async def _adopt_twins(self, translation: Translation) -> None:
+        """A lab result an EHR pushed over FHIR before the lab's message came (gateway/adapters/fhir/
+        results.py): the message's new Observation is filed under that one's id, so it is one Observation
+        with the lab's content, keeping the EHR's identifiers and feed tag. Only when an EHR feed merges
+        results (no look-up otherwise), and only for Observations the gateway has not stored yet."""
+        feeds = self.fhir.feeds
+        if feeds is None or not await feeds.merging(self.conn):
+            return
+        bases = self.fhir.local_bases(self.pipeline.ctx)
+        for produced in translation.resources:
+            resource = produced.resource
+            stored = self.currents.get(("Observation", resource["id"]))
+            if resource["resourceType"] != "Observation" or (stored is not None and not stored.deleted):
+                continue
+            twin = await feeds.twin_of(self.conn, resource, bases, from_feed_only=True)
+            if twin is None or twin.content is None:
+                continue
+            rename(translation, "Observation", resource["id"], twin.id)
+            marked = merged_marks(resource, jsonio.loads(twin.content))
+            resource.clear()
+            resource.update(marked)
+            self.currents[("Observation", twin.id)] = twin
 
     async def _write_tasks(self, job: Job, log_id: str, tasks: list[JSON]) -> list[str]:
         """A refused message still opens (or adds itself to) its identity-review Task."""

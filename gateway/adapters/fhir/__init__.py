@@ -1,0 +1,1 @@
+"""FHIR feeds from EHRs: what is pure about taking what an EHR pushes (matching results, marking them)."""
