@@ -67,9 +67,9 @@ class FakeFhir:
                 system, _, value = params["identifier"].partition("|")
                 if {"system": system, "value": value} not in r.get("identifier", []):
                     return False
-            if "patient" in params:
-                if (r.get("subject") or r.get("for") or {}).get("reference") != params["patient"]:
-                    return False
+            subject = (r.get("subject") or r.get("for") or {}).get("reference")
+            if "patient" in params and subject != params["patient"]:
+                return False
             if "code" in params:
                 codes = [
                     c.get("code")
