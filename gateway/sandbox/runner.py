@@ -258,7 +258,7 @@ def _exercise(runner: Runner, run_id: str, now: datetime) -> None:
     labs = [
         made
         for observation in resources.lab_observations(run_id, patient.ref, now)
-        if (made := runner.create(f"Observation {_code(observation)}", lambda o=observation: o)) is not None
+        if (made := runner.create(f"Observation {_code(observation)}", _given(observation))) is not None
     ]
     task = None
     if order is not None:
@@ -290,6 +290,10 @@ def _exercise(runner: Runner, run_id: str, now: datetime) -> None:
         )
     if task is not None:
         runner.search("Task by patient", "Task", by_patient, [task], exact=False)
+
+
+def _given(resource: JSON) -> Callable[[], JSON]:
+    return lambda: resource
 
 
 def _code(resource: JSON) -> str:
