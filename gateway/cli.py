@@ -1061,3 +1061,91 @@ def identity_merge(source_id: str, target_id: str, database_url: str | None) -> 
     except (LookupError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"merged Patient/{source_id} into Patient/{target_id}: {len(written)} versions written")
+
+
+@main.group()
+def sandbox() -> None:
+    """Exercise a FHIR R4 server (a public sandbox, an EHR's test server) with the gateway's resources."""
+
+
+@sandbox.command("run")
+@click.option(
+    "--base-url",
+    envvar="GATEWAY_SANDBOX_BASE_URL",
+    default="http://hapi.fhir.org/baseR4",
+    show_default=True,
+    help="The FHIR server's base URL [GATEWAY_SANDBOX_BASE_URL]",
+)
+@click.option(
+    "--client-id",
+    envvar="GATEWAY_SANDBOX_CLIENT_ID",
+    default=None,
+    help="With --client-secret: fetch a token by client credentials from the token endpoint of the server's"
+    " /.well-known/smart-configuration [GATEWAY_SANDBOX_CLIENT_ID]",
+)
+@click.option(
+    "--client-secret",
+    envvar="GATEWAY_SANDBOX_CLIENT_SECRET",
+    default=None,
+    help="[GATEWAY_SANDBOX_CLIENT_SECRET]",
+)
+@click.option(
+    "--token", envvar="GATEWAY_SANDBOX_TOKEN", default=None, help="A bearer token [GATEWAY_SANDBOX_TOKEN]"
+)
+@click.option(
+    "--timeout",
+    envvar="GATEWAY_SANDBOX_TIMEOUT",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds per request [GATEWAY_SANDBOX_TIMEOUT]",
+)
+@click.option(
+    "--record",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write every request and response to this folder as JSON (credentials redacted)",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document")
+def sandbox_run(
+    base_url: str,
+    client_id: str | None,
+    client_secret: str | None,
+    token: str | None,
+    timeout: float,
+    record: Path | None,
+    as_json: bool,
+) -> None:
+    """Read the server's CapabilityStatement; create a made-up test Patient, a clozapine MedicationRequest,
+    lab Observations made from an HL7 v2 ORU^R01 by the gateway's translator and a PA Task; read and
+    search each back and compare it field by field; delete everything created (even after a failure) and
+    check it is gone. Prints a pass/fail table; exit status 1 when a step failed."""
+    from datetime import UTC, datetime
+
+    from gateway.sandbox import Recorder, Server, report, run, run_id
+
+    if bool(client_id) != bool(client_secret):
+        raise click.UsageError("--client-id and --client-secret go together")
+    if client_id and token:
+        raise click.UsageError("give --token or --client-id/--client-secret, not both")
+    if not base_url.startswith(("http://", "https://")):
+        raise click.UsageError(f"--base-url must be an http(s) URL, not {base_url!r}")
+    now = datetime.now(UTC).replace(microsecond=0)
+    name = run_id(now)
+    recorder = None
+    if record is not None:
+        recorder = Recorder(record)
+        recorder.start(
+            {
+                "run": name,
+                "now": now.isoformat(),
+                "base_url": base_url.rstrip("/"),
+                "client_credentials": bool(client_id),
+            }
+        )
+    credentials = (client_id, client_secret) if client_id and client_secret else None
+    with Server(base_url, token=token, timeout=timeout, record=recorder) as server:
+        done = run(server, run_id=name, now=now, credentials=credentials)
+    click.echo(orjson.dumps(done.as_json()).decode() if as_json else report.table(done))
+    if not done.passed:
+        sys.exit(1)
