@@ -196,6 +196,28 @@ class Runner:
             if again.status_code not in GONE:
                 raise AssertionError(f"{made.ref} still readable after delete (HTTP {again.status_code})")
 
+    def derived(self, patient: Created, made: list[Created]) -> None:
+        """What the server made itself about the run's test patient (a gateway's alert Tasks, monitoring
+        CarePlans, Provenance...): deleted too, so the run leaves nothing behind. Only resources in that
+        patient's compartment, which is made-up test data, are touched."""
+        with self.step("delete what the server derived for the test patient") as detail:
+            ours = {item.ref for item in made}
+            removed = []
+            for rtype, param in DERIVED_SEARCHES:
+                answer = self.server.request("GET", rtype, params={param: patient.ref}, headers=FRESH)
+                if answer.status_code != 200:
+                    continue  # a type or parameter this server does not have
+                for entry in self.server.json(answer).get("entry") or []:
+                    found = entry.get("resource") or {}
+                    ref = f"{found.get('resourceType')}/{found.get('id')}"
+                    if found.get("resourceType") != rtype or ref in ours:
+                        continue
+                    gone = self.server.request("DELETE", ref)
+                    if gone.status_code not in (200, 202, 204):
+                        raise SandboxError(f"{ref}: {problem(gone)}")
+                    removed.append(ref)
+            detail.append(f"{len(removed)} deleted" + (f": {', '.join(sorted(removed))}" if removed else ""))
+
     def nothing_left(self, made: list[Created]) -> None:
         with self.step("search the run's identifiers after cleanup") as detail:
             left = []
@@ -217,6 +239,20 @@ class Runner:
             detail.append(f"{len(made)} identifiers searched")
             if left:
                 raise AssertionError(f"still found: {', '.join(left)}")
+
+
+# Where servers put what they derive about a patient (type, search parameter naming the patient).
+DERIVED_SEARCHES = (
+    ("Provenance", "patient"),
+    ("Task", "patient"),
+    ("CarePlan", "subject"),
+    ("CareTeam", "subject"),
+    ("Communication", "subject"),
+    ("DiagnosticReport", "subject"),
+    ("ServiceRequest", "subject"),
+    ("Observation", "subject"),
+    ("MedicationRequest", "subject"),
+)
 
 
 def identifier_param(made: Created) -> dict[str, str]:
@@ -241,7 +277,10 @@ def run(
         _exercise(runner, run_id, now)
     finally:
         made = list(runner.created)
+        patients = [item for item in made if item.sent["resourceType"] == "Patient"]
         for item in reversed(made):
+            if item in patients:
+                runner.derived(item, made)  # before the patient goes: what points at it goes first
             runner.delete(item)
         if made:
             runner.nothing_left(made)

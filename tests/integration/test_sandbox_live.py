@@ -4,6 +4,7 @@ run is left; the session it recorded replays offline (respx) with the same resul
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -16,6 +17,7 @@ import pytest_asyncio
 import respx
 
 from gateway.sandbox import Replay, Server, run
+from gateway.sandbox.runner import DERIVED_SEARCHES
 from tests.integration.conftest import GATEWAY_BIN, LiveServer, start_server
 
 
@@ -78,6 +80,15 @@ async def test_every_step_passes_against_a_gateway_and_nothing_of_the_run_is_lef
                     headers={"authorization": f"Bearer {token}"},
                 )
                 assert found.status_code == 200 and found.json().get("entry", []) == [], (rtype, suffix)
+        # nor anything the gateway derived from the run's data (its alert Tasks, calendars, Provenance)
+        deleted = next(s for s in report["steps"] if s["step"] == "delete Patient")["detail"]
+        patient = re.search(r"Patient/[A-Za-z0-9.-]+", deleted)
+        assert patient is not None, deleted
+        for rtype, param in DERIVED_SEARCHES:
+            found = await http.get(
+                rtype, params={param: patient.group(0)}, headers={"authorization": f"Bearer {token}"}
+            )
+            assert found.status_code == 200 and found.json().get("entry", []) == [], (rtype, found.text[:300])
 
 
 def test_the_recording_keeps_no_credentials(recorded: dict[str, Any]) -> None:
