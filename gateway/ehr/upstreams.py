@@ -34,8 +34,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Types whose search takes `patient=` (their Patient compartment parameter); a Patient is filtered by `_id`.
-PATIENT_FILTER_PARAM = "patient"
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 # Short and without dots: the local id is `{name}-{hash}` and must stay within FHIR's 64 characters.
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
