@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     payers_file: Path | None = None
     # How often the prior-authorization worker sends due retries, polls pended requests and runs timers.
     pa_worker_seconds: float = 30.0
+    # EHR FHIR servers to pull from: where, how to authenticate, what, how often (YAML; see
+    # gateway/ehr/upstreams.py). Empty: none.
+    upstreams_file: Path | None = None
     # How often monitoring calendars are swept for labs past due plus grace (lab-overdue Tasks).
     monitoring_sweep_seconds: float = 3600.0
     # Subscription topics (SubscriptionTopic JSON); default: profiles_dir/topics.

@@ -165,3 +165,22 @@ def verify_client_assertion(
     alg, kid = _header(assertion)
     payload = _verified_payload(assertion, _candidate_keys(jwks, alg, kid), alg)
     return _check_claims(_claims(payload), client_id, token_url, now)
+
+
+def sign_client_assertion(
+    *, client_id: str, token_url: str, private_key_pem: bytes, alg: str, kid: str | None, now: int, jti: str
+) -> str:
+    """Our own assertion, as a SMART Backend Services client of another server (an upstream EHR): the
+    claims `verify_client_assertion` checks, valid for MAX_LIFETIME_SECONDS less a minute of clock skew."""
+    if alg not in SUPPORTED_ALGORITHMS:
+        raise ValueError(f"unsupported algorithm {alg}")
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "jti": jti,
+        "iat": now,
+        "exp": now + MAX_LIFETIME_SECONDS - 60,
+    }
+    headers = {"typ": "JWT", **({"kid": kid} if kid else {})}
+    return jwt.encode(claims, private_key_pem, algorithm=alg, headers=headers)

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from gateway.adapters.hl7v2.translate import Translator
+from gateway.ehr.upstreams import load_upstreams
 from gateway.fhir.profiles import ProfileSet
 from gateway.fhir.query import SearchLimits
 from gateway.fhir.validation import Validator
@@ -21,6 +22,7 @@ from gateway.service.access.clients import AuthService, key_encryption_from
 from gateway.service.access.launch import LaunchService
 from gateway.service.access.logins import LoginService
 from gateway.service.access.people import People
+from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.ehr_feeds import EhrFeeds
@@ -71,11 +73,13 @@ class Gateway:
     logins: LoginService  # people's logins and console sessions
     launch: LaunchService  # SMART standalone launch: codes, consent, user tokens
     people: People  # what a person (console session, user token) reaches
+    puller: EhrPuller  # pulls from upstream EHRs' FHIR APIs (none configured: does nothing)
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
         # A bad payers file, mapping file or time zone fails the start before the database is touched.
         payers = load_payers(settings.payers_file)
+        upstreams = load_upstreams(settings.upstreams_file)
         mappings = mapping_files.load(settings.mappings_dir)
         ehr_clients = load_fhir_clients(settings.mappings_dir / "fhir" / "clients")
         default_zone = mapping_files.default_zone(settings.hl7_default_offset)
@@ -222,18 +226,21 @@ class Gateway:
             ),
             LaunchService(db, auth),
             People(db),
+            EhrPuller(fhir, upstreams),
         )
 
     async def start_background(self) -> None:
-        """Delivery of subscription notifications, the prior-authorization worker and the audit log's
-        retention (what `serve` runs); the audit writer itself starts with the first event anywhere."""
+        """Delivery of subscription notifications, the prior-authorization worker, the EHR pull and the audit
+        log's retention (what `serve` runs); the audit writer itself starts with the first event anywhere."""
         await self.audit.start()
         await self.deliverer.start()
         await self.payer_worker.start()
         await self.monitoring.start()
+        await self.puller.start()
 
     async def close(self) -> None:
         await self.timeline_feed.stop()  # open streams end first (`gateway serve` ends them earlier)
+        await self.puller.stop()
         await self.monitoring.stop()
         await self.payer_worker.stop()
         await self.deliverer.stop()

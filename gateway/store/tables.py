@@ -10,6 +10,8 @@ Layout:
 - `user_session` holds their console sessions, by the SHA-256 of the session id (never the id itself).
 - `smart_app` holds the registered SMART apps: public or confidential (scrypt secret hash), exact redirect
   URIs (a JSON array), the scopes they may ask for.
+- `upstream_checkpoint` holds, per upstream EHR and resource type, how far the pull has come (the greatest
+  `meta.lastUpdated` stored), when it polls next, and which process holds it (a lease) now.
 """
 
 from __future__ import annotations
@@ -492,4 +494,18 @@ refresh_token = Table(
     Column("used_us", BigInteger, nullable=True),  # rotated out: a new token replaced it
     Column("revoked", Boolean, nullable=False),
     Column("patient", String(64), nullable=True),  # chosen at launch (launch/patient)
+)
+
+upstream_checkpoint = Table(
+    "upstream_checkpoint",
+    metadata,
+    Column("upstream", String(64), primary_key=True),
+    Column("res_type", String(64), primary_key=True),
+    Column("last_updated", String(40), nullable=True),  # the upstream's own text: its precision, its zone
+    Column("next_poll_us", BigInteger, nullable=False),
+    Column("polled_us", BigInteger, nullable=True),  # the last poll that completed, by any process
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("failures", Integer, nullable=False),  # polls failed in a row
+    Column("last_error", String(500), nullable=True),  # no patient data: HTTP statuses and exception names
 )

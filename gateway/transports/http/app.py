@@ -45,6 +45,7 @@ from gateway.transports.http.errors import UnexpectedErrors
 from gateway.transports.http.guards import NulGuard
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
+    EhrPullCollector,
     HttpMetrics,
     Observability,
     PipelineCollector,
@@ -66,6 +67,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             registry.register(PipelineCollector(app.state.gateway.pipeline.counts))
             registry.register(PriorAuthCollector(lambda: app.state.gateway.payer_worker.turnaround))
             registry.register(audit_routes.AuditCollector(lambda: app.state.gateway.audit))
+            registry.register(EhrPullCollector(lambda: app.state.gateway.puller))
         try:
             yield
         finally:
@@ -87,6 +89,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         registry.register(PipelineCollector(gateway.pipeline.counts))
         registry.register(PriorAuthCollector(lambda: gateway.payer_worker.turnaround))
         registry.register(audit_routes.AuditCollector(lambda: gateway.audit))
+        registry.register(EhrPullCollector(lambda: gateway.puller))
     app.state.metrics_registry = registry
     measure_routes.install(app, registry)  # the pharmacist gauges, refreshed before a scrape when stale
     app.include_router(auth_routes.discovery_router)  # before the generic /fhir/{type}/{id} routes

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.fhir import dates
+from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.priorauth.worker import PayerTurnaround
 from gateway.transports.http import audit_routes as audit
 
@@ -146,3 +148,39 @@ class PriorAuthCollector:
                 if value is not None:
                     turnaround.add_metric([row.payer, statistic], value)
         yield from (decided, pending, overdue, turnaround)
+
+
+class EhrPullCollector:
+    """The EHR pull per upstream and type: polls, resources fetched and written, failures, and the lag
+    (seconds since the last completed poll, by any process). Labels come from the upstreams file only."""
+
+    def __init__(self, source: Callable[[], EhrPuller]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        puller = self.source()
+        labels = ["upstream", "type"]
+        families = {
+            name: CounterMetricFamily(f"gateway_ehr_pull_{name}", text, labels=labels)
+            for name, text in (
+                ("polls", "Polls of an upstream EHR for one resource type"),
+                ("fetched", "Resources received from an upstream EHR"),
+                ("written", "New resource versions stored from an upstream EHR"),
+                ("rejected", "Resources from an upstream EHR that failed validation"),
+                ("failures", "Polls of an upstream EHR that failed"),
+            )
+        }
+        for (upstream, res_type), counts in sorted(puller.counts.items()):
+            for name, family in families.items():
+                family.add_metric([upstream, res_type], getattr(counts, name))
+        lag = GaugeMetricFamily(
+            "gateway_ehr_pull_lag_seconds",
+            "Seconds since the last completed poll of an upstream EHR",
+            labels=labels,
+        )
+        now = dates.now_us()
+        for checkpoint in puller.checkpoints:
+            if checkpoint.polled_us is not None:
+                lag.add_metric([checkpoint.upstream, checkpoint.res_type], (now - checkpoint.polled_us) / 1e6)
+        yield from families.values()
+        yield lag

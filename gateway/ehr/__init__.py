@@ -1,0 +1,1 @@
+"""Pulling from EHRs over FHIR: the upstreams file and the pure rules for what a pulled resource becomes."""

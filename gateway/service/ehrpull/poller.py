@@ -1,0 +1,268 @@
+"""The incremental pull: per upstream and resource type, what changed since the checkpoint.
+
+A round, per (upstream, type) that is due: claim its checkpoint row (store/upstreams.py: a lease, so one
+process polls it at a time on a shared PostgreSQL), then
+`GET {base}/{Type}?_lastUpdated=gt{checkpoint}&_sort=_lastUpdated&_count={page_size}` (+ `patient=` or, for
+Patient, `_id=` when patients are configured), following `next` links. Each page is one transaction: its
+resources validated, localized (gateway/ehr/pulled.py) and written through the FHIR service (so topics
+match and an unchanged resource writes no version), one Provenance naming the upstream for what changed,
+and the checkpoint moved to the page's greatest `meta.lastUpdated`. A crash between pages loses nothing:
+the next poll starts after the last committed page.
+
+An invalid resource is counted, logged by id and skipped (the checkpoint still moves past it, or it
+would be fetched forever); its next change upstream is fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+
+from gateway.ehr.pulled import local_id, localize
+from gateway.ehr.upstreams import UpstreamConfig
+from gateway.exceptions import FhirError
+from gateway.fhir import dates
+from gateway.service.access.context import RequestContext
+from gateway.service.ehrpull.client import BackOff, UpstreamClient, UpstreamError
+from gateway.service.fhirapi.interactions import FhirService
+from gateway.service.workers import Repeating
+from gateway.store import resources as store
+from gateway.store import upstreams as checkpoints
+from gateway.store.resources import PendingVersion
+from gateway.types import JSON
+
+log = logging.getLogger("gateway.ehrpull")
+
+# A poll renews its lease with every page; a holder silent this long is taken to have died.
+LEASE_US = 120_000_000
+MAX_BACKOFF_S = 3600.0  # failures in a row double the wait up to an hour
+
+
+class LeaseLost(Exception):
+    """Another process took the checkpoint (ours ran out): this poll stops, its last page rolled back."""
+
+
+@dataclass
+class PullCounts:
+    polls: int = 0
+    fetched: int = 0  # resources received
+    written: int = 0  # new versions stored (unchanged ones write none)
+    rejected: int = 0  # failed validation
+    failures: int = 0  # polls that ended in an error
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def newest(current: str | None, candidates: list[str]) -> str | None:
+    """The latest of the instants (compared as times, kept as the upstream wrote it)."""
+    best = current
+    for text in candidates:
+        try:
+            if best is None or _instant(text) > _instant(best):
+                best = text
+        except ValueError:
+            continue
+    return best
+
+
+def first_page(upstream: UpstreamConfig, res_type: str, since: str | None) -> list[tuple[str, str]]:
+    params = [("_sort", "_lastUpdated"), ("_count", str(upstream.page_size))]
+    if since is not None:
+        params.insert(0, ("_lastUpdated", f"gt{since}"))
+    if upstream.patients:
+        params.append(("_id" if res_type == "Patient" else "patient", ",".join(upstream.patients)))
+    return params
+
+
+def next_link(bundle: JSON) -> str | None:
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
+def matches(bundle: JSON, res_type: str) -> list[JSON]:
+    """The search's own matches (not `_include`d resources or OperationOutcomes), the last of each id."""
+    found: dict[str, JSON] = {}
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else None
+        if (
+            isinstance(resource, dict)
+            and resource.get("resourceType") == res_type
+            and mode == "match"
+            and isinstance(resource.get("id"), str)
+        ):
+            found[resource["id"]] = resource
+    return list(found.values())
+
+
+def provenance(upstream: UpstreamConfig, written: list[PendingVersion], now: int) -> JSON:
+    """Where these versions came from: the upstream, as author and source."""
+    return {
+        "resourceType": "Provenance",
+        "target": [{"reference": f"{v.type}/{v.id}/_history/{v.version}"} for v in written],
+        "recorded": dates.format_instant(now),
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": {"display": f"EHR {upstream.name}"},
+            }
+        ],
+        "entity": [{"role": "source", "what": {"display": f"EHR FHIR pull from {upstream.fhir_base}"}}],
+    }
+
+
+class EhrPuller:
+    def __init__(
+        self, fhir: FhirService, upstreams: list[UpstreamConfig], http: httpx.AsyncClient | None = None
+    ):
+        self.fhir = fhir
+        self.db = fhir.db
+        self.upstreams = upstreams
+        self._http = http or httpx.AsyncClient(follow_redirects=False)
+        self.clients = {u.name: UpstreamClient(u, self._http) for u in upstreams}
+        self.worker = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.ctx = RequestContext(base_url=fhir.configured_base or "")
+        self.counts: dict[tuple[str, str], PullCounts] = defaultdict(PullCounts)
+        self.checkpoints: list[checkpoints.Checkpoint] = []  # as of the last round, for /metrics
+        tick = min([u.interval_seconds for u in upstreams] or [5.0])
+        self.timer = Repeating("ehr-pull", "EHR pull round", self.run_once, min(tick, 5.0), log)
+
+    async def start(self) -> None:
+        if not self.upstreams:
+            return
+        async with self.db.write() as conn:
+            for upstream in self.upstreams:
+                await checkpoints.ensure(conn, upstream.name, upstream.resources)
+        self.timer.start()
+
+    async def stop(self) -> None:
+        await self.timer.stop()
+        await self._http.aclose()
+
+    async def run_once(self) -> None:
+        """Every due (upstream, type), upstreams side by side, each one's types in turn."""
+        await asyncio.gather(*(self._upstream_round(u) for u in self.upstreams))
+        async with self.db.read() as conn:
+            self.checkpoints = await checkpoints.all_checkpoints(conn)
+
+    async def _upstream_round(self, upstream: UpstreamConfig) -> None:
+        for res_type in upstream.resources:
+            try:
+                await self.poll(upstream, res_type)
+            except Exception:
+                log.exception("EHR pull upstream=%s type=%s failed", upstream.name, res_type)
+
+    async def poll(self, upstream: UpstreamConfig, res_type: str) -> bool:
+        """One poll of (upstream, type) if it is due and no one else holds it; whether it ran."""
+        now = dates.now_us()
+        async with self.db.write() as conn:
+            claimed = await checkpoints.claim(conn, upstream.name, res_type, self.worker, now, LEASE_US)
+        if claimed is None:
+            return False
+        counts = self.counts[(upstream.name, res_type)]
+        counts.polls += 1
+        interval_us = int(upstream.interval_seconds * 1_000_000)
+        error: str | None = None
+        next_poll = now + interval_us
+        try:
+            await self._pull(upstream, res_type, claimed.last_updated, counts)
+        except BackOff as exc:
+            error, next_poll = str(exc), now + int(max(exc.retry_after_s, upstream.interval_seconds) * 1e6)
+        except (UpstreamError, LeaseLost) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug or the database: logged with its traceback, retried later
+            log.exception("EHR pull upstream=%s type=%s failed", upstream.name, res_type)
+            error = type(exc).__name__
+        if error is not None:
+            counts.failures += 1
+            delay_s = min(MAX_BACKOFF_S, upstream.interval_seconds * 2 ** min(claimed.failures + 1, 20))
+            next_poll = max(next_poll, now + int(delay_s * 1_000_000))
+            log.warning("EHR pull upstream=%s type=%s: %s", upstream.name, res_type, error)
+        async with self.db.write() as conn:
+            await checkpoints.finish(
+                conn,
+                upstream.name,
+                res_type,
+                self.worker,
+                now=dates.now_us(),
+                next_poll_us=next_poll,
+                error=error,
+            )
+        return True
+
+    async def _pull(
+        self, upstream: UpstreamConfig, res_type: str, since: str | None, counts: PullCounts
+    ) -> None:
+        client = self.clients[upstream.name]
+        url: str | None = f"{upstream.fhir_base}/{res_type}"
+        params: list[tuple[str, str]] | None = first_page(upstream, res_type, since)
+        checkpoint = since
+        while url is not None:
+            bundle = await client.get(url, params)
+            found = matches(bundle, res_type)
+            counts.fetched += len(found)
+            checkpoint = newest(
+                checkpoint, [str((r.get("meta") or {}).get("lastUpdated") or "") for r in found]
+            )
+            await self._store_page(upstream, res_type, found, checkpoint, counts)
+            url, params = next_link(bundle), None
+        log.info("EHR pull upstream=%s type=%s fetched=%d", upstream.name, res_type, counts.fetched)
+
+    async def _store_page(
+        self,
+        upstream: UpstreamConfig,
+        res_type: str,
+        found: list[JSON],
+        checkpoint: str | None,
+        counts: PullCounts,
+    ) -> None:
+        pulled = frozenset(upstream.resources)
+        localized: list[JSON] = []
+        for resource in found:
+            mine = localize(resource, upstream=upstream.name, base=upstream.fhir_base, pulled=pulled)
+            try:
+                self.fhir.validate(mine)
+            except FhirError:
+                counts.rejected += 1
+                log.warning("EHR pull upstream=%s skipped invalid %s/%s", upstream.name, res_type, mine["id"])
+                continue
+            localized.append(mine)
+        now = dates.now_us()
+        async with self.db.write() as conn:
+            plans: list[PendingVersion] = []
+            for resource in localized:
+                current = await store.current(conn, res_type, resource["id"])
+                plan = self.fhir.plan_update(self.ctx, resource, resource["id"], current, None, now)
+                if isinstance(plan, PendingVersion):
+                    plans.append(plan)
+            if plans:
+                source = provenance(upstream, plans, now)
+                plans.append(self.fhir.plan_new(self.ctx, source, str(uuid.uuid4()), "POST", now))
+                await self.fhir.write_versions(conn, self.ctx, plans)
+                counts.written += len(plans) - 1
+            if not await checkpoints.advance(
+                conn, upstream.name, res_type, self.worker, checkpoint, now + LEASE_US
+            ):
+                raise LeaseLost("the checkpoint's lease went to another process")
+
+
+__all__ = ["EhrPuller", "PullCounts", "local_id"]

@@ -1,0 +1,239 @@
+"""EHR FHIR pull between two real `gateway serve` processes on 127.0.0.1: one is the upstream EHR (a client
+registered with a JWKS, SMART Backend Services), the others pull from it with a signed assertion."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.ehr.pulled import local_id
+from tests import factories as f
+from tests.integration.conftest import GATEWAY_BIN, LiveServer, start_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+INTERVAL_S = 0.3
+UPSTREAM = "ehr"
+
+
+def stop(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+def register_jwks_client(upstream: LiveServer, tmp: Path) -> tuple[str, Path]:
+    """A client on the upstream with an RS384 JWKS, as an EHR's administrator registers the gateway."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp / "gateway-key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = tmp / "gateway-jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS384", "use": "sig"}]}))
+    done = subprocess.run(
+        [GATEWAY_BIN, "clients", "add", f"puller-{uuid.uuid4().hex[:6]}", "--scope",
+         "system/Patient.rs system/Observation.rs", "--jwks", str(jwks), "--json"],
+        env=upstream.env(), capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return str(json.loads(done.stdout)["client_id"]), pem
+
+
+def upstreams_file(upstream: LiveServer, client_id: str, pem: Path, tmp: Path) -> Path:
+    path = tmp / "upstreams.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "upstreams": [
+                    {
+                        "name": UPSTREAM,
+                        "base_url": f"{upstream.base_url}/fhir",
+                        "auth": {
+                            "type": "backend-services",
+                            "client_id": client_id,
+                            "token_url": f"{upstream.base_url}/auth/token",
+                            "private_key_file": str(pem),
+                            "alg": "RS384",
+                            "kid": "k1",
+                            "scope": "system/Patient.rs system/Observation.rs",
+                        },
+                        "resources": ["Patient", "Observation"],
+                        "interval_seconds": INTERVAL_S,
+                        "max_requests_per_second": 100,
+                        "page_size": 2,  # several pages: `next` links are followed
+                    }
+                ]
+            }
+        )
+    )
+    return path
+
+
+class Fhir:
+    opened: list[httpx.AsyncClient] = []  # closed by the `closing` fixture after each test
+
+    def __init__(self, server: LiveServer, bearer: str) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=f"{server.base_url}/fhir", headers={"Authorization": f"Bearer {bearer}"}
+        )
+        Fhir.opened.append(self.http)
+
+    async def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        answer = await self.http.post(f"/{resource['resourceType']}", json=resource)
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json())
+
+    async def read(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        answer = await self.http.get(f"/{rtype}/{rid}")
+        return dict(answer.json()) if answer.status_code == 200 else None
+
+    async def versions(self, rtype: str, rid: str) -> int:
+        answer = await self.http.get(f"/{rtype}/{rid}/_history")
+        return len(answer.json().get("entry") or []) if answer.status_code == 200 else 0
+
+
+async def until(check: Callable[[], Awaitable[bool]], bound: float = 15.0) -> None:
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < bound, "not within the bound"
+        await asyncio.sleep(0.1)
+
+
+async def metric(server: LiveServer, name: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{server.base_url}/metrics")).text
+    return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+
+
+@pytest_asyncio.fixture(loop_scope="session", autouse=True)
+async def closing() -> AsyncIterator[None]:
+    yield
+    while Fhir.opened:
+        await Fhir.opened.pop().aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def upstream(
+    database_url_factory: Callable[[str], Awaitable[str]], tmp_path: Path
+) -> AsyncIterator[LiveServer]:
+    server = await start_server("sqlite", await database_url_factory("sqlite"), tmp_path / "upstream.log")
+    yield server
+    stop(server)
+
+
+async def seed(upstream: LiveServer, observations: int) -> tuple[Fhir, str, list[str]]:
+    writer = Fhir(upstream, await upstream.token("system/*.cruds"))
+    patient = await writer.create(f.patient())
+    obs = [
+        (await writer.create(f.lab_observation(patient["id"], value=10.0 + i)))["id"]
+        for i in range(observations)
+    ]
+    return writer, patient["id"], obs
+
+
+async def test_pulled_resources_appear_once_updates_come_alone_and_restart_resumes(
+    upstream: LiveServer, database_url_factory: Callable[[str], Awaitable[str]], tmp_path: Path
+) -> None:
+    writer, patient_id, obs_ids = await seed(upstream, 3)
+    client_id, pem = register_jwks_client(upstream, tmp_path)
+    env = {"GATEWAY_UPSTREAMS_FILE": str(upstreams_file(upstream, client_id, pem, tmp_path))}
+    url = await database_url_factory("sqlite")
+    puller = await start_server("sqlite", url, tmp_path / "puller.log", env=env)
+    try:
+        local = Fhir(puller, await puller.token("system/*.rs"))
+        local_obs = [local_id(UPSTREAM, "Observation", o) for o in obs_ids]
+        local_patient = local_id(UPSTREAM, "Patient", patient_id)
+
+        async def all_here() -> bool:
+            return all([await local.read("Observation", o) for o in local_obs]) and bool(
+                await local.read("Patient", local_patient)
+            )
+
+        await until(all_here)
+        first = await local.read("Observation", local_obs[0])
+        assert first is not None
+        assert first["subject"] == {"reference": f"Patient/{local_patient}"}  # rewritten to the local id
+        assert first["meta"]["source"] == f"{upstream.base_url}/fhir/Observation/{obs_ids[0]}"
+        provenance = (
+            await local.http.get("/Provenance", params={"target": f"Observation/{local_obs[0]}"})
+        ).json()
+        assert provenance.get("total", len(provenance.get("entry") or [])) >= 1
+
+        changed = await writer.read("Observation", obs_ids[1])
+        assert changed is not None
+        changed["valueQuantity"]["value"] = 99.0
+        assert (await writer.http.put(f"/Observation/{obs_ids[1]}", json=changed)).status_code == 200
+
+        async def updated() -> bool:
+            stored = await local.read("Observation", local_obs[1])
+            return stored is not None and stored["valueQuantity"]["value"] == 99.0
+
+        await until(updated)
+        fetched = await metric(puller, "gateway_ehr_pull_fetched_total")
+        await asyncio.sleep(4 * INTERVAL_S)  # a few more polls: they find nothing new
+        assert (
+            await metric(puller, "gateway_ehr_pull_fetched_total") == fetched == 5
+        )  # 1 + 3, then the update
+        assert [await local.versions("Observation", o) for o in local_obs] == [1, 2, 1]
+        assert await local.versions("Patient", local_patient) == 1
+
+        stop(puller)
+        puller = await start_server("sqlite", url, tmp_path / "puller.log", env=env)
+
+        async def polled_twice() -> bool:
+            return await metric(puller, "gateway_ehr_pull_polls_total") >= 4
+
+        await until(polled_twice)
+        assert await metric(puller, "gateway_ehr_pull_fetched_total") == 0  # continued from the checkpoint
+        assert await metric(puller, "gateway_ehr_pull_failures_total") == 0
+        local = Fhir(puller, await puller.token("system/*.rs"))
+        assert [await local.versions("Observation", o) for o in local_obs] == [1, 2, 1]
+    finally:
+        stop(puller)
+
+
+async def test_two_pullers_on_one_postgresql_store_each_resource_once(
+    upstream: LiveServer, database_url_factory: Callable[[str], Awaitable[str]], tmp_path: Path
+) -> None:
+    _, patient_id, obs_ids = await seed(upstream, 4)
+    client_id, pem = register_jwks_client(upstream, tmp_path)
+    env = {"GATEWAY_UPSTREAMS_FILE": str(upstreams_file(upstream, client_id, pem, tmp_path))}
+    url = await database_url_factory("postgresql")
+    pullers = [await start_server("postgresql", url, tmp_path / f"puller{i}.log", env=env) for i in range(2)]
+    try:
+        local = Fhir(pullers[0], await pullers[0].token("system/*.rs"))
+        wanted = [("Observation", local_id(UPSTREAM, "Observation", o)) for o in obs_ids]
+        wanted.append(("Patient", local_id(UPSTREAM, "Patient", patient_id)))
+
+        async def all_here() -> bool:
+            return all([await local.read(t, i) for t, i in wanted])
+
+        await until(all_here)
+        await asyncio.sleep(4 * INTERVAL_S)  # both processes poll a few more times
+        assert [await local.versions(t, i) for t, i in wanted] == [1] * len(wanted)
+        fetched = [await metric(p, "gateway_ehr_pull_fetched_total") for p in pullers]
+        assert sum(fetched) == len(wanted)  # the leases: every resource fetched by one process, once
+        polls = [await metric(p, "gateway_ehr_pull_polls_total") for p in pullers]
+        assert all(polls), polls  # and both took part
+    finally:
+        for p in pullers:
+            stop(p)
