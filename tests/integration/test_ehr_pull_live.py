@@ -150,23 +150,24 @@ async def seed(upstream: LiveServer, observations: int) -> tuple[Fhir, str, list
     return writer, patient["id"], obs
 
 
-async def test_pulled_resources_appear_once_updates_come_alone_and_restart_resumes(
+async def test_two_pullers_fetch_each_change_once_and_a_restart_resumes_from_the_checkpoint(
     upstream: LiveServer, database_url_factory: Callable[[str], Awaitable[str]], tmp_path: Path
 ) -> None:
+    """Two puller processes on one PostgreSQL store: everything arrives once (one version, fetched once in
+    all), an update upstream comes alone, and a puller started again continues from the checkpoint."""
     writer, patient_id, obs_ids = await seed(upstream, 3)
     client_id, pem = register_jwks_client(upstream, tmp_path)
     env = {"GATEWAY_UPSTREAMS_FILE": str(upstreams_file(upstream, client_id, pem, tmp_path))}
-    url = await database_url_factory("sqlite")
-    puller = await start_server("sqlite", url, tmp_path / "puller.log", env=env)
+    url = await database_url_factory("postgresql")
+    pullers = [await start_server("postgresql", url, tmp_path / f"puller{i}.log", env=env) for i in range(2)]
     try:
-        local = Fhir(puller, await puller.token("system/*.rs"))
+        local = Fhir(pullers[0], await pullers[0].token("system/*.rs"))
         local_obs = [local_id(UPSTREAM, "Observation", o) for o in obs_ids]
         local_patient = local_id(UPSTREAM, "Patient", patient_id)
+        wanted = [*(("Observation", o) for o in local_obs), ("Patient", local_patient)]
 
         async def all_here() -> bool:
-            return all([await local.read("Observation", o) for o in local_obs]) and bool(
-                await local.read("Patient", local_patient)
-            )
+            return all([await local.read(t, i) for t, i in wanted])
 
         await until(all_here)
         first = await local.read("Observation", local_obs[0])
@@ -177,6 +178,12 @@ async def test_pulled_resources_appear_once_updates_come_alone_and_restart_resum
             await local.http.get("/Provenance", params={"target": f"Observation/{local_obs[0]}"})
         ).json()
         assert provenance.get("total", len(provenance.get("entry") or [])) >= 1
+        await asyncio.sleep(4 * INTERVAL_S)  # both processes poll a few more times: nothing new
+        assert [await local.versions(t, i) for t, i in wanted] == [1] * len(wanted)
+        fetched = [await metric(p, "gateway_ehr_pull_fetched_total") for p in pullers]
+        assert sum(fetched) == len(wanted)  # the leases: every resource fetched by one process, once
+        polls = [await metric(p, "gateway_ehr_pull_polls_total") for p in pullers]
+        assert all(polls), polls  # and both took part
 
         changed = await writer.read("Observation", obs_ids[1])
         assert changed is not None
@@ -188,52 +195,24 @@ async def test_pulled_resources_appear_once_updates_come_alone_and_restart_resum
             return stored is not None and stored["valueQuantity"]["value"] == 99.0
 
         await until(updated)
-        fetched = await metric(puller, "gateway_ehr_pull_fetched_total")
-        await asyncio.sleep(4 * INTERVAL_S)  # a few more polls: they find nothing new
-        assert (
-            await metric(puller, "gateway_ehr_pull_fetched_total") == fetched == 5
-        )  # 1 + 3, then the update
+        await asyncio.sleep(4 * INTERVAL_S)
+        fetched_now = [await metric(p, "gateway_ehr_pull_fetched_total") for p in pullers]
+        assert sum(fetched_now) == len(wanted) + 1  # only the update came again
         assert [await local.versions("Observation", o) for o in local_obs] == [1, 2, 1]
         assert await local.versions("Patient", local_patient) == 1
 
-        stop(puller)
-        puller = await start_server("sqlite", url, tmp_path / "puller.log", env=env)
+        for p in pullers:
+            stop(p)
+        pullers = [await start_server("postgresql", url, tmp_path / "puller-again.log", env=env)]
 
-        async def polled_twice() -> bool:
-            return await metric(puller, "gateway_ehr_pull_polls_total") >= 4
+        async def polled_again() -> bool:
+            return await metric(pullers[0], "gateway_ehr_pull_polls_total") >= 4
 
-        await until(polled_twice)
-        assert await metric(puller, "gateway_ehr_pull_fetched_total") == 0  # continued from the checkpoint
-        assert await metric(puller, "gateway_ehr_pull_failures_total") == 0
-        local = Fhir(puller, await puller.token("system/*.rs"))
-        assert [await local.versions("Observation", o) for o in local_obs] == [1, 2, 1]
-    finally:
-        stop(puller)
-
-
-async def test_two_pullers_on_one_postgresql_store_each_resource_once(
-    upstream: LiveServer, database_url_factory: Callable[[str], Awaitable[str]], tmp_path: Path
-) -> None:
-    _, patient_id, obs_ids = await seed(upstream, 4)
-    client_id, pem = register_jwks_client(upstream, tmp_path)
-    env = {"GATEWAY_UPSTREAMS_FILE": str(upstreams_file(upstream, client_id, pem, tmp_path))}
-    url = await database_url_factory("postgresql")
-    pullers = [await start_server("postgresql", url, tmp_path / f"puller{i}.log", env=env) for i in range(2)]
-    try:
+        await until(polled_again)
+        assert await metric(pullers[0], "gateway_ehr_pull_fetched_total") == 0  # from the checkpoint
+        assert await metric(pullers[0], "gateway_ehr_pull_failures_total") == 0
         local = Fhir(pullers[0], await pullers[0].token("system/*.rs"))
-        wanted = [("Observation", local_id(UPSTREAM, "Observation", o)) for o in obs_ids]
-        wanted.append(("Patient", local_id(UPSTREAM, "Patient", patient_id)))
-
-        async def all_here() -> bool:
-            return all([await local.read(t, i) for t, i in wanted])
-
-        await until(all_here)
-        await asyncio.sleep(4 * INTERVAL_S)  # both processes poll a few more times
-        assert [await local.versions(t, i) for t, i in wanted] == [1] * len(wanted)
-        fetched = [await metric(p, "gateway_ehr_pull_fetched_total") for p in pullers]
-        assert sum(fetched) == len(wanted)  # the leases: every resource fetched by one process, once
-        polls = [await metric(p, "gateway_ehr_pull_polls_total") for p in pullers]
-        assert all(polls), polls  # and both took part
+        assert [await local.versions("Observation", o) for o in local_obs] == [1, 2, 1]
     finally:
         for p in pullers:
             stop(p)
