@@ -598,3 +598,32 @@ async def test_the_operations_answer_only_to_tokens_that_may_read_what_they_read
     assert len(payer.on("$submit")) == 1  # nothing more went to the payer
     allowed = await client_factory("system/Task.cru system/Claim.c system/MedicationRequest.r")
     assert (await allowed.post(f"/fhir/Task/{denied['id']}/$cancel")).status_code == 409  # denied is final
+
+
+# --- answers without a decision, correlation by trace number, payers named by identifier --------------
+
+
+async def test_a_202_without_a_body_leaves_the_task_payer_received_and_nothing_is_sent_again(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    """STANDARDS: a 2xx without a decision (202, queued) is `received` / payer-received, not a failure:
+    the payer has the request, so it is never submitted again; the decision comes later."""
+    payer.scenarios.append("accepted")
+    task = await request_pa(api, order)
+    assert (business(task), task["status"]) == ("payer-received", "received")
+    async with gateway.db.read() as conn:
+        rows = await pa_store.submissions_of(conn, task["id"])
+    assert [(r.kind, r.state, r.http_status) for r in rows] == [("submit", "sent", 202)]
+    # Past every retry delay of the payer's policy (60 s, doubling, 3 attempts): still one $submit.
+    await gateway.payer_worker.run_once()
+    await gateway.payer_worker.run_once(dates.now_us() + 61_000_000)
+    await gateway.payer_worker.run_once(dates.now_us() + 700_000_000)
+    assert len(payer.on("$submit")) == 1
+    still = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(still) == "payer-received" and still["status"] == "received"
+    # The decision comes by $inquire on the payer's cadence (or by notification).
+    payer.decide(outputs_input(task, "claim").split("/")[1], "approved")
+    await gateway.payer_worker.run_once(dates.now_us() + 3_601_000_000)
+    assert len(payer.on("$inquire")) == 1 and len(payer.on("$submit")) == 1
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
+
