@@ -627,3 +627,58 @@ async def test_a_202_without_a_body_leaves_the_task_payer_received_and_nothing_i
     assert len(payer.on("$inquire")) == 1 and len(payer.on("$submit")) == 1
     assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
 
+
+def trace_of(task: dict[str, Any]) -> str:
+    return str(next(i["value"] for i in task["identifier"] if i["system"] == f"{GATEWAY}/pa-trace-number"))
+
+
+def echoing_trace(example: dict[str, Any], identifier: dict[str, str]) -> dict[str, Any]:
+    """A published PAS answer whose ClaimResponse names the request only by echoing a trace number in
+    ClaimResponse.identifier: no request reference, no preAuthRef, no Bundle identifier."""
+    copy = json.loads(json.dumps(example))
+    bundles = [copy] + [e["resource"] for e in copy["entry"] if e["resource"]["resourceType"] == "Bundle"]
+    for bundle in bundles:
+        bundle.pop("identifier", None)
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] == "ClaimResponse":
+                resource.pop("request", None)
+                resource.pop("preAuthRef", None)
+                resource["identifier"] = [identifier]
+    return copy
+
+
+@pytest.mark.parametrize(
+    "example", ["Bundle-PASSubscriptionNotification.json", "Bundle-ReferralAuthorizationResponseBundleExample.json"]
+)
+async def test_an_answer_echoing_only_the_trace_number_in_claimresponse_identifier_moves_its_task(
+    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn, example: str
+) -> None:
+    payer.scenarios.append("received")  # acknowledged, no decision
+    task = await request_pa(api, order)
+    assert business(task) == "payer-received"
+    trace = trace_of(task)
+    payer_client = await client_factory("system/ClaimResponse.c")
+    # The trace number's value under another system is another identifier: it matches nothing.
+    other = {"system": "http://payer.example/claim-response", "value": trace}
+    refused = await payer_client.post("/payer/pas/notifications", json=echoing_trace(corpus(example), other))
+    assert refused.status_code == 422, refused.text
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "payer-received"
+    echoed = {"system": f"{GATEWAY}/pa-trace-number", "value": trace}
+    answer = await payer_client.post("/payer/pas/notifications", json=echoing_trace(corpus(example), echoed))
+    assert answer.status_code == 200, answer.text
+    after = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(after) == "approved" and outputs(after, "authorization-number") == ["AUTH0001"]
+
+
+async def test_an_answer_echoing_the_bare_trace_number_value_moves_its_task(
+    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.append("received")  # acknowledged, no decision
+    task = await request_pa(api, order)
+    payer_client = await client_factory("system/ClaimResponse.c")
+    body = echoing_trace(corpus("Bundle-PASSubscriptionNotification.json"), {"value": trace_of(task)})
+    answer = await payer_client.post("/payer/pas/notifications", json=body)
+    assert answer.status_code == 200, answer.text
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
+
