@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.fhir import dates
-from gateway.pa.payers import parse_payers
+from gateway.pa.payers import PayerDirectory, parse_payers
 from gateway.service.gateway import Gateway
 from gateway.store import priorauth as pa_store
 from tests import factories as f
@@ -649,7 +649,8 @@ def echoing_trace(example: dict[str, Any], identifier: dict[str, str]) -> dict[s
 
 
 @pytest.mark.parametrize(
-    "example", ["Bundle-PASSubscriptionNotification.json", "Bundle-ReferralAuthorizationResponseBundleExample.json"]
+    "example",
+    ["Bundle-PASSubscriptionNotification.json", "Bundle-ReferralAuthorizationResponseBundleExample.json"],
 )
 async def test_an_answer_echoing_only_the_trace_number_in_claimresponse_identifier_moves_its_task(
     api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn, example: str
@@ -682,3 +683,26 @@ async def test_an_answer_echoing_the_bare_trace_number_value_moves_its_task(
     assert answer.status_code == 200, answer.text
     assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
 
+
+async def test_turnaround_names_a_payer_listed_by_insurer_identifier_by_its_name(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    standin = gateway.priorauth.payers.payers[0]
+    by_identifier = standin.model_copy(
+        update={"name": "standin-by-npi", "insurers": ["http://hl7.org/fhir/sid/us-npi|1234567893"]}
+    )
+    gateway.priorauth.payers = PayerDirectory([by_identifier])
+    task = await request_pa(api, order)
+    assert business(task) == "approved"
+    # A PA Task written elsewhere whose owner names the insurer by identifier only: the same payer.
+    npi = {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}
+    other = f.pa_task(order.patient, order.request, owner={"identifier": npi})
+    assert (await api.post("/fhir/Task", json=other)).status_code == 201
+    report = (await api.get("/fhir/Task/$pa-turnaround")).json()
+    rows = [{p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in row["part"]}
+            for row in report["parameter"]]  # fmt: skip
+    assert [(r["payer"], r["decided"], r["pending"]) for r in rows] == [("standin-by-npi", 1, 1)]
+    await gateway.payer_worker.run_once()
+    metrics = (await api.get("/metrics")).text
+    assert 'gateway_pa_decisions_total{payer="standin-by-npi"} 1.0' in metrics
+    assert f"Organization/{order.insurer}" not in metrics

@@ -430,10 +430,16 @@ class PayerWorker:
         now = now or dates.now_us()
         async with self.db.read() as conn:
             rows = await pa_store.submitted_ever(conn)
+            # The payers file may list an insurer by reference or by an identifier of it: each owner is
+            # resolved as a submission is (its Organization's identifiers count), once per owner.
+            names: dict[str, str] = {}
+            for owner in sorted({row.payer for row in rows if row.payer}):
+                payer = await self.service.payer_for_owner(conn, owner)
+                names[owner] = payer.name if payer else owner
         by_payer: dict[str, list[pa_store.Tracking]] = {}
         for row in rows:
-            payer = self.payers.for_insurer(row.payer, []) if row.payer else None
-            by_payer.setdefault(payer.name if payer else (row.payer or "unknown"), []).append(row)
+            name = names[row.payer] if row.payer else "unknown"
+            by_payer.setdefault(name, []).append(row)
         report = []
         for name, group in sorted(by_payer.items()):
             figures = turnaround.summarize((clock_of(r) for r in group), now)
