@@ -240,7 +240,7 @@ class PayerWorker:
                     conn,
                     row.task_id,
                     "payer-received",
-                    f"The payer accepted the request for review (HTTP {outcome.http_status}); no decision yet",
+                    f"Accepted by the payer for review (HTTP {outcome.http_status}); no decision yet",
                 )
         log.info("payer request %s accepted without a decision: HTTP %s", row.id, outcome.http_status)
 
