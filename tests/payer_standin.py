@@ -28,6 +28,8 @@ reviewAction extension (X12 306 review action code, authorization `number`, `rea
 - received: items without any reviewAction (acknowledged, not decided).
 - timeout: waits `timeout_delay_s` before answering as approved, so a client with a shorter timeout gives up.
 - error500: HTTP 500 with an OperationOutcome.
+- accepted: HTTP 202 with an empty body (queued for review, no decision yet); the claim is remembered as
+  "received", so `$inquire`, `decide` and `notification` answer it later.
 
 Numbers are deterministic: the n-th accepted `$submit` gets n (AUTH-n, PEND-n, CR-n). A claim keeps its
 ClaimResponse id and identifier across later decisions, as a payer updating its own ClaimResponse would.
@@ -79,7 +81,7 @@ REVIEW_ACTIONS = {
 # The scenarios a claim can be in (and `decide` can move it to); "timeout" and "error500" only shape
 # how a `$submit` is answered.
 DECISIONS = ("approved", "pended", "denied", "partial", "modified", "rejected", "received")
-SCENARIOS = (*DECISIONS, "timeout", "error500")
+SCENARIOS = (*DECISIONS, "timeout", "error500", "accepted")
 
 
 @dataclass
@@ -326,7 +328,7 @@ class PayerStandIn:
                 if status == 0:  # stopped while holding the answer back
                     return
                 content_type = extra.pop("content-type", FHIR_JSON)
-                data = orjson.dumps(body)
+                data = b"" if body is None else orjson.dumps(body)  # None: an empty body (202)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
@@ -476,10 +478,15 @@ class PayerStandIn:
             if self._stopping.wait(self.timeout_delay_s):
                 return 0, None, {}
             scenario = "approved"
+        accepted = scenario == "accepted"
+        if accepted:
+            scenario = "received"  # queued: decided later
         state = _Claim(n, claim, bundle, scenario, was_pended=scenario == "pended")
         with self._lock:
             for key in self._keys(claim):
                 self._claims[key] = state
+            if accepted:
+                return 202, None, {}
             return 200, self._response_bundle(state, bundle), {}
 
     def _inquire(self, inquiry: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class Correlation:
       identifier, X12 TRN), as `system|value` when a system is known, else the bare value.
     - `payer_references`: the payer's own numbers (ClaimResponse.identifier, authorization numbers,
       administration reference numbers), remembered from earlier answers, as `system|value` or bare.
+    - `echoed_traces`: identifiers of the answer that may be the gateway's trace number echoed back
+      (PAS ClaimResponse.identifier), looked up among the trace numbers after `trace_numbers`: as
+      `system|value` when a system is given, so the same value under another system matches nothing.
     - `task_id`: the PA Task named directly (CSV files may do this).
     """
 
@@ -62,6 +65,7 @@ class Correlation:
     trace_numbers: tuple[str, ...] = ()
     payer_references: tuple[str, ...] = ()
     task_id: str | None = None
+    echoed_traces: tuple[str, ...] = ()
 
     def lookups(self) -> list[tuple[str, str]]:
         """(kind, value) pairs in the order the service should look them up."""
@@ -69,7 +73,7 @@ class Correlation:
         if self.task_id:
             found.append(("task", self.task_id))
         found += [("claim", v) for v in self.claim_ids]
-        found += [("trace", v) for v in self.trace_numbers]
+        found += [("trace", v) for v in (*self.trace_numbers, *self.echoed_traces)]
         found += [("payer", v) for v in self.payer_references]
         return found
 

@@ -113,6 +113,23 @@ def trace_number(task: JSON) -> str | None:
     return None
 
 
+def owner_key(task: JSON) -> str | None:
+    """The Task's owner (the insurer) as one string: its reference `Type/id`, or, for an owner named by
+    identifier only, that identifier as `system|value` (the bare value without a system)."""
+    owner = task.get("owner")
+    if not isinstance(owner, dict):
+        return None
+    reference = owner.get("reference")
+    if isinstance(reference, str) and "/" in reference:
+        return reference
+    identifier = owner.get("identifier")
+    value = identifier.get("value") if isinstance(identifier, dict) else None
+    if not isinstance(value, str) or not value:
+        return None
+    system = identifier.get("system") if isinstance(identifier, dict) else None
+    return f"{system}|{value}" if isinstance(system, str) and system else value
+
+
 def reference_of(task: JSON, element: str, code: str) -> str | None:
     """The valueReference of the input/output of type `code` (e.g. input `claim`)."""
     for entry in task.get(element) or []:

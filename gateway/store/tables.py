@@ -301,7 +301,9 @@ pa_tracking = Table(
     Column("task_id", String(64), primary_key=True),
     Column("task_version", Integer, nullable=False),
     Column("business_status", String(40), nullable=False),
-    Column("payer", String(255), nullable=True),  # the insurer reference (Organization/x) or payer name
+    # the Task's owner: the insurer reference (Organization/x), or its identifier (system|value) when the
+    # owner names it only so
+    Column("payer", String(255), nullable=True),
     Column("priority", String(16), nullable=False),
     Column("submitted_us", BigInteger, nullable=True),  # first submission
     Column("due_us", BigInteger, nullable=True),  # decision due (CMS: 72 h expedited, 7 days standard)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.fhir import dates
-from gateway.pa.payers import parse_payers
+from gateway.pa.payers import PayerDirectory, parse_payers
 from gateway.service.gateway import Gateway
 from gateway.store import priorauth as pa_store
 from tests import factories as f
@@ -598,3 +598,111 @@ async def test_the_operations_answer_only_to_tokens_that_may_read_what_they_read
     assert len(payer.on("$submit")) == 1  # nothing more went to the payer
     allowed = await client_factory("system/Task.cru system/Claim.c system/MedicationRequest.r")
     assert (await allowed.post(f"/fhir/Task/{denied['id']}/$cancel")).status_code == 409  # denied is final
+
+
+# --- answers without a decision, correlation by trace number, payers named by identifier --------------
+
+
+async def test_a_202_without_a_body_leaves_the_task_payer_received_and_nothing_is_sent_again(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    """STANDARDS: a 2xx without a decision (202, queued) is `received` / payer-received, not a failure:
+    the payer has the request, so it is never submitted again; the decision comes later."""
+    payer.scenarios.append("accepted")
+    task = await request_pa(api, order)
+    assert (business(task), task["status"]) == ("payer-received", "received")
+    async with gateway.db.read() as conn:
+        rows = await pa_store.submissions_of(conn, task["id"])
+    assert [(r.kind, r.state, r.http_status) for r in rows] == [("submit", "sent", 202)]
+    # Past every retry delay of the payer's policy (60 s, doubling, 3 attempts): still one $submit.
+    await gateway.payer_worker.run_once()
+    await gateway.payer_worker.run_once(dates.now_us() + 61_000_000)
+    await gateway.payer_worker.run_once(dates.now_us() + 700_000_000)
+    assert len(payer.on("$submit")) == 1
+    still = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(still) == "payer-received" and still["status"] == "received"
+    # The decision comes by $inquire on the payer's cadence (or by notification).
+    payer.decide(outputs_input(task, "claim").split("/")[1], "approved")
+    await gateway.payer_worker.run_once(dates.now_us() + 3_601_000_000)
+    assert len(payer.on("$inquire")) == 1 and len(payer.on("$submit")) == 1
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
+
+
+def trace_of(task: dict[str, Any]) -> str:
+    return str(next(i["value"] for i in task["identifier"] if i["system"] == f"{GATEWAY}/pa-trace-number"))
+
+
+def echoing_trace(example: dict[str, Any], identifier: dict[str, str]) -> dict[str, Any]:
+    """A published PAS answer whose ClaimResponse names the request only by echoing a trace number in
+    ClaimResponse.identifier: no request reference, no preAuthRef, no Bundle identifier."""
+    copy = json.loads(json.dumps(example))
+    bundles = [copy] + [e["resource"] for e in copy["entry"] if e["resource"]["resourceType"] == "Bundle"]
+    for bundle in bundles:
+        bundle.pop("identifier", None)
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] == "ClaimResponse":
+                resource.pop("request", None)
+                resource.pop("preAuthRef", None)
+                resource["identifier"] = [identifier]
+    return copy
+
+
+@pytest.mark.parametrize(
+    "example",
+    ["Bundle-PASSubscriptionNotification.json", "Bundle-ReferralAuthorizationResponseBundleExample.json"],
+)
+async def test_an_answer_echoing_only_the_trace_number_in_claimresponse_identifier_moves_its_task(
+    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn, example: str
+) -> None:
+    payer.scenarios.append("received")  # acknowledged, no decision
+    task = await request_pa(api, order)
+    assert business(task) == "payer-received"
+    trace = trace_of(task)
+    payer_client = await client_factory("system/ClaimResponse.c")
+    # The trace number's value under another system is another identifier: it matches nothing.
+    other = {"system": "http://payer.example/claim-response", "value": trace}
+    refused = await payer_client.post("/payer/pas/notifications", json=echoing_trace(corpus(example), other))
+    assert refused.status_code == 422, refused.text
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "payer-received"
+    echoed = {"system": f"{GATEWAY}/pa-trace-number", "value": trace}
+    answer = await payer_client.post("/payer/pas/notifications", json=echoing_trace(corpus(example), echoed))
+    assert answer.status_code == 200, answer.text
+    after = (await api.get(f"/fhir/Task/{task['id']}")).json()
+    assert business(after) == "approved" and outputs(after, "authorization-number") == ["AUTH0001"]
+
+
+async def test_an_answer_echoing_the_bare_trace_number_value_moves_its_task(
+    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn
+) -> None:
+    payer.scenarios.append("received")  # acknowledged, no decision
+    task = await request_pa(api, order)
+    payer_client = await client_factory("system/ClaimResponse.c")
+    body = echoing_trace(corpus("Bundle-PASSubscriptionNotification.json"), {"value": trace_of(task)})
+    answer = await payer_client.post("/payer/pas/notifications", json=body)
+    assert answer.status_code == 200, answer.text
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
+
+
+async def test_turnaround_names_a_payer_listed_by_insurer_identifier_by_its_name(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    standin = gateway.priorauth.payers.payers[0]
+    by_identifier = standin.model_copy(
+        update={"name": "standin-by-npi", "insurers": ["http://hl7.org/fhir/sid/us-npi|1234567893"]}
+    )
+    gateway.priorauth.payers = PayerDirectory([by_identifier])
+    task = await request_pa(api, order)
+    assert business(task) == "approved"
+    # A PA Task written elsewhere whose owner names the insurer by identifier only: the same payer.
+    npi = {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}
+    other = f.pa_task(order.patient, order.request, owner={"identifier": npi})
+    assert (await api.post("/fhir/Task", json=other)).status_code == 201
+    report = (await api.get("/fhir/Task/$pa-turnaround")).json()
+    rows = [{p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in row["part"]}
+            for row in report["parameter"]]  # fmt: skip
+    assert [(r["payer"], r["decided"], r["pending"]) for r in rows] == [("standin-by-npi", 1, 1)]
+    await gateway.payer_worker.run_once()
+    metrics = (await api.get("/metrics")).text
+    assert 'gateway_pa_decisions_total{payer="standin-by-npi"} 1.0' in metrics
+    assert f"Organization/{order.insurer}" not in metrics

@@ -403,6 +403,20 @@ def test_correlation_from_request_identifier_and_absolute_claim_url() -> None:
     assert correlation.payer_references == ("urn:payer|P-1", "R1")
 
 
+def test_claimresponse_identifiers_are_also_looked_up_as_echoed_trace_numbers() -> None:
+    """A payer that names the request only by echoing the submitter's trace number in
+    ClaimResponse.identifier: those identifiers are tried as trace numbers, after the others."""
+    response = _claim_response(
+        [_item(1, "A1")],
+        identifier=[{"system": "urn:trace", "value": "T-1"}, {"value": "T-2"}],
+    )
+    correlation = _only(decisions_from_response(_bundle(response))).correlation
+    assert correlation.echoed_traces == ("urn:trace|T-1", "T-2")
+    assert ("trace", "urn:trace|T-1") in correlation.lookups()
+    assert ("trace", "T-2") in correlation.lookups()
+    assert ("trace", "T-1") not in correlation.lookups()  # with a system given, only system|value
+
+
 def test_cdex_attachment_request_sets_info_requested() -> None:
     task = _read(CDEX_DIR, "cdex-task-example20.json")
     decision = _only(decisions_from_response(_bundle(_claim_response([_item(1, "A4")]), task)))

@@ -21,7 +21,8 @@ What is read from where:
 - `ClaimResponse.error[].code` are errors; `outcome=error` without any is one error from `disposition`.
   A pended answer is `outcome=complete` with A4 on the item: `outcome` never says pended in PAS.
 - Correlation: `request.reference` (`Claim/{id}`, also as an absolute URL) and `request.identifier`;
-  the payer's `identifier`, `preAuthRef`, authorization and administration reference numbers.
+  the payer's `identifier`, `preAuthRef`, authorization and administration reference numbers; the
+  `identifier`s also as echoed trace numbers (`echoed_traces`).
   `created` is the decision time, `disposition` is kept, and so is the ClaimResponse itself (a copy).
 - Subscription notification (R4 backport, `type=history`): entry[0] the SubscriptionStatus (Parameters
   in R4); for `event-notification` and `query-event`, the later entries are full response Bundles or
@@ -323,13 +324,16 @@ def _correlation(
     traces = [_token(request.get("identifier")), bundle_trace]
     if claim_id in claims:
         traces += [_token(i) for i in _objects(claims[claim_id], "identifier", f"Claim/{claim_id}")]
-    payer = [_token(i) for i in _objects(response, "identifier", where)]
-    payer.append(_string(response.get("preAuthRef")))
+    identifiers = [_token(i) for i in _objects(response, "identifier", where)]
+    payer = [*identifiers, _string(response.get("preAuthRef"))]
     payer += [i.authorization_number for i in items] + [i.administration_reference for i in items]
     return Correlation(
         claim_ids=(claim_id,) if claim_id else (),
         trace_numbers=_unique(traces),
         payer_references=_unique(payer),
+        # PAS payers may echo the submitter's trace number as ClaimResponse.identifier and name the
+        # request no other way.
+        echoed_traces=_unique(identifiers),
     )
 
 

@@ -2,7 +2,9 @@
 
 Answers are classified for the caller, which decides what the Task becomes:
 - `Answered`: a 2xx with a response Bundle (the decision is parsed by the PAS adapter);
-- `Failed`: no usable answer (timeout, connection error, 5xx, 429, a 2xx that is not JSON): retry later;
+- `Accepted`: a 2xx without a decision (202 queued, or an empty body): the payer has the request, so it
+  is never sent again; the decision comes later by notification or `Claim/$inquire`;
+- `Failed`: no usable answer (timeout, connection error, 5xx, 429, a 200 that is not JSON): retry later;
 - `Refused`: the payer refused the request itself (other 4xx): the Task becomes rejected-by-payer.
 """
 
@@ -31,6 +33,12 @@ class Answered:
 
 
 @dataclass(frozen=True, slots=True)
+class Accepted:
+    http_status: int
+    duration_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     error: str
     http_status: int | None
@@ -45,7 +53,7 @@ class Refused:
     duration_us: int
 
 
-Outcome = Answered | Failed | Refused
+Outcome = Answered | Accepted | Failed | Refused
 
 
 class PayerClient:
@@ -98,6 +106,8 @@ class PayerClient:
         if status == 401:
             self._tokens.pop(_token_key(payer), None)  # maybe revoked: fetch a new one next time
         if 200 <= status < 300:
+            if parsed is None and (status == 202 or not response.content.strip()):
+                return Accepted(status, elapsed())  # taken, no decision yet: sending again would duplicate it
             if parsed is None:
                 return Failed(f"HTTP {status} without a FHIR JSON body", status, elapsed())
             return Answered(parsed, status, elapsed())

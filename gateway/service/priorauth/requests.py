@@ -484,11 +484,18 @@ class PriorAuthService:
     async def _payer_of(self, conn: AsyncConnection, task_id: str) -> PayerConfig | None:
         """The configured payer of the insurer a PA Task was sent to (its owner)."""
         task = resource_of(await store.current(conn, "Task", task_id))
-        owner = _ref((task or {}).get("owner"))
-        if owner is None:
+        return await self.payer_for_owner(conn, tasks.owner_key(task or {}))
+
+    async def payer_for_owner(self, conn: AsyncConnection, owner: str | None) -> PayerConfig | None:
+        """The configured payer of a PA Task's owner (the insurer), given as `tasks.owner_key` gives it: by
+        reference, where the payers file may list the Organization's reference or any identifier of
+        it, or by an identifier (`system|value`) when the owner names the insurer only that way."""
+        if not owner:
             return None
+        if "|" in owner:  # an identifier (its system is a URL, so test this before the reference)
+            return self.payers.for_insurer(None, [owner])
         rtype, _, rid = owner.partition("/")
-        insurer = resource_of(await store.current(conn, rtype, rid))
+        insurer = resource_of(await store.current(conn, rtype, rid)) if rtype.isalpha() and rid else None
         return self.payers.for_insurer(owner, _identifiers(insurer) if insurer else [])
 
     async def correlate(self, conn: AsyncConnection, decision: PayerDecision) -> str | None:

@@ -99,14 +99,15 @@ async def _track(
             decided_us = None  # answered the payer's questions: the clock is the payer's again
     if after in DECISIONS and (before in AWAITING_PAYER or before == "submission-error") and not decided_us:
         decided_us = now if submitted_us else None
-    owner = (task.get("owner") or {}).get("reference")
+    owner = tasks.owner_key(task)  # an insurer named by identifier only is still known
+    owner = owner[:255] if owner else None  # the column's size; a longer key just names no payer
     await pa_store.save_tracking(
         conn,
         pa_store.Tracking(
             task_id,
             version,
             after,
-            owner if isinstance(owner, str) else None,
+            owner,
             str(task.get("priority") or "routine"),
             submitted_us,
             _due_us(task),

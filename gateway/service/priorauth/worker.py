@@ -32,7 +32,14 @@ from gateway.pa import lifecycle, tasks, turnaround
 from gateway.pa.decision import PayerDecision
 from gateway.pa.payers import PayerConfig, PayerDirectory
 from gateway.routing.evaluators import EVALUATORS, Change, EvaluationContext
-from gateway.service.priorauth.payer_client import Answered, Failed, Outcome, PayerClient, Refused
+from gateway.service.priorauth.payer_client import (
+    Accepted,
+    Answered,
+    Failed,
+    Outcome,
+    PayerClient,
+    Refused,
+)
 from gateway.service.priorauth.requests import PriorAuthService, resource_of, submission_id
 from gateway.service.subscriptions.manager import SubscriptionManager
 from gateway.service.workers import Repeating
@@ -156,6 +163,9 @@ class PayerWorker:
 
     async def _record(self, row: Submission, token: str, payer: PayerConfig | None, outcome: Outcome) -> None:
         now = dates.now_us()
+        if isinstance(outcome, Accepted):
+            await self._accepted(row, token, outcome, now)
+            return
         if isinstance(outcome, Answered) and row.kind == "cancel":  # the Task was cancelled already
             async with self.db.write() as conn:
                 await pa_store.finish_submission(
@@ -168,6 +178,11 @@ class PayerWorker:
             try:
                 decisions = pas.decisions_from_response(outcome.body, source)
             except pas.PasError as exc:
+                if outcome.http_status == 202:
+                    # Queued with some other body (e.g. an informational OperationOutcome): taken, no
+                    # decision yet, and not to be sent again.
+                    await self._accepted(row, token, Accepted(202, outcome.duration_us), now)
+                    return
                 outcome = Failed(
                     f"the payer's answer is not a PAS response: {exc}"[:500], outcome.http_status, 0
                 )
@@ -209,6 +224,25 @@ class PayerWorker:
                 await self._move(conn, row.task_id, "submission-error", note)
         # The payer's diagnostics may hold patient details: the log gets the status only.
         log.warning("payer request %s failed: HTTP %s", row.id, outcome.http_status or "-")
+
+    async def _accepted(self, row: Submission, token: str, outcome: Accepted, now: int) -> None:
+        """The payer took the request without deciding (202, queued): sent, not failed, so it is never
+        sent again. A submission's Task becomes payer-received; an inquiry or a cancellation changes
+        nothing more."""
+        async with self.db.write() as conn:
+            if not await pa_store.finish_submission(
+                conn, row.id, token, state="sent", sent_us=now, duration_us=outcome.duration_us,
+                http_status=outcome.http_status, error=None,
+            ):  # fmt: skip
+                return  # not ours to record any more
+            if row.kind == "submit" and await self._task_version(conn, row.task_id) == row.task_version:
+                await self._move(
+                    conn,
+                    row.task_id,
+                    "payer-received",
+                    f"Accepted by the payer for review (HTTP {outcome.http_status}); no decision yet",
+                )
+        log.info("payer request %s accepted without a decision: HTTP %s", row.id, outcome.http_status)
 
     async def _answered(
         self,
@@ -288,7 +322,9 @@ class PayerWorker:
 
     async def _inquire_pended(self, now: int) -> None:
         async with self.db.read() as conn:
-            pended = await pa_store.in_status(conn, ["pended"])
+            # Pended requests, and those the payer took without deciding (202): their answer may only
+            # come by $inquire when the payer sends no notification.
+            pended = await pa_store.in_status(conn, list(INQUIRED))
             histories = await pa_store.submissions_of_tasks(conn, [row.task_id for row in pended])
             plans = []
             for row in pended:
@@ -394,10 +430,16 @@ class PayerWorker:
         now = now or dates.now_us()
         async with self.db.read() as conn:
             rows = await pa_store.submitted_ever(conn)
+            # The payers file may list an insurer by reference or by an identifier of it: each owner is
+            # resolved as a submission is (its Organization's identifiers count), once per owner.
+            names: dict[str, str] = {}
+            for owner in sorted({row.payer for row in rows if row.payer}):
+                payer = await self.service.payer_for_owner(conn, owner)
+                names[owner] = payer.name if payer else owner
         by_payer: dict[str, list[pa_store.Tracking]] = {}
         for row in rows:
-            payer = self.payers.for_insurer(row.payer, []) if row.payer else None
-            by_payer.setdefault(payer.name if payer else (row.payer or "unknown"), []).append(row)
+            name = names[row.payer] if row.payer else "unknown"
+            by_payer.setdefault(name, []).append(row)
         report = []
         for name, group in sorted(by_payer.items()):
             figures = turnaround.summarize((clock_of(r) for r in group), now)
@@ -429,4 +471,5 @@ def _call_budget_s(payer: PayerConfig | None) -> float:
     return 4 * (payer.timeout_seconds if payer else 15.0) + 5
 
 
+INQUIRED = ("pended", "payer-received")
 UNKNOWN = "the gateway stopped while this request was in flight; whether the payer got it is unknown"
