@@ -152,10 +152,10 @@ class CoverageChecks:
         codes = rules_.lab_codes(self.rules)
         if not codes:
             return []
-        # The rules' codes first (an index lookup), then the patient: a patient's whole record is not read.
-        found = await store_search.by_token(conn, "Observation", "code", codes)
-        observations = [o for o in (resource_of(s) for s in found) if o]
-        return [o for o in observations if (o.get("subject") or {}).get("reference") == patient_ref]
+        found = await store_search.by_reference_and_token(
+            conn, "Observation", ("subject", patient_ref), ("code", codes)
+        )
+        return [o for o in (resource_of(s) for s in found) if o]
 
     async def decide(
         self, conn: AsyncConnection, order: JSON, patient_ref: str, coverages: list[JSON] | None = None
