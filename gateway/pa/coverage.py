@@ -311,13 +311,21 @@ def _payer_matches(rule: CoverageRule, coverage: PayerCoverage) -> bool:
     return bool(set(rule.insurers) & ({coverage.insurer} | set(coverage.insurer_identifiers)))
 
 
+def _drug_matches(rule: CoverageRule, codes: frozenset[str], classes: frozenset[str]) -> bool:
+    return bool(codes & set(rule.rxnorm)) or (rule.drug_class is not None and rule.drug_class in classes)
+
+
+def concerns_drug(rules: CoverageRules, codes: frozenset[str], classes: frozenset[str]) -> bool:
+    """Whether any rule is about this drug: most orders are not, and need no coverage or lab read."""
+    return any(_drug_matches(rule, codes, classes) for rule in rules.rules)
+
+
 def _rule_matches(
     rule: CoverageRule, coverage: PayerCoverage, codes: frozenset[str], classes: frozenset[str]
 ) -> bool:
     if rule.plan is not None and rule.plan not in coverage.plans:
         return False
-    drug = bool(codes & set(rule.rxnorm)) or (rule.drug_class is not None and rule.drug_class in classes)
-    return drug and _payer_matches(rule, coverage)
+    return _drug_matches(rule, codes, classes) and _payer_matches(rule, coverage)
 
 
 def _effective_us(observation: dict[str, Any]) -> int | None:

@@ -198,7 +198,11 @@ def order_sign(patient: str, *orders: dict[str, Any], **extra: Any) -> dict[str,
 
 
 async def test_discovery_lists_the_order_sign_service(api: httpx.AsyncClient) -> None:
-    (service,) = (await api.get("/cds-services")).json()["services"]
+    anonymous = httpx.AsyncClient(transport=api._transport, base_url=str(api.base_url))
+    async with anonymous:  # discovery says what exists, nothing about anyone: no token needed
+        answer = await anonymous.get("/cds-services")
+    assert answer.status_code == 200
+    (service,) = answer.json()["services"]
     assert (service["hook"], service["id"]) == ("order-sign", "specialty-pa")
     assert set(service["prefetch"]) == {"patient", "coverage"}
 

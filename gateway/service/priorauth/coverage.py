@@ -175,6 +175,8 @@ class CoverageChecks:
             )
             if r.drug_class
         )
+        if not rules_.concerns_drug(self.rules, rules_.order_rxnorm_codes(order, medication), classes):
+            return None
         payer_coverages = await self._coverages(conn, patient_ref, coverages)
         if not payer_coverages:
             return None
