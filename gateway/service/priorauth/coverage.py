@@ -7,7 +7,7 @@
             PayerWorker), never inside the order's transaction
     POST /cds-services/specialty-pa ──> the same evaluation for each draft order ──> cards
 
-Logs carry ids and rule ids only (no names, no codes that would say what a patient takes).
+Logs carry resource ids only: no names, and no rule ids or codes (they would say what a patient takes).
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class CoverageChecks:
         system = self.priorauth.internal
         pending = self.fhir.plan_new(system, task, task_id, "POST", dates.to_us(now))
         await self.fhir.write_versions(conn, system, [pending])
-        log.info("PA Task/%s opened for MedicationRequest/%s rule=%s", task_id, order_id, decision.rule.id)
+        log.info("PA Task/%s opened for MedicationRequest/%s", task_id, order_id)
         if decision.rule.auto_submit:
             supporting = tuple(lab.reference for lab in decision.labs_found)
             self._queued.setdefault(id(conn), []).append(
