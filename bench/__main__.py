@@ -1,4 +1,4 @@
-"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison|timeline-stream]
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison|timeline-stream|cds]
 [--backends ...]`.
 
 `jsonio` and `validation` run in this process, with no database and no gateway.
@@ -11,6 +11,7 @@ import asyncio
 
 from bench import (
     audit,
+    cds,
     hl7,
     jsonio,
     measures,
@@ -24,7 +25,7 @@ from bench import (
 
 SUITES = [
     "all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "measures", "poison",
-    "timeline-stream",
+    "timeline-stream", "cds",
 ]  # fmt: skip
 
 
@@ -73,6 +74,10 @@ def main() -> None:
         if everything:
             print()
         asyncio.run(timeline_stream.run(backends, args.postgres_url))
+    if args.suite in ("all", "cds"):
+        if everything:
+            print()
+        asyncio.run(cds.run(backends, args.postgres_url))
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
         asyncio.run(poison.run(backends, args.postgres_url))
 

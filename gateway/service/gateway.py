@@ -14,6 +14,7 @@ from gateway.mapping import files as mapping_files
 from gateway.mapping.fhir_clients import load_fhir_clients
 from gateway.mapping.files import MappingSet
 from gateway.mapping.monitoring import load_monitoring
+from gateway.pa.coverage import load_coverage_rules
 from gateway.pa.payers import load_payers
 from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
@@ -34,6 +35,7 @@ from gateway.service.pharmacist.monitoring import MonitoringCalendar
 from gateway.service.pharmacist.timeline import PatientTimeline
 from gateway.service.pharmacist.timeline_stream import EVENT_ID_LABEL, EventIds, TimelineFeed
 from gateway.service.priorauth import tracking as pa_tracking
+from gateway.service.priorauth.coverage import CoverageChecks
 from gateway.service.priorauth.operations import PriorAuthOps
 from gateway.service.priorauth.payer_client import PayerClient
 from gateway.service.priorauth.requests import PriorAuthService
@@ -74,6 +76,7 @@ class Gateway:
     launch: LaunchService  # SMART standalone launch: codes, consent, user tokens
     people: People  # what a person (console session, user token) reaches
     puller: EhrPuller  # pulls from upstream EHRs' FHIR APIs (none configured: does nothing)
+    coverage: CoverageChecks  # payers' coverage rules: PA Tasks on order arrival, CDS Hooks order-sign
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -82,6 +85,11 @@ class Gateway:
         upstreams = load_upstreams(settings.upstreams_file)
         mappings = mapping_files.load(settings.mappings_dir)
         ehr_clients = load_fhir_clients(settings.mappings_dir / "fhir" / "clients")
+        monitoring_rules = load_monitoring(settings.mappings_dir)
+        coverage_rules = load_coverage_rules(
+            settings.mappings_dir / "coverage",
+            frozenset(r.drug_class for r in monitoring_rules.drug_lab if r.drug_class),
+        )
         default_zone = mapping_files.default_zone(settings.hl7_default_offset)
         kek = key_encryption_from(settings)  # a malformed key stops the start here too
         db = Database(
@@ -125,7 +133,7 @@ class Gateway:
         manager = SubscriptionManager(
             db,
             topics,
-            load_monitoring(settings.mappings_dir),
+            monitoring_rules,
             allowlist=Allowlist.parse(settings.subscription_allowlist),
         )
         fhir.write_observers.append(pa_tracking.observe)  # lifecycle first: a refused move matches nothing
@@ -168,6 +176,9 @@ class Gateway:
             expiring_days=settings.pa_expiring_days,
             interval_s=settings.pa_worker_seconds,
         )
+        # Last observer: a PA Task opened for an order is itself seen by the lifecycle and topic observers.
+        coverage = CoverageChecks(fhir, priorauth, payer_worker, coverage_rules, manager.rules)
+        fhir.write_observers.append(coverage.observe)
         auth.on_client_revoked.append(deliverer.turn_off_owned)  # a removed client's subscriptions go off
         auth.after_client_revoked.append(deliverer.settle_owner)  # and what was on the wire has landed
         auth.after_client_revoked.append(timeline_feed.client_revoked)  # its open streams end now
@@ -227,6 +238,7 @@ class Gateway:
             LaunchService(db, auth),
             People(db),
             EhrPuller(fhir, upstreams),
+            coverage,
         )
 
     async def start_background(self) -> None:
@@ -242,6 +254,7 @@ class Gateway:
         await self.timeline_feed.stop()  # open streams end first (`gateway serve` ends them earlier)
         await self.puller.stop()
         await self.monitoring.stop()
+        await self.coverage.drain()  # automatic PA submissions under way finish before the worker stops
         await self.payer_worker.stop()
         await self.deliverer.stop()
         await self.pipeline.stop()

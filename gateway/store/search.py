@@ -355,3 +355,26 @@ async def by_token(conn: AsyncConnection, resource_type: str, param: str, codes:
     )
     rows = await conn.execute(current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False)))
     return [to_stored(row) for row in rows]
+
+
+async def by_reference_and_token(
+    conn: AsyncConnection, resource_type: str, reference: tuple[str, str], token: tuple[str, list[str]]
+) -> list[Stored]:
+    """Live resources of a type pointing at one target ("Type/id") in a reference parameter and holding
+    any of the codes (any system) in a token parameter: a patient's results of some codes, read through
+    both indexes (neither the patient's whole record nor every patient's results of those codes)."""
+    (param, target), (token_param, codes) = reference, token
+    target_type, _, target_id = target.partition("/")
+    r, t = sp_reference.c, sp_token.c
+    referring = select(r.rid).where(
+        r.res_type == resource_type, r.param == param, r.target_type == target_type, r.target_id == target_id
+    )
+    coded = select(t.rid).where(t.res_type == resource_type, t.param == token_param, t.code.in_(codes))
+    rows = await conn.execute(
+        current_select().where(
+            resource.c.rid.in_(referring.scalar_subquery()),
+            resource.c.rid.in_(coded.scalar_subquery()),
+            resource.c.deleted.is_(False),
+        )
+    )
+    return [to_stored(row) for row in rows]

@@ -20,6 +20,7 @@ from gateway.settings import Settings
 from gateway.transports.http import (
     audit_routes,
     auth_routes,
+    cds_routes,
     console_routes,
     everything_routes,
     fhir_routes,
@@ -95,6 +96,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(auth_routes.discovery_router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)
+    app.include_router(cds_routes.router)
     app.include_router(pharmacist_routes.router)
     app.include_router(measure_routes.router)
     app.include_router(audit_routes.router)
