@@ -148,3 +148,44 @@ async def test_ehr_first_then_the_lab_is_one_observation_and_the_code_is_normali
     assert any(i["system"] == "urn:example-ehr:result" for i in merged.get("identifier", []))
     assert "basedOn" in merged  # the lab's links (the order's ServiceRequest) are there now
     assert AUTHORITY  # the messages use the test authority of tests.hl7_messages
+
+
+def pushed_patient(mrn: str, birth_date: str = "1980-02-03") -> dict[str, Any]:
+    """The same person as the HL7 v2 PID of tests.hl7_messages (Alex Testperson, F), as the EHR sends it."""
+    return {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": MRN_SYSTEM, "value": mrn},
+            {"system": "urn:example-ehr:patient", "value": f"E{mrn}"},
+        ],
+        "name": [{"family": "Testperson", "given": ["Alex"]}],
+        "birthDate": birth_date,
+        "gender": "female",
+    }
+
+
+async def test_a_pushed_patient_is_matched_by_identifier_and_guarded_by_demographics(
+    api: httpx.AsyncClient, ehr: httpx.AsyncClient
+) -> None:
+    mrn = f"M{uuid.uuid4().hex[:8]}"
+    await lab_sends(api, mrn)
+    known = await patient_by_mrn(api, mrn)
+    # the same person: one Patient, now also carrying the EHR's own identifier
+    same = await ehr.post("/fhir/Patient", json=pushed_patient(mrn))
+    assert same.status_code == 200 and same.json()["id"] == known, same.text
+    systems = {i["system"] for i in same.json()["identifier"]}
+    assert {"urn:example-ehr:patient", MRN_SYSTEM} <= systems
+    # the MRN of someone born on another day: refused, naming the element; no second Patient
+    other = await ehr.post("/fhir/Patient", json=pushed_patient(mrn, "1961-07-30"))
+    assert other.status_code == 409 and "birthDate" in other.text
+    assert await patient_by_mrn(api, mrn) == known
+    # a result naming the patient only by identifier is filed under the stored Patient
+    result = pushed_anc("ignored", 3.3)
+    result["subject"] = {"identifier": {"system": "urn:example-ehr:patient", "value": f"E{mrn}"}}
+    filed = await ehr.post("/fhir/Observation", json=result)
+    assert filed.status_code == 201, filed.text
+    assert filed.json()["subject"]["reference"] == f"Patient/{known}"
+    # an identifier nobody carries: refused, naming where
+    result["subject"] = {"identifier": {"system": "urn:example-ehr:patient", "value": "NOBODY"}}
+    refused = await ehr.post("/fhir/Observation", json=result)
+    assert refused.status_code == 422 and "Observation.subject.identifier" in refused.text

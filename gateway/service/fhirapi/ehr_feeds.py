@@ -17,12 +17,14 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.fhir import results
+from gateway.exceptions import Unprocessable
 from gateway.fhir import dates, jsonio
 from gateway.fhir.audit import AGENT_SYSTEMS
 from gateway.fhir.query import QueryParser
 from gateway.mapping.codes import apply_code_rules
 from gateway.mapping.fhir_clients import FhirClientMapping
 from gateway.store import clients as client_store
+from gateway.store import resources as resources_store
 from gateway.store import search as store_search
 from gateway.store.resources import Stored
 from gateway.types import JSON
@@ -105,6 +107,45 @@ class EhrFeeds:
             if other is not None and results.same_result(key, other):
                 twins.append(stored)
         return twins[0] if len(twins) == 1 else None
+
+    async def same_patient(self, conn: AsyncConnection, patient: JSON) -> Stored | None:
+        """The stored Patient that carries one of this Patient's identifiers (system and value), when
+        exactly one does: the person the EHR means, whoever registered them first (HL7 v2 or FHIR)."""
+        keys = [
+            (str(i["system"]), str(i["value"]))
+            for i in patient.get("identifier") or []
+            if isinstance(i, dict) and i.get("system") and i.get("value")
+        ]
+        if not keys:
+            return None
+        found = await store_search.all_ids_by_identifier(conn, "Patient", keys)
+        ids = sorted({pid for pids in found.values() for pid in pids})
+        if len(ids) != 1:
+            return None  # none, or identifiers that name two stored Patients: not the gateway's guess
+        stored = await resources_store.current(conn, "Patient", ids[0])
+        return stored if stored is not None and not stored.deleted and stored.content is not None else None
+
+    async def resolve_subject(self, conn: AsyncConnection, resource: JSON) -> None:
+        """A `subject`/`patient` that names the Patient only by identifier (a logical reference) becomes a
+        reference to the stored Patient with that identifier; an identifier no stored Patient carries is
+        refused (422), naming the element: the gateway does not file a result under nobody."""
+        for element in ("subject", "patient", "for", "beneficiary"):
+            value = resource.get(element)
+            if (
+                not isinstance(value, dict)
+                or value.get("reference")
+                or not isinstance(value.get("identifier"), dict)
+            ):
+                continue
+            ident = value["identifier"]
+            stored = await self.same_patient(conn, {"identifier": [ident]})
+            if stored is None:
+                raise Unprocessable(
+                    f"No Patient here carries the identifier {ident.get('system')}|{ident.get('value')}"
+                    " (or more than one does): send the Patient first, or reference it",
+                    expression=f"{resource.get('resourceType')}.{element}.identifier",
+                )
+            resource[element] = {**value, "reference": f"Patient/{stored.id}"}
 
     @staticmethod
     def provenance(mapping: FhirClientMapping, client_id: str, targets: list[str], activity: str) -> JSON:

@@ -31,6 +31,7 @@ from gateway.exceptions import (
 )
 from gateway.fhir import dates, jsonio
 from gateway.fhir.bundles import Entry, bundle_bytes
+from gateway.fhir.demographics import disagreements
 from gateway.fhir.extract import extract
 from gateway.fhir.outcome import outcome_bytes
 from gateway.fhir.query import QueryParser, SearchLimits, SearchQuery, parse_offset
@@ -481,6 +482,12 @@ class FhirService:
         mapping = await self.feeds.mapping_for(conn, ctx.client_id) if self.feeds is not None else None
         if mapping is not None and self.feeds is not None:
             self.feeds.normalize(mapping, resource)
+            await self.feeds.resolve_subject(conn, resource)
+            if rtype == "Patient":
+                same = await self.feeds.same_patient(conn, resource)
+                if same is not None:
+                    self._guard_identity(same, resource)
+                    return await self._merge_into(conn, ctx, same, resource, mapping, issues)
             if mapping.merge_results and rtype == "Observation":
                 twin = await self.feeds.twin_of(conn, resource, self.local_bases(ctx), from_feed_only=False)
                 if twin is not None:
@@ -491,6 +498,20 @@ class FhirService:
             await self._feed_provenance(conn, ctx, mapping, stored, "CREATE")
         return self.written(ctx, stored, 201, issues)
 
+    @staticmethod
+    def _guard_identity(stored: Stored, pushed: JSON) -> None:
+        """The demographic guard of the HL7 v2 path, for a Patient an EHR pushes with an identifier that a
+        stored Patient carries: beyond the tolerance (gateway/fhir/demographics.py) it is refused, not
+        merged and not filed as a second person."""
+        assert stored.content is not None
+        elements = disagreements(jsonio.loads(stored.content), pushed)
+        if elements:
+            raise Conflict(
+                f"Patient/{stored.id} carries this identifier, but {', '.join(elements)} disagree: not merged"
+                " (correct the identifier or the demographics, or resolve the identity first)",
+                expression=f"Patient.{elements[0]}",
+            )
+
     async def _merge_into(
         self,
         conn: AsyncConnection,
@@ -500,7 +521,8 @@ class FhirService:
         mapping: FhirClientMapping,
         issues: list[Issue],
     ) -> Outcome:
-        """A result the EHR pushes that is already stored: one Observation, knowing both sources' marks."""
+        """What the EHR pushes that is already stored (a result, a Patient): one resource, knowing both
+        sources' marks (identifiers, feed tags)."""
         assert twin.content is not None
         merged = merged_marks(jsonio.loads(twin.content), pushed)
         planner = RequestContext(base_url=ctx.base_url)  # the merge is the gateway's, not an update asked for
@@ -513,7 +535,7 @@ class FhirService:
         note = Issue(
             "information",
             "duplicate",
-            f"The same result is stored already: merged into Observation/{twin.id}",
+            f"The same {twin.type} is stored already: merged into {twin.type}/{twin.id}",
         )
         return self.written(ctx, stored, 200, [*issues, note])
 
