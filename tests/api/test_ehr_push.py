@@ -189,3 +189,24 @@ async def test_a_pushed_patient_is_matched_by_identifier_and_guarded_by_demograp
     result["subject"] = {"identifier": {"system": "urn:example-ehr:patient", "value": "NOBODY"}}
     refused = await ehr.post("/fhir/Observation", json=result)
     assert refused.status_code == 422 and "Observation.subject.identifier" in refused.text
+
+
+async def test_a_resource_the_gateway_cannot_accept_is_refused_naming_element_and_rule(
+    api: httpx.AsyncClient, ehr: httpx.AsyncClient
+) -> None:
+    mrn = f"M{uuid.uuid4().hex[:8]}"
+    await lab_sends(api, mrn)
+    patient = await patient_by_mrn(api, mrn)
+    no_status = pushed_anc(patient)
+    del no_status["status"]  # R4 and US Core: 1..1
+    not_a_number = pushed_anc(patient)
+    not_a_number["valueQuantity"]["value"] = "1,2"
+    for broken, element in (
+        (no_status, "Observation.status"),
+        (not_a_number, "Observation.valueQuantity.value"),
+    ):
+        answer = await ehr.post("/fhir/Observation", json=broken)
+        assert answer.status_code == 422
+        errors = [i for i in answer.json()["issue"] if i["severity"] == "error"]
+        assert any(element in i.get("expression", []) and i["diagnostics"] for i in errors), errors
+    assert len(await ancs(api, patient)) == 1  # only the lab's
