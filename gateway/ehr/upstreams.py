@@ -19,7 +19,10 @@ A YAML (or JSON) file named by GATEWAY_UPSTREAMS_FILE:
         max_requests_per_second: 5
         page_size: 100
         timeout_seconds: 30
+        forward:                              # optional: write what this gateway produces to it
+          resources: [Observation, Task]  # conditional update on an identifier (gateway/ehr/forward.py)
 
+An upstream may only pull (`resources`), only forward (`forward`), or both.
 The key is checked (it must open, and fit `alg`) at start, so a wrong path stops the gateway with the reason.
 """
 
@@ -88,18 +91,39 @@ class UpstreamAuth(BaseModel):
         return pem
 
 
+class ForwardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resources: list[str] = Field(min_length=1)
+
+    @field_validator("resources")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        return _resource_types(value)
+
+
+def _resource_types(value: list[str]) -> list[str]:
+    bad = [t for t in value if not RESOURCE_TYPE.match(t)]
+    if bad:
+        raise ValueError(f"not resource types: {', '.join(bad)}")
+    if len(set(value)) != len(value):
+        raise ValueError("listed twice")
+    return value
+
+
 class UpstreamConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     base_url: str = Field(pattern=r"^https?://")
     auth: UpstreamAuth = UpstreamAuth()
-    resources: list[str] = Field(min_length=1)
+    resources: list[str] = Field(default_factory=list)  # to pull; empty: a forward-only upstream
     patients: list[str] = Field(default_factory=list)
     interval_seconds: float = Field(60, gt=0)
     max_requests_per_second: float = Field(5, gt=0)
     page_size: int = Field(100, ge=1, le=1000)
     timeout_seconds: float = Field(30, gt=0, le=300)
+    forward: ForwardConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -111,12 +135,13 @@ class UpstreamConfig(BaseModel):
     @field_validator("resources")
     @classmethod
     def _types(cls, value: list[str]) -> list[str]:
-        bad = [t for t in value if not RESOURCE_TYPE.match(t)]
-        if bad:
-            raise ValueError(f"not resource types: {', '.join(bad)}")
-        if len(set(value)) != len(value):
-            raise ValueError("listed twice")
-        return value
+        return _resource_types(value)
+
+    @model_validator(mode="after")
+    def _does_something(self) -> UpstreamConfig:
+        if not self.resources and self.forward is None:
+            raise ValueError("needs resources to pull, forward, or both")
+        return self
 
     @property
     def fhir_base(self) -> str:

@@ -347,7 +347,13 @@ def monitoring_overdue(change: Change, _: EvaluationContext) -> list[Fired]:
     return [Fired(details)]
 
 
+def resource_written(change: Change, _: EvaluationContext) -> list[Fired]:
+    """Every new version (forwarding to an upstream, gateway/ehr/forward.py); deletions are not sent."""
+    return [Fired()] if change.current is not None else []
+
+
 EVALUATORS: dict[str, Evaluator] = {
+    "resource-written": resource_written,
     "alert-changed": alert_changed,
     "monitoring-overdue": monitoring_overdue,
     "abnormal-lab-result": abnormal_lab_result,

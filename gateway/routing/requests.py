@@ -59,7 +59,9 @@ RESERVED_HEADERS = frozenset(
     )
 )
 
-CHANNEL_TYPES = ("rest-hook", "websocket")
+# fhir-forward: the gateway's own subscriptions writing to an upstream FHIR server (gateway/ehr/forward.py);
+# clients may not create one (service/subscriptions/manager.py).
+CHANNEL_TYPES = ("rest-hook", "websocket", "fhir-forward")
 CONTENT_LEVELS = ("empty", "id-only", "full-resource")
 PAYLOAD_TYPES = ("application/fhir+json", "application/json")
 CLIENT_STATUSES = ("requested", "active", "off")
@@ -75,7 +77,7 @@ class SubscriptionSpec:
     status: str
     topic: Topic
     filters: tuple[Filter, ...]
-    channel: str  # rest-hook | websocket
+    channel: str  # rest-hook | websocket | fhir-forward
     endpoint: str | None
     content: str  # empty | id-only | full-resource
     payload_type: str

@@ -23,6 +23,7 @@ from gateway.service.access.clients import AuthService, key_encryption_from
 from gateway.service.access.launch import LaunchService
 from gateway.service.access.logins import LoginService
 from gateway.service.access.people import People
+from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
@@ -130,6 +131,9 @@ class Gateway:
             ),
         )
         topics = TopicSet.load(settings.topics_dir or settings.profiles_dir / "topics", frozenset(EVALUATORS))
+        # Forwarding to upstreams rides on subscriptions: a topic of its own per upstream.
+        forwarding = Forwarding(upstreams, base_url)
+        topics = TopicSet((*topics.topics, *forwarding.topics()))
         manager = SubscriptionManager(
             db,
             topics,
@@ -160,6 +164,7 @@ class Gateway:
         fhir.feeds = EhrFeeds(ehr_clients) if ehr_clients else None
         await pa_tracking.backfill(db)
         await manager.reload()
+        await forwarding.ensure_subscriptions(fhir)
         deliverer = Deliverer(
             fhir,
             manager,
@@ -168,6 +173,7 @@ class Gateway:
             poll_s=settings.delivery_poll_seconds,
             audit=audit,
         )
+        deliverer.forwarding = forwarding
         priorauth = PriorAuthService(fhir, payers, base_url=base_url)
         payer_worker = PayerWorker(
             priorauth,
@@ -257,6 +263,8 @@ class Gateway:
         await self.coverage.drain()  # automatic PA submissions under way finish before the worker stops
         await self.payer_worker.stop()
         await self.deliverer.stop()
+        if self.deliverer.forwarding is not None:
+            await self.deliverer.forwarding.close()
         await self.pipeline.stop()
         self.workers.close()
         self.auth.close()

@@ -202,6 +202,11 @@ async def test_filters_route_only_matching_events(
             "https",
         ),
         ({"extension": None}, "Subscription.extension", "signed with"),  # None: no extension at all
+        (  # the gateway's own forwarding channel: not R4's, and the upstreams file's to set up
+            {"channel": {"type": "fhir-forward", "endpoint": "https://ehr.example/fhir"}},
+            "Subscription.channel.type",
+            "'fhir-forward'",
+        ),
     ],
 )
 async def test_bad_subscriptions_are_refused_with_an_operation_outcome(

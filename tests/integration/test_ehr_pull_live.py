@@ -38,7 +38,9 @@ def stop(server: LiveServer) -> None:
         server.process.kill()
 
 
-def register_jwks_client(upstream: LiveServer, tmp: Path) -> tuple[str, Path]:
+def register_jwks_client(
+    upstream: LiveServer, tmp: Path, scope: str = "system/Patient.rs system/Observation.rs"
+) -> tuple[str, Path]:
     """A client on the upstream with an RS384 JWKS, as an EHR's administrator registers the gateway."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = tmp / "gateway-key.pem"
@@ -52,7 +54,7 @@ def register_jwks_client(upstream: LiveServer, tmp: Path) -> tuple[str, Path]:
     jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS384", "use": "sig"}]}))
     done = subprocess.run(
         [GATEWAY_BIN, "clients", "add", f"puller-{uuid.uuid4().hex[:6]}", "--scope",
-         "system/Patient.rs system/Observation.rs", "--jwks", str(jwks), "--json"],
+         scope, "--jwks", str(jwks), "--json"],
         env=upstream.env(), capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     return str(json.loads(done.stdout)["client_id"]), pem

@@ -116,6 +116,30 @@ class UpstreamClient:
             return body
         raise UpstreamError("HTTP 401 twice")
 
+    async def post_transaction(self, body: bytes) -> tuple[int, float | None]:
+        """POST a transaction Bundle to the base: (status, Retry-After seconds); UpstreamError when no
+        HTTP answer came. A 401 drops the token and is tried once more; the caller decides on retries."""
+        for attempt in range(2):
+            headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+            if self.upstream.auth.type == "backend-services":
+                headers["Authorization"] = f"Bearer {await self._access_token()}"
+            await self._pace.wait()
+            self.requests += 1
+            try:
+                response = await self._http.post(
+                    self.upstream.fhir_base,
+                    content=body,
+                    headers=headers,
+                    timeout=self.upstream.timeout_seconds,
+                )
+            except httpx.HTTPError as exc:
+                raise UpstreamError(type(exc).__name__) from None
+            if response.status_code == 401 and self.upstream.auth.type != "none" and attempt == 0:
+                self._token = None
+                continue
+            return response.status_code, retry_after_seconds(response.headers.get("retry-after"))
+        raise AssertionError("unreachable")
+
     async def _send(self, url: str, params: list[tuple[str, str]] | None) -> httpx.Response:
         headers = {"Accept": FHIR_JSON}
         if self.upstream.auth.type == "backend-services":

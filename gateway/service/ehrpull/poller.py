@@ -136,7 +136,8 @@ class EhrPuller:
     ):
         self.fhir = fhir
         self.db = fhir.db
-        self.upstreams = upstreams
+        self.upstreams = [u for u in upstreams if u.resources]  # forward-only upstreams are not polled
+        upstreams = self.upstreams
         self._http = http or httpx.AsyncClient(follow_redirects=False)
         self.clients = {u.name: UpstreamClient(u, self._http) for u in upstreams}
         self.worker = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -23,7 +23,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +32,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.auth.scopes import Grants
+from gateway.ehr.forward import permanent
 from gateway.fhir import dates, jsonio
 from gateway.fhir.extract import extract
 from gateway.routing.notifications import (
@@ -78,6 +79,20 @@ def backoff_s(failures: int, rng: random.Random | None = None) -> float:
     """Delay before retry `failures` (1-based): doubling from 1 s, capped, jittered to [50%, 100%]."""
     delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(max(0, failures - 1), 30))  # no float overflow
     return float(delay * (0.5 + 0.5 * (rng or random).random()))
+
+
+class ForwardChannel(Protocol):
+    """The fhir-forward channel (service/ehrpull/forwarding.py): subscription ids it serves, the Bundle
+    for an event (None: nothing to send), and sending it ((status, error), error None on a 2xx)."""
+
+    @property
+    def upstreams(self) -> Mapping[str, object]: ...
+
+    async def bundle_for(self, conn: AsyncConnection, sub_id: str, event: StoredEvent) -> JSON | None: ...
+
+    async def send(self, sub_id: str, body: bytes) -> tuple[int | None, str | None]: ...
+
+    async def close(self) -> None: ...
 
 
 class WebSocketSink(Protocol):
@@ -143,6 +158,7 @@ class Deliverer:
         self._internal = RequestContext(base_url=self.base_url)
         manager.on_events.append(self.wake)
         self.counts = {"delivered": 0, "failed": 0, "heartbeats": 0, "handshakes": 0}
+        self.forwarding: ForwardChannel | None = None  # the fhir-forward channel (upstreams file)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -374,6 +390,8 @@ class Deliverer:
     async def _send_events(
         self, spec: SubscriptionSpec, state: DeliveryState, lane: _LaneState, events: list[StoredEvent]
     ) -> bool:
+        if spec.channel == "fhir-forward":
+            return await self._forward_events(spec, state, lane, events)
         async with self.db.read() as conn:
             fresh = await sub_store.state(conn, spec.id)
             if fresh is None or fresh.status != "active":
@@ -402,6 +420,61 @@ class Deliverer:
         else:
             self.counts["failed"] += 1
         return ok
+
+    async def _forward_events(
+        self, spec: SubscriptionSpec, state: DeliveryState, lane: _LaneState, events: list[StoredEvent]
+    ) -> bool:
+        """One event at a time, in order: a transaction Bundle to the upstream. A permanent refusal (4xx but
+        408/429) is recorded and skipped, so one bad resource cannot hold up the rest for ever."""
+        for event in events:
+            async with self.db.read() as conn:
+                fresh = await sub_store.state(conn, spec.id)
+                if fresh is None or fresh.status != "active":
+                    return False
+                bundle = (
+                    await self.forwarding.bundle_for(conn, spec.id, event)
+                    if self.forwarding is not None and spec.id in self.forwarding.upstreams
+                    else None
+                )
+            if bundle is None and self.forwarding is not None and spec.id in self.forwarding.upstreams:
+                lane.delivered = event.number  # nothing to send (pulled from there, or gone)
+                self._journal_progress(spec.id, lane, None)
+                continue
+            if bundle is None:
+                bundle = {
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [],
+                }  # fails: not configured
+            seen = {
+                "entry": [
+                    {},  # the audit skips the first entry (a notification's status)
+                    {"fullUrl": f"{self.base_url}/{event.focus_type}/{event.focus_id}"},
+                ]
+            }
+            ok = await self._attempt(
+                spec, state, lane, "event-notification", bundle, event.number, event.number, audit_view=seen
+            )
+            if ok:
+                lane.delivered = event.number
+                self.counts["delivered"] += 1
+                self._journal_progress(spec.id, lane, None)
+                continue
+            if not permanent(self._last_status):
+                self.counts["failed"] += 1
+                return False
+            log.warning(
+                "forward of event %d (%s/%s) by Subscription/%s refused: %s; skipped",
+                event.number,
+                event.focus_type,
+                event.focus_id,
+                spec.id,
+                self._last_error,
+            )
+            lane.delivered = event.number
+            lane.failures, lane.failing_since_us = 0, None
+            self._journal_progress(spec.id, lane, f"event {event.number} refused: {self._last_error}")
+        return True
 
     async def payload_resources(
         self,
@@ -455,6 +528,7 @@ class Deliverer:
                 into[(stored.type, stored.id, stored.version)] = jsonio.loads(stored.content)
 
     _last_error: str | None = None
+    _last_status: int | None = None
 
     async def _attempt(
         self,
@@ -465,6 +539,8 @@ class Deliverer:
         bundle: JSON,
         first: int | None,
         last: int | None,
+        *,
+        audit_view: JSON | None = None,
     ) -> bool:
         body = jsonio.dumps(bundle)  # full-resource payloads carry decimal literals
         started_us = dates.now_us()
@@ -476,6 +552,12 @@ class Deliverer:
         try:
             if spec.channel == "websocket":
                 await self._send_ws(spec.id, body)
+            elif spec.channel == "fhir-forward":
+                http_status, error = (
+                    await self.forwarding.send(spec.id, body)
+                    if self.forwarding is not None
+                    else (None, "upstream not configured")
+                )
             else:
                 http_status = await self._post(spec, state.secret, body, first, last)
         except DeliveryFailed as exc:
@@ -488,6 +570,7 @@ class Deliverer:
         now = dates.now_us()
         lane.last_sent_us = now
         self._last_error = error
+        self._last_status = http_status
         self._journal.attempts.append(
             Attempt(
                 spec.id,
@@ -503,7 +586,7 @@ class Deliverer:
             )
         )
         if self.audit is not None:
-            self.audit.delivery(spec, state.owner, kind, bundle, http_status, error, started_us)
+            self.audit.delivery(spec, state.owner, kind, audit_view or bundle, http_status, error, started_us)
         if ok:
             lane.failures, lane.failing_since_us = 0, None
             self._journal_progress(spec.id, lane, None)

@@ -303,6 +303,23 @@ class SubscriptionManager:
             # subscription calls no endpoint, and turning one off must not fail.
             await self._check_endpoint(spec)
         previous = orjson.loads(p.previous) if p.previous else None
+        if (
+            ctx.grants is not None
+            and spec.channel == "fhir-forward"
+            and (previous is None or previous.get("channel") != resource.get("channel"))
+        ):
+            # Where the gateway writes with its upstream credentials is the upstreams file's to say; a
+            # client may only re-request (or turn off) the gateway's own forwarding subscription.
+            raise Unprocessable(
+                issues=[
+                    Issue(
+                        "error",
+                        "business-rule",
+                        "fhir-forward subscriptions come from the upstreams file",
+                        ("Subscription.channel.type",),
+                    )
+                ]
+            )
         current_state = await sub_store.state(conn, stored.id)
         if not _reactivated_for_owner(ctx, current_state, previous, resource):
             self._check_scopes(ctx, spec)

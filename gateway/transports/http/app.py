@@ -46,6 +46,7 @@ from gateway.transports.http.errors import UnexpectedErrors
 from gateway.transports.http.guards import NulGuard
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
+    EhrForwardCollector,
     EhrPullCollector,
     HttpMetrics,
     Observability,
@@ -69,6 +70,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             registry.register(PriorAuthCollector(lambda: app.state.gateway.payer_worker.turnaround))
             registry.register(audit_routes.AuditCollector(lambda: app.state.gateway.audit))
             registry.register(EhrPullCollector(lambda: app.state.gateway.puller))
+            registry.register(EhrForwardCollector(lambda: app.state.gateway.deliverer.forwarding))
         try:
             yield
         finally:
@@ -91,6 +93,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         registry.register(PriorAuthCollector(lambda: gateway.payer_worker.turnaround))
         registry.register(audit_routes.AuditCollector(lambda: gateway.audit))
         registry.register(EhrPullCollector(lambda: gateway.puller))
+        registry.register(EhrForwardCollector(lambda: gateway.deliverer.forwarding))
     app.state.metrics_registry = registry
     measure_routes.install(app, registry)  # the pharmacist gauges, refreshed before a scrape when stale
     app.include_router(auth_routes.discovery_router)  # before the generic /fhir/{type}/{id} routes

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.fhir import dates
+from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.priorauth.worker import PayerTurnaround
 from gateway.transports.http import audit_routes as audit
@@ -184,3 +185,30 @@ class EhrPullCollector:
                 lag.add_metric([checkpoint.upstream, checkpoint.res_type], (now - checkpoint.polled_us) / 1e6)
         yield from families.values()
         yield lag
+
+
+class EhrForwardCollector:
+    """Forwarding to upstreams per upstream: resources accepted, refused for good (skipped), failed
+    attempts (retried), and resources not sent back where they came from. Per-event detail is the
+    forwarding Subscription's (`Subscription/forward-{name}/$status`, `$delivery-log`)."""
+
+    def __init__(self, source: Callable[[], object]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        forwarding = self.source()  # the deliverer's channel: a Forwarding when the gateway configured one
+        families = {
+            name: CounterMetricFamily(f"gateway_ehr_forward_{name}", text, labels=["upstream"])
+            for name, text in (
+                ("sent", "Resources an upstream accepted"),
+                ("rejected", "Resources an upstream refused for good (4xx): recorded and skipped"),
+                ("failures", "Forward attempts that failed and are retried (no answer, 5xx, 408, 429)"),
+                ("skipped", "Resources not forwarded because they were pulled from that upstream"),
+            )
+        }
+        if isinstance(forwarding, Forwarding):
+            for upstream in sorted(u.name for u in forwarding.upstreams.values()):
+                counts = forwarding.counts[upstream]
+                for name, family in families.items():
+                    family.add_metric([upstream], getattr(counts, name))
+        yield from families.values()
