@@ -73,6 +73,7 @@ def test_every_topic_evaluator_is_registered() -> None:
         "pa-expiring",
         "pa-overdue",
         "patient-identity-conflict",
+        "resource-written",  # the forwarding topics' (gateway/service/ehrpull/forwarding.py)
     }
     assert EVALUATORS["pa-expiring"] is pa_expiring
 
