@@ -138,3 +138,24 @@ def subscription(
             {"url": f"{GATEWAY}/StructureDefinition/subscription-secret", "valueString": secret}
         ]
     return resource
+
+
+CARE_TEAM_CATEGORY = f"{GATEWAY}/CodeSystem/care-team-category"
+
+
+def care_team(patient_id: str, member: str) -> dict[str, Any]:
+    """An active pharmacist-assignment CareTeam: `member` (Practitioner/ID or PractitionerRole/ID) cares
+    for the patient."""
+    return {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "category": [
+            {
+                "coding": [
+                    {"system": f"{GATEWAY}/CodeSystem/care-team-category", "code": "pharmacist-assignment"}
+                ]
+            }
+        ],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "participant": [{"member": {"reference": member}}],
+    }

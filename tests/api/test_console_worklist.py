@@ -5,71 +5,30 @@ interaction; CSRF is checked on every action; another pharmacist can neither see
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import pytest_asyncio
+import pytest
 
-from gateway.service.access import users as user_service
 from gateway.service.gateway import Gateway
 from gateway.transports.http.app import create_app
-from tests.api.test_alerts import GATEWAY, alerts, clozapine_patient, create
+from tests import factories as f
+from tests.api.conftest import Person
+from tests.api.test_alerts import alerts, clozapine_patient, create
 from tests.api.test_patient_timeline import anc
-from tests.conftest import TEST_PASSWORD_HASH_COST
 
-PASSWORD = "clozapine-anc-1500"
 Browser = Callable[[str], Awaitable[httpx.AsyncClient]]
 
 
-@pytest_asyncio.fixture
-async def browser(gateway: Gateway) -> AsyncIterator[Browser]:
-    """Makes a logged-in browser (cookies kept) for a new pharmacist acting as the given Practitioner."""
-    app = create_app(gateway.settings, gateway)
-    opened: list[httpx.AsyncClient] = []
+@pytest.fixture
+def browser(person: Person) -> Browser:
+    """A logged-in browser (tests/api/conftest.py `person`) for a new pharmacist acting as a Practitioner."""
 
     async def make(practitioner: str) -> httpx.AsyncClient:
-        name = f"ph-{uuid.uuid4().hex[:8]}"
-        await user_service.add_user(
-            gateway.db, name, "pharmacist", practitioner, PASSWORD, cost=TEST_PASSWORD_HASH_COST
-        )
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
-        opened.append(client)
-        form = await client.get("/console/login")
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-        assert csrf is not None
-        answer = await client.post(
-            "/console/login", data={"username": name, "password": PASSWORD, "csrf_token": csrf.group(1)}
-        )
-        assert answer.status_code == 303, answer.text
-        return client
+        return await person("pharmacist", practitioner)
 
-    yield make
-    for client in opened:
-        await client.aclose()
-
-
-async def care_team(api: httpx.AsyncClient, patient: str, practitioner: str) -> None:
-    await create(
-        api,
-        {
-            "resourceType": "CareTeam",
-            "status": "active",
-            "category": [
-                {
-                    "coding": [
-                        {
-                            "system": f"{GATEWAY}/CodeSystem/care-team-category",
-                            "code": "pharmacist-assignment",
-                        }
-                    ]
-                }
-            ],
-            "subject": {"reference": f"Patient/{patient}"},
-            "participant": [{"member": {"reference": practitioner}}],
-        },
-    )
+    return make
 
 
 def csrf_of(page: str) -> str:
@@ -82,7 +41,7 @@ async def setup(api: httpx.AsyncClient) -> tuple[str, str, str]:
     """A clozapine patient on Practitioner ph1's CareTeam with a low-ANC alert; (patient, ph1, task)."""
     ph1 = await create(api, {"resourceType": "Practitioner", "name": [{"family": "One"}]})
     patient, _ = await clozapine_patient(api)
-    await care_team(api, patient, f"Practitioner/{ph1}")
+    await create(api, f.care_team(patient, f"Practitioner/{ph1}"))
     await create(api, anc(patient, 1.2, "2024-03-01T08:00:00Z", "L"))
     (task,) = await alerts(api, patient)
     return patient, f"Practitioner/{ph1}", str(task["id"])

@@ -30,7 +30,6 @@ from tests import factories as f
 from tests.conftest import TEST_PASSWORD_HASH_COST, TEST_SECRET_HASH_COST
 
 PASSWORD = "clozapine-anc-1500"
-ASSIGNMENT = "https://specialty-gateway.org/fhir/CodeSystem/care-team-category|pharmacist-assignment"
 TASK_TYPE = "https://specialty-gateway.org/fhir/CodeSystem/task-type"
 
 
@@ -57,14 +56,7 @@ async def _make(api: httpx.AsyncClient, resource: dict[str, Any]) -> str:
 
 
 def _team(patient: str, practitioner: str) -> dict[str, Any]:
-    system, code = ASSIGNMENT.split("|")
-    return {
-        "resourceType": "CareTeam",
-        "status": "active",
-        "category": [{"coding": [{"system": system, "code": code}]}],
-        "subject": {"reference": f"Patient/{patient}"},
-        "participant": [{"member": {"reference": f"Practitioner/{practitioner}"}}],
-    }
+    return f.care_team(patient, f"Practitioner/{practitioner}")
 
 
 @pytest_asyncio.fixture

@@ -22,6 +22,7 @@ from gateway.auth.roles import Area
 from gateway.exceptions import FhirError
 from gateway.fhir import dates
 from gateway.pharmacist import bars, figures
+from gateway.transports.http.console.patient_view import person_name
 from gateway.transports.http.console.render import render
 from gateway.transports.http.console.session import Caller, caller_of
 from gateway.transports.http.measure_routes import measures_of
@@ -66,7 +67,7 @@ async def pharmacists(caller: Caller) -> list[tuple[str, str]]:
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") or {}
         if resource.get("resourceType") == "Practitioner":
-            named[str(resource.get("id"))] = _name(resource) or f"Practitioner/{resource.get('id')}"
+            named[str(resource.get("id"))] = person_name(resource) or f"Practitioner/{resource.get('id')}"
     return sorted(named.items(), key=lambda item: (item[1], item[0]))[:MAX_PHARMACISTS]
 
 
@@ -136,15 +137,3 @@ def _value(figure: Figure, found: dict[str, dict[str, float | None] | str]) -> f
     if value is None:
         return None
     return value * 100 if figure.unit == "%" else value
-
-
-def _name(practitioner: dict[str, Any]) -> str | None:
-    for name in practitioner.get("name") or []:
-        if isinstance(name, dict):
-            if isinstance(name.get("text"), str):
-                return str(name["text"])
-            given = " ".join(g for g in name.get("given") or [] if isinstance(g, str))
-            text = f"{given} {name.get('family') or ''}".strip()
-            if text:
-                return text
-    return None

@@ -73,7 +73,8 @@ def _member_name(reference: str, practitioners: dict[str, JSON], roles: dict[str
     if role is not None:
         person = next(iter(_refs([role], "practitioner")), reference)
     found = practitioners.get(person)
-    return reference if found is None else f"{view.header(found).name} ({reference})"
+    name = view.person_name(found) if found is not None else None
+    return f"{name} ({reference})" if name else reference
 
 
 @router.get("/patients/{patient_id}")

@@ -61,11 +61,20 @@ class Header:
     state: str
 
 
+def person_name(resource: Mapping[str, Any]) -> str | None:
+    """How a Patient or Practitioner is called: the official name (else the first one), as its `text` or
+    its given names and family; None when it has none."""
+    names = [n for n in resource.get("name") or [] if isinstance(n, Mapping)]
+    first = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
+    if first is None:
+        return None
+    if isinstance(first.get("text"), str) and first["text"].strip():
+        return str(first["text"])
+    given = " ".join(g for g in first.get("given") or [] if isinstance(g, str))
+    return " ".join(p for p in (given, str(first.get("family") or "")) if p) or None
+
+
 def header(patient: JSON) -> Header:
-    names = [n for n in patient.get("name") or [] if isinstance(n, Mapping)]
-    first = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
-    given = " ".join(str(g) for g in first.get("given") or [])
-    name = str(first.get("text") or " ".join(p for p in (given, str(first.get("family") or "")) if p))
     identifiers = tuple(
         (_text(i.get("type")) or str(i.get("system") or ""), str(i.get("value")))
         for i in patient.get("identifier") or []
@@ -75,7 +84,7 @@ def header(patient: JSON) -> Header:
     preferred = next((c for c in languages if c.get("preferred")), languages[0] if languages else {})
     addresses = [a for a in patient.get("address") or [] if isinstance(a, Mapping)]
     return Header(
-        name=name or "(no name)",
+        name=person_name(patient) or "(no name)",
         identifiers=identifiers,
         birth_date=str(patient.get("birthDate") or ""),
         gender=str(patient.get("gender") or ""),
@@ -279,10 +288,7 @@ def chart_specs(
 
 def patient_label(patient: JSON) -> str:
     """How a person recognises a patient in a list: name, then the first identifier."""
-    names = patient.get("name") or [{}]
-    first = names[0] if isinstance(names[0], dict) else {}
-    given = " ".join(g for g in first.get("given") or [] if isinstance(g, str))
-    name = " ".join(p for p in (given, str(first.get("family") or "")) if p) or "(no name)"
+    name = person_name(patient) or "(no name)"
     identifiers = [i.get("value") for i in patient.get("identifier") or [] if isinstance(i, dict)]
     shown = next((str(v) for v in identifiers if v), f"Patient/{patient.get('id')}")
     return f"{name} · {shown}"
