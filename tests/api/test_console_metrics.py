@@ -11,7 +11,6 @@ import pytest
 
 from tests import factories as f
 from tests.api.conftest import Person
-from tests.api.test_console_worklist import care_team
 from tests.api.test_measures import alert, create, put
 
 pytestmark = pytest.mark.asyncio
@@ -36,7 +35,7 @@ async def test_an_alert_acknowledged_after_three_hours_shows_overall_and_for_its
         },
     )
     patient = (await create(api, f.patient()))["id"]
-    await care_team(api, patient, f"Practitioner/{practitioner}")
+    await create(api, f.care_team(patient, f"Practitioner/{practitioner}"))
     raised = await create(api, alert(patient, datetime.now(UTC) - timedelta(hours=3)))
     owner = {"reference": f"Practitioner/{practitioner}"}
     await put(api, {**raised, "owner": owner, "status": "accepted"})
