@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck imports pytest chromium fuzz bench clean
+.PHONY: run test check lint typecheck imports pytest chromium compose fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -35,8 +35,8 @@ imports: $(STAMP)
 # with three, all passing).
 PYTEST_WORKERS ?= 3
 
-pytest: $(STAMP) chromium
-	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -n $(PYTEST_WORKERS)
+pytest: $(STAMP) chromium compose
+	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) GATEWAY_TEST_COMPOSE=$(COMPOSE) $(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright, never a browser Playwright
 # downloads. Installed here where missing, as root only. This target never stops the build: without
@@ -53,6 +53,18 @@ chromium:
 		exit 0; fi; \
 	$(APT_INSTALL) || { apt-get update && $(APT_INSTALL); } \
 		|| echo "*** installing chromium failed: the browser tests will fail." >&2
+
+# Debian's docker-compose checks docker-compose.yml (`docker-compose config`) in the tests; images are
+# neither pulled nor built here (no registry access), README: Docker.
+COMPOSE ?= /usr/bin/docker-compose
+APT_COMPOSE := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose
+compose:
+	@if [ -x "$(COMPOSE)" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "*** $(COMPOSE) is missing: run 'sudo $(APT_COMPOSE)'; the compose test will fail." >&2; \
+		exit 0; fi; \
+	$(APT_COMPOSE) || { apt-get update && $(APT_COMPOSE); } \
+		|| echo "*** installing docker-compose failed: the compose test will fail." >&2
 
 # The fuzz tests' long profile: many more examples per target, random (GATEWAY_FUZZ_SEED=<int> repeats a run);
 # `make test` runs the same tests in their small, derandomized profile.

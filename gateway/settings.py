@@ -10,8 +10,18 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The project root when running from a checkout (`pip install -e .`): profiles/ and mappings/ live there.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+def _data_root() -> Path:
+    """Where the default profiles/ and mappings/ are: the checkout when running from one (`pip install -e .`,
+    the tests), else the copies an installed wheel carries in gateway/_shipped (setup.py puts them there)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    if (checkout / "profiles").is_dir() and (checkout / "mappings").is_dir():
+        return checkout
+    return package / "_shipped"
+
+
+PROJECT_ROOT = _data_root()
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./var/gateway.db"
 
