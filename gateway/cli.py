@@ -5,25 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import orjson
 
+from gateway import logs
 from gateway.settings import Settings, get_settings
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, fmt: Literal["text", "json"] | None = None) -> None:
+    """Text or JSON lines with correlation ids (gateway/logs.py); the format from GATEWAY_LOG_FORMAT."""
+    chosen = fmt or ("json" if os.environ.get("GATEWAY_LOG_FORMAT", "").lower() == "json" else "text")
+    logs.configure(level, chosen)
 
 
 def _banner(settings: Settings) -> str:
@@ -86,7 +85,7 @@ def main() -> None:
 def serve(host: str | None, port: int | None, mllp_port: int | None, database_url: str | None) -> None:
     """Serve the HTTP API; migrates the database on start."""
     settings = get_settings(host=host, port=port, mllp_port=mllp_port, database_url=database_url)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     with _configuration_errors():
         asyncio.run(_serve(settings))
 
@@ -141,7 +140,7 @@ async def _serve(
             forwarded_allow_ips=settings.forwarded_allow_ips,  # a TLS proxy in front (README: Security)
         )
         server = GatewayServer(config, on_shutdown=gateway.timeline_feed.close)  # open streams end first
-        if banner:
+        if banner and settings.log_format == "text":  # JSON logs stay machine-readable
             click.echo(_banner(settings), err=True)
         # uvicorn shuts down on SIGTERM, then restores the previous handler and raises the signal again;
         # with the default handler the process would end right there, before the gateway below is closed

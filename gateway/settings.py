@@ -6,6 +6,7 @@ A leaf module: imports nothing from the package.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -151,6 +152,8 @@ class Settings(BaseSettings):
     http_header_timeout_seconds: float = 10.0
     http_max_concurrency: int = 200
     log_level: str = "INFO"
+    # text: one human-readable line per entry; json: one JSON object per line (README: Logs).
+    log_format: Literal["text", "json"] = "text"
     # Database connection pool size per process (PostgreSQL).
     db_pool_size: int = 10
     # PostgreSQL reads (searches) are cancelled after this many seconds (0: never); they answer 503.

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 
 from tests import factories as f
 from tests.integration.conftest import start_server
@@ -73,7 +74,10 @@ async def _stream(http: httpx.AsyncClient, patient: str, lines: list[str], ready
 async def test_a_full_run_logs_no_phi(database_url_factory: Any, tmp_path: Path) -> None:
     url = await database_url_factory("postgresql")
     log_path = tmp_path / "gateway.log"
-    live = await start_server("postgresql", url, log_path, env={"GATEWAY_LOG_LEVEL": "DEBUG"})
+    # JSON lines (GATEWAY_LOG_FORMAT=json): the formatter adds no content of its own, so what holds for them
+    # holds for text lines, and each line can be checked for its correlation id.
+    env = {"GATEWAY_LOG_LEVEL": "DEBUG", "GATEWAY_LOG_FORMAT": "json"}
+    live = await start_server("postgresql", url, log_path, env=env)
     stream: asyncio.Task[None] | None = None
     try:
         token = await live.token("system/*.cruds hl7v2/messages.read hl7v2/messages.reprocess")
@@ -121,3 +125,13 @@ async def test_a_full_run_logs_no_phi(database_url_factory: Any, tmp_path: Path)
     assert "HTTP" in logged or "gateway" in logged  # the log is not empty: something was there to leak
     leaks = [marker for marker in MARKERS if marker in logged]
     assert leaks == [], [line for line in logged.splitlines() if any(m in line for m in leaks)][:5]
+    entries = [orjson.loads(line) for line in logged.splitlines() if line.strip()]  # every line is JSON
+    # The HL7 v2 messages over MLLP are logged under their own ids; the requests under theirs.
+    by_id: dict[str, set[str]] = {}
+    for entry in entries:
+        by_id.setdefault(entry.get("correlation_id", "-"), set()).add(entry["logger"])
+    assert sum(1 for cid in by_id if cid.startswith("mllp-")) >= 3, sorted(by_id)[:10]
+    assert any(
+        cid != "-" and not cid.startswith("mllp-") and "gateway.http" in loggers
+        for cid, loggers in by_id.items()
+    )

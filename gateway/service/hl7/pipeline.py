@@ -38,6 +38,7 @@ import orjson
 from sqlalchemy import exc as sql_errors
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import logs
 from gateway.adapters.fhir.results import merged_marks
 from gateway.adapters.hl7v2 import loss, structure
 from gateway.adapters.hl7v2.ack import AckError, build_ack, build_nak, hl7_timestamp
@@ -159,6 +160,9 @@ class Job:
     reprocess_id: str | None = None
     future: asyncio.Future[Result] | None = None
     status: str | None = None  # the log status when it is not the ACK code's (`failed`)
+    # The message's correlation id (gateway/logs.py), taken where it was received: the batch writer
+    # is another task and logs a message's failures under it.
+    correlation_id: str | None = field(default_factory=logs.correlation_id.get)
 
 
 def decode(raw: bytes) -> str:
@@ -580,6 +584,13 @@ class Pipeline:
             self._resolve(job, result)
 
     async def _commit_single(self, job: Job) -> None:
+        reset = logs.correlation_id.set(job.correlation_id)
+        try:
+            await self._commit_single_logged(job)
+        finally:
+            logs.correlation_id.reset(reset)
+
+    async def _commit_single_logged(self, job: Job) -> None:
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 (result,) = await self._commit_batch([job])

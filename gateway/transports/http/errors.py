@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import traceback
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import logs
 from gateway.exceptions import FhirError
 from gateway.transports.http.responses import error_response
 
@@ -62,8 +62,10 @@ def _short(filename: str) -> str:
 
 
 class UnexpectedErrors:
-    """ASGI middleware (the outermost of the app's own): logs an unhandled exception without its message
-    and answers 500 with a request id, if the answer has not started yet."""
+    """ASGI middleware (the outermost of the app's own): gives each request its correlation id (the
+    caller's `X-Request-ID` when it is a plain token, else a new one; echoed in every answer, and on
+    every log line written while serving it: gateway/logs.py), logs an unhandled exception without its
+    message and answers 500 naming that id, if the answer has not started yet."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -72,18 +74,21 @@ class UnexpectedErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = logs.caller_or_new(_header(scope, b"x-request-id"))
+        reset = logs.correlation_id.set(request_id)
         started = False
 
         async def tracking(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, tracking)
         except Exception as exc:
-            request_id = uuid.uuid4().hex
             log.error(
                 "unhandled %s on %s %s (request %s) at %s",
                 exception_types(exc),
@@ -94,6 +99,13 @@ class UnexpectedErrors:
             )
             if started:
                 return  # too late for a 500: the server closes the half-sent answer
-            response = error_response(InternalError(request_id))
-            response.headers["X-Request-ID"] = request_id
-            await response(scope, receive, send)
+            await error_response(InternalError(request_id))(scope, receive, tracking)
+        finally:
+            logs.correlation_id.reset(reset)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or []:
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gateway import logs
 from gateway.adapters.hl7v2.ack import build_nak, hl7_timestamp
 from gateway.adapters.hl7v2.er7 import ER7Error, Message
 from gateway.transports.mllp.framing import FrameDecoder, Oversized, encode
@@ -269,6 +270,14 @@ class MLLPServer:
             self._buffer_freed.set()
 
     async def _handle(self, message: bytes, peer: Peer) -> bytes:
+        # Each message is its own unit of work in the logs (gateway/logs.py), as a request is over HTTP.
+        reset = logs.correlation_id.set(logs.new_correlation_id("mllp-"))
+        try:
+            return await self._handle_logged(message, peer)
+        finally:
+            logs.correlation_id.reset(reset)
+
+    async def _handle_logged(self, message: bytes, peer: Peer) -> bytes:
         try:
             reply = await self.handler(message, peer)
         except Exception as exc:
