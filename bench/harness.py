@@ -63,7 +63,8 @@ class Server:
 async def running_gateway(database_url: str, env: Mapping[str, str] | None = None) -> AsyncIterator[Server]:
     """`gateway serve` on free ports; `env` adds or overrides GATEWAY_* settings (e.g. the allow-list)."""
     port, mllp_port = free_port(), free_port()
-    environment = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", **(env or {})}
+    # One process unless the benchmark asks for more (GATEWAY_SERVE_WORKERS in `env`).
+    environment = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_SERVE_WORKERS": "1", **(env or {})}
     process = subprocess.Popen(
         [
             GATEWAY_BIN,

@@ -16,7 +16,7 @@ import click
 import orjson
 
 from gateway import logs
-from gateway.settings import Settings, get_settings
+from gateway.settings import Settings, automatic_serve_workers, get_settings
 
 
 def _configure_logging(level: str, fmt: Literal["text", "json"] | None = None) -> None:
@@ -82,12 +82,44 @@ def main() -> None:
 @click.option(
     "--database-url", default=None, help="Database URL [GATEWAY_DATABASE_URL, default SQLite in ./var]"
 )
-def serve(host: str | None, port: int | None, mllp_port: int | None, database_url: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Serving processes sharing the ports [GATEWAY_SERVE_WORKERS; default 0: the cores on "
+    "PostgreSQL, 1 on SQLite]",
+)
+def serve(
+    host: str | None, port: int | None, mllp_port: int | None, database_url: str | None, workers: int | None
+) -> None:
     """Serve the HTTP API; migrates the database on start."""
-    settings = get_settings(host=host, port=port, mllp_port=mllp_port, database_url=database_url)
+    settings = get_settings(
+        host=host, port=port, mllp_port=mllp_port, database_url=database_url, serve_workers=workers
+    )
     _configure_logging(settings.log_level, settings.log_format)
+    count = settings.serve_workers or automatic_serve_workers(settings.database_url)
+    if count > 1:
+        _serve_cluster(settings, count)
+        return
     with _configuration_errors():
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, banner=settings.banner))
+
+
+def _serve_cluster(settings: Settings, count: int) -> None:
+    """N worker processes on the same ports (gateway/transports/cluster.py), after one start here checked
+    the configuration, migrated the database and made the keys, so the workers do not race to."""
+    from gateway.service.gateway import Gateway
+    from gateway.transports.cluster import Supervisor, worker_command, worker_env
+
+    async def prepare() -> None:
+        await (await Gateway.start(settings)).close()
+
+    with _configuration_errors():
+        asyncio.run(prepare())
+    if settings.log_format == "text":
+        click.echo(_banner(settings) + f"\n  ({count} worker processes)", err=True)
+    command = worker_command(settings.host, settings.port, settings.mllp_port, settings.database_url)
+    raise SystemExit(Supervisor(command, count, worker_env()).run())
 
 
 def _exit_after_shutdown(_signum: int, _frame: object) -> None:
@@ -124,7 +156,7 @@ async def _serve(
         await gateway.pipeline.start()
         await gateway.start_background()
         if settings.mllp_enabled:
-            await mllp.start(settings.host, settings.mllp_port)
+            await mllp.start(settings.host, settings.mllp_port, reuse_port=settings.reuse_port)
         app = create_app(settings, gateway)
         config = uvicorn.Config(
             app,
@@ -147,7 +179,12 @@ async def _serve(
         # (the audit queue written, delivery leases released). Exit cleanly after closing instead.
         signal.signal(signal.SIGTERM, _exit_after_shutdown)
         if ready is None:
-            await server.serve()
+            sockets = None
+            if settings.reuse_port:  # a cluster's worker (gateway/transports/cluster.py)
+                from gateway.transports.cluster import reuse_port_socket
+
+                sockets = [reuse_port_socket(settings.host, settings.port)]
+            await server.serve(sockets=sockets)
         else:
             await _serve_with(server, ready)
     finally:

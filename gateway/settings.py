@@ -5,6 +5,7 @@ A leaf module: imports nothing from the package.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -152,6 +153,13 @@ class Settings(BaseSettings):
     http_header_timeout_seconds: float = 10.0
     http_max_concurrency: int = 200
     log_level: str = "INFO"
+    # `gateway serve` processes sharing the HTTP and MLLP ports (gateway/transports/cluster.py); 0: the
+    # number of cores on PostgreSQL, 1 on SQLite (one file, one writer at a time: more processes only wait).
+    serve_workers: int = Field(default=0, ge=0)
+    # Set by the cluster for its workers: bind with SO_REUSEPORT, no banner, this worker's number.
+    reuse_port: bool = False
+    banner: bool = True
+    worker_index: int = 0
     # text: one human-readable line per entry; json: one JSON object per line (README: Logs).
     log_format: Literal["text", "json"] = "text"
     # Database connection pool size per process (PostgreSQL).
@@ -172,6 +180,16 @@ class Settings(BaseSettings):
     # measures_refresh_seconds (a scrape in between gets the cached figures; 0: every scrape).
     measures_period_days: int = Field(default=365, ge=1, le=3660)
     measures_refresh_seconds: float = Field(default=300.0, ge=0)
+
+
+def automatic_serve_workers(database_url: str) -> int:
+    """Serving processes when none are configured: every core on PostgreSQL, one on SQLite."""
+    if not database_url.startswith("postgresql"):
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -63,7 +63,12 @@ class LiveServer:
 
 
 # Subscriber endpoints in the tests are real receivers on 127.0.0.1, which only an allow-list permits.
-LIVE_ENV = {"GATEWAY_SUBSCRIPTION_ALLOWLIST": "127.0.0.0/8", "GATEWAY_DELIVERY_POLL_SECONDS": "0.2"}
+# One serving process unless a test asks for a cluster (`serve` would start one per core on PostgreSQL).
+LIVE_ENV = {
+    "GATEWAY_SUBSCRIPTION_ALLOWLIST": "127.0.0.0/8",
+    "GATEWAY_DELIVERY_POLL_SECONDS": "0.2",
+    "GATEWAY_SERVE_WORKERS": "1",
+}
 
 
 async def start_server(

@@ -20,7 +20,10 @@ async def healthz(gateway: GatewayDep) -> JSONResponse:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:  # any database failure makes the instance unhealthy
         return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-    return JSONResponse({"status": "ok", "database": gateway.db.dialect})
+    # `worker`: which process of a `serve --workers N` cluster answered (0: not in a cluster)
+    return JSONResponse(
+        {"status": "ok", "database": gateway.db.dialect, "worker": gateway.settings.worker_index}
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics (no patient data)")

@@ -133,10 +133,11 @@ class MLLPServer:
     def open_connections(self) -> int:
         return len(self._connections)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 2575) -> None:
-        """Bind and start accepting connections (2575 is MLLP's registered port)."""
+    async def start(self, host: str = "127.0.0.1", port: int = 2575, *, reuse_port: bool = False) -> None:
+        """Bind and start accepting connections (2575 is MLLP's registered port); `reuse_port`: other
+        processes of a cluster bind the same port (gateway/transports/cluster.py)."""
         self._stopping = False
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_port=reuse_port or None)
         log.info("mllp listening on %s:%d", host, self.port)
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
