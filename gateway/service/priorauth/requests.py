@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,7 @@ from gateway.adapters.payer import pas
 from gateway.exceptions import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from gateway.fhir import dates, jsonio
 from gateway.pa import lifecycle, tasks
-from gateway.pa.decision import PayerDecision
+from gateway.pa.decision import PayerDecision, named_reasons
 from gateway.pa.payers import PayerConfig, PayerDirectory, number_key
 from gateway.pa.request import (
     TRACE_SYSTEM,
@@ -114,10 +115,19 @@ def submission_id(task_id: str, version: int, kind: str = "submit", n: int | Non
 
 
 class PriorAuthService:
-    def __init__(self, fhir: FhirService, payers: PayerDirectory, *, base_url: str) -> None:
+    def __init__(
+        self,
+        fhir: FhirService,
+        payers: PayerDirectory,
+        *,
+        base_url: str,
+        reason_displays: Mapping[str, Any] | None = None,
+    ) -> None:
         self.fhir = fhir
         self.db = fhir.db
         self.payers = payers
+        # X12 886 review decision reason code -> its meaning (mappings/tables/x12-review-decision-reasons).
+        self.reason_displays: Mapping[str, Any] = reason_displays or {}
         self.base_url = base_url.rstrip("/")
         self.internal = RequestContext(base_url=self.base_url)
 
@@ -543,6 +553,7 @@ class PriorAuthService:
         task = resource_of(stored)
         if task is None:
             raise NotFound(f"Task/{task_id} does not exist")
+        decision = named_reasons(decision, self.reason_displays)
         before = tasks.business_status(task)
         after = lifecycle.outcome(decision)
         item_lines = [tasks.describe_item(i) for i in decision.items]
