@@ -30,5 +30,9 @@ class CodeTables:
     def with_overlay(self, overlay: Mapping[str, Mapping[str, Any]]) -> CodeTables:
         return CodeTables(self._tables, overlay)
 
+    def table(self, name: str) -> Mapping[str, Any]:
+        """One shared table as it is ({} when there is none)."""
+        return self._tables.get(name) or {}
+
     def names(self) -> list[str]:
         return sorted(self._tables)

@@ -8,7 +8,8 @@ HCR01.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # X12 306 review action codes the gateway understands (HCR01; PAS reviewActionCode).
@@ -32,6 +33,11 @@ REVIEW_ACTIONS = {
     NO_ACTION: "No action required",
 }
 REVIEW_ACTION_SYSTEM = "https://codesystem.x12.org/005010/306"
+# X12 external code source 886, Health Care Services Review Decision Reason Codes: X12 278 HCR03 and the
+# PAS reviewAction `reasonCode`. The list is X12's (licensed); the gateway knows the meanings a site puts in
+# `mappings/tables/x12-review-decision-reasons.yaml` and makes up none.
+REVIEW_REASON_SYSTEM = "https://codesystem.x12.org/external/886"
+REVIEW_REASON_TABLE = "x12-review-decision-reasons"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,12 @@ class Reason:
 
     def text(self) -> str:
         return self.display or self.code or ""
+
+    def label(self) -> str:
+        """For people: the meaning with its code, or the bare code said to be one."""
+        if self.display and self.code:
+            return f"{self.display} ({self.code})"
+        return self.display or (f"reason code {self.code}" if self.code else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +122,17 @@ class PayerDecision:
     # it None and the service builds one from the items.
     claim_response: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # format-specific facts worth keeping
+
+
+def named_reasons(decision: PayerDecision, displays: Mapping[str, Any]) -> PayerDecision:
+    """The decision with X12 886 review decision reasons given their meaning from `displays` (code ->
+    text), where the payer gave none; codes not in the table stay without one."""
+
+    def named(reason: Reason) -> Reason:
+        if reason.display or not reason.code or reason.system != REVIEW_REASON_SYSTEM:
+            return reason
+        display = displays.get(reason.code)
+        return replace(reason, display=str(display)) if display else reason
+
+    items = tuple(replace(i, reasons=tuple(named(r) for r in i.reasons)) for i in decision.items)
+    return replace(decision, items=items)

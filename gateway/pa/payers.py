@@ -128,6 +128,15 @@ class PayerDirectory:
         return None
 
 
+def number_key(payer: str | None, number: str) -> str:
+    """A payer's own number (its ClaimResponse identifier, preAuthRef, authorization or X12 reference
+    number) as remembered for correlation: numbers are only unique per payer, so the payer's name is part
+    of the key (length-prefixed, so no name and number can run into another's). `None` or "" is the
+    scope of requests to an insurer no configured payer answers for."""
+    name = payer or ""
+    return f"{len(name)}:{name}|{number}"
+
+
 def parse_payers(data: Any, source: str = "payers") -> PayerDirectory:
     if data is None:
         return PayerDirectory([])

@@ -201,7 +201,7 @@ def _period(items: tuple[ItemDecision, ...]) -> JSON | None:
 
 
 def _denial_reason(decision: PayerDecision) -> str:
-    texts = [r.text() for item in decision.items for r in item.reasons if r.text()]
+    texts = [r.label() for item in decision.items for r in item.reasons if r.label()]
     if texts:
         return "; ".join(dict.fromkeys(texts))
     if decision.disposition:
@@ -222,7 +222,7 @@ def _reason_concept(decision: PayerDecision, status: str) -> JSON | None:
             concept["coding"] = codings
         return concept
     if status == "rejected-by-payer":
-        texts = [e.text() for e in decision.errors if e.text()]
+        texts = [e.label() for e in decision.errors if e.label()]
         return {"text": "Rejected by the payer: " + ("; ".join(texts) or "no reason given")}
     if status == "info-requested":
         return {"text": decision.info_requested or "The payer asks for more information"}
@@ -264,10 +264,51 @@ def describe_item(item: ItemDecision) -> str:
     if item.period_start or item.period_end:
         parts.append(f"period {item.period_start or '?'}..{item.period_end or '?'}")
     if item.authorized_detail:
-        parts.append(f"authorized {item.authorized_detail}")
+        detail = [_detail_text(name, value) for name, value in item.authorized_detail.items()]
+        parts.append("authorized " + ", ".join(d for d in detail if d))
     if item.reasons:
-        parts.append("reason " + "; ".join(r.text() for r in item.reasons))
+        parts.append("reason " + "; ".join(r.label() for r in item.reasons))
     return ", ".join(parts)
+
+
+# Authorized detail (PAS itemAuthorizedDetail / addItem, CSV) in words: its parts' names for people.
+_DETAIL_NAMES = {
+    "productOrServiceCode": "product",
+    "unitPrice": "unit price",
+    "servicedDate": "service date",
+    "servicedPeriod": "service period",
+    "bodySite": "body site",
+    "subSite": "sub-site",
+}
+
+
+def _detail_text(name: str, value: Any) -> str:
+    words = _value_text(value)
+    return f"{_DETAIL_NAMES.get(name, name)} {words}" if words else ""
+
+
+def _value_text(value: Any) -> str:
+    """A FHIR value (Quantity, Money, CodeableConcept, Period, a primitive, a list of them) in words."""
+    if isinstance(value, list):
+        return ", ".join(t for t in (_value_text(v) for v in value) if t)
+    if not isinstance(value, dict):
+        return "" if value is None else str(value)
+    number = value.get("value")
+    if isinstance(number, int | float | str) and not isinstance(number, bool):
+        shown = f"{number:g}" if isinstance(number, float) else str(number)
+        unit = value.get("unit") or value.get("currency") or value.get("code")
+        return f"{shown} {unit}" if unit else shown
+    if "start" in value or "end" in value:
+        return f"{value.get('start') or '?'} to {value.get('end') or '?'}"
+    codings = [c for c in value.get("coding") or [] if isinstance(c, dict)]
+    text = value.get("text") or next((c["display"] for c in codings if c.get("display")), None)
+    code = next((c["code"] for c in codings if c.get("code")), None)
+    if text and code:
+        return f"{text} ({code})"
+    if text or code:
+        return str(text or code)
+    # Anything else: its parts in words, never a Python repr.
+    return ", ".join(f"{k} {t}" for k, v in value.items() if (t := _value_text(v)))
 
 
 def renewal(task: JSON, renewal_id: str, now: datetime) -> JSON:

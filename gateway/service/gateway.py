@@ -15,6 +15,7 @@ from gateway.mapping.fhir_clients import load_fhir_clients
 from gateway.mapping.files import MappingSet
 from gateway.mapping.monitoring import load_monitoring
 from gateway.pa.coverage import load_coverage_rules
+from gateway.pa.decision import REVIEW_REASON_TABLE
 from gateway.pa.payers import load_payers
 from gateway.routing.endpoints import Allowlist
 from gateway.routing.evaluators import EVALUATORS
@@ -174,7 +175,9 @@ class Gateway:
             audit=audit,
         )
         deliverer.forwarding = forwarding
-        priorauth = PriorAuthService(fhir, payers, base_url=base_url)
+        priorauth = PriorAuthService(
+            fhir, payers, base_url=base_url, reason_displays=mappings.tables.table(REVIEW_REASON_TABLE)
+        )
         payer_worker = PayerWorker(
             priorauth,
             PayerClient(),

@@ -175,6 +175,19 @@ async def find_task(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> s
     return None
 
 
+async def tasks_by_key(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Every known key among `keys` with the Task it belongs to."""
+    if not keys:
+        return {}
+    r = pa_reference.c
+    rows = await conn.execute(
+        select(r.kind, r.value, r.task_id).where(
+            or_(*[and_(r.kind == k, r.value == v[:255]) for k, v in keys])
+        )
+    )
+    return {(row.kind, row.value): str(row.task_id) for row in rows}
+
+
 async def references(conn: AsyncConnection, task_id: str) -> list[tuple[str, str]]:
     rows = await conn.execute(
         select(pa_reference.c.kind, pa_reference.c.value).where(pa_reference.c.task_id == task_id)

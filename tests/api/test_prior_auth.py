@@ -8,11 +8,13 @@ through the lifecycle. Both backends.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.fhir import dates
@@ -57,6 +59,13 @@ def outputs(task: dict[str, Any], code: str) -> list[Any]:
         for o in task.get("output", [])
         if o["type"]["coding"][0]["code"] == code
     ]
+
+
+def client_id_of(http: httpx.AsyncClient) -> str:
+    """The client id inside the bearer token the factory obtained (JWT payload, not verified here)."""
+    payload = http.headers["Authorization"].split()[1].split(".")[1]
+    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims.get("client_id") or claims["sub"])
 
 
 def corpus(name: str) -> dict[str, Any]:
@@ -706,3 +715,118 @@ async def test_turnaround_names_a_payer_listed_by_insurer_identifier_by_its_name
     metrics = (await api.get("/metrics")).text
     assert 'gateway_pa_decisions_total{payer="standin-by-npi"} 1.0' in metrics
     assert f"Organization/{order.insurer}" not in metrics
+
+
+# --- 200 answers carrying an OperationOutcome; payers' numbers kept per payer ---------------------------
+
+
+def outcome_of(*issues: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": s, "code": c, "diagnostics": f"{s} {c}"} for s, c in issues],
+    }
+
+
+async def test_a_200_with_an_informational_operationoutcome_is_payer_received_and_never_sent_again(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    """A payer that takes the request and answers 200 with an OperationOutcome (no ClaimResponse, only
+    information or warnings) has it: payer-received, sent once, like a 202."""
+    payer.canned.append(outcome_of(("information", "informational"), ("warning", "business-rule")))
+    task = await request_pa(api, order)
+    assert (business(task), task["status"]) == ("payer-received", "received")
+    async with gateway.db.read() as conn:
+        rows = await pa_store.submissions_of(conn, task["id"])
+    assert [(r.kind, r.state, r.http_status, r.error) for r in rows] == [("submit", "sent", 200, None)]
+    await gateway.payer_worker.run_once(dates.now_us() + 61_000_000)
+    await gateway.payer_worker.run_once(dates.now_us() + 700_000_000)
+    assert len(payer.on("$submit")) == 1
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "payer-received"
+
+
+async def test_a_200_operationoutcome_with_errors_is_the_payer_refusing_and_a_transient_one_is_retried(
+    gateway: Gateway, api: httpx.AsyncClient, order: Order, payer: PayerStandIn
+) -> None:
+    """Error issues in a 200 OperationOutcome: the payer refused the request itself, as a 4xx does
+    (rejected-by-payer, not retried; requesting again resubmits). A transient issue (FHIR issue-type
+    `transient` and its kinds) is a failure to retry, as a 5xx is."""
+    payer.canned.append(outcome_of(("information", "informational"), ("error", "required")))
+    task = await request_pa(api, order)
+    assert (business(task), task["status"]) == ("rejected-by-payer", "rejected")
+    assert "error required" in task["statusReason"]["text"]
+    await gateway.payer_worker.run_once(dates.now_us() + 700_000_000)
+    assert len(payer.on("$submit")) == 1
+    payer.canned.append(outcome_of(("error", "throttled")))
+    again = await request_pa(api, order)
+    assert (business(again), again["status"]) == ("submission-error", "failed")
+    await gateway.payer_worker.run_once(dates.now_us() + 61_000_000)  # the retry: approved
+    assert len(payer.on("$submit")) == 3
+    assert business((await api.get(f"/fhir/Task/{task['id']}")).json()) == "approved"
+
+
+async def second_order(api: httpx.AsyncClient, order: Order) -> Order:
+    """Another patient's order, insured by another insurer, by the same prescriber."""
+    patient = (await api.post("/fhir/Patient", json=f.patient())).json()["id"]
+    insurer = (
+        await api.post("/fhir/Organization", json={"resourceType": "Organization", "name": "B"})
+    ).json()
+    coverage = {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": {"reference": f"Patient/{patient}"},
+        "payor": [{"reference": f"Organization/{insurer['id']}"}],
+    }
+    coverage_id = (await api.post("/fhir/Coverage", json=coverage)).json()["id"]
+    prescriber = {"reference": f"Practitioner/{order.prescriber}"}
+    request = f.medication_request(
+        patient, requester=prescriber, dispenseRequest={"quantity": {"value": 30, "unit": "tablet"}}
+    )
+    request_id = (await api.post("/fhir/MedicationRequest", json=request)).json()["id"]
+    anc = f.lab_observation(patient, code="751-8", value=2.1, unit="10*3/uL")
+    anc_id = (await api.post("/fhir/Observation", json=anc)).json()["id"]
+    ids = {"patient": patient, "insurer": insurer["id"], "coverage": coverage_id, "anc": anc_id}
+    return Order({**order.ids, **ids, "request": request_id})
+
+
+async def test_two_payers_may_issue_the_same_number_and_each_answer_moves_only_its_own_task(
+    gateway: Gateway,
+    api: httpx.AsyncClient,
+    client_factory: ClientFactory,
+    order: Order,
+    payer: PayerStandIn,
+) -> None:
+    """Payer numbers are the payer's own: A and B both call their pended request 111099 / PEND0001. B's
+    answer naming 111099 moves B's Task, never A's; an answer from a client bound to no payer that names
+    only a number two payers use is refused (422) rather than guessed."""
+    b = await second_order(api, order)
+    client_a = await client_factory("system/ClaimResponse.c")
+    client_b = await client_factory("system/ClaimResponse.c")
+    standin = gateway.priorauth.payers.payers[0]
+    gateway.priorauth.payers = PayerDirectory(
+        [
+            standin.model_copy(update={"name": "payer-a", "clients": [client_id_of(client_a)]}),
+            standin.model_copy(
+                update={
+                    "name": "payer-b",
+                    "insurers": [f"Organization/{b.insurer}"],
+                    "clients": [client_id_of(client_b)],
+                }
+            ),
+        ]
+    )
+    pended = corpus("Bundle-ReferralPendingAuthorizationResponseBundleExample.json")
+    payer.canned.extend([pended, pended])
+    task_a = await request_pa(api, order)
+    task_b = await request_pa(api, b)
+    assert business(task_a) == business(task_b) == "pended"
+    same = {"system": "http://example.org/PATIENT_EVENT_TRACE_NUMBER", "value": "111099"}
+    approved = echoing_trace(corpus("Bundle-ReferralAuthorizationResponseBundleExample.json"), same)
+    unbound = await client_factory("system/ClaimResponse.c")
+    refused = await unbound.post("/payer/pas/notifications", json=approved)
+    assert refused.status_code == 422 and "payer-a" in refused.text and "payer-b" in refused.text, (
+        refused.text
+    )
+    answer = await client_b.post("/payer/pas/notifications", json=approved)
+    assert answer.status_code == 200, answer.text
+    assert business((await api.get(f"/fhir/Task/{task_b['id']}")).json()) == "approved"
+    assert business((await api.get(f"/fhir/Task/{task_a['id']}")).json()) == "pended"

@@ -55,8 +55,15 @@ async def current(api: httpx.AsyncClient, task: dict[str, Any]) -> dict[str, Any
 
 
 async def test_an_x12_278_response_updates_each_task_it_names(
-    api: httpx.AsyncClient, client_factory: ClientFactory, order: Order, payer: PayerStandIn
+    gateway: Gateway,
+    api: httpx.AsyncClient,
+    client_factory: ClientFactory,
+    order: Order,
+    payer: PayerStandIn,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The site's table of X12 886 reason meanings (mappings/tables/x12-review-decision-reasons.yaml).
+    monkeypatch.setattr(gateway.priorauth, "reason_displays", {"35": "Meaning of 35 from the site table"})
     approved, denied, pended, rejected = await pended_orders(api, order, payer, 4)
     text = response(
         Event([f"TRN*2*{trace(approved)}*9GATEWAY01", "HCR*A1*X12-AUTH-1", "DTP*AAH*RD8*20260101-20260630"]),
@@ -73,7 +80,22 @@ async def test_an_x12_278_response_updates_each_task_it_names(
     assert outputs(after["approved"], "authorization-number") == ["X12-AUTH-1"]
     assert after["approved"]["restriction"]["period"] == {"start": "2026-01-01", "end": "2026-06-30"}
     assert business(after["denied"]) == "denied"
-    assert after["denied"]["statusReason"]["coding"][0]["code"] == "35"
+    assert after["denied"]["statusReason"]["coding"] == [
+        {
+            "system": "https://codesystem.x12.org/external/886",
+            "code": "35",
+            "display": "Meaning of 35 from the site table",
+        }
+    ]
+    assert after["denied"]["statusReason"]["text"] == "Meaning of 35 from the site table (35)"
+    assert outputs(after["denied"], "item-decision") == [
+        "item 1: A3 Not certified, reason Meaning of 35 from the site table (35)"
+    ]
+    response_ref = outputs(after["denied"], "claim-response")[0]["reference"]
+    stored = (await api.get(f"/fhir/{response_ref}")).json()
+    review = stored["item"][0]["adjudication"][0]["extension"][0]["extension"]
+    reason = next(r["valueCodeableConcept"] for r in review if r["url"] == "reasonCode")
+    assert reason["coding"][0]["display"] == "Meaning of 35 from the site table"
     assert business(after["pended"]) == "pended"
     assert business(after["rejected"]) == "rejected-by-payer" and after["rejected"]["status"] == "rejected"
     assert (

@@ -20,7 +20,14 @@ from gateway.store import priorauth as pa_store
 from gateway.store import resources as store
 from gateway.store.tables import pa_submission
 from tests.api.conftest import Order
-from tests.api.test_prior_auth import business, certification, outputs_input, parameters, request_pa
+from tests.api.test_prior_auth import (
+    business,
+    certification,
+    client_id_of,
+    outputs_input,
+    parameters,
+    request_pa,
+)
 from tests.conftest import ClientFactory
 from tests.payer_standin import PayerStandIn
 
@@ -196,15 +203,6 @@ async def test_bad_operation_parameters_are_a_400(api: httpx.AsyncClient, order:
     unknown = {"resourceType": "Parameters", "parameter": [{"name": "color", "valueCode": "blue"}]}
     answer = await api.post(f"/fhir/MedicationRequest/{order.request}/$request-prior-auth", json=unknown)
     assert answer.status_code == 400 and "color" in answer.json()["issue"][0]["diagnostics"]
-
-
-def client_id_of(http: httpx.AsyncClient) -> str:
-    """The client id inside the bearer token the factory obtained (JWT payload, not verified here)."""
-    import base64
-
-    payload = http.headers["Authorization"].split()[1].split(".")[1]
-    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return str(claims.get("client_id") or claims["sub"])
 
 
 async def test_a_client_bound_to_a_payer_answers_only_that_payers_requests(

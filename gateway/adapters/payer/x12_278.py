@@ -34,6 +34,7 @@ from gateway.pa.decision import (
     MODIFIED,
     PARTIAL,
     REVIEW_ACTIONS,
+    REVIEW_REASON_SYSTEM,
     Correlation,
     ItemDecision,
     PayerDecision,
@@ -44,7 +45,7 @@ SOURCE = "x12-278"
 VERSION = "005010X217"
 TRANSACTION_SET = "278"
 RESPONSE = "11"  # BHT02 transaction set purpose: response
-HCR_REASON_SYSTEM = "https://codesystem.x12.org/external/886"  # the system PAS binds reason codes to
+HCR_REASON_SYSTEM = REVIEW_REASON_SYSTEM  # X12 886, the system PAS binds reason codes to too
 REJECT_REASON_SYSTEM = "https://codesystem.x12.org/005010/901"
 
 # X12 901 reject reason codes (AAA03) with a short text; other codes keep display None.

@@ -2,10 +2,14 @@
 
 Answers are classified for the caller, which decides what the Task becomes:
 - `Answered`: a 2xx with a response Bundle (the decision is parsed by the PAS adapter);
-- `Accepted`: a 2xx without a decision (202 queued, or an empty body): the payer has the request, so it
-  is never sent again; the decision comes later by notification or `Claim/$inquire`;
-- `Failed`: no usable answer (timeout, connection error, 5xx, 429, a 200 that is not JSON): retry later;
-- `Refused`: the payer refused the request itself (other 4xx): the Task becomes rejected-by-payer.
+- `Accepted`: a 2xx without a decision (202 queued, an empty body, or an OperationOutcome with only
+  information or warnings): the payer has the request, so it is never sent again; the decision comes
+  later by notification or `Claim/$inquire`;
+- `Failed`: no usable answer (timeout, connection error, 5xx, 401 after a new token, 408, 429, a 2xx that
+  is not JSON, a 2xx OperationOutcome whose errors are all transient): retry later;
+- `Refused`: the payer refused the request itself (any other 4xx, or a 2xx OperationOutcome with an
+  error or fatal issue that is not transient): the Task becomes rejected-by-payer, is not retried, and
+  may be requested again once fixed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Answered:
 class Accepted:
     http_status: int
     duration_us: int
+    note: str = ""  # the payer's diagnostics, when it said something (an informational OperationOutcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,8 @@ class PayerClient:
                 return Accepted(status, elapsed())  # taken, no decision yet: sending again would duplicate it
             if parsed is None:
                 return Failed(f"HTTP {status} without a FHIR JSON body", status, elapsed())
+            if parsed.get("resourceType") == "OperationOutcome":
+                return _outcome_answer(parsed, status, elapsed())
             return Answered(parsed, status, elapsed())
         if status >= 500 or status in (401, 408, 429):
             return Failed(f"HTTP {status}{_diagnostics(parsed)}", status, elapsed())
@@ -165,6 +172,25 @@ def _json(response: httpx.Response) -> JSON | None:
     except jsonio.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+# FHIR issue-type `transient` and the codes under it: the payer may well take the same request later.
+TRANSIENT_ISSUES = frozenset(
+    {"transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled"}
+)
+
+
+def _outcome_answer(body: JSON, status: int, duration_us: int) -> Outcome:
+    """A 2xx whose body is an OperationOutcome: no decision in it. Only information and warnings: the
+    payer took the request. Errors: a refusal, unless every one of them is transient (then retry)."""
+    issues = [i for i in body.get("issue") or [] if isinstance(i, dict)]
+    errors = [i for i in issues if i.get("severity") in ("error", "fatal")]
+    said = _diagnostics(body)
+    if not errors:
+        return Accepted(status, duration_us, said.removeprefix(": "))
+    if all(i.get("code") in TRANSIENT_ISSUES for i in errors):
+        return Failed(f"HTTP {status} OperationOutcome{said}", status, duration_us)
+    return Refused(f"HTTP {status} OperationOutcome{said}", status, body, duration_us)
 
 
 def _diagnostics(body: JSON | None) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,8 +27,8 @@ from gateway.adapters.payer import pas
 from gateway.exceptions import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from gateway.fhir import dates, jsonio
 from gateway.pa import lifecycle, tasks
-from gateway.pa.decision import PayerDecision
-from gateway.pa.payers import PayerConfig, PayerDirectory
+from gateway.pa.decision import PayerDecision, named_reasons
+from gateway.pa.payers import PayerConfig, PayerDirectory, number_key
 from gateway.pa.request import (
     TRACE_SYSTEM,
     RequestError,
@@ -114,10 +115,19 @@ def submission_id(task_id: str, version: int, kind: str = "submit", n: int | Non
 
 
 class PriorAuthService:
-    def __init__(self, fhir: FhirService, payers: PayerDirectory, *, base_url: str) -> None:
+    def __init__(
+        self,
+        fhir: FhirService,
+        payers: PayerDirectory,
+        *,
+        base_url: str,
+        reason_displays: Mapping[str, Any] | None = None,
+    ) -> None:
         self.fhir = fhir
         self.db = fhir.db
         self.payers = payers
+        # X12 886 review decision reason code -> its meaning (mappings/tables/x12-review-decision-reasons).
+        self.reason_displays: Mapping[str, Any] = reason_displays or {}
         self.base_url = base_url.rstrip("/")
         self.internal = RequestContext(base_url=self.base_url)
 
@@ -466,7 +476,7 @@ class PriorAuthService:
         async with self.db.write() as conn:
             applied = []
             for index, decision in enumerate(decisions):
-                task_id = await self.correlate(conn, decision)
+                task_id = await self.correlate(conn, decision, bound, index)
                 if task_id is None:
                     raise Unprocessable(
                         "No prior-authorization request here matches this answer (looked for "
@@ -498,13 +508,44 @@ class PriorAuthService:
         insurer = resource_of(await store.current(conn, rtype, rid)) if rtype.isalpha() and rid else None
         return self.payers.for_insurer(owner, _identifiers(insurer) if insurer else [])
 
-    async def correlate(self, conn: AsyncConnection, decision: PayerDecision) -> str | None:
+    async def correlate(
+        self, conn: AsyncConnection, decision: PayerDecision, payer: PayerConfig | None = None, index: int = 0
+    ) -> str | None:
+        """The PA Task an answer is about: named directly, by the gateway's own Claim id or trace number,
+        else by a number the payer gave before. Payers' numbers are only unique per payer: the answering
+        payer's (`payer`, from the client bound to it) are looked up; when the payer is unknown, a number
+        that belongs to requests to more than one payer is refused, not guessed."""
         correlation = decision.correlation
         if correlation.task_id:
             task = resource_of(await store.current(conn, "Task", correlation.task_id))
             if task is not None and tasks.is_pa_task(task):
                 return correlation.task_id
-        return await pa_store.find_task(conn, [k for k in correlation.lookups() if k[0] != "task"])
+        lookups = correlation.lookups()
+        found = await pa_store.find_task(conn, [k for k in lookups if k[0] in ("claim", "trace")])
+        if found is not None:
+            return found
+        scopes = [payer.name] if payer else [p.name for p in self.payers.payers] + [""]
+        for number in (v for kind, v in lookups if kind == "payer"):
+            keyed = {number_key(scope, number): scope for scope in scopes}
+            hits = await pa_store.tasks_by_key(conn, [("payer", k) for k in keyed])
+            owners: dict[str, list[str]] = {}
+            for (_, key), task_id in hits.items():
+                owners.setdefault(task_id, []).append(keyed.get(key, "") or "an unconfigured payer")
+            if len(owners) > 1:
+                named = sorted({name for names in owners.values() for name in names})
+                raise Unprocessable(
+                    f"The payer's number {number!r} belongs to requests to several payers"
+                    f" ({', '.join(named)}): post the answer as the payer's own client (bound to it in"
+                    " the payers file) or name the request by the gateway's Claim id or trace number",
+                    expression=f"decision[{index}]",
+                )
+            if owners:
+                return next(iter(owners))
+            # Remembered before numbers were kept per payer (one Task per number, first come).
+            legacy = await pa_store.find_task(conn, [("payer", number)])
+            if legacy is not None and (payer is None or await self._payer_of(conn, legacy) is payer):
+                return legacy
+        return None
 
     async def apply(self, conn: AsyncConnection, task_id: str, decision: PayerDecision) -> Applied:
         """One answer onto its Task: store the ClaimResponse, move the Task, remember the payer's numbers."""
@@ -512,12 +553,16 @@ class PriorAuthService:
         task = resource_of(stored)
         if task is None:
             raise NotFound(f"Task/{task_id} does not exist")
+        decision = named_reasons(decision, self.reason_displays)
         before = tasks.business_status(task)
         after = lifecycle.outcome(decision)
         item_lines = [tasks.describe_item(i) for i in decision.items]
-        # The payer's numbers find this Task next time, even when this answer changes nothing.
-        keys = [("payer", v) for v in decision.correlation.payer_references]
-        keys += [("payer", i.authorization_number) for i in decision.items if i.authorization_number]
+        # The payer's numbers find this Task next time, even when this answer changes nothing; another
+        # payer may use the same numbers for its own requests.
+        payer = await self.payer_for_owner(conn, tasks.owner_key(task))
+        numbers = [*decision.correlation.payer_references]
+        numbers += [i.authorization_number for i in decision.items if i.authorization_number]
+        keys = [("payer", number_key(payer.name if payer else None, n)) for n in numbers]
         await pa_store.add_references(conn, task_id, keys)
         if before == after and _item_lines(task) == item_lines:
             return Applied(task_id, after, False)  # the same answer again (a re-sent notification, a poll)

@@ -236,11 +236,12 @@ class PayerWorker:
             ):  # fmt: skip
                 return  # not ours to record any more
             if row.kind == "submit" and await self._task_version(conn, row.task_id) == row.task_version:
+                said = f": {outcome.note}" if outcome.note else ""
                 await self._move(
                     conn,
                     row.task_id,
                     "payer-received",
-                    f"Accepted by the payer for review (HTTP {outcome.http_status}); no decision yet",
+                    f"Accepted by the payer for review (HTTP {outcome.http_status}{said}); no decision yet",
                 )
         log.info("payer request %s accepted without a decision: HTTP %s", row.id, outcome.http_status)
 
