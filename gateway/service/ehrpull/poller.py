@@ -164,12 +164,16 @@ class EhrPuller:
     async def start(self) -> None:
         if not self.upstreams:
             return
+        await self.prepare()
+        self.timer.start()
+
+    async def prepare(self) -> None:
+        """A checkpoint row per configured type (and the first load's pseudo-row), kept across restarts."""
         async with self.db.write() as conn:
             for upstream in self.upstreams:
                 await checkpoints.ensure(conn, upstream.name, upstream.resources)
                 if upstream.first_load == "bulk-export":
                     await checkpoints.ensure(conn, upstream.name, [checkpoints.EXPORT_ROW])
-        self.timer.start()
 
     async def stop(self) -> None:
         await self.timer.stop()
