@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # EHR FHIR servers to pull from: where, how to authenticate, what, how often (YAML; see
     # gateway/ehr/upstreams.py). Empty: none.
     upstreams_file: Path | None = None
+    # Bulk Data $export served here: resources per ndjson file, and how long a finished export's files stay.
+    export_file_resources: int = Field(1000, ge=1, le=100_000)
+    export_retention_hours: float = Field(24.0, gt=0)
     # How often monitoring calendars are swept for labs past due plus grace (lab-overdue Tasks).
     monitoring_sweep_seconds: float = 3600.0
     # Subscription topics (SubscriptionTopic JSON); default: profiles_dir/topics.

@@ -15,6 +15,8 @@ A YAML (or JSON) file named by GATEWAY_UPSTREAMS_FILE:
           scope: system/Patient.rs system/Observation.rs
         resources: [Patient, Observation, MedicationRequest]
         patients: [p-123, p-456]              # only these patients (ids on the EHR); omit for all
+        # group: high-risk-clinic              # or: the members of this Group on the EHR (read each round)
+        first_load: bulk-export               # or search (default): how the first pull of all types runs
         interval_seconds: 60
         max_requests_per_second: 5
         page_size: 100
@@ -22,7 +24,9 @@ A YAML (or JSON) file named by GATEWAY_UPSTREAMS_FILE:
         forward:                              # optional: write what this gateway produces to it
           resources: [Observation, Task]  # conditional update on an identifier (gateway/ehr/forward.py)
 
-An upstream may only pull (`resources`), only forward (`forward`), or both.
+An upstream may only pull (`resources`), only forward (`forward`), or both. `patients` and `group` exclude
+each other. `first_load: bulk-export` asks the EHR for a Bulk Data `$export` (Group, Patient or system level
+as `group`/`patients` say) while no type has been pulled yet, then continues with searches.
 The key is checked (it must open, and fit `alg`) at start, so a wrong path stops the gateway with the reason.
 """
 
@@ -119,6 +123,8 @@ class UpstreamConfig(BaseModel):
     auth: UpstreamAuth = UpstreamAuth()
     resources: list[str] = Field(default_factory=list)  # to pull; empty: a forward-only upstream
     patients: list[str] = Field(default_factory=list)
+    group: str | None = Field(None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")  # a Group id on the upstream
+    first_load: Literal["search", "bulk-export"] = "search"
     interval_seconds: float = Field(60, gt=0)
     max_requests_per_second: float = Field(5, gt=0)
     page_size: int = Field(100, ge=1, le=1000)
@@ -141,6 +147,10 @@ class UpstreamConfig(BaseModel):
     def _does_something(self) -> UpstreamConfig:
         if not self.resources and self.forward is None:
             raise ValueError("needs resources to pull, forward, or both")
+        if self.group is not None and self.patients:
+            raise ValueError("patients and group exclude each other: name the patients, or the Group")
+        if self.first_load == "bulk-export" and not self.resources:
+            raise ValueError("first_load: bulk-export needs resources to pull")
         return self
 
     @property

@@ -6,6 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.fhir.audit import capability_entry as audit_capability
+from gateway.fhir.bulkdata import (
+    BULK_CAPABILITY,
+    EXPORT_OPERATION,
+    GROUP_EXPORT_OPERATION,
+    PATIENT_EXPORT_OPERATION,
+)
 from gateway.fhir.dates import format_instant, now_us
 from gateway.fhir.searchparams import RESOURCE_TYPES, ParamType, params_for, reference_params
 
@@ -96,7 +102,11 @@ _OPERATIONS = {
 
 # Standard operations (their definitions are the specification's).
 _STANDARD_OPERATIONS = {
-    "Patient": [("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")],
+    "Patient": [
+        ("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+        ("export", PATIENT_EXPORT_OPERATION),
+    ],
+    "Group": [("export", GROUP_EXPORT_OPERATION)],
 }
 
 
@@ -152,6 +162,7 @@ def capability_statement(
         "date": format_instant(now_us())[:10],
         "publisher": "specialty-gateway",
         "kind": "instance",
+        "instantiates": [BULK_CAPABILITY],  # Bulk Data Access: system, Patient and Group $export
         "software": {"name": "specialty-gateway", "version": version},
         "implementation": {"description": "Specialty medication integration gateway", "url": base_url},
         "fhirVersion": "4.0.1",
@@ -181,6 +192,7 @@ def capability_statement(
                 },
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "operation": [{"name": "export", "definition": EXPORT_OPERATION}],
             }
         ],
     }

@@ -255,6 +255,14 @@ _PARAMS: dict[str, list[SearchParam]] = {
         _p("sent", D, "sent"),
         _p("received", D, "received"),
     ],
+    # Patient lists for Bulk Data's `Group/{id}/$export` (member.entity: the patients).
+    "Group": [
+        _IDENTIFIER,
+        _p("member", R, "member.entity"),
+        _p("type", T, "type"),
+        _p("actual", T, "actual"),
+        _p("code", T, "code"),
+    ],
     "Medication": [
         _IDENTIFIER,
         _p("code", T, "code"),

@@ -24,6 +24,7 @@ from gateway.service.access.clients import AuthService, key_encryption_from
 from gateway.service.access.launch import LaunchService
 from gateway.service.access.logins import LoginService
 from gateway.service.access.people import People
+from gateway.service.bulkexport.exports import BulkExports
 from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.fhirapi.audit import AuditLog
@@ -79,6 +80,7 @@ class Gateway:
     people: People  # what a person (console session, user token) reaches
     puller: EhrPuller  # pulls from upstream EHRs' FHIR APIs (none configured: does nothing)
     coverage: CoverageChecks  # payers' coverage rules: PA Tasks on order arrival, CDS Hooks order-sign
+    exports: BulkExports  # Bulk Data $export served here: jobs and their builder
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -248,6 +250,11 @@ class Gateway:
             People(db),
             EhrPuller(fhir, upstreams),
             coverage,
+            BulkExports(
+                fhir,
+                file_resources=settings.export_file_resources,
+                retention_s=int(settings.export_retention_hours * 3600),
+            ),
         )
 
     async def start_background(self) -> None:
@@ -258,9 +265,11 @@ class Gateway:
         await self.payer_worker.start()
         await self.monitoring.start()
         await self.puller.start()
+        await self.exports.start()
 
     async def close(self) -> None:
         await self.timeline_feed.stop()  # open streams end first (`gateway serve` ends them earlier)
+        await self.exports.stop()
         await self.puller.stop()
         await self.monitoring.stop()
         await self.coverage.drain()  # automatic PA submissions under way finish before the worker stops

@@ -12,6 +12,7 @@ Layout:
   URIs (a JSON array), the scopes they may ask for.
 - `upstream_checkpoint` holds, per upstream EHR and resource type, how far the pull has come (the greatest
   `meta.lastUpdated` stored), when it polls next, and which process holds it (a lease) now.
+- `export_job` and `export_file` hold the Bulk Data `$export` jobs the gateway serves and their ndjson parts.
 """
 
 from __future__ import annotations
@@ -510,4 +511,44 @@ upstream_checkpoint = Table(
     Column("lease_until_us", BigInteger, nullable=True),
     Column("failures", Integer, nullable=False),  # polls failed in a row
     Column("last_error", String(500), nullable=True),  # no patient data: HTTP statuses and exception names
+    # On the `$export` pseudo-row only (the first load by Bulk Data): the upstream's status URL while its
+    # export runs, and whether the first load finished (`done`) or gave way to the incremental pull.
+    Column("export_url", String(2000), nullable=True),
+    Column("export_state", String(16), nullable=True),
+)
+
+# Bulk Data `$export` jobs this gateway serves (gateway/service/bulk). `types` is a comma list; the
+# builder's place is (`type_index`, `after_rid`): the next part starts after that row id of that type.
+export_job = Table(
+    "export_job",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),  # only this client sees the status and the files
+    Column("status", String(16), nullable=False),  # queued | running | done | failed
+    Column("request", Text, nullable=False),  # the kick-off URL, for the manifest
+    Column("level", String(16), nullable=False),  # system | patient | group
+    Column("group_id", String(64), nullable=True),
+    Column("types", Text, nullable=False),
+    Column("since_us", BigInteger, nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+    Column("transaction_us", BigInteger, nullable=True),  # when the builder started: the manifest's time
+    Column("finished_us", BigInteger, nullable=True),
+    Column("expires_us", BigInteger, nullable=True),  # the job and its files are deleted after this
+    Column("type_index", Integer, nullable=False),
+    Column("after_rid", BigInteger, nullable=True),
+    Column("written", Integer, nullable=False),  # resources written to files so far
+    Column("error", String(500), nullable=True),  # no patient data
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until_us", BigInteger, nullable=True),
+    Index("ix_export_job_status", "status", "created_us"),
+)
+
+export_file = Table(
+    "export_file",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),  # 1, 2, ... in the manifest's order
+    Column("res_type", String(64), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("content", Text, nullable=False),  # ndjson: one resource per line
 )

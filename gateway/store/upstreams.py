@@ -3,6 +3,11 @@
 A process polls an (upstream, type) only after `claim` took the row: free, its own, or left by a process
 whose lease ran out (it crashed). Each page's resources are committed with `advance` in one transaction,
 which succeeds only while the lease is still ours, so a process that lost it cannot move the checkpoint.
+
+The first load by Bulk Data `$export` has a pseudo-row of its own per upstream (`res_type` = `$export`),
+with the same lease: one process at a time runs it, and the upstream's status URL (`export_url`) is kept
+there, so a restart resumes the same export. `complete_first_load` sets every type's checkpoint to the
+export's transactionTime in the transaction that marks the export done.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.store.tables import upstream_checkpoint
 
 c = upstream_checkpoint.c
+
+EXPORT_ROW = "$export"
+EXPORT_DONE, EXPORT_FAILED = "done", "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +108,70 @@ async def finish(
 
 
 async def all_checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
+    """The types' checkpoints (not the `$export` pseudo-rows)."""
     rows = await conn.execute(
-        select(c.upstream, c.res_type, c.last_updated, c.polled_us, c.failures).order_by(
-            c.upstream, c.res_type
-        )
+        select(c.upstream, c.res_type, c.last_updated, c.polled_us, c.failures)
+        .where(c.res_type != EXPORT_ROW)
+        .order_by(c.upstream, c.res_type)
     )
     return [Checkpoint(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class FirstLoad:
+    export_url: str | None  # the upstream's status URL while an export runs
+    state: str | None  # None: not finished; done; failed (the incremental pull took over)
+    types_started: bool  # some configured type already has a checkpoint: no export is needed
+
+
+async def first_load(conn: AsyncConnection, upstream: str, types: Sequence[str]) -> FirstLoad:
+    row = (
+        await conn.execute(
+            select(c.export_url, c.export_state).where(c.upstream == upstream, c.res_type == EXPORT_ROW)
+        )
+    ).first()
+    started = (
+        await conn.execute(
+            select(c.res_type)
+            .where(c.upstream == upstream, c.res_type.in_(list(types)), c.last_updated.is_not(None))
+            .limit(1)
+        )
+    ).first()
+    return FirstLoad(
+        None if row is None else row.export_url,
+        None if row is None else row.export_state,
+        started is not None,
+    )
+
+
+async def set_export(
+    conn: AsyncConnection, upstream: str, worker: str, *, url: str | None, state: str | None, until_us: int
+) -> bool:
+    """The export's status URL and state on the pseudo-row, under its lease (renewed); False if lost."""
+    result = await conn.execute(
+        update(upstream_checkpoint)
+        .where(c.upstream == upstream, c.res_type == EXPORT_ROW, c.lease_owner == worker)
+        .values(export_url=url, export_state=state, lease_until_us=until_us)
+        .returning(c.upstream)
+    )
+    return result.first() is not None
+
+
+async def complete_first_load(
+    conn: AsyncConnection,
+    upstream: str,
+    worker: str,
+    types: Sequence[str],
+    transaction_time: str,
+    until_us: int,
+) -> bool:
+    """The export done and each type's checkpoint at its transactionTime (a type already started keeps
+    its own), in one transaction; False (the caller rolls back) when the lease is no longer ours."""
+    if not await set_export(conn, upstream, worker, url=None, state=EXPORT_DONE, until_us=until_us):
+        return False
+    await conn.execute(
+        update(upstream_checkpoint)
+        .where(c.upstream == upstream, c.res_type.in_(list(types)), c.last_updated.is_(None))
+        .values(last_updated=transaction_time, next_poll_us=0)
+    )
+    return True

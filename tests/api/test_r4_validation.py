@@ -512,6 +512,12 @@ GOOD: dict[str, dict[str, Any]] = {
         "resourceType": "PractitionerRole",
         "availableTime": [{"daysOfWeek": ["mon", "fri"]}],
     },
+    "Group": {
+        "resourceType": "Group",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": "Patient/p1"}, "period": {"start": "2024-01-01"}}],
+    },
     "Medication": {"resourceType": "Medication", "status": "active", "code": {"text": "clozapine"}},
     "Communication": {
         "resourceType": "Communication",

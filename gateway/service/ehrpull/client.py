@@ -12,9 +12,11 @@ Exceptions: `UpstreamError` (no usable answer) and its subclass `BackOff` (told 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -140,17 +142,62 @@ class UpstreamClient:
             return response.status_code, retry_after_seconds(response.headers.get("retry-after"))
         raise AssertionError("unreachable")
 
-    async def _send(self, url: str, params: list[tuple[str, str]] | None) -> httpx.Response:
-        headers = {"Accept": FHIR_JSON}
+    async def _send(
+        self,
+        url: str,
+        params: list[tuple[str, str]] | None,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        sent = {"Accept": FHIR_JSON, **(headers or {})}
         if self.upstream.auth.type == "backend-services":
-            headers["Authorization"] = f"Bearer {await self._access_token()}"
+            sent["Authorization"] = f"Bearer {await self._access_token()}"
         await self._pace.wait()
         self.requests += 1
         query = tuple(params) if params is not None else None  # a tuple: httpx types lists invariantly
         try:
-            return await self._http.get(
-                url, params=query, headers=headers, timeout=self.upstream.timeout_seconds
+            return await self._http.request(
+                method, url, params=query, headers=sent, timeout=self.upstream.timeout_seconds
             )
+        except httpx.HTTPError as exc:
+            raise UpstreamError(type(exc).__name__) from None
+
+    async def send(
+        self,
+        url: str,
+        params: list[tuple[str, str]] | None = None,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Any answer to a request under the upstream's base (Bulk Data kick-off and status), after auth
+        and pace; a 401 drops the token and is tried once more. The caller reads the status."""
+        if not self.owns(url):
+            raise UpstreamError("a URL outside the upstream's base")
+        response = await self._send(url, params, method=method, headers=headers)
+        if response.status_code == 401 and self.upstream.auth.type != "none":
+            self._token = None
+            response = await self._send(url, params, method=method, headers=headers)
+        return response
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, *, with_token: bool) -> AsyncIterator[httpx.Response]:
+        """A streamed GET (a Bulk Data file). Our token goes only to URLs under the upstream's base; a
+        file elsewhere is fetched without it, and one that needs it there is refused."""
+        owned = self.owns(url)
+        if with_token and not owned:
+            raise UpstreamError("a file that needs our token is outside the upstream's base")
+        headers = {"Accept": "application/fhir+ndjson"}
+        if owned and self.upstream.auth.type == "backend-services":
+            headers["Authorization"] = f"Bearer {await self._access_token()}"
+        await self._pace.wait()
+        self.requests += 1
+        try:
+            async with self._http.stream(
+                "GET", url, headers=headers, timeout=self.upstream.timeout_seconds
+            ) as response:
+                yield response
         except httpx.HTTPError as exc:
             raise UpstreamError(type(exc).__name__) from None
 

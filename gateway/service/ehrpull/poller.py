@@ -11,6 +11,11 @@ the next poll starts after the last committed page.
 
 An invalid resource is counted, logged by id and skipped (the checkpoint still moves past it, or it
 would be fetched forever); its next change upstream is fetched again.
+
+`group:` upstreams read their Group from the upstream once a round and pull its current members like
+`patients:`. `first_load: bulk-export` upstreams run the first load by `$export` (bulkload.py) while no
+type has a checkpoint yet; their incremental polls wait until it is done, or has failed (then they start
+from the beginning).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import socket
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 
@@ -30,7 +35,9 @@ from gateway.ehr.pulled import local_id, localize
 from gateway.ehr.upstreams import UpstreamConfig
 from gateway.exceptions import FhirError
 from gateway.fhir import dates
+from gateway.fhir.bulkdata import Manifest, group_members
 from gateway.service.access.context import RequestContext
+from gateway.service.ehrpull.bulkload import ExportFailed, FirstLoad
 from gateway.service.ehrpull.client import BackOff, UpstreamClient, UpstreamError
 from gateway.service.fhirapi.interactions import FhirService
 from gateway.service.workers import Repeating
@@ -57,6 +64,8 @@ class PullCounts:
     written: int = 0  # new versions stored (unchanged ones write none)
     rejected: int = 0  # failed validation
     failures: int = 0  # polls that ended in an error
+    exports: int = 0  # first loads by $export completed
+    export_failures: int = 0  # first loads by $export given up (the incremental pull took over)
 
 
 def _instant(text: str) -> datetime:
@@ -75,12 +84,16 @@ def newest(current: str | None, candidates: list[str]) -> str | None:
     return best
 
 
-def first_page(upstream: UpstreamConfig, res_type: str, since: str | None) -> list[tuple[str, str]]:
+def first_page(
+    upstream: UpstreamConfig, res_type: str, since: str | None, patients: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """The first search of a poll; `patients` (a Group's members) in place of the configured ones."""
     params = [("_sort", "_lastUpdated"), ("_count", str(upstream.page_size))]
     if since is not None:
         params.insert(0, ("_lastUpdated", f"gt{since}"))
-    if upstream.patients:
-        params.append(("_id" if res_type == "Patient" else "patient", ",".join(upstream.patients)))
+    chosen = upstream.patients if patients is None else patients
+    if chosen:
+        params.append(("_id" if res_type == "Patient" else "patient", ",".join(chosen)))
     return params
 
 
@@ -140,6 +153,7 @@ class EhrPuller:
         upstreams = self.upstreams
         self._http = http or httpx.AsyncClient(follow_redirects=False)
         self.clients = {u.name: UpstreamClient(u, self._http) for u in upstreams}
+        self.loader = FirstLoad(self.clients, self._store_export_page)
         self.worker = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.ctx = RequestContext(base_url=fhir.configured_base or "")
         self.counts: dict[tuple[str, str], PullCounts] = defaultdict(PullCounts)
@@ -150,10 +164,16 @@ class EhrPuller:
     async def start(self) -> None:
         if not self.upstreams:
             return
+        await self.prepare()
+        self.timer.start()
+
+    async def prepare(self) -> None:
+        """A checkpoint row per configured type (and the first load's pseudo-row), kept across restarts."""
         async with self.db.write() as conn:
             for upstream in self.upstreams:
                 await checkpoints.ensure(conn, upstream.name, upstream.resources)
-        self.timer.start()
+                if upstream.first_load == "bulk-export":
+                    await checkpoints.ensure(conn, upstream.name, [checkpoints.EXPORT_ROW])
 
     async def stop(self) -> None:
         await self.timer.stop()
@@ -166,13 +186,142 @@ class EhrPuller:
             self.checkpoints = await checkpoints.all_checkpoints(conn)
 
     async def _upstream_round(self, upstream: UpstreamConfig) -> None:
+        try:
+            if upstream.first_load == "bulk-export" and await self.first_load(upstream):
+                return  # the first load is not over: the searches would start from the beginning
+            patients = await self.group_members(upstream) if upstream.group is not None else None
+        except Exception:
+            log.exception("EHR pull upstream=%s failed", upstream.name)
+            return
+        if patients == []:
+            log.info("EHR pull upstream=%s: the Group has no current members", upstream.name)
+            return
         for res_type in upstream.resources:
             try:
-                await self.poll(upstream, res_type)
+                await self.poll(upstream, res_type, patients)
             except Exception:
                 log.exception("EHR pull upstream=%s type=%s failed", upstream.name, res_type)
 
-    async def poll(self, upstream: UpstreamConfig, res_type: str) -> bool:
+    async def group_members(self, upstream: UpstreamConfig) -> list[str] | None:
+        """The Group's current member Patients on the upstream (their ids there); None when it could not be
+        read (counted as a failure of the round)."""
+        try:
+            group = await self.clients[upstream.name].get(f"{upstream.fhir_base}/Group/{upstream.group}")
+        except UpstreamError as exc:
+            self.counts[(upstream.name, "Group")].failures += 1
+            log.warning(
+                "EHR pull upstream=%s: reading Group/%s failed: %s", upstream.name, upstream.group, exc
+            )
+            raise
+        if group.get("resourceType") != "Group":
+            raise UpstreamError("the Group read gave no Group")
+        return group_members(group, datetime.now(UTC), upstream.fhir_base)
+
+    async def first_load(self, upstream: UpstreamConfig) -> bool:
+        """One step of the first load by $export when it is still to do; whether it is (so the incremental
+        polls wait). Another process holding it counts as still to do."""
+        async with self.db.read() as conn:
+            state = await checkpoints.first_load(conn, upstream.name, upstream.resources)
+        if state.state is not None or state.types_started:
+            return False
+        now = dates.now_us()
+        row = checkpoints.EXPORT_ROW
+        async with self.db.write() as conn:
+            claimed = await checkpoints.claim(conn, upstream.name, row, self.worker, now, LEASE_US)
+            # read again under the lease: another process may have kicked off (or finished) meanwhile
+            state = await checkpoints.first_load(conn, upstream.name, upstream.resources)
+        if claimed is None:
+            return True
+        counts = self.counts[(upstream.name, row)]
+        counts.polls += 1
+        error: str | None = None
+        next_poll = now + int(upstream.interval_seconds * 1_000_000)
+        pending = True
+        try:
+            if state.state is None and not state.types_started:
+                wait = await self._export_step(upstream, state.export_url, counts)
+                if wait is None:
+                    pending = False
+                else:
+                    next_poll = dates.now_us() + int(wait * 1_000_000)
+            else:
+                pending = False
+        except ExportFailed as exc:
+            counts.export_failures += 1
+            log.warning("EHR export upstream=%s failed, pulling by search instead: %s", upstream.name, exc)
+            async with self.db.write() as conn:
+                await checkpoints.set_export(
+                    conn, upstream.name, self.worker, url=None, state=checkpoints.EXPORT_FAILED, until_us=0
+                )
+            if state.export_url is not None:
+                await self.loader.cancel(upstream, state.export_url)
+            error, pending = str(exc), False
+        except BackOff as exc:
+            error, next_poll = str(exc), now + int(max(exc.retry_after_s, upstream.interval_seconds) * 1e6)
+        except (UpstreamError, LeaseLost) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            log.exception("EHR export upstream=%s failed", upstream.name)
+            error = type(exc).__name__
+        if error is not None and pending:
+            counts.failures += 1
+            delay_s = min(MAX_BACKOFF_S, upstream.interval_seconds * 2 ** min(claimed.failures + 1, 20))
+            next_poll = max(next_poll, now + int(delay_s * 1_000_000))
+            log.warning("EHR export upstream=%s: %s", upstream.name, error)
+        async with self.db.write() as conn:
+            await checkpoints.finish(
+                conn, upstream.name, row, self.worker, now=dates.now_us(), next_poll_us=next_poll, error=error
+            )
+        return pending
+
+    async def _export_step(
+        self, upstream: UpstreamConfig, status_url: str | None, counts: PullCounts
+    ) -> float | None:
+        """Kick-off (once), status, files, checkpoints; the seconds to wait when the export is not ready."""
+        if status_url is None:
+            status_url = await self.loader.kick_off(upstream)
+            async with self.db.write() as conn:
+                if not await checkpoints.set_export(
+                    conn,
+                    upstream.name,
+                    self.worker,
+                    url=status_url,
+                    state=None,
+                    until_us=dates.now_us() + LEASE_US,
+                ):
+                    raise LeaseLost("the first load's lease went to another process")
+            log.info("EHR export upstream=%s kicked off", upstream.name)
+        manifest = await self.loader.wait_for_manifest(upstream, status_url)
+        if not isinstance(manifest, Manifest):
+            return manifest
+        await self.loader.load(upstream, manifest, counts)
+        async with self.db.write() as conn:
+            if not await checkpoints.complete_first_load(
+                conn,
+                upstream.name,
+                self.worker,
+                upstream.resources,
+                manifest.transaction_time,
+                dates.now_us() + LEASE_US,
+            ):
+                raise LeaseLost("the first load's lease went to another process")
+        counts.exports += 1
+        log.info(
+            "EHR export upstream=%s done: fetched=%d written=%d",
+            upstream.name,
+            counts.fetched,
+            counts.written,
+        )
+        await self.loader.cancel(upstream, status_url)  # the upstream may delete its files now
+        return None
+
+    async def _store_export_page(self, upstream: UpstreamConfig, res_type: str, found: list[JSON]) -> None:
+        await self._store_page(
+            upstream, res_type, found, None, self.counts[(upstream.name, checkpoints.EXPORT_ROW)],
+            lease_row=checkpoints.EXPORT_ROW,
+        )  # fmt: skip
+
+    async def poll(self, upstream: UpstreamConfig, res_type: str, patients: list[str] | None = None) -> bool:
         """One poll of (upstream, type) if it is due and no one else holds it; whether it ran."""
         now = dates.now_us()
         async with self.db.write() as conn:
@@ -185,7 +334,7 @@ class EhrPuller:
         error: str | None = None
         next_poll = now + interval_us
         try:
-            await self._pull(upstream, res_type, claimed.last_updated, counts)
+            await self._pull(upstream, res_type, claimed.last_updated, counts, patients)
         except BackOff as exc:
             error, next_poll = str(exc), now + int(max(exc.retry_after_s, upstream.interval_seconds) * 1e6)
         except (UpstreamError, LeaseLost) as exc:
@@ -211,11 +360,16 @@ class EhrPuller:
         return True
 
     async def _pull(
-        self, upstream: UpstreamConfig, res_type: str, since: str | None, counts: PullCounts
+        self,
+        upstream: UpstreamConfig,
+        res_type: str,
+        since: str | None,
+        counts: PullCounts,
+        patients: list[str] | None = None,
     ) -> None:
         client = self.clients[upstream.name]
         url: str | None = f"{upstream.fhir_base}/{res_type}"
-        params: list[tuple[str, str]] | None = first_page(upstream, res_type, since)
+        params: list[tuple[str, str]] | None = first_page(upstream, res_type, since, patients)
         checkpoint = since
         while url is not None:
             bundle = await client.get(url, params)
@@ -235,7 +389,10 @@ class EhrPuller:
         found: list[JSON],
         checkpoint: str | None,
         counts: PullCounts,
+        *,
+        lease_row: str | None = None,
     ) -> None:
+        """One page in one transaction; the lease renewed is `res_type`'s checkpoint's, or `lease_row`'s."""
         pulled = frozenset(upstream.resources)
         localized: list[JSON] = []
         for resource in found:
@@ -261,7 +418,7 @@ class EhrPuller:
                 await self.fhir.write_versions(conn, self.ctx, plans)
                 counts.written += len(plans) - 1
             if not await checkpoints.advance(
-                conn, upstream.name, res_type, self.worker, checkpoint, now + LEASE_US
+                conn, upstream.name, lease_row or res_type, self.worker, checkpoint, now + LEASE_US
             ):
                 raise LeaseLost("the checkpoint's lease went to another process")
 

@@ -20,6 +20,7 @@ from gateway.settings import Settings
 from gateway.transports.http import (
     audit_routes,
     auth_routes,
+    bulk_routes,
     cds_routes,
     console_routes,
     everything_routes,
@@ -104,6 +105,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(measure_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(everything_routes.router)
+    app.include_router(bulk_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(timeline_routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(auth_routes.router)

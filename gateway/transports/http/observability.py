@@ -169,6 +169,8 @@ class EhrPullCollector:
                 ("written", "New resource versions stored from an upstream EHR"),
                 ("rejected", "Resources from an upstream EHR that failed validation"),
                 ("failures", "Polls of an upstream EHR that failed"),
+                ("exports", "First loads by Bulk Data $export completed (type $export)"),
+                ("export_failures", "First loads by Bulk Data $export given up for the incremental pull"),
             )
         }
         for (upstream, res_type), counts in sorted(puller.counts.items()):
