@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck imports pytest chromium compose fuzz bench clean
+.PHONY: run test check lint typecheck imports pytest chromium compose fuzz bench wrk clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -71,8 +71,16 @@ compose:
 fuzz: $(STAMP)
 	GATEWAY_FUZZ_PROFILE=long $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
 
-bench: $(STAMP)
+# `make bench` drives HTTP with wrk (a native load generator: the client costs the shared cores little),
+# installed with apt where missing, as Chromium is.
+bench: $(STAMP) wrk
 	$(BIN)/python -m bench
+
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk || \
+		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; }; }; } \
+		|| echo "*** wrk is missing: 'sudo apt-get install wrk'; the server-cpu benchmark needs it." >&2
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis test-output

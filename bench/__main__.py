@@ -1,5 +1,5 @@
-"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison|timeline-stream|cds]
-[--backends ...]`.
+"""`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison|timeline-stream|cds|
+server-cpu] [--backends ...] [--workers N]`.
 
 `jsonio` and `validation` run in this process, with no database and no gateway.
 """
@@ -16,6 +16,7 @@ from bench import (
     jsonio,
     measures,
     poison,
+    server_cpu,
     store,
     subscriptions,
     timeline_stream,
@@ -25,7 +26,7 @@ from bench import (
 
 SUITES = [
     "all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "measures", "poison",
-    "timeline-stream", "cds",
+    "timeline-stream", "cds", "server-cpu",
 ]  # fmt: skip
 
 
@@ -37,6 +38,7 @@ def main() -> None:
         "--sizes", default="10000,200000", help="stored Observations at which to measure search"
     )
     parser.add_argument("--postgres-url", default=store.DEFAULT_PG_URL)
+    parser.add_argument("--workers", type=int, default=1, help="gateway serve processes (server-cpu)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     backends = args.backends.split(",")
@@ -78,6 +80,10 @@ def main() -> None:
         if everything:
             print()
         asyncio.run(cds.run(backends, args.postgres_url))
+    if args.suite in ("all", "server-cpu"):
+        if everything:
+            print()
+        asyncio.run(server_cpu.run(backends, args.postgres_url, args.workers))
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
         asyncio.run(poison.run(backends, args.postgres_url))
 
