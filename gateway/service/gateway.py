@@ -23,6 +23,7 @@ from gateway.service.access.clients import AuthService, key_encryption_from
 from gateway.service.access.launch import LaunchService
 from gateway.service.access.logins import LoginService
 from gateway.service.access.people import People
+from gateway.service.ehrpull.deletions import following_deletions
 from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.fhirapi.audit import AuditLog
@@ -243,7 +244,7 @@ class Gateway:
             ),
             LaunchService(db, auth),
             People(db),
-            EhrPuller(fhir, upstreams),
+            following_deletions(EhrPuller(fhir, upstreams)),
             coverage,
         )
 
