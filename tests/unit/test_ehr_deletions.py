@@ -11,7 +11,9 @@ from gateway.ehr import deletions
 from gateway.ehr.upstreams import UpstreamConfigError, parse_upstreams
 
 
-def entry(method: str | None, url: str, *, resource: bool = True, status: str = "200 OK") -> dict[str, object]:
+def entry(
+    method: str | None, url: str, *, resource: bool = True, status: str = "200 OK"
+) -> dict[str, object]:
     out: dict[str, object] = {"fullUrl": f"https://ehr.example/fhir/{url}", "response": {"status": status}}
     if method is not None:
         out["request"] = {"method": method, "url": url}

@@ -130,8 +130,17 @@ def test_a_deletion_is_a_conditional_delete_on_the_last_versions_identifier() ->
 
 @pytest.mark.parametrize(
     ("status", "deletion", "delivered"),
-    [(200, False, True), (204, True, True), (404, True, True), (410, True, True), (404, False, False)]
-    + [(410, False, False), (429, True, False), (500, True, False), (None, True, False)],
+    [
+        (200, False, True),
+        (204, True, True),
+        (404, True, True),
+        (410, True, True),
+        (404, False, False),
+        (410, False, False),
+        (429, True, False),
+        (500, True, False),
+        (None, True, False),
+    ],
 )
 def test_not_found_delivers_a_deletion_only(status: int | None, deletion: bool, delivered: bool) -> None:
     assert forward.delivered(status, deletion) is delivered
