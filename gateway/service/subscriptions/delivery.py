@@ -126,6 +126,10 @@ class _LaneState:
     failures: int
     failing_since_us: int | None
     last_sent_us: int | None
+    # The retry time set by the last failure, before the journal has written it: a lane woken again at
+    # once (a new event) must not retry early. Kept on SQLite only; on PostgreSQL the journal is flushed
+    # before the lease is released, so the row says it.
+    retry_at_us: int = 0
 
 
 @dataclass
@@ -337,7 +341,7 @@ class Deliverer:
         lane = self._lane_state(state)
         status = state.status
         now = dates.now_us()
-        if state.next_attempt_us > now:
+        if max(state.next_attempt_us, lane.retry_at_us) > now:
             return  # a retry not yet due: the poller comes back
         if status == "requested":
             status = await self._handshake(spec, state, lane)
@@ -493,7 +497,7 @@ class Deliverer:
                 self._last_error,
             )
             lane.delivered = event.number
-            lane.failures, lane.failing_since_us = 0, None
+            lane.failures, lane.failing_since_us, lane.retry_at_us = 0, None, 0
             self._journal_progress(spec.id, lane, f"event {event.number} refused: {self._last_error}")
         return True
 
@@ -611,7 +615,7 @@ class Deliverer:
         if self.audit is not None:
             self.audit.delivery(spec, state.owner, kind, audit_view or bundle, http_status, error, started_us)
         if ok:
-            lane.failures, lane.failing_since_us = 0, None
+            lane.failures, lane.failing_since_us, lane.retry_at_us = 0, None, 0
             self._journal_progress(spec.id, lane, None)
             return True
         lane.failures += 1
@@ -622,6 +626,7 @@ class Deliverer:
             await self._set_status(spec.id, "error", f"gave up after {lane.failures} attempts: {error}")
             return False
         retry_at = now + int(retry_delay_s(lane.failures, not_before_s) * 1_000_000)
+        lane.retry_at_us = retry_at
         self._journal_progress(spec.id, lane, error, retry_at)
         log.info(
             "delivery to Subscription/%s failed (%s); retry %d in %.1f s",
