@@ -2,14 +2,20 @@
 gateway/service/subscriptions/delivery.py).
 
 Each forwarding upstream has one internal Subscription (`forward-{name}`, channel type `fhir-forward`) on
-a topic of its own that fires on every create/update of the forwarded types: the subscription outbox gives
-durability, order per upstream and retries. One event becomes one transaction Bundle:
+a topic of its own that fires on every create/update/delete of the forwarded types: the subscription
+outbox gives durability, order per upstream and retries. One event becomes one transaction Bundle:
 
     PUT Patient?identifier=sys|val      (the Patient the resource is about, when there is one)
     PUT Observation?identifier=sys|val  (the resource; its reference to the Patient points at the entry)
 
-Conditional updates on an identifier make a re-send update, never duplicate. A resource without an
-identifier is given one (`RESOURCE_ID_SYSTEM`, `{Type}/{id}` here) in the forwarded copy only.
+and a deletion `DELETE Observation?identifier=sys|val`, the identifier taken from the last version before
+it. Conditional writes on an identifier make a re-send update (or delete) the same resource, never
+duplicate. A resource without an identifier is given one (`RESOURCE_ID_SYSTEM`, `{Type}/{id}` here) in the
+forwarded copy only.
+
+`fhir-forward` is not an R4 channel type (`Subscription.channel.type` has a required binding), so the
+Subscription says it the Subscriptions Backport IG's way for a custom channel: `channel.type` without a
+value and, on `_type`, the `backport-channel-type` extension with a Coding of our CodeSystem.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from gateway.types import JSON
 
 GATEWAY_FHIR = "https://specialty-gateway.org/fhir"  # as gateway.routing.topics (a layer above)
 FORWARD_CHANNEL = "fhir-forward"
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+CHANNEL_TYPE_EXTENSION = f"{BACKPORT}/backport-channel-type"
+CHANNEL_TYPE_SYSTEM = f"{GATEWAY_FHIR}/CodeSystem/subscription-channel-type"
 EVALUATOR = "resource-written"
 RESOURCE_ID_SYSTEM = f"{GATEWAY_FHIR}/sid/resource-id"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, f"{GATEWAY_FHIR}/forward")
@@ -47,19 +56,26 @@ def forward_subscription(upstream: str, endpoint: str) -> JSON:
         "reason": f"Forward to upstream {upstream} (from the upstreams file)",
         "criteria": topic_url(upstream),
         "channel": {
-            "type": FORWARD_CHANNEL,
+            "_type": {
+                "extension": [
+                    {
+                        "url": CHANNEL_TYPE_EXTENSION,
+                        "valueCoding": {"system": CHANNEL_TYPE_SYSTEM, "code": FORWARD_CHANNEL},
+                    }
+                ]
+            },
             "endpoint": endpoint,
             "payload": "application/fhir+json",
             "extension": [
                 {
-                    "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-max-count",
+                    "url": f"{BACKPORT}/backport-max-count",
                     "valuePositiveInt": 1,
                 }
             ],
             "_payload": {
                 "extension": [
                     {
-                        "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+                        "url": f"{BACKPORT}/backport-payload-content",
                         "valueCode": "id-only",
                     }
                 ]
@@ -151,6 +167,27 @@ def forward_bundle(resource: JSON, patient: JSON | None, source_base: str) -> JS
         "type": "transaction",
         "entry": [_entry(r, source_base, targets) for r in included],
     }
+
+
+def delete_bundle(last: JSON) -> JSON:
+    """The transaction that deletes upstream what `last` (the version before the deletion) was written as."""
+    system, value = business_identifier(last)
+    url = conditional_url(last["resourceType"], system, value)
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": url}}],
+    }
+
+
+def only_deletes(bundle: JSON) -> bool:
+    """Deletions only: a 404 or 410 for them means the upstream does not hold them, which is done."""
+    entries = bundle.get("entry") or []
+    return bool(entries) and all((e.get("request") or {}).get("method") == "DELETE" for e in entries)
+
+
+def delivered(status: int | None, deletion: bool) -> bool:
+    return status is not None and (200 <= status < 300 or (deletion and status in (404, 410)))
 
 
 def came_from(resource: JSON, upstream_base: str) -> bool:

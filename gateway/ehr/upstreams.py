@@ -21,6 +21,7 @@ A YAML (or JSON) file named by GATEWAY_UPSTREAMS_FILE:
         max_requests_per_second: 5
         page_size: 100
         timeout_seconds: 30
+        deletions: history                    # optional: also read {Type}/_history for deletions upstream
         forward:                              # optional: write what this gateway produces to it
           resources: [Observation, Task]  # conditional update on an identifier (gateway/ehr/forward.py)
 
@@ -130,6 +131,9 @@ class UpstreamConfig(BaseModel):
     page_size: int = Field(100, ge=1, le=1000)
     timeout_seconds: float = Field(30, gt=0, le=300)
     forward: ForwardConfig | None = None
+    # Deletions upstream are invisible to a _lastUpdated search: `history` reads each pulled type's
+    # `_history?_since=` for them (gateway/ehr/deletions.py); omitted, they are not followed.
+    deletions: Literal["history"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -151,6 +155,8 @@ class UpstreamConfig(BaseModel):
             raise ValueError("patients and group exclude each other: name the patients, or the Group")
         if self.first_load == "bulk-export" and not self.resources:
             raise ValueError("first_load: bulk-export needs resources to pull")
+        if self.deletions is not None and not self.resources:
+            raise ValueError("deletions needs resources to pull")
         return self
 
     @property

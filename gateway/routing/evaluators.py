@@ -348,8 +348,9 @@ def monitoring_overdue(change: Change, _: EvaluationContext) -> list[Fired]:
 
 
 def resource_written(change: Change, _: EvaluationContext) -> list[Fired]:
-    """Every new version (forwarding to an upstream, gateway/ehr/forward.py); deletions are not sent."""
-    return [Fired()] if change.current is not None else []
+    """Every new version, deletions included (forwarding to an upstream, gateway/ehr/forward.py: the
+    deletion's event names the deletion version; the forwarder reads the one before for its identifier)."""
+    return [Fired()]
 
 
 EVALUATORS: dict[str, Evaluator] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.ehr.forward import CHANNEL_TYPE_EXTENSION, CHANNEL_TYPE_SYSTEM
 from gateway.routing.filters import Filter, FilterError, parse_filters
 from gateway.routing.topics import GATEWAY_FHIR, Topic, TopicSet
 from gateway.types import JSON, Issue
@@ -60,7 +61,8 @@ RESERVED_HEADERS = frozenset(
 )
 
 # fhir-forward: the gateway's own subscriptions writing to an upstream FHIR server (gateway/ehr/forward.py);
-# clients may not create one (service/subscriptions/manager.py).
+# clients may not create one (service/subscriptions/manager.py). Not an R4 code: it is given by the
+# backport-channel-type extension on `channel._type` (a Coding of CHANNEL_TYPE_SYSTEM), see channel_type_of.
 CHANNEL_TYPES = ("rest-hook", "websocket", "fhir-forward")
 CONTENT_LEVELS = ("empty", "id-only", "full-resource")
 PAYLOAD_TYPES = ("application/fhir+json", "application/json")
@@ -100,6 +102,17 @@ def _single_value(element: Any, url: str, key: str) -> Any:
     return found[0].get(key) if found else None
 
 
+def channel_type_of(channel: JSON) -> Any:
+    """`channel.type`, or the code of a backport-channel-type extension on it (the IG's way for a channel
+    type R4 does not have): ours as the bare code, another system's as `system|code` (not supported)."""
+    coding = _single_value(channel.get("_type"), CHANNEL_TYPE_EXTENSION, "valueCoding")
+    if not isinstance(coding, dict):
+        return channel.get("type")
+    if coding.get("system") == CHANNEL_TYPE_SYSTEM:
+        return coding.get("code")
+    return f"{coding.get('system')}|{coding.get('code')}"
+
+
 def parse_subscription(
     resource: JSON, topics: TopicSet, *, end_us: int | None = None
 ) -> tuple[SubscriptionSpec | None, list[Issue]]:
@@ -135,7 +148,7 @@ def parse_subscription(
         )
 
     channel: JSON = resource["channel"] if isinstance(resource.get("channel"), dict) else {}
-    channel_type = channel.get("type")
+    channel_type = channel_type_of(channel)
     if channel_type not in CHANNEL_TYPES:
         problem(
             "Subscription.channel.type",

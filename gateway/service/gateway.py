@@ -25,6 +25,7 @@ from gateway.service.access.launch import LaunchService
 from gateway.service.access.logins import LoginService
 from gateway.service.access.people import People
 from gateway.service.bulkexport.exports import BulkExports
+from gateway.service.ehrpull.deletions import following_deletions
 from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.fhirapi.audit import AuditLog
@@ -248,7 +249,7 @@ class Gateway:
             ),
             LaunchService(db, auth),
             People(db),
-            EhrPuller(fhir, upstreams),
+            following_deletions(EhrPuller(fhir, upstreams)),
             coverage,
             BulkExports(
                 fhir,

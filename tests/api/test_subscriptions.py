@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.ehr import forward
 from gateway.fhir import dates
 from gateway.service.access.context import RequestContext
 from gateway.service.gateway import Gateway
@@ -206,6 +207,28 @@ async def test_filters_route_only_matching_events(
             {"channel": {"type": "fhir-forward", "endpoint": "https://ehr.example/fhir"}},
             "Subscription.channel.type",
             "'fhir-forward'",
+        ),
+        (  # ... nor in the Backport IG's form for a custom channel, which the gateway's own uses
+            {"channel": forward.forward_subscription("x", "https://ehr.example/fhir")["channel"]},
+            "Subscription.channel.type",
+            "come from the upstreams file",
+        ),
+        (  # a custom channel type of someone else's
+            {
+                "channel": {
+                    "_type": {
+                        "extension": [
+                            {
+                                "url": forward.CHANNEL_TYPE_EXTENSION,
+                                "valueCoding": {"system": "urn:example", "code": "zulip"},
+                            }
+                        ]
+                    },
+                    "endpoint": "https://chat.example/hook",
+                }
+            },
+            "Subscription.channel.type",
+            "'urn:example|zulip' is not supported",
         ),
     ],
 )

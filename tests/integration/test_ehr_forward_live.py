@@ -114,8 +114,14 @@ async def test_results_reach_the_upstream_once_in_order_across_its_restart(
         patients = (await upstream("/Patient")).get("entry") or []
         assert len(patients) == 1  # the Patient too, by its MRN
         assert observations[0]["subject"]["reference"] == f"Patient/{patients[0]['resource']['id']}"
+
+        # deleted here: deleted there (a conditional delete on its identifier), in the lane's order
+        mine = [e["resource"] for e in (await here.get("/fhir/Observation")).json().get("entry") or []]
+        (second,) = [r for r in mine if float(r["valueQuantity"]["value"]) == 2.2]
+        assert (await here.delete(f"/fhir/Observation/{second['id']}")).status_code == 204
+        await until(lambda: has(values, [3.2, 1.5]))
         text = (await here.get("/metrics")).text
-        assert re.search(r'^gateway_ehr_forward_sent_total\{upstream="ehr"\} 4\.0$', text, re.M), text
+        assert re.search(r'^gateway_ehr_forward_sent_total\{upstream="ehr"\} 5\.0$', text, re.M), text
         await here.aclose()
     finally:
         stop(up)

@@ -84,3 +84,13 @@ def test_without_a_generator_the_module_random_is_used() -> None:
     for failures in (1, 4, 20):
         ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (failures - 1))
         assert ceiling / 2 <= backoff_s(failures) <= ceiling
+
+
+def test_a_peers_retry_after_wins_when_longer_and_is_bounded() -> None:
+    from gateway.service.subscriptions.delivery import MAX_NOT_BEFORE_S, retry_delay_s
+
+    assert retry_delay_s(1, None, _Fixed(0.0)) == pytest.approx(0.5)  # the lane's own backoff
+    assert retry_delay_s(1, 120.0, _Fixed(0.0)) == pytest.approx(120.0)
+    assert retry_delay_s(12, 2.0, _Fixed(0.0)) == pytest.approx(BACKOFF_CAP_S / 2)  # shorter: backoff
+    assert retry_delay_s(1, 10 * 86400.0, _Fixed(0.0)) == MAX_NOT_BEFORE_S == 3600.0
+    assert retry_delay_s(1, -5.0, _Fixed(0.0)) == pytest.approx(0.5)

@@ -110,3 +110,60 @@ def test_config_forward_only_upstream_and_bad_entries() -> None:
         parse_upstreams(
             {"upstreams": [{"name": "ehr", "base_url": "https://e/fhir", "forward": {"resources": ["obs"]}}]}
         )
+
+
+def test_a_deletion_is_a_conditional_delete_on_the_last_versions_identifier() -> None:
+    bundle = forward.delete_bundle(observation(identifier=[{"system": "urn:lab", "value": "A|1"}]))
+    assert bundle == {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": "Observation?identifier=urn:lab%7CA%7C1"}}],
+    }
+    assert forward.only_deletes(bundle)
+    ours = forward.delete_bundle(observation())  # no identifier: the one the forwarded copy was given
+    assert ours["entry"][0]["request"]["url"] == forward.conditional_url(
+        "Observation", forward.RESOURCE_ID_SYSTEM, "Observation/o1"
+    )
+    assert not forward.only_deletes(forward.forward_bundle(observation(), None, BASE))
+    assert not forward.only_deletes({"resourceType": "Bundle", "type": "transaction", "entry": []})
+
+
+@pytest.mark.parametrize(
+    ("status", "deletion", "delivered"),
+    [
+        (200, False, True),
+        (204, True, True),
+        (404, True, True),
+        (410, True, True),
+        (404, False, False),
+        (410, False, False),
+        (429, True, False),
+        (500, True, False),
+        (None, True, False),
+    ],
+)
+def test_not_found_delivers_a_deletion_only(status: int | None, deletion: bool, delivered: bool) -> None:
+    assert forward.delivered(status, deletion) is delivered
+
+
+def test_the_forward_subscription_is_valid_r4_with_the_backport_channel_type() -> None:
+    from gateway.fhir.validation import Validator
+    from gateway.routing.requests import channel_type_of
+
+    subscription = forward.forward_subscription("ehr", "https://ehr.example/fhir")
+    assert "type" not in subscription["channel"]  # R4's required value set has no code for it
+    errors = [i for i in Validator().validate(subscription) if i.is_error]
+    assert errors == []
+    assert channel_type_of(subscription["channel"]) == "fhir-forward"
+    assert channel_type_of({"type": "rest-hook"}) == "rest-hook"
+    other = {"_type": {"extension": [{**subscription["channel"]["_type"]["extension"][0]}]}}
+    other["_type"]["extension"][0]["valueCoding"] = {"system": "urn:other", "code": "fhir-forward"}
+    assert channel_type_of(other) == "urn:other|fhir-forward"  # someone else's code: not ours
+
+
+def test_the_forwarding_evaluator_fires_on_deletions_too() -> None:
+    from gateway.routing.evaluators import Change, resource_written
+
+    deleted = Change("Observation", "o1", 3, observation(), None)
+    assert deleted.interaction == "delete"
+    assert len(resource_written(deleted, None)) == 1  # type: ignore[arg-type]  # it reads no context

@@ -26,11 +26,13 @@ import os
 import socket
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 
+from gateway.ehr import deletions
 from gateway.ehr.pulled import local_id, localize
 from gateway.ehr.upstreams import UpstreamConfig
 from gateway.exceptions import FhirError
@@ -160,6 +162,8 @@ class EhrPuller:
         self.checkpoints: list[checkpoints.Checkpoint] = []  # as of the last round, for /metrics
         tick = min([u.interval_seconds for u in upstreams] or [5.0])
         self.timer = Repeating("ehr-pull", "EHR pull round", self.run_once, min(tick, 5.0), log)
+        # Polls of the `{Type}#deleted` keys (`deletions: history`): service/ehrpull/deletions.py.
+        self.deletions: Callable[[UpstreamConfig, str, str | None, PullCounts], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         if not self.upstreams:
@@ -171,7 +175,7 @@ class EhrPuller:
         """A checkpoint row per configured type (and the first load's pseudo-row), kept across restarts."""
         async with self.db.write() as conn:
             for upstream in self.upstreams:
-                await checkpoints.ensure(conn, upstream.name, upstream.resources)
+                await checkpoints.ensure(conn, upstream.name, deletions.poll_keys(upstream))
                 if upstream.first_load == "bulk-export":
                     await checkpoints.ensure(conn, upstream.name, [checkpoints.EXPORT_ROW])
 
@@ -196,7 +200,7 @@ class EhrPuller:
         if patients == []:
             log.info("EHR pull upstream=%s: the Group has no current members", upstream.name)
             return
-        for res_type in upstream.resources:
+        for res_type in deletions.poll_keys(upstream):
             try:
                 await self.poll(upstream, res_type, patients)
             except Exception:
@@ -334,7 +338,10 @@ class EhrPuller:
         error: str | None = None
         next_poll = now + interval_us
         try:
-            await self._pull(upstream, res_type, claimed.last_updated, counts, patients)
+            if deletions.deletion_type(res_type) is None:
+                await self._pull(upstream, res_type, claimed.last_updated, counts, patients)
+            elif self.deletions is not None:
+                await self.deletions(upstream, res_type, claimed.last_updated, counts)
         except BackOff as exc:
             error, next_poll = str(exc), now + int(max(exc.retry_after_s, upstream.interval_seconds) * 1e6)
         except (UpstreamError, LeaseLost) as exc:

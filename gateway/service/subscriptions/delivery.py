@@ -7,7 +7,9 @@
 
 - A lane is an asyncio task per subscription: a slow or dead endpoint only ever delays its own lane.
 - Order: a lane sends events strictly by number and moves on only after a 2xx; a failure schedules a
-  retry of the same events (exponential backoff with jitter) until the horizon passes, then `error`.
+  retry of the same events (exponential backoff with jitter) until the horizon passes, then `error`. A
+  channel may say "not before" (the fhir-forward channel passes on an upstream's Retry-After): the retry
+  then waits at least that long (at most MAX_NOT_BEFORE_S), on that lane only.
 - Several processes on PostgreSQL: a lane first claims the subscription's lease (a conditional UPDATE),
   so two processes never deliver the same subscription at once; progress is written before the lease
   is released. On SQLite one process does it all and leases stay in memory.
@@ -32,7 +34,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.auth.scopes import Grants
-from gateway.ehr.forward import permanent
+from gateway.ehr.forward import only_deletes, permanent
 from gateway.fhir import dates, jsonio
 from gateway.fhir.extract import extract
 from gateway.routing.notifications import (
@@ -69,6 +71,7 @@ KEEP_EVERY_S = 1.5
 RECHECK_AFTER_US = 2_000_000
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
+MAX_NOT_BEFORE_S = 3600.0  # a peer's Retry-After is honoured up to this; a longer one is taken as this
 # What `$delivery-log`, `$status` and Subscription.error say when no HTTP answer came (refused, reset,
 # timed out, not HTTP, TLS failed): one text, so subscriptions cannot be used to tell closed ports from
 # listening services on networks the gateway reaches. The reason goes to the server log.
@@ -81,16 +84,34 @@ def backoff_s(failures: int, rng: random.Random | None = None) -> float:
     return float(delay * (0.5 + 0.5 * (rng or random).random()))
 
 
+def retry_delay_s(failures: int, not_before_s: float | None, rng: random.Random | None = None) -> float:
+    """The lane's own backoff, or the peer's "not before" when that is longer (bounded)."""
+    delay = backoff_s(failures, rng)
+    if not_before_s is None:
+        return delay
+    return max(delay, min(max(0.0, not_before_s), MAX_NOT_BEFORE_S))
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAnswer:
+    """What a channel's send came to: error None when delivered; `not_before_s` the peer's Retry-After."""
+
+    status: int | None
+    error: str | None
+    not_before_s: float | None = None
+
+
 class ForwardChannel(Protocol):
     """The fhir-forward channel (service/ehrpull/forwarding.py): subscription ids it serves, the Bundle
-    for an event (None: nothing to send), and sending it ((status, error), error None on a 2xx)."""
+    for an event (None: nothing to send), and sending it (`deletion`: a Bundle of deletes only, for which
+    the upstream not having the resource is delivered too)."""
 
     @property
     def upstreams(self) -> Mapping[str, object]: ...
 
     async def bundle_for(self, conn: AsyncConnection, sub_id: str, event: StoredEvent) -> JSON | None: ...
 
-    async def send(self, sub_id: str, body: bytes) -> tuple[int | None, str | None]: ...
+    async def send(self, sub_id: str, body: bytes, deletion: bool = False) -> ChannelAnswer: ...
 
     async def close(self) -> None: ...
 
@@ -105,6 +126,10 @@ class _LaneState:
     failures: int
     failing_since_us: int | None
     last_sent_us: int | None
+    # The retry time set by the last failure, before the journal has written it: a lane woken again at
+    # once (a new event) must not retry early. Kept on SQLite only; on PostgreSQL the journal is flushed
+    # before the lease is released, so the row says it.
+    retry_at_us: int = 0
 
 
 @dataclass
@@ -316,7 +341,7 @@ class Deliverer:
         lane = self._lane_state(state)
         status = state.status
         now = dates.now_us()
-        if state.next_attempt_us > now:
+        if max(state.next_attempt_us, lane.retry_at_us) > now:
             return  # a retry not yet due: the poller comes back
         if status == "requested":
             status = await self._handshake(spec, state, lane)
@@ -472,7 +497,7 @@ class Deliverer:
                 self._last_error,
             )
             lane.delivered = event.number
-            lane.failures, lane.failing_since_us = 0, None
+            lane.failures, lane.failing_since_us, lane.retry_at_us = 0, None, 0
             self._journal_progress(spec.id, lane, f"event {event.number} refused: {self._last_error}")
         return True
 
@@ -547,17 +572,19 @@ class Deliverer:
         clock = time.perf_counter()
         http_status: int | None = None
         error: str | None = None
+        not_before_s: float | None = None
         done = asyncio.Event()
         self._sending[spec.id] = (state.owner, spec.timeout_s, done)
         try:
             if spec.channel == "websocket":
                 await self._send_ws(spec.id, body)
             elif spec.channel == "fhir-forward":
-                http_status, error = (
-                    await self.forwarding.send(spec.id, body)
+                answer = (
+                    await self.forwarding.send(spec.id, body, only_deletes(bundle))
                     if self.forwarding is not None
-                    else (None, "upstream not configured")
+                    else ChannelAnswer(None, "upstream not configured")
                 )
+                http_status, error, not_before_s = answer.status, answer.error, answer.not_before_s
             else:
                 http_status = await self._post(spec, state.secret, body, first, last)
         except DeliveryFailed as exc:
@@ -588,7 +615,7 @@ class Deliverer:
         if self.audit is not None:
             self.audit.delivery(spec, state.owner, kind, audit_view or bundle, http_status, error, started_us)
         if ok:
-            lane.failures, lane.failing_since_us = 0, None
+            lane.failures, lane.failing_since_us, lane.retry_at_us = 0, None, 0
             self._journal_progress(spec.id, lane, None)
             return True
         lane.failures += 1
@@ -598,7 +625,8 @@ class Deliverer:
             await self._flush_journal()
             await self._set_status(spec.id, "error", f"gave up after {lane.failures} attempts: {error}")
             return False
-        retry_at = now + int(backoff_s(lane.failures) * 1_000_000)
+        retry_at = now + int(retry_delay_s(lane.failures, not_before_s) * 1_000_000)
+        lane.retry_at_us = retry_at
         self._journal_progress(spec.id, lane, error, retry_at)
         log.info(
             "delivery to Subscription/%s failed (%s); retry %d in %.1f s",
