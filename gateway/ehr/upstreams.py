@@ -21,8 +21,14 @@ A YAML (or JSON) file named by GATEWAY_UPSTREAMS_FILE:
         timeout_seconds: 30
         forward:                              # optional: write what this gateway produces to it
           resources: [Observation, Task]  # conditional update on an identifier (gateway/ehr/forward.py)
+        subscribe:                            # optional: be notified instead of polling (Backport IG)
+          topic: https://ehr.riverside.example/fhir/SubscriptionTopic/resource-changed
+          endpoint: https://gateway.example/ehr/notifications/riverside-ehr   # our receiver, public
+          payload: id-only                    # or full-resource
+          heartbeat_seconds: 60
 
-An upstream may only pull (`resources`), only forward (`forward`), or both.
+An upstream may only pull (`resources`), only forward (`forward`), or both; one that pulls may also
+`subscribe`, and is then polled only rarely while the upstream's notifications arrive.
 The key is checked (it must open, and fit `alg`) at start, so a wrong path stops the gateway with the reason.
 """
 
@@ -102,6 +108,17 @@ class ForwardConfig(BaseModel):
         return _resource_types(value)
 
 
+class SubscribeConfig(BaseModel):
+    """A rest-hook Subscription this gateway keeps on the upstream (gateway/service/ehrpull/subscriber.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(pattern=r"^https?://\S+$", max_length=1000)  # the upstream's topic canonical URL
+    endpoint: str = Field(pattern=r"^https?://\S+$", max_length=1000)  # where the upstream reaches us
+    payload: Literal["id-only", "full-resource"] = "id-only"
+    heartbeat_seconds: int = Field(60, ge=1, le=86_400)
+
+
 def _resource_types(value: list[str]) -> list[str]:
     bad = [t for t in value if not RESOURCE_TYPE.match(t)]
     if bad:
@@ -124,6 +141,7 @@ class UpstreamConfig(BaseModel):
     page_size: int = Field(100, ge=1, le=1000)
     timeout_seconds: float = Field(30, gt=0, le=300)
     forward: ForwardConfig | None = None
+    subscribe: SubscribeConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -141,6 +159,11 @@ class UpstreamConfig(BaseModel):
     def _does_something(self) -> UpstreamConfig:
         if not self.resources and self.forward is None:
             raise ValueError("needs resources to pull, forward, or both")
+        if self.subscribe is not None:
+            if not self.resources:
+                raise ValueError("subscribe needs resources (what the notifications bring is pulled)")
+            if not self.subscribe.endpoint.rstrip("/").endswith(f"/ehr/notifications/{self.name}"):
+                raise ValueError(f"subscribe.endpoint must end with /ehr/notifications/{self.name}")
         return self
 
     @property

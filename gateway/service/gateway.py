@@ -25,6 +25,7 @@ from gateway.service.access.logins import LoginService
 from gateway.service.access.people import People
 from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
+from gateway.service.ehrpull.subscriber import SECRET_LABEL, EhrSubscriber
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.ehr_feeds import EhrFeeds
@@ -78,6 +79,7 @@ class Gateway:
     people: People  # what a person (console session, user token) reaches
     puller: EhrPuller  # pulls from upstream EHRs' FHIR APIs (none configured: does nothing)
     coverage: CoverageChecks  # payers' coverage rules: PA Tasks on order arrival, CDS Hooks order-sign
+    subscriber: EhrSubscriber  # subscriptions on upstream EHRs that offer a topic (else they are polled)
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -189,6 +191,7 @@ class Gateway:
         auth.after_client_revoked.append(deliverer.settle_owner)  # and what was on the wire has landed
         auth.after_client_revoked.append(timeline_feed.client_revoked)  # its open streams end now
         translator = Translator(mappings, default_zone=default_zone)
+        puller = EhrPuller(fhir, upstreams)
         pool = WorkerPool(settings, warmers=(warm_worker,))
         pipeline = Pipeline(
             fhir,
@@ -243,8 +246,9 @@ class Gateway:
             ),
             LaunchService(db, auth),
             People(db),
-            EhrPuller(fhir, upstreams),
+            puller,
             coverage,
+            EhrSubscriber(puller, kek.derived(SECRET_LABEL)[0]),
         )
 
     async def start_background(self) -> None:
@@ -255,9 +259,11 @@ class Gateway:
         await self.payer_worker.start()
         await self.monitoring.start()
         await self.puller.start()
+        await self.subscriber.start()
 
     async def close(self) -> None:
         await self.timeline_feed.stop()  # open streams end first (`gateway serve` ends them earlier)
+        await self.subscriber.stop()
         await self.puller.stop()
         await self.monitoring.stop()
         await self.coverage.drain()  # automatic PA submissions under way finish before the worker stops

@@ -106,3 +106,12 @@ async def all_checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
         )
     )
     return [Checkpoint(*row) for row in rows]
+
+
+async def make_due(conn: AsyncConnection, upstream: str, res_types: Sequence[str], now: int) -> None:
+    """Bring the next poll of these types forward to now (notifications stopped, or one was missed)."""
+    await conn.execute(
+        update(upstream_checkpoint)
+        .where(c.upstream == upstream, c.res_type.in_(list(res_types)), c.next_poll_us > now)
+        .values(next_poll_us=now)
+    )
