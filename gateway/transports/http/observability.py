@@ -244,8 +244,9 @@ class EhrSubscribeCollector:
             counts = subscriber.counts[name]
             for key, family in families.items():
                 family.add_metric([name], getattr(counts, key))
-            current = "active" if subscriber.live(name) else subscriber.links[name].state
-            current = "lost" if current == "active" else current  # active but silent: not live
+            current = subscriber.links[name].state
+            if current == "active" and not subscriber.live(name):
+                current = "lost"  # active but silent past 2 x heartbeat (the next round says so too)
             for each in STATES:
                 state.add_metric([name, each], 1.0 if each == current else 0.0)
         yield from families.values()
