@@ -307,3 +307,14 @@ async def test_an_upstream_with_the_topic_gets_one_subscription_and_polling_slow
     assert subscriber.interval_factor(name) == 1.0
     async with wired.gateway.db.write() as conn:  # polled at once again: due now
         assert await checkpoints.claim(conn, name, "Observation", "test", 2 * 10**15, 1) is not None
+
+
+async def test_this_gateway_offers_the_resource_changed_topic_to_other_gateways(
+    api: httpx.AsyncClient,
+) -> None:
+    metadata = (await api.get("/fhir/metadata")).json()
+    assert notes.offers_topic(
+        metadata, "https://specialty-gateway.org/fhir/SubscriptionTopic/resource-changed"
+    )
+    topic = (await api.get("/fhir/SubscriptionTopic/resource-changed")).json()
+    assert {t["resource"].rsplit("/", 1)[1] for t in topic["resourceTrigger"]} >= {"Patient", "Observation"}
