@@ -24,10 +24,16 @@ A YAML (or JSON) file named by GATEWAY_UPSTREAMS_FILE:
         deletions: history                    # optional: also read {Type}/_history for deletions upstream
         forward:                              # optional: write what this gateway produces to it
           resources: [Observation, Task]  # conditional update on an identifier (gateway/ehr/forward.py)
+        subscribe:                            # optional: be notified instead of polling (Backport IG)
+          topic: https://ehr.riverside.example/fhir/SubscriptionTopic/resource-changed
+          endpoint: https://gateway.example/ehr/notifications/riverside-ehr   # our receiver, public
+          payload: id-only                    # or full-resource
+          heartbeat_seconds: 60
 
 An upstream may only pull (`resources`), only forward (`forward`), or both. `patients` and `group` exclude
-each other. `first_load: bulk-export` asks the EHR for a Bulk Data `$export` (Group, Patient or system level
-as `group`/`patients` say) while no type has been pulled yet, then continues with searches.
+each other. One that pulls may also `subscribe`, and is then polled only rarely while the upstream's
+notifications arrive. `first_load: bulk-export` asks the EHR for a Bulk Data `$export` (Group, Patient or
+system level as `group`/`patients` say) while no type has been pulled yet, then continues with searches.
 The key is checked (it must open, and fit `alg`) at start, so a wrong path stops the gateway with the reason.
 """
 
@@ -107,6 +113,17 @@ class ForwardConfig(BaseModel):
         return _resource_types(value)
 
 
+class SubscribeConfig(BaseModel):
+    """A rest-hook Subscription this gateway keeps on the upstream (gateway/service/ehrpull/subscriber.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(pattern=r"^https?://\S+$", max_length=1000)  # the upstream's topic canonical URL
+    endpoint: str = Field(pattern=r"^https?://\S+$", max_length=1000)  # where the upstream reaches us
+    payload: Literal["id-only", "full-resource"] = "id-only"
+    heartbeat_seconds: int = Field(60, ge=1, le=86_400)
+
+
 def _resource_types(value: list[str]) -> list[str]:
     bad = [t for t in value if not RESOURCE_TYPE.match(t)]
     if bad:
@@ -134,6 +151,7 @@ class UpstreamConfig(BaseModel):
     # Deletions upstream are invisible to a _lastUpdated search: `history` reads each pulled type's
     # `_history?_since=` for them (gateway/ehr/deletions.py); omitted, they are not followed.
     deletions: Literal["history"] | None = None
+    subscribe: SubscribeConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -157,6 +175,11 @@ class UpstreamConfig(BaseModel):
             raise ValueError("first_load: bulk-export needs resources to pull")
         if self.deletions is not None and not self.resources:
             raise ValueError("deletions needs resources to pull")
+        if self.subscribe is not None:
+            if not self.resources:
+                raise ValueError("subscribe needs resources (what the notifications bring is pulled)")
+            if not self.subscribe.endpoint.rstrip("/").endswith(f"/ehr/notifications/{self.name}"):
+                raise ValueError(f"subscribe.endpoint must end with /ehr/notifications/{self.name}")
         return self
 
     @property

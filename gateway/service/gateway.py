@@ -28,6 +28,7 @@ from gateway.service.bulkexport.exports import BulkExports
 from gateway.service.ehrpull.deletions import following_deletions
 from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
+from gateway.service.ehrpull.subscriber import SECRET_LABEL, EhrSubscriber
 from gateway.service.fhirapi.audit import AuditLog
 from gateway.service.fhirapi.bundles import BundleProcessor
 from gateway.service.fhirapi.ehr_feeds import EhrFeeds
@@ -82,6 +83,7 @@ class Gateway:
     puller: EhrPuller  # pulls from upstream EHRs' FHIR APIs (none configured: does nothing)
     coverage: CoverageChecks  # payers' coverage rules: PA Tasks on order arrival, CDS Hooks order-sign
     exports: BulkExports  # Bulk Data $export served here: jobs and their builder
+    subscriber: EhrSubscriber  # subscriptions on upstream EHRs that offer a topic (else they are polled)
 
     @classmethod
     async def start(cls, settings: Settings, *, run_migrations: bool = True) -> Gateway:
@@ -195,6 +197,7 @@ class Gateway:
         auth.after_client_revoked.append(deliverer.settle_owner)  # and what was on the wire has landed
         auth.after_client_revoked.append(timeline_feed.client_revoked)  # its open streams end now
         translator = Translator(mappings, default_zone=default_zone)
+        puller = following_deletions(EhrPuller(fhir, upstreams))
         pool = WorkerPool(settings, warmers=(warm_worker,))
         pipeline = Pipeline(
             fhir,
@@ -249,13 +252,14 @@ class Gateway:
             ),
             LaunchService(db, auth),
             People(db),
-            following_deletions(EhrPuller(fhir, upstreams)),
+            puller,
             coverage,
             BulkExports(
                 fhir,
                 file_resources=settings.export_file_resources,
                 retention_s=int(settings.export_retention_hours * 3600),
             ),
+            EhrSubscriber(puller, kek.derived(SECRET_LABEL)[0]),
         )
 
     async def start_background(self) -> None:
@@ -267,10 +271,12 @@ class Gateway:
         await self.monitoring.start()
         await self.puller.start()
         await self.exports.start()
+        await self.subscriber.start()
 
     async def close(self) -> None:
         await self.timeline_feed.stop()  # open streams end first (`gateway serve` ends them earlier)
         await self.exports.stop()
+        await self.subscriber.stop()
         await self.puller.stop()
         await self.monitoring.stop()
         await self.coverage.drain()  # automatic PA submissions under way finish before the worker stops

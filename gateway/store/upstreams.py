@@ -175,3 +175,12 @@ async def complete_first_load(
         .values(last_updated=transaction_time, next_poll_us=0)
     )
     return True
+
+
+async def make_due(conn: AsyncConnection, upstream: str, res_types: Sequence[str], now: int) -> None:
+    """Bring the next poll of these types forward to now (notifications stopped, or one was missed)."""
+    await conn.execute(
+        update(upstream_checkpoint)
+        .where(c.upstream == upstream, c.res_type.in_(list(res_types)), c.next_poll_us > now)
+        .values(next_poll_us=now)
+    )

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.ehr.pulled import local_id
 from tests import factories as f
-from tests.integration.conftest import GATEWAY_BIN, LiveServer, start_server
+from tests.integration.conftest import GATEWAY_BIN, LiveServer, free_port, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -218,3 +218,55 @@ async def test_two_pullers_fetch_each_change_once_and_a_restart_resumes_from_the
     finally:
         for p in pullers:
             stop(p)
+
+
+async def test_an_upstream_offering_the_topic_is_subscribed_to_and_a_change_arrives_within_a_second(
+    upstream: LiveServer, database_url_factory: Callable[[str], Awaitable[str]], tmp_path: Path
+) -> None:
+    """The upstream gateway offers `resource-changed`: the puller subscribes (rest-hook, id-only), and an
+    Observation created upstream is here within a second although the poll interval is a minute."""
+    writer, patient_id, _ = await seed(upstream, 0)
+    client_id, pem = register_jwks_client(upstream, tmp_path, "system/*.rs system/Subscription.cruds")
+    port = free_port()
+    path = upstreams_file(upstream, client_id, pem, tmp_path)
+    config = json.loads(path.read_text())
+    config["upstreams"][0].update(
+        interval_seconds=60,
+        subscribe={
+            "topic": "https://specialty-gateway.org/fhir/SubscriptionTopic/resource-changed",
+            "endpoint": f"http://127.0.0.1:{port}/ehr/notifications/{UPSTREAM}",
+            "payload": "id-only",
+            "heartbeat_seconds": 5,
+        },
+    )
+    config["upstreams"][0]["auth"]["scope"] = "system/*.rs system/Subscription.cruds"
+    path.write_text(json.dumps(config))
+    env = {"GATEWAY_UPSTREAMS_FILE": str(path)}
+    puller = await start_server(
+        "sqlite", await database_url_factory("sqlite"), tmp_path / "subscriber.log", port=port, env=env
+    )
+    try:
+
+        async def subscribed() -> bool:
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(f"{puller.base_url}/metrics")).text
+            return f'gateway_ehr_subscription_state{{state="active",upstream="{UPSTREAM}"}} 1.0' in text
+
+        async def patient_here() -> bool:  # the first poll, at start
+            return await metric(puller, "gateway_ehr_pull_written_total") >= 1
+
+        await until(subscribed)  # the handshake came
+        await until(patient_here)
+        await writer.create(f.lab_observation(patient_id, value=42.0))
+        started = time.monotonic()
+
+        async def arrived() -> bool:  # the poll interval is 60 s: only a notification can bring it
+            return await metric(puller, "gateway_ehr_notifications_stored_total") >= 1
+
+        await until(arrived, bound=5.0)
+        took = time.monotonic() - started
+        assert took < 1.0, took
+        assert await metric(puller, "gateway_ehr_pull_written_total") == 1  # the Patient only: no poll since
+        assert await metric(puller, "gateway_ehr_notifications_rejected_total") == 0
+    finally:
+        stop(puller)

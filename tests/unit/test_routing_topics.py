@@ -29,6 +29,14 @@ REAL_TOPICS = {
     "pa-expiring": (),  # timer-driven: no resource trigger
     "pa-overdue": (),  # timer-driven too
     "patient-identity-conflict": ("Task",),
+    # every new version of the types another gateway pulls (gateway/service/ehrpull/subscriber.py)
+    "resource-changed": (
+        "Patient",
+        "Observation",
+        "DiagnosticReport",
+        "MedicationRequest",
+        "MedicationDispense",
+    ),
 }
 
 
@@ -64,7 +72,7 @@ def test_the_real_topics_load(topics: TopicSet) -> None:
     assert sorted(t.id for t in topics.topics) == sorted(REAL_TOPICS)
     for topic in topics.topics:
         assert topic.url == f"{BASE}/{topic.id}"
-        assert topic.evaluator == topic.id
+        assert topic.evaluator == ("resource-written" if topic.id == "resource-changed" else topic.id)
         assert topic.evaluator in EVALUATORS
         assert topic.filters, f"{topic.id} offers no filters"
         assert any(f.parameter == "patient" for f in topic.filters)
@@ -118,8 +126,9 @@ def test_for_type(topics: TopicSet) -> None:
         "abnormal-lab-result",
         "critical-lab-result",
         "medication-monitoring",
+        "resource-changed",
     ]
-    assert [t.id for t in topics.for_type("MedicationRequest")] == ["medication-order"]
+    assert [t.id for t in topics.for_type("MedicationRequest")] == ["medication-order", "resource-changed"]
     # pa-expiring is timer-driven: writes of Tasks fire pa-status-changed and identity reviews only
     assert sorted(t.id for t in topics.for_type("Task")) == [
         "alert-changed",
@@ -127,7 +136,8 @@ def test_for_type(topics: TopicSet) -> None:
         "pa-status-changed",
         "patient-identity-conflict",
     ]
-    assert topics.for_type("Patient") == []
+    assert [t.id for t in topics.for_type("Patient")] == ["resource-changed"]
+    assert topics.for_type("Coverage") == []
 
 
 def test_missing_directory_means_no_topics(tmp_path: Path) -> None:

@@ -142,6 +142,37 @@ class UpstreamClient:
             return response.status_code, retry_after_seconds(response.headers.get("retry-after"))
         raise AssertionError("unreachable")
 
+    async def write_resource(self, method: str, url: str, resource: JSON) -> tuple[int, JSON | None]:
+        """POST or PUT one resource (the Subscription we keep there): (status, JSON answer or None);
+        UpstreamError when no HTTP answer came. A 401 drops the token and is tried once more."""
+        if not self.owns(url):
+            raise UpstreamError("a URL outside the upstream's base URL")
+        for attempt in range(2):
+            headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+            if self.upstream.auth.type == "backend-services":
+                headers["Authorization"] = f"Bearer {await self._access_token()}"
+            await self._pace.wait()
+            self.requests += 1
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    content=jsonio.dumps(resource),
+                    headers=headers,
+                    timeout=self.upstream.timeout_seconds,
+                )
+            except httpx.HTTPError as exc:
+                raise UpstreamError(type(exc).__name__) from None
+            if response.status_code == 401 and self.upstream.auth.type != "none" and attempt == 0:
+                self._token = None
+                continue
+            try:
+                body = jsonio.loads(response.content) if response.content else None
+            except jsonio.JSONDecodeError:
+                body = None
+            return response.status_code, body if isinstance(body, dict) else None
+        raise AssertionError("unreachable")
+
     async def _send(
         self,
         url: str,

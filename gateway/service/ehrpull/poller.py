@@ -160,6 +160,8 @@ class EhrPuller:
         self.ctx = RequestContext(base_url=fhir.configured_base or "")
         self.counts: dict[tuple[str, str], PullCounts] = defaultdict(PullCounts)
         self.checkpoints: list[checkpoints.Checkpoint] = []  # as of the last round, for /metrics
+        # x10 while the upstream's notifications arrive (subscriber.py): polling is then only a safety net.
+        self.interval_factor: Callable[[str], float] = lambda _upstream: 1.0
         tick = min([u.interval_seconds for u in upstreams] or [5.0])
         self.timer = Repeating("ehr-pull", "EHR pull round", self.run_once, min(tick, 5.0), log)
         # Polls of the `{Type}#deleted` keys (`deletions: history`): service/ehrpull/deletions.py.
@@ -334,7 +336,7 @@ class EhrPuller:
             return False
         counts = self.counts[(upstream.name, res_type)]
         counts.polls += 1
-        interval_us = int(upstream.interval_seconds * 1_000_000)
+        interval_us = int(upstream.interval_seconds * self.interval_factor(upstream.name) * 1_000_000)
         error: str | None = None
         next_poll = now + interval_us
         try:

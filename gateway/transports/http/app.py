@@ -23,6 +23,7 @@ from gateway.transports.http import (
     bulk_routes,
     cds_routes,
     console_routes,
+    ehr_routes,
     everything_routes,
     fhir_routes,
     hl7_routes,
@@ -49,6 +50,7 @@ from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
     EhrForwardCollector,
     EhrPullCollector,
+    EhrSubscribeCollector,
     HttpMetrics,
     Observability,
     PipelineCollector,
@@ -72,6 +74,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             registry.register(audit_routes.AuditCollector(lambda: app.state.gateway.audit))
             registry.register(EhrPullCollector(lambda: app.state.gateway.puller))
             registry.register(EhrForwardCollector(lambda: app.state.gateway.deliverer.forwarding))
+            registry.register(EhrSubscribeCollector(lambda: app.state.gateway.subscriber))
         try:
             yield
         finally:
@@ -95,12 +98,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         registry.register(audit_routes.AuditCollector(lambda: gateway.audit))
         registry.register(EhrPullCollector(lambda: gateway.puller))
         registry.register(EhrForwardCollector(lambda: gateway.deliverer.forwarding))
+        registry.register(EhrSubscribeCollector(lambda: gateway.subscriber))
     app.state.metrics_registry = registry
     measure_routes.install(app, registry)  # the pharmacist gauges, refreshed before a scrape when stale
     app.include_router(auth_routes.discovery_router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
     app.include_router(pa_routes.router)
     app.include_router(cds_routes.router)
+    app.include_router(ehr_routes.router)
     app.include_router(pharmacist_routes.router)
     app.include_router(measure_routes.router)
     app.include_router(audit_routes.router)

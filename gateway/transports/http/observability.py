@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.fhir import dates
 from gateway.service.ehrpull.forwarding import Forwarding
 from gateway.service.ehrpull.poller import EhrPuller
+from gateway.service.ehrpull.subscriber import STATES, EhrSubscriber
 from gateway.service.priorauth.worker import PayerTurnaround
 from gateway.transports.http import audit_routes as audit
 
@@ -214,3 +215,41 @@ class EhrForwardCollector:
                 for name, family in families.items():
                     family.add_metric([upstream], getattr(counts, name))
         yield from families.values()
+
+
+class EhrSubscribeCollector:
+    """Subscriptions on upstream EHRs, per upstream: notifications received, resource versions stored from
+    them, refusals, ignored foci, catch-up polls, and the subscription's state in this process (one series
+    per state, 1 for the current one). Labels come from the upstreams file only."""
+
+    def __init__(self, source: Callable[[], EhrSubscriber]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        subscriber = self.source()
+        families = {
+            name: CounterMetricFamily(f"gateway_ehr_notifications_{name}", text, labels=["upstream"])
+            for name, text in (
+                ("received", "Subscription notifications accepted from an upstream EHR"),
+                ("stored", "New resource versions stored from an upstream EHR's notifications"),
+                ("rejected", "Notifications refused (secret, malformed, too large) and foci refused"),
+                ("ignored", "Notified foci of types not pulled or patients not configured"),
+                ("catch_ups", "Catch-up polls after a missed notification or a focus not read"),
+            )
+        }
+        state = GaugeMetricFamily(
+            "gateway_ehr_subscription_state",
+            "The state of this gateway's Subscription on an upstream EHR (1 for the current state)",
+            labels=["upstream", "state"],
+        )
+        for name in sorted(subscriber.upstreams):
+            counts = subscriber.counts[name]
+            for key, family in families.items():
+                family.add_metric([name], getattr(counts, key))
+            current = subscriber.links[name].state
+            if current == "active" and not subscriber.live(name):
+                current = "lost"  # active but silent past 2 x heartbeat (the next round says so too)
+            for each in STATES:
+                state.add_metric([name, each], 1.0 if each == current else 0.0)
+        yield from families.values()
+        yield state
