@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import random
 import resource
 import signal
 from collections.abc import Awaitable, Callable
@@ -70,7 +71,9 @@ def _initialize(settings: Settings, memory_bytes: int) -> None:
 
 class Repeating:
     """Runs `round()` at once and then every `interval_s` in a task of its own, until `stop()`; a round that
-    fails is logged on `logger` (as `what` failed) and the next one runs as usual."""
+    fails is logged on `logger` (as `what` failed) and the next one runs as usual. `jitter` (a fraction)
+    spreads each wait by up to that much either way: processes that compete for the same leased work on
+    the same period would otherwise settle into a phase where one always wins it."""
 
     def __init__(
         self,
@@ -79,8 +82,11 @@ class Repeating:
         round_: Callable[[], Awaitable[object]],
         interval_s: float,
         logger: logging.Logger,
+        *,
+        jitter: float = 0.0,
     ) -> None:
         self.name, self.what, self.round, self.interval_s, self.log = name, what, round_, interval_s, logger
+        self.jitter = jitter
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -99,7 +105,8 @@ class Repeating:
                 await self.round()
             except Exception:
                 self.log.exception("%s failed", self.what)
-            await asyncio.sleep(self.interval_s)
+            spread = random.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+            await asyncio.sleep(self.interval_s * (1 + spread))
 
 
 class WorkerPool:

@@ -163,7 +163,7 @@ class EhrPuller:
         # x10 while the upstream's notifications arrive (subscriber.py): polling is then only a safety net.
         self.interval_factor: Callable[[str], float] = lambda _upstream: 1.0
         tick = min([u.interval_seconds for u in upstreams] or [5.0])
-        self.timer = Repeating("ehr-pull", "EHR pull round", self.run_once, min(tick, 5.0), log)
+        self.timer = Repeating("ehr-pull", "EHR pull round", self.run_once, min(tick, 5.0), log, jitter=0.3)
         # Polls of the `{Type}#deleted` keys (`deletions: history`): service/ehrpull/deletions.py.
         self.deletions: Callable[[UpstreamConfig, str, str | None, PullCounts], Awaitable[None]] | None = None
 
