@@ -1,5 +1,5 @@
 """`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison|timeline-stream|cds|
-server-cpu] [--backends ...] [--workers N]`.
+server-cpu|soak] [--backends ...] [--workers N]`.
 
 `jsonio` and `validation` run in this process, with no database and no gateway.
 """
@@ -17,6 +17,7 @@ from bench import (
     measures,
     poison,
     server_cpu,
+    soak,
     store,
     subscriptions,
     timeline_stream,
@@ -26,7 +27,7 @@ from bench import (
 
 SUITES = [
     "all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "measures", "poison",
-    "timeline-stream", "cds", "server-cpu",
+    "timeline-stream", "cds", "server-cpu", "soak",
 ]  # fmt: skip
 
 
@@ -38,6 +39,7 @@ def main() -> None:
         "--sizes", default="10000,200000", help="stored Observations at which to measure search"
     )
     parser.add_argument("--postgres-url", default=store.DEFAULT_PG_URL)
+    parser.add_argument("--messages", type=int, default=200_000, help="messages of the soak")
     parser.add_argument("--workers", type=int, default=1, help="gateway serve processes (server-cpu)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -84,6 +86,8 @@ def main() -> None:
         if everything:
             print()
         asyncio.run(server_cpu.run(backends, args.postgres_url, args.workers))
+    if args.suite == "soak":  # not part of "all": it runs for most of an hour
+        asyncio.run(soak.run(backends, args.postgres_url, args.messages))
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
         asyncio.run(poison.run(backends, args.postgres_url))
 

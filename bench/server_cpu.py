@@ -38,6 +38,7 @@ ORU_WARMUP = 300
 ORU_CONNECTIONS = 16
 WRK_SECONDS = 10
 WRK_CONNECTIONS = 16
+PATIENTS = 50  # creates go to these in turn
 GOALS_MS = {"oru": 1.0, "read": 0.5, "create": 1.0, "search": 1.5}
 
 
@@ -156,13 +157,22 @@ def _wrk(url: str, token: str, script: str | None = None) -> int:
     return int(requests.group(1))
 
 
-def _post_script(folder: Path, body: str) -> str:
+def _post_script(folder: Path, body: str, patients: list[str]) -> str:
+    """A wrk script POSTing `body` with its subject taken in turn from `patients` (`{patient}` in it), so
+    creates spread over patients as a lab's results do, instead of piling up in one record."""
     path = folder / "post.lua"
-    escaped = body.replace("\\", "\\\\").replace('"', '\\"')
+    template = body.replace("%", "%%").replace("{patient}", "%s")
+    names = ", ".join(f'"{p}"' for p in patients)
     path.write_text(
         'wrk.method = "POST"\n'
-        f'wrk.body = "{escaped}"\n'
         'wrk.headers["Content-Type"] = "application/fhir+json"\n'
+        f"local patients = {{{names}}}\n"
+        f"local body = [==[{template}]==]\n"
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        "  return wrk.format(nil, nil, nil, string.format(body, patients[(n % #patients) + 1]))\n"
+        "end\n"
     )
     return str(path)
 
@@ -180,7 +190,11 @@ async def bench_backend(backend: str, postgres_url: str, workers: int) -> list[P
         )
         auth = await credentials(url, server.base_url)
         async with httpx.AsyncClient(base_url=server.base_url, auth=auth, timeout=60) as http:
-            patient = (await http.post("/fhir/Patient", json={"resourceType": "Patient"})).json()["id"]
+            patients = [
+                (await http.post("/fhir/Patient", json={"resourceType": "Patient"})).json()["id"]
+                for _ in range(PATIENTS)
+            ]
+            patient = patients[0]
             ids = []
             for n in range(40):
                 created = await http.post("/fhir/Observation", json=observation(patient, n))
@@ -191,7 +205,8 @@ async def bench_backend(backend: str, postgres_url: str, workers: int) -> list[P
         read_url = f"{base}/fhir/Observation/{ids[0]}"
         search_url = f"{base}/fhir/Observation?patient={patient}&_count=20"
         with tempfile.TemporaryDirectory() as folder:
-            script = _post_script(Path(folder), orjson.dumps(observation(patient, 99)).decode())
+            body = orjson.dumps(observation("{patient}", 99)).decode()
+            script = _post_script(Path(folder), body, patients)
             for name, url_, lua in (
                 ("read", read_url, None),
                 ("create", f"{base}/fhir/Observation", script),

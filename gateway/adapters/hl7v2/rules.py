@@ -198,8 +198,12 @@ def _default_system(value: dict[str, Any], system: str) -> None:
             coding["system"] = system
 
 
-# Converted values remembered per converter; cleared when a converter's memory grows past this.
+# Converted values remembered per rule's converter; a memo is cleared when it holds this many results or
+# this many bytes of them. The byte cap matters: a converter whose input is new in every message (a whole
+# OBR: order numbers, times) gains nothing from its memo, and at several KB a result, 50,000 of them per
+# rule made a long-running gateway grow by hundreds of MB (the memory soak, `python -m bench soak`).
 MEMO_LIMIT = 50_000
+MEMO_BYTES = 1 << 19  # 79 rules remember values with the shipped mappings: at most about 40 MB in all
 
 
 def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
@@ -210,22 +214,35 @@ def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> C
     conversion reported are reported again on every reuse.
     """
     memo: dict[Any, tuple[_Kept, list[str]]] = {}
+    kept_bytes = 0
 
     def run(item: Any, ctx: Any) -> Any:
+        nonlocal kept_bytes
         memo_key = (key(item), ctx.zone.key, id(ctx.tables))
         hit = memo.get(memo_key)
         if hit is None:
             before = len(ctx.problems)
             result = convert(item, ctx)
             hit = (_Kept.of(result), ctx.problems[before:])
-            if len(memo) >= MEMO_LIMIT:
+            if len(memo) >= MEMO_LIMIT or kept_bytes >= MEMO_BYTES:
                 memo.clear()
+                kept_bytes = 0
             memo[memo_key] = hit
+            kept_bytes += hit[0].size() + _key_size(memo_key)
         elif hit[1]:
             ctx.problems.extend(hit[1])
         return hit[0].copy()
 
     return run
+
+
+def _key_size(key: Any) -> int:
+    """Roughly the bytes a memo key holds (its strings and bytes; nested tuples of them)."""
+    if isinstance(key, str | bytes):
+        return len(key) + 48
+    if isinstance(key, tuple | list):
+        return 56 + sum(_key_size(k) for k in key)
+    return 32
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -251,7 +268,17 @@ class _Kept:
         if _has_literal(result):
             return cls(copy_json(result), "tree")
         # A tuple (element name, value) must stay a tuple: a list means several values.
-        return cls(orjson.dumps(result), "json", type(result) is tuple)
+        # Copied to its exact length: orjson's output keeps the capacity of the buffer it was written in
+        # (32 KB for a 4 KB result, measured with tracemalloc), and a memo keeps results for long.
+        return cls(bytes(memoryview(orjson.dumps(result))), "json", type(result) is tuple)
+
+    def size(self) -> int:
+        """Roughly the bytes this result holds (JSON bytes; a string's length; a tree's JSON length)."""
+        if self.form == "json":
+            return len(self.value) + 64
+        if self.form == "tree":
+            return len(orjson.dumps(self.value, default=str)) + 64
+        return len(self.value) + 64 if isinstance(self.value, str) else 64
 
     def copy(self) -> Any:
         if self.form == "scalar":
