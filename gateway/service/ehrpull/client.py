@@ -121,32 +121,23 @@ class UpstreamClient:
     async def post_transaction(self, body: bytes) -> tuple[int, float | None]:
         """POST a transaction Bundle to the base: (status, Retry-After seconds); UpstreamError when no
         HTTP answer came. A 401 drops the token and is tried once more; the caller decides on retries."""
-        for attempt in range(2):
-            headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
-            if self.upstream.auth.type == "backend-services":
-                headers["Authorization"] = f"Bearer {await self._access_token()}"
-            await self._pace.wait()
-            self.requests += 1
-            try:
-                response = await self._http.post(
-                    self.upstream.fhir_base,
-                    content=body,
-                    headers=headers,
-                    timeout=self.upstream.timeout_seconds,
-                )
-            except httpx.HTTPError as exc:
-                raise UpstreamError(type(exc).__name__) from None
-            if response.status_code == 401 and self.upstream.auth.type != "none" and attempt == 0:
-                self._token = None
-                continue
-            return response.status_code, retry_after_seconds(response.headers.get("retry-after"))
-        raise AssertionError("unreachable")
+        response = await self._write("POST", self.upstream.fhir_base, body)
+        return response.status_code, retry_after_seconds(response.headers.get("retry-after"))
 
     async def write_resource(self, method: str, url: str, resource: JSON) -> tuple[int, JSON | None]:
         """POST or PUT one resource (the Subscription we keep there): (status, JSON answer or None);
         UpstreamError when no HTTP answer came. A 401 drops the token and is tried once more."""
         if not self.owns(url):
             raise UpstreamError("a URL outside the upstream's base URL")
+        response = await self._write(method, url, jsonio.dumps(resource))
+        try:
+            body = jsonio.loads(response.content) if response.content else None
+        except jsonio.JSONDecodeError:
+            body = None
+        return response.status_code, body if isinstance(body, dict) else None
+
+    async def _write(self, method: str, url: str, body: bytes) -> httpx.Response:
+        """Send FHIR JSON with the token, at the upstream's pace; a 401 drops the token, one more try."""
         for attempt in range(2):
             headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
             if self.upstream.auth.type == "backend-services":
@@ -155,22 +146,14 @@ class UpstreamClient:
             self.requests += 1
             try:
                 response = await self._http.request(
-                    method,
-                    url,
-                    content=jsonio.dumps(resource),
-                    headers=headers,
-                    timeout=self.upstream.timeout_seconds,
+                    method, url, content=body, headers=headers, timeout=self.upstream.timeout_seconds
                 )
             except httpx.HTTPError as exc:
                 raise UpstreamError(type(exc).__name__) from None
             if response.status_code == 401 and self.upstream.auth.type != "none" and attempt == 0:
                 self._token = None
                 continue
-            try:
-                body = jsonio.loads(response.content) if response.content else None
-            except jsonio.JSONDecodeError:
-                body = None
-            return response.status_code, body if isinstance(body, dict) else None
+            return response
         raise AssertionError("unreachable")
 
     async def _send(

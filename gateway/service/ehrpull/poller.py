@@ -29,8 +29,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.ehr import deletions
 from gateway.ehr.pulled import local_id, localize
@@ -402,6 +404,18 @@ class EhrPuller:
         lease_row: str | None = None,
     ) -> None:
         """One page in one transaction; the lease renewed is `res_type`'s checkpoint's, or `lease_row`'s."""
+        localized = self.localized(upstream, found, counts, "pull")
+        now = dates.now_us()
+        async with self.db.write() as conn:
+            counts.written += await self.write_pulled(conn, upstream, localized, now)
+            if not await checkpoints.advance(
+                conn, upstream.name, lease_row or res_type, self.worker, checkpoint, now + LEASE_US
+            ):
+                raise LeaseLost("the checkpoint's lease went to another process")
+
+    def localized(self, upstream: UpstreamConfig, found: list[JSON], counts: Any, how: str) -> list[JSON]:
+        """The upstream's resources as stored here (gateway/ehr/pulled.py), those that validate; the others
+        are counted in `counts.rejected` and logged by id (`how`: pull or subscription)."""
         pulled = frozenset(upstream.resources)
         localized: list[JSON] = []
         for resource in found:
@@ -410,26 +424,34 @@ class EhrPuller:
                 self.fhir.validate(mine)
             except FhirError:
                 counts.rejected += 1
-                log.warning("EHR pull upstream=%s skipped invalid %s/%s", upstream.name, res_type, mine["id"])
+                log.warning(
+                    "EHR %s upstream=%s skipped invalid %s/%s",
+                    how,
+                    upstream.name,
+                    mine["resourceType"],
+                    mine["id"],
+                )
                 continue
             localized.append(mine)
-        now = dates.now_us()
-        async with self.db.write() as conn:
-            plans: list[PendingVersion] = []
-            for resource in localized:
-                current = await store.current(conn, res_type, resource["id"])
-                plan = self.fhir.plan_update(self.ctx, resource, resource["id"], current, None, now)
-                if isinstance(plan, PendingVersion):
-                    plans.append(plan)
-            if plans:
-                source = provenance(upstream, plans, now)
-                plans.append(self.fhir.plan_new(self.ctx, source, str(uuid.uuid4()), "POST", now))
-                await self.fhir.write_versions(conn, self.ctx, plans)
-                counts.written += len(plans) - 1
-            if not await checkpoints.advance(
-                conn, upstream.name, lease_row or res_type, self.worker, checkpoint, now + LEASE_US
-            ):
-                raise LeaseLost("the checkpoint's lease went to another process")
+        return localized
+
+    async def write_pulled(
+        self, conn: AsyncConnection, upstream: UpstreamConfig, localized: list[JSON], now: int
+    ) -> int:
+        """Store localized resources through the FHIR service (topics match; an unchanged one writes no
+        version), with one Provenance naming the upstream for those that changed; how many changed."""
+        plans: list[PendingVersion] = []
+        for resource in localized:
+            current = await store.current(conn, resource["resourceType"], resource["id"])
+            plan = self.fhir.plan_update(self.ctx, resource, resource["id"], current, None, now)
+            if isinstance(plan, PendingVersion):
+                plans.append(plan)
+        if not plans:
+            return 0
+        source = provenance(upstream, plans, now)
+        plans.append(self.fhir.plan_new(self.ctx, source, str(uuid.uuid4()), "POST", now))
+        await self.fhir.write_versions(conn, self.ctx, plans)
+        return len(plans) - 1
 
 
 __all__ = ["EhrPuller", "PullCounts", "local_id"]

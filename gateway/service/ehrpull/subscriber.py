@@ -31,21 +31,17 @@ import hashlib
 import hmac
 import logging
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
 from gateway.ehr import notifications as notes
-from gateway.ehr.pulled import localize
 from gateway.ehr.upstreams import UpstreamConfig
-from gateway.exceptions import BadRequest, FhirError, NotFound, PayloadTooLarge, Unauthorized
+from gateway.exceptions import BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from gateway.fhir import dates, jsonio
 from gateway.service.ehrpull.client import UpstreamError
-from gateway.service.ehrpull.poller import EhrPuller, provenance
+from gateway.service.ehrpull.poller import EhrPuller
 from gateway.service.workers import Repeating
-from gateway.store import resources as store
 from gateway.store import upstreams as checkpoints
-from gateway.store.resources import PendingVersion
 from gateway.types import JSON
 
 log = logging.getLogger("gateway.ehrpull.subscribe")
@@ -293,42 +289,13 @@ class EhrSubscriber:
         return written
 
     async def store(self, upstream: UpstreamConfig, found: list[JSON]) -> int:
-        """As the poller stores a page (poller.py `_store_page`), without a checkpoint to move: the safety-net
-        poll fetches these again and, unchanged, writes nothing."""
-        pulled = frozenset(upstream.resources)
-        localized: list[JSON] = []
-        for resource in found:
-            mine = localize(resource, upstream=upstream.name, base=upstream.fhir_base, pulled=pulled)
-            try:
-                self.fhir.validate(mine)
-            except FhirError:
-                self.counts[upstream.name].rejected += 1
-                log.warning(
-                    "EHR subscription upstream=%s skipped invalid %s/%s",
-                    upstream.name,
-                    mine["resourceType"],
-                    mine["id"],
-                )
-                continue
-            localized.append(mine)
+        """As the poller stores a page, without a checkpoint to move: the safety-net poll fetches these
+        again and, unchanged, writes nothing."""
+        localized = self.puller.localized(upstream, found, self.counts[upstream.name], "subscription")
         if not localized:
             return 0
-        now = dates.now_us()
-        ctx = self.puller.ctx
         async with self.fhir.db.write() as conn:
-            plans: list[PendingVersion] = []
-            for resource in localized:
-                current = await store.current(conn, resource["resourceType"], resource["id"])
-                plan = self.fhir.plan_update(ctx, resource, resource["id"], current, None, now)
-                if isinstance(plan, PendingVersion):
-                    plans.append(plan)
-            if not plans:
-                return 0
-            plans.append(
-                self.fhir.plan_new(ctx, provenance(upstream, plans, now), str(uuid.uuid4()), "POST", now)
-            )
-            await self.fhir.write_versions(conn, ctx, plans)
-        return len(plans) - 1
+            return await self.puller.write_pulled(conn, upstream, localized, dates.now_us())
 
     def _catch_up(self, upstream: UpstreamConfig, res_types: list[str]) -> None:
         """The poller's own poll of each type, brought forward, in the background (the sender is waiting)."""
