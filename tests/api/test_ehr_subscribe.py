@@ -4,7 +4,7 @@ both backends: the upstream is respx, the receiver is `POST /ehr/notifications/{
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,7 @@ from gateway.store import resources as store
 from gateway.store import upstreams as checkpoints
 from gateway.transports.http.app import create_app
 from tests import factories as f
-
-BASE = "https://ehr.example/fhir"
-TOPIC = f"{BASE}/SubscriptionTopic/resource-changed"
+from tests.notifications import BASE, TOPIC, notification
 
 
 @dataclass
@@ -100,31 +98,6 @@ async def wired(gateway: Gateway) -> AsyncIterator[Wired]:
                 await subscriber.settle()
                 gateway.subscriber = previous
                 await puller.stop()
-
-
-def notification(
-    kind: str, since: int, events: Sequence[tuple[int, str]] = (), resources: Sequence[dict[str, Any]] = ()
-) -> dict[str, Any]:
-    parameters: list[dict[str, Any]] = [
-        {"name": "subscription", "valueReference": {"reference": f"{BASE}/Subscription/s1"}},
-        {"name": "topic", "valueCanonical": TOPIC},
-        {"name": "status", "valueCode": "active"},
-        {"name": "type", "valueCode": kind},
-        {"name": "events-since-subscription-start", "valueString": str(since)},
-    ]
-    parameters += [
-        {
-            "name": "notification-event",
-            "part": [
-                {"name": "event-number", "valueString": str(number)},
-                {"name": "focus", "valueReference": {"reference": focus}},
-            ],
-        }
-        for number, focus in events
-    ]
-    entries: list[dict[str, Any]] = [{"resource": {"resourceType": "Parameters", "parameter": parameters}}]
-    entries += [{"fullUrl": f"{BASE}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
-    return {"resourceType": "Bundle", "type": "history", "entry": entries}
 
 
 def remote_patient(rid: str = "p1") -> dict[str, Any]:

@@ -3,47 +3,15 @@ CapabilityStatement, the Subscription we keep there, reading notifications, and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from gateway.ehr import notifications as notes
 from gateway.ehr.upstreams import parse_upstreams
+from tests.notifications import BASE, TOPIC, notification
 
-BASE = "https://ehr.example/fhir"
-TOPIC = "https://ehr.example/fhir/SubscriptionTopic/resource-changed"
 ENDPOINT = "https://gw.example/ehr/notifications/ehr"
-
-
-def notification(
-    kind: str, since: int, events: Sequence[tuple[int, str]] = (), **extra: Any
-) -> dict[str, Any]:
-    parameters: list[dict[str, Any]] = [
-        {"name": "subscription", "valueReference": {"reference": f"{BASE}/Subscription/s1"}},
-        {"name": "topic", "valueCanonical": TOPIC},
-        {"name": "status", "valueCode": "active"},
-        {"name": "type", "valueCode": kind},
-        {"name": "events-since-subscription-start", "valueString": str(since)},
-    ]
-    for number, focus in events:
-        parameters.append(
-            {
-                "name": "notification-event",
-                "part": [
-                    {"name": "event-number", "valueString": str(number)},
-                    {"name": "focus", "valueReference": {"reference": focus}},
-                ],
-            }
-        )
-    return {
-        "resourceType": "Bundle",
-        "type": "history",
-        "entry": [
-            {"resource": {"resourceType": "Parameters", "parameter": parameters}},
-            *extra.get("more", []),
-        ],
-    }
 
 
 def capability(*topics: str, on_rest: bool = False) -> dict[str, Any]:
