@@ -67,9 +67,10 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def postgres_cpu_seconds() -> float:
-    """The PostgreSQL server's processes (all of them: the benchmark's database is the busy one)."""
-    total = 0.0
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of each PostgreSQL server process, by pid (all of them: the benchmark's database is the
+    busy one)."""
+    found: dict[int, float] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -79,8 +80,14 @@ def postgres_cpu_seconds() -> float:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) * TICK_S
-    return total
+        found[int(proc.name)] = (int(fields[11]) + int(fields[12])) * TICK_S
+    return found
+
+
+def postgres_cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """What PostgreSQL spent between two readings: processes that ended in between are not counted (their
+    time is gone from /proc), so this is a lower bound, never negative."""
+    return sum(max(0.0, spent - before.get(pid, 0.0)) for pid, spent in after.items())
 
 
 @dataclass
@@ -101,10 +108,10 @@ class Phase:
 
 
 async def _measured(name: str, pid: int, run: Any) -> Phase:
-    cpu0, db0, wall0 = cpu_seconds(pid), postgres_cpu_seconds(), time.perf_counter()
+    cpu0, db0, wall0 = cpu_seconds(pid), postgres_cpu(), time.perf_counter()
     operations = await run()
     wall = time.perf_counter() - wall0
-    return Phase(name, operations, wall, cpu_seconds(pid) - cpu0, postgres_cpu_seconds() - db0)
+    return Phase(name, operations, wall, cpu_seconds(pid) - cpu0, postgres_cpu_between(db0, postgres_cpu()))
 
 
 async def _oru_load(port: int, first: int, count: int) -> int:
