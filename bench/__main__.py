@@ -1,5 +1,5 @@
 """`python -m bench [store|hl7|subscriptions|auth|jsonio|validation|audit|measures|poison|timeline-stream|cds|
-server-cpu|soak] [--backends ...] [--workers N]`.
+server-cpu|soak|sql] [--backends ...] [--workers N]`.
 
 `jsonio` and `validation` run in this process, with no database and no gateway.
 """
@@ -18,6 +18,7 @@ from bench import (
     poison,
     server_cpu,
     soak,
+    sql_work,
     store,
     subscriptions,
     timeline_stream,
@@ -27,7 +28,7 @@ from bench import (
 
 SUITES = [
     "all", "store", "hl7", "subscriptions", "auth", "jsonio", "validation", "audit", "measures", "poison",
-    "timeline-stream", "cds", "server-cpu", "soak",
+    "timeline-stream", "cds", "server-cpu", "soak", "sql",
 ]  # fmt: skip
 
 
@@ -86,6 +87,10 @@ def main() -> None:
         if everything:
             print()
         asyncio.run(server_cpu.run(backends, args.postgres_url, args.workers))
+    if args.suite in ("all", "sql"):
+        if everything:
+            print()
+        asyncio.run(sql_work.run(backends, args.postgres_url))
     if args.suite == "soak":  # not part of "all": it runs for most of an hour
         asyncio.run(soak.run(backends, args.postgres_url, args.messages))
     if args.suite == "poison":  # not part of "all": it is about robustness, not speed
