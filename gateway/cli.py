@@ -97,6 +97,13 @@ def serve(
         host=host, port=port, mllp_port=mllp_port, database_url=database_url, serve_workers=workers
     )
     _configure_logging(settings.log_level, settings.log_format)
+    if settings.otel_endpoint:
+        from gateway import tracing
+
+        try:
+            tracing.configure(settings.otel_endpoint)
+        except ValueError as exc:
+            raise click.ClickException(f"configuration: {exc}") from None
     count = settings.serve_workers or automatic_serve_workers(settings.database_url)
     if count > 1:
         _serve_cluster(settings, count)

@@ -165,6 +165,8 @@ class Settings(BaseSettings):
     worker_index: int = 0
     # text: one human-readable line per entry; json: one JSON object per line (README: Logs).
     log_format: Literal["text", "json"] = "text"
+    # OTLP/HTTP endpoint for OpenTelemetry traces (e.g. http://collector:4318/v1/traces); empty: none.
+    otel_endpoint: str = ""
     # Database connection pool size per process (PostgreSQL).
     db_pool_size: int = 10
     # PostgreSQL reads (searches) are cancelled after this many seconds (0: never); they answer 503.

@@ -38,7 +38,7 @@ import orjson
 from sqlalchemy import exc as sql_errors
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import logs
+from gateway import logs, tracing
 from gateway.adapters.fhir.results import merged_marks
 from gateway.adapters.hl7v2 import loss, structure
 from gateway.adapters.hl7v2.ack import AckError, build_ack, build_nak, hl7_timestamp
@@ -163,6 +163,8 @@ class Job:
     # The message's correlation id (gateway/logs.py), taken where it was received: the batch writer
     # is another task and logs a message's failures under it.
     correlation_id: str | None = field(default_factory=logs.correlation_id.get)
+    # The receiving span (gateway/tracing.py), which the batch's commit span links to.
+    trace_context: Any = field(default_factory=tracing.current_context)
 
 
 def decode(raw: bytes) -> str:
@@ -664,8 +666,10 @@ class Pipeline:
             job.future.set_exception(exc)
 
     async def _commit_batch(self, jobs: Sequence[Job]) -> list[Result]:
-        async with self.fhir.db.write() as conn:
-            return await _Batch(self, conn).commit(jobs)
+        links = [job.trace_context for job in jobs]
+        with tracing.span("hl7.commit", {"hl7.messages": len(jobs)}, links):
+            async with self.fhir.db.write() as conn:
+                return await _Batch(self, conn).commit(jobs)
 
 
 class _Batch:

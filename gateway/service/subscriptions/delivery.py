@@ -33,6 +33,7 @@ import httpx
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import tracing
 from gateway.auth.scopes import Grants
 from gateway.ehr.forward import only_deletes, permanent
 from gateway.fhir import dates, jsonio
@@ -575,23 +576,34 @@ class Deliverer:
         not_before_s: float | None = None
         done = asyncio.Event()
         self._sending[spec.id] = (state.owner, spec.timeout_s, done)
-        try:
-            if spec.channel == "websocket":
-                await self._send_ws(spec.id, body)
-            elif spec.channel == "fhir-forward":
-                answer = (
-                    await self.forwarding.send(spec.id, body, only_deletes(bundle))
-                    if self.forwarding is not None
-                    else ChannelAnswer(None, "upstream not configured")
-                )
-                http_status, error, not_before_s = answer.status, answer.error, answer.not_before_s
-            else:
-                http_status = await self._post(spec, state.secret, body, first, last)
-        except DeliveryFailed as exc:
-            error, http_status = str(exc), exc.http_status
-        finally:
-            self._sending.pop(spec.id, None)
-            done.set()
+        attributes: dict[str, str | int] = {
+            "subscription.id": spec.id,
+            "subscription.channel": spec.channel,
+            "notification.type": kind,
+        }
+        if first is not None and last is not None:
+            attributes["events.first"], attributes["events.last"] = first, last
+        with tracing.span("subscriptions.deliver", attributes) as current:
+            try:
+                if spec.channel == "websocket":
+                    await self._send_ws(spec.id, body)
+                elif spec.channel == "fhir-forward":
+                    answer = (
+                        await self.forwarding.send(spec.id, body, only_deletes(bundle))
+                        if self.forwarding is not None
+                        else ChannelAnswer(None, "upstream not configured")
+                    )
+                    http_status, error, not_before_s = answer.status, answer.error, answer.not_before_s
+                else:
+                    http_status = await self._post(spec, state.secret, body, first, last)
+            except DeliveryFailed as exc:
+                error, http_status = str(exc), exc.http_status
+            finally:
+                self._sending.pop(spec.id, None)
+                done.set()
+            tracing.set_attributes(
+                current, {"http.status_code": http_status or 0, "delivery.ok": error is None}
+            )
         duration_us = int((time.perf_counter() - clock) * 1_000_000)
         ok = error is None
         now = dates.now_us()

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import tracing
 from gateway.exceptions import BadRequest, Forbidden, NotFound, Unprocessable
 from gateway.fhir import dates, jsonio
 from gateway.mapping.monitoring import MonitoringRules
@@ -203,16 +204,18 @@ class SubscriptionManager:
 
     async def match(self, conn: AsyncConnection, changes: Sequence[Change]) -> None:
         """Evaluate topics for changes being written and append the events they fire to the outbox."""
-        context = EvaluationContext(self.rules)
-        await self._prefetch(conn, changes, context)
-        fired = [
-            (topic, change, event)
-            for change in changes
-            for topic in self.topics.for_type(change.type)
-            if self._index.has_topic(topic.url) and change.interaction in topic.interactions
-            for event in EVALUATORS[topic.evaluator](change, context)
-        ]
-        await self.emit(conn, fired)
+        with tracing.span("subscriptions.match", {"versions": len(changes)}) as current:
+            context = EvaluationContext(self.rules)
+            await self._prefetch(conn, changes, context)
+            fired = [
+                (topic, change, event)
+                for change in changes
+                for topic in self.topics.for_type(change.type)
+                if self._index.has_topic(topic.url) and change.interaction in topic.interactions
+                for event in EVALUATORS[topic.evaluator](change, context)
+            ]
+            tracing.set_attributes(current, {"events": len(fired)})
+            await self.emit(conn, fired)
 
     async def emit(self, conn: AsyncConnection, fired: Iterable[tuple[Topic, Change, Fired]]) -> int:
         """Number and store the events for every subscription each fired event matches; returns how many."""

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway import logs
+from gateway import logs, tracing
 from gateway.adapters.hl7v2.ack import build_nak, hl7_timestamp
 from gateway.adapters.hl7v2.er7 import ER7Error, Message
 from gateway.transports.mllp.framing import FrameDecoder, Oversized, encode
@@ -272,9 +272,16 @@ class MLLPServer:
 
     async def _handle(self, message: bytes, peer: Peer) -> bytes:
         # Each message is its own unit of work in the logs (gateway/logs.py), as a request is over HTTP.
-        reset = logs.correlation_id.set(logs.new_correlation_id("mllp-"))
+        cid = logs.new_correlation_id("mllp-")
+        reset = logs.correlation_id.set(cid)
+        attributes: dict[str, str | int] = {"net.peer": str(peer), "mllp.bytes": len(message)}
+        attributes["gateway.correlation_id"] = cid
         try:
-            return await self._handle_logged(message, peer)
+            with tracing.span("mllp.receive", attributes) as current:
+                reply = await self._handle_logged(message, peer)
+                code, control_id = _describe(reply)
+                tracing.set_attributes(current, {"hl7.ack_code": code, "hl7.control_id": control_id})
+                return reply
         finally:
             logs.correlation_id.reset(reset)
 
