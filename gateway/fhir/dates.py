@@ -54,7 +54,7 @@ def _tz(text: str | None) -> timezone:
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)  # times are new in every message: a big cache held memory, not hits
 def date_range(text: str) -> tuple[int, int]:
     """The [low, high] range in epoch microseconds that a FHIR date/dateTime/instant string covers."""
     match = _DATE_RE.match(text.strip())

@@ -11,7 +11,7 @@ _RELATIVE_RE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)  # ids are new in every message: a big cache held memory, not hits
 def parse_reference(reference: str, local_bases: tuple[str, ...] = ()) -> tuple[str, str] | None:
     """(type, id) of a literal reference to a resource on this server, or None.
 

@@ -203,7 +203,7 @@ def _default_system(value: dict[str, Any], system: str) -> None:
 # OBR: order numbers, times) gains nothing from its memo, and at several KB a result, 50,000 of them per
 # rule made a long-running gateway grow by hundreds of MB (the memory soak, `python -m bench soak`).
 MEMO_LIMIT = 50_000
-MEMO_BYTES = 1 << 19  # 79 rules remember values with the shipped mappings: at most about 40 MB in all
+MEMO_BYTES = 1 << 18  # 79 rules remember values with the shipped mappings: about 20 MB of results at most
 
 
 def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
