@@ -24,9 +24,10 @@ correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=No
 
 # A caller's request id is kept only when it cannot forge log structure: short, no spaces or quotes.
 _CALLER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-# Libraries whose INFO lines are chatter at start (Alembic prints a line per plugin and per migration);
-# the gateway logs what they did in one line of its own.
-_QUIET = ("alembic",)
+# Libraries whose INFO lines are chatter at start (Alembic prints a line per plugin and per migration,
+# uvicorn four lines about its process and lifespan); the gateway logs what they did in one line of its
+# own. Their warnings and errors still show.
+_QUIET = ("alembic", "uvicorn.error")
 
 
 def new_correlation_id(prefix: str = "") -> str:

@@ -71,6 +71,7 @@ def test_configure_writes_json_and_quiets_alembic_below_warning(monkeypatch: pyt
     try:
         logs.configure("INFO", "json")
         logging.getLogger("alembic.runtime.migration").info("Running upgrade 0001 -> 0002")
+        logging.getLogger("uvicorn.error").info("Waiting for application startup.")
         logging.getLogger("gateway.store").info("database schema at %s, up to date", "0014")
     finally:
         for handler in list(root.handlers):
@@ -79,5 +80,6 @@ def test_configure_writes_json_and_quiets_alembic_below_warning(monkeypatch: pyt
             root.addHandler(handler)
         root.setLevel(saved_level)
         logging.getLogger("alembic").setLevel(logging.NOTSET)
+        logging.getLogger("uvicorn.error").setLevel(logging.NOTSET)
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["message"] for line in lines] == ["database schema at 0014, up to date"]
