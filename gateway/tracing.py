@@ -26,15 +26,16 @@ except ImportError:  # pragma: no cover - the otel extra is not installed
     _trace = None  # type: ignore[assignment]
 
 SERVICE_NAME = "specialty-gateway"
-_tracer: Any = None  # set by configure/install; else the global (no-op unless someone set a provider)
+# The global provider's tracer, made once (a proxy: it records once a provider is set, else it is a no-op);
+# `install` puts a provider's own in its place.
+_default: Any = _trace.get_tracer("gateway") if _trace is not None else None
+_tracer: Any = _default
 
 Attributes = Mapping[str, str | int | float | bool]
 
 
 def _get_tracer() -> Any:
-    if _tracer is not None:
-        return _tracer
-    return _trace.get_tracer("gateway") if _trace is not None else None
+    return _tracer
 
 
 @contextlib.contextmanager
@@ -64,9 +65,10 @@ def current_context() -> Any:
 
 
 def install(provider: Any) -> None:
-    """Record with this TracerProvider (tests hand in one with an in-memory exporter); None: stop."""
+    """Record with this TracerProvider (tests hand in one with an in-memory exporter); None: back to the
+    global provider's."""
     global _tracer
-    _tracer = provider.get_tracer("gateway") if provider is not None else None
+    _tracer = provider.get_tracer("gateway") if provider is not None else _default
 
 
 def configure(endpoint: str) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from gateway.pa.payers import parse_payers
+from gateway.pa.payers import PayerDirectory, parse_payers
 from gateway.service.access import users as user_service
 from gateway.service.gateway import Gateway
 from gateway.transports.http.app import create_app
@@ -42,6 +42,24 @@ def payer() -> Iterator[PayerStandIn]:
     with PayerStandIn() as standin:
         standin.timeout_delay_s = 2.0
         yield standin
+
+
+def standin_payers(payer: PayerStandIn, insurer: str, **settings: Any) -> PayerDirectory:
+    """A payers file of one payer, `standin`, for the payer stand-in, answering for Organization/insurer;
+    `settings` are the entry's other fields (timeouts, retries)."""
+    entry = {
+        "name": "standin",
+        "base_url": payer.base_url,
+        "insurers": [f"Organization/{insurer}"],
+        "auth": {
+            "type": "client-credentials",
+            "token_url": payer.token_url,
+            "client_id": payer.client_id,
+            "client_secret": payer.client_secret,
+        },
+        **settings,
+    }
+    return parse_payers({"payers": [entry]})
 
 
 class Order:
@@ -91,25 +109,12 @@ async def order(gateway: Gateway, api: httpx.AsyncClient, payer: PayerStandIn) -
         ),
     )
     previous = gateway.priorauth.payers
-    gateway.priorauth.payers = parse_payers(
-        {
-            "payers": [
-                {
-                    "name": "standin",
-                    "base_url": payer.base_url,
-                    "insurers": [f"Organization/{insurer}"],
-                    "auth": {
-                        "type": "client-credentials",
-                        "token_url": payer.token_url,
-                        "client_id": payer.client_id,
-                        "client_secret": payer.client_secret,
-                    },
-                    "timeout_seconds": 1.0,
-                    "retry": {"max_attempts": 3, "first_delay_seconds": 60, "max_delay_seconds": 600},
-                    "inquire_every_seconds": 3600,
-                }
-            ]
-        }
+    gateway.priorauth.payers = standin_payers(
+        payer,
+        insurer,
+        timeout_seconds=1.0,
+        retry={"max_attempts": 3, "first_delay_seconds": 60, "max_delay_seconds": 600},
+        inquire_every_seconds=3600,
     )
     yield Order(
         {

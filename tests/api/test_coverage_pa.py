@@ -12,11 +12,11 @@ import pytest
 import pytest_asyncio
 
 from gateway.pa.coverage import CoverageRules, load_coverage_rules
-from gateway.pa.payers import parse_payers
 from gateway.pa.tasks import is_pa_task
 from gateway.service.gateway import Gateway
 from gateway.service.priorauth.coverage import pa_task_id
 from tests import factories as f
+from tests.api.conftest import standin_payers
 from tests.api.test_hl7_pipeline import send
 from tests.conftest import ClientFactory
 from tests.hl7_messages import anc_oru, rde
@@ -66,24 +66,7 @@ async def insured(
         },
     )
     previous = gateway.priorauth.payers
-    gateway.priorauth.payers = parse_payers(
-        {
-            "payers": [
-                {
-                    "name": "standin",
-                    "base_url": payer.base_url,
-                    "insurers": [f"Organization/{insurer}"],
-                    "auth": {
-                        "type": "client-credentials",
-                        "token_url": payer.token_url,
-                        "client_id": payer.client_id,
-                        "client_secret": payer.client_secret,
-                    },
-                    "timeout_seconds": 2.0,
-                }
-            ]
-        }
-    )
+    gateway.priorauth.payers = standin_payers(payer, insurer, timeout_seconds=2.0)
     yield {"insurer": insurer}
     gateway.priorauth.payers = previous
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.hl7_messages import anc_oru
 from tests.integration.conftest import LiveServer, start_server
-from tests.integration.test_ehr_pull_live import register_jwks_client, stop, until
+from tests.integration.test_ehr_pull_live import backend_services, register_jwks_client, stop, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,15 +35,7 @@ async def failures(here: httpx.AsyncClient) -> bool:
 
 def forward_file(upstream: LiveServer, client_id: str, pem: Path, tmp: Path) -> Path:
     path = tmp / "upstreams.yaml"
-    auth = {
-        "type": "backend-services",
-        "client_id": client_id,
-        "token_url": f"{upstream.base_url}/auth/token",
-        "private_key_file": str(pem),
-        "alg": "RS384",
-        "kid": "k1",
-        "scope": SCOPE,
-    }
+    auth = backend_services(upstream, client_id, pem, SCOPE)
     entry = {"name": "ehr", "base_url": f"{upstream.base_url}/fhir", "auth": auth, "timeout_seconds": 3}
     path.write_text(json.dumps({"upstreams": [{**entry, "forward": {"resources": ["Observation"]}}]}))
     return path

@@ -60,6 +60,19 @@ def register_jwks_client(
     return str(json.loads(done.stdout)["client_id"]), pem
 
 
+def backend_services(upstream: LiveServer, client_id: str, pem: Path, scope: str) -> dict[str, str]:
+    """The upstreams file's `auth` for SMART Backend Services against the upstream gateway."""
+    return {
+        "type": "backend-services",
+        "client_id": client_id,
+        "token_url": f"{upstream.base_url}/auth/token",
+        "private_key_file": str(pem),
+        "alg": "RS384",
+        "kid": "k1",
+        "scope": scope,
+    }
+
+
 def upstreams_file(upstream: LiveServer, client_id: str, pem: Path, tmp: Path) -> Path:
     path = tmp / "upstreams.yaml"
     path.write_text(
@@ -69,15 +82,9 @@ def upstreams_file(upstream: LiveServer, client_id: str, pem: Path, tmp: Path) -
                     {
                         "name": UPSTREAM,
                         "base_url": f"{upstream.base_url}/fhir",
-                        "auth": {
-                            "type": "backend-services",
-                            "client_id": client_id,
-                            "token_url": f"{upstream.base_url}/auth/token",
-                            "private_key_file": str(pem),
-                            "alg": "RS384",
-                            "kid": "k1",
-                            "scope": "system/Patient.rs system/Observation.rs",
-                        },
+                        "auth": backend_services(
+                            upstream, client_id, pem, "system/Patient.rs system/Observation.rs"
+                        ),
                         "resources": ["Patient", "Observation"],
                         "interval_seconds": INTERVAL_S,
                         "max_requests_per_second": 100,

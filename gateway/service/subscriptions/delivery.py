@@ -452,26 +452,21 @@ class Deliverer:
     ) -> bool:
         """One event at a time, in order: a transaction Bundle to the upstream. A permanent refusal (4xx but
         408/429) is recorded and skipped, so one bad resource cannot hold up the rest for ever."""
+        forwarding = self.forwarding if self.forwarding and spec.id in self.forwarding.upstreams else None
         for event in events:
             async with self.db.read() as conn:
                 fresh = await sub_store.state(conn, spec.id)
                 if fresh is None or fresh.status != "active":
                     return False
-                bundle = (
-                    await self.forwarding.bundle_for(conn, spec.id, event)
-                    if self.forwarding is not None and spec.id in self.forwarding.upstreams
-                    else None
-                )
-            if bundle is None and self.forwarding is not None and spec.id in self.forwarding.upstreams:
+                bundle = await forwarding.bundle_for(conn, spec.id, event) if forwarding else None
+            if forwarding is None:
+                # Its upstream is no longer configured: the attempt fails as such and is retried (the
+                # upstreams file may come back), like any other undeliverable event.
+                bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+            elif bundle is None:
                 lane.delivered = event.number  # nothing to send (pulled from there, or gone)
                 self._journal_progress(spec.id, lane, None)
                 continue
-            if bundle is None:
-                bundle = {
-                    "resourceType": "Bundle",
-                    "type": "transaction",
-                    "entry": [],
-                }  # fails: not configured
             seen = {
                 "entry": [
                     {},  # the audit skips the first entry (a notification's status)

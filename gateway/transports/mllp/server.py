@@ -271,36 +271,34 @@ class MLLPServer:
             self._buffer_freed.set()
 
     async def _handle(self, message: bytes, peer: Peer) -> bytes:
-        # Each message is its own unit of work in the logs (gateway/logs.py), as a request is over HTTP.
+        # Each message is its own unit of work in the logs (gateway/logs.py) and traces (gateway/tracing.py),
+        # as a request is over HTTP.
         cid = logs.new_correlation_id("mllp-")
         reset = logs.correlation_id.set(cid)
         attributes: dict[str, str | int] = {"net.peer": str(peer), "mllp.bytes": len(message)}
         attributes["gateway.correlation_id"] = cid
         try:
             with tracing.span("mllp.receive", attributes) as current:
-                reply = await self._handle_logged(message, peer)
+                try:
+                    reply = await self.handler(message, peer)
+                except Exception as exc:
+                    self.stats.handler_errors += 1
+                    log.error(
+                        "mllp handler failed, closing without ACK peer=%s bytes=%d error=%s",
+                        peer,
+                        len(message),
+                        type(exc).__name__,
+                    )
+                    raise _HandlerFailed from exc
+                self.stats.messages += 1
                 code, control_id = _describe(reply)
+                log.info(
+                    "mllp message peer=%s bytes=%d ack=%s control_id=%s", peer, len(message), code, control_id
+                )
                 tracing.set_attributes(current, {"hl7.ack_code": code, "hl7.control_id": control_id})
                 return reply
         finally:
             logs.correlation_id.reset(reset)
-
-    async def _handle_logged(self, message: bytes, peer: Peer) -> bytes:
-        try:
-            reply = await self.handler(message, peer)
-        except Exception as exc:
-            self.stats.handler_errors += 1
-            log.error(
-                "mllp handler failed, closing without ACK peer=%s bytes=%d error=%s",
-                peer,
-                len(message),
-                type(exc).__name__,
-            )
-            raise _HandlerFailed from exc
-        self.stats.messages += 1
-        code, control_id = _describe(reply)
-        log.info("mllp message peer=%s bytes=%d ack=%s control_id=%s", peer, len(message), code, control_id)
-        return reply
 
     def _refuse(self, frame: Oversized, peer: Peer) -> bytes:
         reason = f"Message too large: {frame.size} bytes, the limit is {self.max_message_bytes}"
