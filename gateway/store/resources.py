@@ -7,15 +7,16 @@ both backends, without table locks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, delete, func, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir.extract import IndexRows
+from gateway.store.statements import kept
 from gateway.store.tables import (
     INDEX_TABLES,
     resource,
@@ -69,14 +70,51 @@ _CURRENT_COLUMNS = (
 )
 
 
+_CURRENT_SELECT = select(*_CURRENT_COLUMNS).select_from(
+    resource.join(
+        resource_version,
+        and_(resource_version.c.rid == resource.c.rid, resource_version.c.version == resource.c.version),
+    )
+)
+
+
 def current_select() -> Any:
-    """SELECT of current versions with content; callers add WHERE/ORDER/LIMIT."""
-    return select(*_CURRENT_COLUMNS).select_from(
-        resource.join(
-            resource_version,
-            and_(resource_version.c.rid == resource.c.rid, resource_version.c.version == resource.c.version),
+    """SELECT of current versions with content; callers add WHERE/ORDER/LIMIT (each of which makes a new
+    statement: the shared one is never changed)."""
+    return _CURRENT_SELECT
+
+
+def _current_where(key: str, conditions: Callable[[], list[Any]]) -> Any:
+    """Current versions WHERE `conditions()`, kept under `key` (the conditions are built once)."""
+    return kept(("current", key), lambda: _CURRENT_SELECT.where(*conditions()))
+
+
+def _by_type(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(type, id) pairs grouped by type, types and ids sorted (so equal sets make equal statements)."""
+    grouped: dict[str, set[str]] = {}
+    for rtype, rid in keys:
+        grouped.setdefault(rtype, set()).add(rid)
+    return {rtype: sorted(grouped[rtype]) for rtype in sorted(grouped)}
+
+
+def _keys_condition(types: Sequence[str]) -> Any:
+    """(type = :t0 AND id IN :i0) OR ... for `len(types)` types, values bound by position."""
+    return or_(
+        *(
+            and_(
+                resource.c.res_type == bindparam(f"t{n}"),
+                resource.c.res_id.in_(bindparam(f"i{n}", expanding=True)),
+            )
+            for n in range(len(types))
         )
     )
+
+
+def _keys_values(by_type: dict[str, list[str]]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for n, (rtype, ids) in enumerate(by_type.items()):
+        values[f"t{n}"], values[f"i{n}"] = rtype, ids
+    return values
 
 
 def to_stored(row: Row[Any] | Any) -> Stored:
@@ -94,24 +132,23 @@ def to_stored(row: Row[Any] | Any) -> Stored:
 
 
 async def head(conn: AsyncConnection, resource_type: str, resource_id: str) -> Head | None:
-    row = (
-        await conn.execute(
-            select(resource.c.rid, resource.c.version, resource.c.updated_us, resource.c.deleted).where(
-                resource.c.res_type == resource_type, resource.c.res_id == resource_id
-            )
-        )
-    ).first()
+    stmt = kept(
+        "head",
+        lambda: select(resource.c.rid, resource.c.version, resource.c.updated_us, resource.c.deleted).where(
+            resource.c.res_type == bindparam("t"), resource.c.res_id == bindparam("i")
+        ),
+    )
+    row = (await conn.execute(stmt, {"t": resource_type, "i": resource_id})).first()
     if row is None:
         return None
     return Head(row.rid, resource_type, resource_id, row.version, row.updated_us, row.deleted)
 
 
 async def current(conn: AsyncConnection, resource_type: str, resource_id: str) -> Stored | None:
-    row = (
-        await conn.execute(
-            current_select().where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
-        )
-    ).first()
+    stmt = _current_where(
+        "one", lambda: [resource.c.res_type == bindparam("t"), resource.c.res_id == bindparam("i")]
+    )
+    row = (await conn.execute(stmt, {"t": resource_type, "i": resource_id})).first()
     return to_stored(row) if row is not None else None
 
 
@@ -130,22 +167,21 @@ async def version(conn: AsyncConnection, resource_type: str, resource_id: str, n
 async def load_by_rids(conn: AsyncConnection, rids: Sequence[int]) -> dict[int, Stored]:
     if not rids:
         return {}
-    rows = await conn.execute(current_select().where(resource.c.rid.in_(list(rids))))
+    stmt = _current_where("rids", lambda: [resource.c.rid.in_(bindparam("rids", expanding=True))])
+    rows = await conn.execute(stmt, {"rids": list(rids)})
     return {row.rid: to_stored(row) for row in rows}
 
 
 async def load_by_keys(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> list[Stored]:
     """Current, non-deleted versions of the given (type, id) pairs that exist."""
-    by_type: dict[str, set[str]] = {}
-    for rtype, rid in keys:
-        by_type.setdefault(rtype, set()).add(rid)
+    by_type = _by_type(keys)
     if not by_type:
         return []
-    clauses = [
-        and_(resource.c.res_type == rtype, resource.c.res_id.in_(sorted(ids)))
-        for rtype, ids in by_type.items()
-    ]
-    rows = await conn.execute(current_select().where(or_(*clauses), resource.c.deleted.is_(False)))
+    stmt = kept(
+        ("live-keys", len(by_type)),
+        lambda: _CURRENT_SELECT.where(_keys_condition(list(by_type)), resource.c.deleted.is_(False)),
+    )
+    rows = await conn.execute(stmt, _keys_values(by_type))
     return [to_stored(row) for row in rows]
 
 
@@ -323,16 +359,11 @@ async def current_many(
     conn: AsyncConnection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Stored]:
     """Current versions (deleted ones included, without content) of the given (type, id) pairs."""
-    by_type: dict[str, set[str]] = {}
-    for rtype, rid in keys:
-        by_type.setdefault(rtype, set()).add(rid)
+    by_type = _by_type(keys)
     if not by_type:
         return {}
-    clauses = [
-        and_(resource.c.res_type == rtype, resource.c.res_id.in_(sorted(ids)))
-        for rtype, ids in by_type.items()
-    ]
-    rows = await conn.execute(current_select().where(or_(*clauses)))
+    stmt = kept(("keys", len(by_type)), lambda: _CURRENT_SELECT.where(_keys_condition(list(by_type))))
+    rows = await conn.execute(stmt, _keys_values(by_type))
     return {(row.res_type, row.res_id): to_stored(row) for row in rows}
 
 

@@ -7,9 +7,9 @@ keeps a search by patient as fast at 200k resources as at 10k.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, func, or_, select, true
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, bindparam, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -24,6 +24,7 @@ from gateway.fhir.query import (
 )
 from gateway.fhir.searchparams import ParamType
 from gateway.store.resources import Stored, current_select, load_by_keys, load_by_rids, to_stored
+from gateway.store.statements import kept
 from gateway.store.tables import resource, sp_date, sp_reference, sp_string, sp_token
 
 _TABLES = {
@@ -36,11 +37,37 @@ _TABLES = {
 _MAX_CHAR = "\U0010ffff"
 
 
+class _Bind:
+    """Where a query's values go in its SQL: as literals (`literal`), or as parameters named by where they
+    sit in the query (`f0v1c`: filter 0, value 1, its code), so one statement serves every query of the
+    same shape. Building a statement and its cache key costs SQLAlchemy about 0.3-0.8 ms, several times
+    what running it on an index costs; `_values` names the same parameters without building anything."""
+
+    __slots__ = ("named", "names")
+
+    def __init__(self, named: bool) -> None:
+        self.named = named
+        self.names: set[str] = set()
+
+    def __call__(self, name: str, value: Any, *, many: bool = False) -> ColumnElement[Any]:
+        if not self.named:
+            return cast(ColumnElement[Any], value)  # SQLAlchemy binds it anonymously, as before
+        self.names.add(name)
+        return bindparam(name, value, expanding=many)
+
+
+_LITERAL = _Bind(named=False)
+
+
 def _date_condition(
-    low: ColumnElement[int], high: ColumnElement[int], value: DateValue
+    low: ColumnElement[int],
+    high: ColumnElement[int],
+    value: DateValue,
+    bind: _Bind = _LITERAL,
+    name: str = "",
 ) -> ColumnElement[bool]:
     """FHIR date prefixes (search.html#prefix) over a stored range [low, high] and a value range."""
-    p_low, p_high = value.low, value.high
+    p_low, p_high = bind(name + "lo", value.low), bind(name + "hi", value.high)
     match value.prefix:
         case "eq":
             return and_(low >= p_low, high <= p_high)
@@ -61,47 +88,53 @@ def _date_condition(
     raise ValueError(value.prefix)
 
 
-def _token_condition(value: TokenValue, table: Table = sp_token) -> ColumnElement[bool]:
+def _token_condition(
+    value: TokenValue, table: Table = sp_token, bind: _Bind = _LITERAL, name: str = ""
+) -> ColumnElement[bool]:
     conditions: list[ColumnElement[bool]] = []
     if value.code is not None:
-        conditions.append(table.c.code == value.code)
+        conditions.append(table.c.code == bind(name + "c", value.code))
     if value.system is not None:
-        conditions.append(table.c.system == value.system)
+        conditions.append(table.c.system == bind(name + "s", value.system))
     elif value.system_absent:
         conditions.append(table.c.system.is_(None))
     return and_(true(), *conditions)
 
 
-def _value_condition(f: Filter, value: Any) -> ColumnElement[bool]:
+def _value_condition(f: Filter, value: Any, bind: _Bind = _LITERAL, name: str = "") -> ColumnElement[bool]:
     if f.kind is ParamType.TOKEN:
-        return _token_condition(value)
+        return _token_condition(value, sp_token, bind, name)
     if f.kind is ParamType.DATE:
-        return _date_condition(sp_date.c.low_us, sp_date.c.high_us, value)
+        return _date_condition(sp_date.c.low_us, sp_date.c.high_us, value, bind, name)
     if f.kind is ParamType.REFERENCE:
         assert isinstance(value, ReferenceValue)
-        cond = sp_reference.c.target_id == value.id
+        cond = sp_reference.c.target_id == bind(name + "i", value.id)
         if value.type is not None:
-            cond = and_(cond, sp_reference.c.target_type == value.type)
+            cond = and_(cond, sp_reference.c.target_type == bind(name + "t", value.type))
         return cond
     column: ColumnElement[str] = sp_string.c.value
     text = str(value)
     if f.modifier == "exact":
-        return column == text
+        return column == bind(name, text)
     if f.modifier == "contains":
+        if bind.named:
+            return column.like(bind(name, _like_pattern(text)), escape="/")
         return column.contains(text, autoescape=True)
-    return and_(column >= text, column < text + _MAX_CHAR)
+    return and_(column >= bind(name, text), column < bind(name + "z", text + _MAX_CHAR))
 
 
-def filter_condition(f: Filter, resource_type: str, r: FromClause = resource) -> ColumnElement[bool]:
+def filter_condition(
+    f: Filter, resource_type: str, r: FromClause = resource, bind: _Bind = _LITERAL, name: str = "f"
+) -> ColumnElement[bool]:
     """The WHERE condition on resource table `r` for one criterion."""
     if f.param is None:  # _id and _lastUpdated live on the resource row itself
         if f.name == "_id":
             ids = [v.code for v in f.values if isinstance(v, TokenValue) and v.code]
-            return r.c.res_id.in_(ids)
+            return r.c.res_id.in_(bind(name + "ids", ids, many=True))
         return or_(
             *[
-                _date_condition(r.c.updated_us, r.c.updated_us, v)
-                for v in f.values
+                _date_condition(r.c.updated_us, r.c.updated_us, v, bind, f"{name}v{j}")
+                for j, v in enumerate(f.values)
                 if isinstance(v, DateValue)
             ]
         )
@@ -112,7 +145,7 @@ def filter_condition(f: Filter, resource_type: str, r: FromClause = resource) ->
         return r.c.rid.not_in(present) if f.missing else r.c.rid.in_(present)
     if f.chain is not None:
         target = resource.alias("chained")
-        inner = filter_condition(f.chain.inner, f.chain.target_type, target)
+        inner = filter_condition(f.chain.inner, f.chain.target_type, target, bind, name + "x")
         target_ids = select(target.c.res_id).where(
             target.c.res_type == f.chain.target_type, target.c.deleted.is_(False), inner
         )
@@ -120,7 +153,8 @@ def filter_condition(f: Filter, resource_type: str, r: FromClause = resource) ->
             *base, sp_reference.c.target_type == f.chain.target_type, sp_reference.c.target_id.in_(target_ids)
         )
         return r.c.rid.in_(matching)
-    matching = select(table.c.rid).where(*base, or_(*[_value_condition(f, v) for v in f.values]))
+    conditions = [_value_condition(f, v, bind, f"{name}v{j}") for j, v in enumerate(f.values)]
+    matching = select(table.c.rid).where(*base, or_(*conditions))
     if f.modifier == "not":
         return r.c.rid.not_in(matching)
     return r.c.rid.in_(matching)
@@ -134,10 +168,10 @@ def _narrows_by_index(f: Filter) -> bool:
 
 
 def restriction_condition(
-    resource_type: str, restriction: PatientRestriction, r: FromClause = resource
+    resource_type: str, restriction: PatientRestriction, r: FromClause = resource, bind: _Bind = _LITERAL
 ) -> ColumnElement[bool]:
     """Only the records of the restriction's patients: linked to one of them, and to no other Patient."""
-    ids = sorted(restriction.patient_ids)
+    ids = bind("reach", sorted(restriction.patient_ids), many=True)
     if resource_type == "Patient":
         return r.c.res_id.in_(ids)
     links = [
@@ -150,15 +184,89 @@ def restriction_condition(
     return and_(r.c.rid.in_(inside), r.c.rid.not_in(outside))
 
 
-def _where(query: SearchQuery) -> list[ColumnElement[bool]]:
-    conditions = [filter_condition(f, query.resource_type) for f in query.filters]
+def _where(query: SearchQuery, bind: _Bind = _LITERAL) -> list[ColumnElement[bool]]:
+    conditions = [
+        filter_condition(f, query.resource_type, resource, bind, f"f{i}") for i, f in enumerate(query.filters)
+    ]
     if query.restriction is not None:
-        conditions.append(restriction_condition(query.resource_type, query.restriction))
+        conditions.append(restriction_condition(query.resource_type, query.restriction, resource, bind))
     if not any(_narrows_by_index(f) for f in query.filters):
         # Only when no index criterion implies the type: a redundant `res_type = ?` on the resource table
         # lures planners without statistics (a fresh PostgreSQL, SQLite) into scanning the type's rows.
         conditions.insert(0, resource.c.res_type == query.resource_type)
     return [resource.c.deleted.is_(False), *conditions]
+
+
+# -- statements kept by the shape of their query ---------------------------------------------------------
+
+
+def _filter_values(f: Filter, name: str, out: dict[str, Any], shape: list[Any]) -> None:
+    """The parameters `filter_condition` names for one criterion, and what else its SQL depends on."""
+    shape.append((f.name, f.kind, f.modifier, f.missing, f.chain.target_type if f.chain else None))
+    if f.modifier == "missing" and f.param is not None:
+        return
+    if f.chain is not None:
+        _filter_values(f.chain.inner, name + "x", out, shape)
+        return
+    if f.param is None and f.name == "_id":
+        out[name + "ids"] = [v.code for v in f.values if isinstance(v, TokenValue) and v.code]
+        return
+    for j, v in enumerate(f.values):
+        at = f"{name}v{j}"
+        if isinstance(v, TokenValue):
+            shape.append((v.code is None, v.system is None, v.system_absent))
+            if v.code is not None:
+                out[at + "c"] = v.code
+            if v.system is not None:
+                out[at + "s"] = v.system
+        elif isinstance(v, DateValue):
+            shape.append(v.prefix)
+            out[at + "lo"], out[at + "hi"] = v.low, v.high
+        elif isinstance(v, ReferenceValue):
+            shape.append(v.type is None)
+            out[at + "i"] = v.id
+            if v.type is not None:
+                out[at + "t"] = v.type
+        else:
+            text = str(v)
+            shape.append("s")
+            if f.modifier in ("exact", "contains"):
+                out[at] = text if f.modifier == "exact" else _like_pattern(text)
+            else:
+                out[at], out[at + "z"] = text, text + _MAX_CHAR
+
+
+def _like_pattern(text: str) -> str:
+    """`contains` with a bound value: SQLAlchemy cannot escape a parameter it does not see, so it is done
+    here as autoescape does for literals ('/' escapes itself, % and _)."""
+    return "%" + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+def _values(query: SearchQuery) -> tuple[Any, dict[str, Any]]:
+    """The shape of a query (everything its SQL depends on but the values) and its named values."""
+    out: dict[str, Any] = {}
+    shape: list[Any] = [query.resource_type]
+    for i, f in enumerate(query.filters):
+        _filter_values(f, f"f{i}", out, shape)
+    if query.restriction is not None:
+        shape.append(("reach", query.restriction.params))
+        out["reach"] = sorted(query.restriction.patient_ids)
+    return (tuple(shape), tuple(query.sort)), out
+
+
+def _kept(kind: str, query: SearchQuery, build: Any) -> tuple[Any, dict[str, Any]]:
+    """The statement for this query's shape (built once) and the values to run it with."""
+    shape, values = _values(query)
+
+    def checked_build() -> Any:
+        bind = _Bind(named=True)
+        stmt = build(bind)
+        # A parameter `_values` does not name would keep the first query's value for every later one.
+        unnamed = bind.names - values.keys() - {"lim", "off"}
+        assert not unnamed, f"search parameters without values: {sorted(unnamed)}"
+        return stmt
+
+    return kept(("search", kind, shape), checked_build), values
 
 
 def _sort_key(query: SearchQuery, name: str, descending: bool) -> KeyedColumnElement[Any] | Any:
@@ -172,23 +280,32 @@ def _sort_key(query: SearchQuery, name: str, descending: bool) -> KeyedColumnEle
     return key.desc() if descending else key.asc()
 
 
-def page_select(query: SearchQuery) -> Select[Any]:
+def _page_select(query: SearchQuery, bind: _Bind) -> Select[Any]:
     order = [_sort_key(query, name, desc) for name, desc in query.sort]
     order.append(resource.c.rid.desc() if query.sort and query.sort[-1][1] else resource.c.rid.asc())
-    stmt: Select[Any] = current_select().where(*_where(query)).order_by(*order)
-    return stmt.limit(query.count).offset(query.offset)
+    stmt: Select[Any] = current_select().where(*_where(query, bind)).order_by(*order)
+    return stmt.limit(bind("lim", query.count)).offset(bind("off", query.offset))
+
+
+def page_select(query: SearchQuery) -> Select[Any]:
+    """One page of matches, with the query's values as literals (EXPLAIN, tests)."""
+    return _page_select(query, _LITERAL)
 
 
 async def count(conn: AsyncConnection, query: SearchQuery) -> int:
-    stmt = select(func.count()).select_from(resource).where(*_where(query))
-    return int((await conn.execute(stmt)).scalar_one())
+    stmt, values = _kept(
+        "count", query, lambda bind: select(func.count()).select_from(resource).where(*_where(query, bind))
+    )
+    return int((await conn.execute(stmt, values)).scalar_one())
 
 
 async def search(conn: AsyncConnection, query: SearchQuery) -> tuple[list[Stored], int | None]:
     """One page of matches and, unless _total=none, the total number of matches."""
     matches: list[Stored] = []
     if query.count > 0 and not query.summary_count:
-        matches = [to_stored(row) for row in await conn.execute(page_select(query))]
+        stmt, values = _kept("page", query, lambda bind: _page_select(query, bind))
+        values["lim"], values["off"] = query.count, query.offset
+        matches = [to_stored(row) for row in await conn.execute(stmt, values)]
     total: int | None = None
     if query.total == "accurate" or query.summary_count:
         if not query.summary_count and query.offset == 0 and len(matches) < query.count:
@@ -200,8 +317,18 @@ async def search(conn: AsyncConnection, query: SearchQuery) -> tuple[list[Stored
 
 async def matching_ids(conn: AsyncConnection, query: SearchQuery, limit: int) -> list[str]:
     """Ids of up to `limit` matches, for conditional interactions (which need to know 0, 1 or many)."""
-    stmt = select(resource.c.res_id).where(*_where(query)).order_by(resource.c.rid).limit(limit)
-    return [row.res_id for row in await conn.execute(stmt)]
+    stmt, values = _kept(
+        "ids",
+        query,
+        lambda bind: (
+            select(resource.c.res_id)
+            .where(*_where(query, bind))
+            .order_by(resource.c.rid)
+            .limit(bind("lim", limit))
+        ),
+    )
+    values["lim"] = limit
+    return [row.res_id for row in await conn.execute(stmt, values)]
 
 
 async def included(
@@ -258,6 +385,19 @@ async def included(
     return found[:limit]
 
 
+_IDENTIFIED = (
+    select(sp_token.c.system, sp_token.c.code, resource.c.res_id)
+    .join(resource, resource.c.rid == sp_token.c.rid)
+    .where(
+        sp_token.c.res_type == bindparam("t"),
+        sp_token.c.param == "identifier",
+        sp_token.c.code.in_(bindparam("codes", expanding=True)),
+        resource.c.deleted.is_(False),
+    )
+    .order_by(resource.c.rid)
+)
+
+
 async def ids_by_identifier(
     conn: AsyncConnection, resource_type: str, identifiers: list[tuple[str | None, str]]
 ) -> dict[tuple[str | None, str], str]:
@@ -266,15 +406,7 @@ async def ids_by_identifier(
         return {}
     wanted = set(identifiers)
     rows = await conn.execute(
-        select(sp_token.c.system, sp_token.c.code, resource.c.res_id)
-        .join(resource, resource.c.rid == sp_token.c.rid)
-        .where(
-            sp_token.c.res_type == resource_type,
-            sp_token.c.param == "identifier",
-            sp_token.c.code.in_(sorted({value for _, value in wanted})),
-            resource.c.deleted.is_(False),
-        )
-        .order_by(resource.c.rid)
+        _IDENTIFIED, {"t": resource_type, "codes": sorted({value for _, value in wanted})}
     )
     found: dict[tuple[str | None, str], str] = {}
     for row in rows:
@@ -293,15 +425,7 @@ async def all_ids_by_identifier(
         return {}
     wanted = set(identifiers)
     rows = await conn.execute(
-        select(sp_token.c.system, sp_token.c.code, resource.c.res_id)
-        .join(resource, resource.c.rid == sp_token.c.rid)
-        .where(
-            sp_token.c.res_type == resource_type,
-            sp_token.c.param == "identifier",
-            sp_token.c.code.in_(sorted({value for _, value in wanted})),
-            resource.c.deleted.is_(False),
-        )
-        .order_by(resource.c.rid)
+        _IDENTIFIED, {"t": resource_type, "codes": sorted({value for _, value in wanted})}
     )
     found: dict[tuple[str, str], list[str]] = {}
     for row in rows:
@@ -323,37 +447,61 @@ async def by_reference(
     conn: AsyncConnection, resource_type: str, param: str, targets: list[str]
 ) -> list[Stored]:
     """Live resources of a type whose reference parameter points at any of `targets` ("Type/id")."""
-    by_type: dict[str, set[str]] = {}
+    grouped: dict[str, set[str]] = {}
     for target in targets:
         if "/" in target:
             target_type, target_id = target.split("/", 1)
-            by_type.setdefault(target_type, set()).add(target_id)
-    if not by_type:
+            grouped.setdefault(target_type, set()).add(target_id)
+    if not grouped:
         return []
+    by_type = {t: sorted(grouped[t]) for t in sorted(grouped)}
     r = sp_reference.c
-    # One IN list per target type: a flat OR of thousands of pairs is too deep an expression for SQLite.
-    rids = (
-        select(r.rid)
-        .where(
-            r.res_type == resource_type,
-            r.param == param,
-            or_(*(and_(r.target_type == t, r.target_id.in_(sorted(ids))) for t, ids in by_type.items())),
+
+    def build() -> Any:
+        # One IN list per target type: a flat OR of thousands of pairs is too deep an expression for SQLite.
+        rids = (
+            select(r.rid)
+            .where(
+                r.res_type == bindparam("rt"),
+                r.param == bindparam("p"),
+                or_(
+                    *(
+                        and_(
+                            r.target_type == bindparam(f"t{n}"),
+                            r.target_id.in_(bindparam(f"i{n}", expanding=True)),
+                        )
+                        for n in range(len(by_type))
+                    )
+                ),
+            )
+            .scalar_subquery()
         )
-        .scalar_subquery()
-    )
-    rows = await conn.execute(current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False)))
+        return current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False))
+
+    values: dict[str, Any] = {"rt": resource_type, "p": param}
+    for n, (target_type, ids) in enumerate(by_type.items()):
+        values[f"t{n}"], values[f"i{n}"] = target_type, ids
+    rows = await conn.execute(kept(("by-reference", len(by_type)), build), values)
     return [to_stored(row) for row in rows]
 
 
 async def by_token(conn: AsyncConnection, resource_type: str, param: str, codes: list[str]) -> list[Stored]:
     """Live resources of a type with any of `codes` (any system) in a token parameter."""
     t = sp_token.c
-    rids = (
-        select(t.rid)
-        .where(t.res_type == resource_type, t.param == param, t.code.in_(codes))
-        .scalar_subquery()
-    )
-    rows = await conn.execute(current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False)))
+
+    def build() -> Any:
+        rids = (
+            select(t.rid)
+            .where(
+                t.res_type == bindparam("rt"),
+                t.param == bindparam("p"),
+                t.code.in_(bindparam("c", expanding=True)),
+            )
+            .scalar_subquery()
+        )
+        return current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False))
+
+    rows = await conn.execute(kept("by-token", build), {"rt": resource_type, "p": param, "c": list(codes)})
     return [to_stored(row) for row in rows]
 
 
@@ -366,15 +514,25 @@ async def by_reference_and_token(
     (param, target), (token_param, codes) = reference, token
     target_type, _, target_id = target.partition("/")
     r, t = sp_reference.c, sp_token.c
-    referring = select(r.rid).where(
-        r.res_type == resource_type, r.param == param, r.target_type == target_type, r.target_id == target_id
-    )
-    coded = select(t.rid).where(t.res_type == resource_type, t.param == token_param, t.code.in_(codes))
-    rows = await conn.execute(
-        current_select().where(
+
+    def build() -> Any:
+        referring = select(r.rid).where(
+            r.res_type == bindparam("rt"),
+            r.param == bindparam("p"),
+            r.target_type == bindparam("tt"),
+            r.target_id == bindparam("ti"),
+        )
+        coded = select(t.rid).where(
+            t.res_type == bindparam("rt"),
+            t.param == bindparam("tp"),
+            t.code.in_(bindparam("c", expanding=True)),
+        )
+        return current_select().where(
             resource.c.rid.in_(referring.scalar_subquery()),
             resource.c.rid.in_(coded.scalar_subquery()),
             resource.c.deleted.is_(False),
         )
-    )
+
+    values = {"rt": resource_type, "p": param, "tt": target_type, "ti": target_id, "tp": token_param}
+    rows = await conn.execute(kept("by-reference-and-token", build), {**values, "c": list(codes)})
     return [to_stored(row) for row in rows]

@@ -209,3 +209,23 @@ async def test_search_by_post_form(api: httpx.AsyncClient) -> None:
     answer = await api.post("/fhir/Observation/_search", data={"patient": pat["id"]})
     assert answer.status_code == 200
     assert [e["resource"]["id"] for e in answer.json()["entry"]] == [obs["id"]]
+
+
+async def test_searches_of_one_shape_share_a_statement_not_their_values(api: httpx.AsyncClient) -> None:
+    """A statement is built once per query shape and run with each query's own values (store/search.py):
+    the second search of a shape must not see the first one's values, and LIKE's wildcards in a value
+    match only themselves."""
+    from gateway.store import statements
+
+    percent = await create(api, patient("MRN-91", name=[{"family": "Fifty%_off"}]))
+    plain = await create(api, patient("MRN-92", name=[{"family": "Fifty0x0off"}]))
+    assert await ids(api, "/fhir/Patient", **{"family:contains": "%_"}) == [percent["id"]]
+    assert await ids(api, "/fhir/Patient", **{"family:contains": "0x0"}) == [plain["id"]]
+    shapes = len(statements._KEPT)
+    for mrn, expected in (("MRN-91", percent), ("MRN-92", plain), ("MRN-93", None)):
+        found = await ids(api, "/fhir/Patient", identifier=f"{MRN_SYSTEM}|{mrn}")
+        assert found == ([expected["id"]] if expected else [])
+    assert len(statements._KEPT) <= shapes + 1  # one shape, three queries
+    # `|code` (no system) and `system|code` are two shapes: the first must not reuse the second's SQL.
+    assert await ids(api, "/fhir/Patient", identifier="|MRN-91") == []
+    assert await ids(api, "/fhir/Patient", identifier=f"{MRN_SYSTEM}|MRN-91") == [percent["id"]]
