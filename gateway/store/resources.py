@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, delete, func, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -106,12 +106,17 @@ async def head(conn: AsyncConnection, resource_type: str, resource_id: str) -> H
     return Head(row.rid, resource_type, resource_id, row.version, row.updated_us, row.deleted)
 
 
+# Built once: a read runs this on every request, and building the SELECT (and its cache key) cost as much
+# as executing it (issue 13).
+_CURRENT_BY_KEY = current_select().where(
+    resource.c.res_type == bindparam("res_type"), resource.c.res_id == bindparam("res_id")
+)
+
+
 async def current(conn: AsyncConnection, resource_type: str, resource_id: str) -> Stored | None:
-    row = (
-        await conn.execute(
-            current_select().where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
-        )
-    ).first()
+    """The current version of Type/id (a deletion too), in one statement; None if it never existed."""
+    result = await conn.execute(_CURRENT_BY_KEY, {"res_type": resource_type, "res_id": resource_id})
+    row = result.first()
     return to_stored(row) if row is not None else None
 
 
