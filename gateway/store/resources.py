@@ -145,6 +145,7 @@ async def head(conn: AsyncConnection, resource_type: str, resource_id: str) -> H
 
 
 async def current(conn: AsyncConnection, resource_type: str, resource_id: str) -> Stored | None:
+    """The current version of Type/id (a deletion too), in one statement; None if it never existed."""
     stmt = _current_where(
         "one", lambda: [resource.c.res_type == bindparam("t"), resource.c.res_id == bindparam("i")]
     )

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -45,6 +44,7 @@ from gateway.transports.http.console import worklist_pages as console_worklist
 from gateway.transports.http.console.session import LoginNeeded, login_redirect
 from gateway.transports.http.docs import install_docs
 from gateway.transports.http.errors import UnexpectedErrors
+from gateway.transports.http.fast_read import FastRead
 from gateway.transports.http.guards import NulGuard
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
@@ -56,13 +56,14 @@ from gateway.transports.http.observability import (
     PipelineCollector,
     PriorAuthCollector,
 )
-from gateway.transports.http.responses import error_response
+from gateway.transports.http.responses import error_response, oauth_error_response
 
 log = logging.getLogger("gateway.http")
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
-    """The app; it starts its own Gateway on startup unless one is handed in (tests share one)."""
+def create_app(settings: Settings, gateway: Gateway | None = None, *, lean_reads: bool = True) -> FastAPI:
+    """The app; it starts its own Gateway on startup unless one is handed in (tests share one).
+    `lean_reads=False` leaves plain reads to FastAPI's router too (tests compare the two paths)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,31 +102,38 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         registry.register(EhrSubscribeCollector(lambda: gateway.subscriber))
     app.state.metrics_registry = registry
     measure_routes.install(app, registry)  # the pharmacist gauges, refreshed before a scrape when stale
-    app.include_router(auth_routes.discovery_router)  # before the generic /fhir/{type}/{id} routes
-    app.include_router(subscription_routes.router)  # before the generic /fhir/{type}/{id} routes
-    app.include_router(pa_routes.router)
-    app.include_router(cds_routes.router)
-    app.include_router(ehr_routes.router)
-    app.include_router(pharmacist_routes.router)
-    app.include_router(measure_routes.router)
-    app.include_router(audit_routes.router)
-    app.include_router(everything_routes.router)
-    app.include_router(bulk_routes.router)  # before the generic /fhir/{type}/{id} routes
-    app.include_router(timeline_routes.router)
-    app.include_router(fhir_routes.router)
-    app.include_router(auth_routes.router)
-    app.include_router(launch_routes.router)
-    app.include_router(console_routes.router)
-    app.include_router(console_static.router)
-    app.include_router(console_worklist.router)
-    app.include_router(console_pa.router)
-    app.include_router(console_metrics.router)
-    app.include_router(console_patient.router)
-    app.include_router(console_messages.router)
-    app.include_router(console_subscriptions.router)
-    app.include_router(hl7_routes.router)
-    app.include_router(ops_routes.router)
+    docs_routes = list(app.routes)
+    routers = [
+        auth_routes.discovery_router,  # before the generic /fhir/{type}/{id} routes
+        subscription_routes.router,  # before the generic /fhir/{type}/{id} routes
+        pa_routes.router,
+        cds_routes.router,
+        ehr_routes.router,
+        pharmacist_routes.router,
+        measure_routes.router,
+        audit_routes.router,
+        everything_routes.router,
+        bulk_routes.router,  # before the generic /fhir/{type}/{id} routes
+        timeline_routes.router,
+        fhir_routes.router,
+        auth_routes.router,
+        launch_routes.router,
+        console_routes.router,
+        console_static.router,
+        console_worklist.router,
+        console_pa.router,
+        console_metrics.router,
+        console_patient.router,
+        console_messages.router,
+        console_subscriptions.router,
+        hl7_routes.router,
+        ops_routes.router,
+    ]
+    for router in routers:
+        app.include_router(router)
     _install_error_handlers(app)
+    if lean_reads:  # innermost: every middleware below applies to the reads it answers too
+        app.add_middleware(FastRead, routes=[*docs_routes, *(r for router in routers for r in router.routes)])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(NulGuard)
     app.add_middleware(Observability, metrics=HttpMetrics(registry))
@@ -144,12 +152,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OAuthError)
     async def oauth_error(_: Request, exc: OAuthError) -> Response:
-        headers = {"WWW-Authenticate": 'Basic realm="gateway"'} if exc.status == 401 else {}
-        return JSONResponse(
-            {"error": exc.error, "error_description": exc.description},
-            status_code=exc.status,
-            headers=headers,
-        )
+        return oauth_error_response(exc)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from gateway.exceptions import FhirError, Unauthorized
+from gateway.exceptions import FhirError, OAuthError, Unauthorized
 from gateway.fhir.outcome import outcome_bytes
 from gateway.service.fhirapi.interactions import Outcome
 
@@ -32,4 +32,14 @@ def error_response(error: FhirError) -> Response:
         headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
     return Response(
         outcome_bytes(error.issues), status_code=error.status, headers=headers, media_type=FHIR_JSON
+    )
+
+
+def oauth_error_response(error: OAuthError) -> Response:
+    """An OAuth 2.0 error as RFC 6749 section 5.2 has it: {"error": ..., "error_description": ...}."""
+    headers = {"WWW-Authenticate": 'Basic realm="gateway"'} if error.status == 401 else {}
+    return JSONResponse(
+        {"error": error.error, "error_description": error.description},
+        status_code=error.status,
+        headers=headers,
     )
