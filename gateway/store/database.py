@@ -27,6 +27,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.store import sqlite_driver
+
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",  # durable across process crashes in WAL mode; fsync at checkpoints
@@ -56,9 +58,12 @@ def _sqlite_engine(url: str, *, begin: str | None) -> AsyncEngine:
             isolation_level="AUTOCOMMIT",
             pool_reset_on_return=None,
             hide_parameters=True,
+            module=sqlite_driver.dbapi(),
         )
     else:
-        engine = create_async_engine(url, pool_size=1, max_overflow=4, hide_parameters=True)
+        engine = create_async_engine(
+            url, pool_size=1, max_overflow=4, hide_parameters=True, module=sqlite_driver.dbapi()
+        )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
