@@ -26,6 +26,7 @@ from gateway.store.tables import (
     PA_TABLES,
     SUBSCRIPTION_TABLES,
     TIMELINE_TABLES,
+    alert_candidate,
     hl7_field_coverage,
     hl7_message,
     resource,
@@ -160,7 +161,7 @@ async def gateway(gateways: dict[str, Gateway], backend: str) -> AsyncIterator[G
         # hl7_field_coverage too: it counts per sender, and a test reads its sender's counts from zero
         emptied = (*INDEX_TABLES, resource_version, resource, hl7_message, hl7_field_coverage)
         emptied += (*SUBSCRIPTION_TABLES, *PA_TABLES)
-        emptied += TIMELINE_TABLES
+        emptied += (*TIMELINE_TABLES, alert_candidate)
         for table in emptied:
             if table is not subscription_generation:
                 await conn.execute(delete(table))

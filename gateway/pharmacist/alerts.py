@@ -152,6 +152,11 @@ def is_open(task: JSON) -> bool:
     return task.get("status") in OPEN_STATUSES
 
 
+def is_live(task: JSON) -> bool:
+    """Open and not yet marked back to normal: a later result may still mark it."""
+    return is_open(task) and mark_of(task) != BACK_TO_NORMAL
+
+
 def corrected(task: JSON, finding: Finding, observation_status: str | None, now: str) -> JSON:
     """The alert after its result changed and the rule still holds: priority and description follow the
     new band; a closed alert opens again."""

@@ -13,6 +13,8 @@ Layout:
 - `upstream_checkpoint` holds, per upstream EHR and resource type, how far the pull has come (the greatest
   `meta.lastUpdated` stored), when it polls next, and which process holds it (a lease) now.
 - `export_job` and `export_file` hold the Bulk Data `$export` jobs the gateway serves and their ndjson parts.
+- `alert_candidate` indexes the alert Tasks by patient, rule and lab of their result, so that a later result
+  finds the alerts it may mark back to normal without reading the patient's whole pile.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData(
@@ -551,4 +554,41 @@ export_file = Table(
     Column("res_type", String(64), nullable=False),
     Column("count", Integer, nullable=False),
     Column("content", Text, nullable=False),  # ndjson: one resource per line
+)
+
+
+# --- alert candidates (gateway/store/alerts.py) ---------------------------------------------------------
+# Derived from the alert Tasks in the transaction that writes them: one row per alert Task and code of its
+# focus Observation (one row with lab_code "" when the result has no code or is not there), `live` while
+# the alert is open and not marked back-to-normal. A later result looks up the live rows of its patient by
+# lab (generic rules) or by rule (drug-lab rules, whose labs the monitoring config names at query time).
+# The partial indexes' WHERE is what `alert_candidate.c.live` renders on each backend: SQLite uses a
+# partial index only when the query has the very same term.
+alert_candidate = Table(
+    "alert_candidate",
+    metadata,
+    Column("task_id", String(64), nullable=False),
+    Column("patient", String(200), nullable=False),  # Task.for.reference as written: "Patient/123"
+    Column("rule", String(64), nullable=False),  # "" when the Task names no rule
+    Column("lab_system", String(255), nullable=True),
+    Column("lab_code", String(200), nullable=False),
+    Column("live", Boolean, nullable=False),
+    Index(None, "task_id"),
+    # Partial: most alerts end closed or marked; the lookups read only the live ones.
+    Index(
+        "ix_alert_candidate_lab",
+        "patient",
+        "lab_system",
+        "lab_code",
+        "rule",
+        sqlite_where=text("live = 1"),
+        postgresql_where=text("live"),
+    ),
+    Index(
+        "ix_alert_candidate_rule",
+        "patient",
+        "rule",
+        sqlite_where=text("live = 1"),
+        postgresql_where=text("live"),
+    ),
 )

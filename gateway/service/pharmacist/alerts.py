@@ -5,7 +5,11 @@ written, and checks the moves people make on them (README, "Alerts as work items
 It runs inside the write transaction of the results, so an alert commits with its result or not at all,
 and it works per batch: one HL7 v2 report or transaction of any size costs a fixed number of queries (the
 patients' active orders and their Medications, the alerts already about these results, the patients'
-open alerts of the same labs, their pharmacists) and one write of all the Tasks.
+open alerts a later result may mark, their pharmacists) and one write of all the Tasks.
+
+Those open alerts are found through `alert_candidate` (gateway/store/alerts.py), which this observer
+keeps in step with every alert Task version written, in the same transaction: a patient's pile of open
+alerts whose rule still holds costs a result nothing.
 """
 
 from __future__ import annotations
@@ -26,13 +30,12 @@ from gateway.pharmacist.vocabulary import (
     ABNORMAL_RESULT,
     ALERT,
     CRITICAL_VALUE,
-    OPEN_STATUSES,
-    WORK_ITEM_TYPE,
 )
 from gateway.routing import labs
 from gateway.service.access.context import RequestContext
 from gateway.service.fhirapi.interactions import FhirService
 from gateway.service.pharmacist.matching import assigned_pharmacists
+from gateway.store import alerts as store_alerts
 from gateway.store import resources as store
 from gateway.store import search as store_search
 from gateway.store.resources import PendingVersion, Stored
@@ -65,6 +68,14 @@ class _Result:
     holding: frozenset[str] = frozenset()  # every rule that holds, alert or not
 
 
+_ALERT_BYTES = b'"' + ALERT.encode() + b'"'
+
+
+def _observation_id(task: JSON) -> str | None:
+    reference = str((task.get("focus") or {}).get("reference") or "")
+    return reference.split("/", 1)[1] if reference.startswith("Observation/") else None
+
+
 def _subject(resource: JSON) -> str | None:
     subject = resource.get("subject")
     reference = subject.get("reference") if isinstance(subject, dict) else None
@@ -92,6 +103,10 @@ class AlertService:
             rule.id: {(lab.system, lab.code) for lab in rule.labs} for rule in rules.drug_lab
         }
         self.rule_labs = set().union(*self.labs_of_rule.values())
+        self.rules_of_lab: dict[tuple[str | None, str], set[str]] = {}
+        for rule_id, rule_labs in self.labs_of_rule.items():
+            for lab in rule_labs:
+                self.rules_of_lab.setdefault(lab, set()).add(rule_id)
 
     # -- the write observer ----------------------------------------------------------------------
 
@@ -100,8 +115,10 @@ class AlertService:
     ) -> None:
         if ctx.grants is not None:  # a person's (a client's) write; the gateway's own and merges are trusted
             for p in pending:
-                if p.type == "Task" and p.content is not None and b'"' + ALERT.encode() + b'"' in p.content:
+                if p.type == "Task" and p.content is not None and _ALERT_BYTES in p.content:
                     self._check_move(p)
+        # First: a Task written in this batch (a client's transaction) is found by the results after it.
+        await self._index(conn, pending)
         results = [p for p in pending if p.type == "Observation" and p.content is not None]
         if results:
             await self._derive(conn, ctx, results)
@@ -117,6 +134,83 @@ class AlertService:
             raise Unprocessable(
                 issues=[Issue("error", "business-rule", text, (where,)) for text, where in problems]
             )
+
+    # -- the alert candidates: the live alerts by patient, rule and lab ----------------------------
+
+    async def _index(self, conn: AsyncConnection, pending: Sequence[PendingVersion]) -> None:
+        """Keep `alert_candidate` in step with the alert Tasks written: a new alert (or one whose patient,
+        result or rule changed) gets its rows afresh, any other version says whether it is live, a deleted
+        one is not. So is an alert whose result's codes changed. A fixed number of statements per batch."""
+        fresh: dict[str, JSON] = {}
+        live: dict[str, bool] = {}
+        recoded: dict[str, set[tuple[str | None, str]]] = {}  # Observation id -> its codes now
+        for p in pending:
+            if p.type == "Task":
+                self._index_task(p, fresh, live)
+            elif p.type == "Observation" and p.version > 1 and p.content is not None:
+                codes = labs.observation_codes(orjson.loads(p.content))
+                if p.previous is None or labs.observation_codes(orjson.loads(p.previous)) != codes:
+                    recoded[p.id] = codes
+        if recoded:
+            focused = await store_search.by_reference(
+                conn, "Task", "focus", [f"Observation/{i}" for i in sorted(recoded)]
+            )
+            for stored in focused:
+                task = orjson.loads(stored.content or b"{}")
+                if rules_of_alerts.is_alert(task):
+                    fresh.setdefault(stored.id, task)
+        if fresh:
+            # A Task at version 1 never had rows: only the others' go first.
+            first = {p.id for p in pending if p.type == "Task" and p.version == 1}
+            await self._write_candidates(conn, fresh, recoded, stale=set(fresh) - first)
+        await store_alerts.set_live(conn, live={k: v for k, v in live.items() if k not in fresh})
+
+    @staticmethod
+    def _index_task(p: PendingVersion, fresh: dict[str, JSON], live: dict[str, bool]) -> None:
+        if p.content is None:
+            live[p.id] = False  # deleted (nothing changes when it was no alert)
+            return
+        if _ALERT_BYTES not in p.content and (p.previous is None or _ALERT_BYTES not in p.previous):
+            return  # the cheap test first: most Tasks are no alerts
+        task = orjson.loads(p.content)
+        if not rules_of_alerts.is_alert(task):
+            live[p.id] = False
+            return
+        previous = orjson.loads(p.previous) if p.previous else None
+        if previous is None or any(previous.get(k) != task.get(k) for k in ("for", "focus", "reasonCode")):
+            fresh[p.id] = task
+        else:
+            live[p.id] = rules_of_alerts.is_live(task)
+
+    async def _write_candidates(
+        self,
+        conn: AsyncConnection,
+        tasks: dict[str, JSON],
+        known: dict[str, set[tuple[str | None, str]]],
+        *,
+        stale: set[str],
+    ) -> None:
+        """The rows of these alerts, one per code of their result (that result loaded unless known)."""
+        focus = {task_id: _observation_id(task) for task_id, task in tasks.items()}
+        wanted = {("Observation", i) for i in focus.values() if i is not None and i not in known}
+        codes = dict(known)
+        for stored in await store.load_by_keys(conn, wanted) if wanted else []:
+            codes[stored.id] = labs.observation_codes(orjson.loads(stored.content or b"{}"))
+        rows = [
+            store_alerts.Candidate(
+                task_id=task_id,
+                patient=str((task.get("for") or {}).get("reference") or ""),
+                rule=rules_of_alerts.rule_of(task) or "",
+                lab_system=system,
+                lab_code=code,
+                live=rules_of_alerts.is_live(task),
+            )
+            for task_id, task in tasks.items()
+            # A result with no code, or none to be found, still has its row: a drug-lab rule's alert is
+            # found by its rule, and the caller's checks then skip it as before.
+            for system, code in sorted(codes.get(focus[task_id] or "") or {(None, "")}, key=str)
+        ]
+        await store_alerts.replace(conn, task_ids=stale, rows=rows)
 
     # -- deriving alerts from results ------------------------------------------------------------
 
@@ -148,7 +242,7 @@ class AlertService:
         )
         for result in results:
             self._reconcile(result, existing, owners, now, writes)
-        await self._later_results(conn, system, results, writes, now)
+        await self._later_results(conn, results, writes, now)
         await self.fhir.write_derived(conn, system, writes)
 
     async def _orders(
@@ -248,7 +342,6 @@ class AlertService:
     async def _later_results(
         self,
         conn: AsyncConnection,
-        system: RequestContext,
         results: list[_Result],
         writes: dict[str, tuple[JSON, Stored | None]],
         now: str,
@@ -256,20 +349,6 @@ class AlertService:
         """A newer result of the same lab that no longer meets a rule marks the patient's open alerts of that
         rule and lab (about older results) back to normal."""
         quiet = [r for r in results if r.current.get("status") not in labs.WITHDRAWN_STATUSES]
-        if not quiet:
-            return
-        open_alerts = await self.fhir.all_matching(
-            conn,
-            system,
-            "Task",
-            [
-                ("patient", ",".join(sorted({r.patient for r in quiet}))),
-                ("code", f"{WORK_ITEM_TYPE}|{ALERT}"),
-                ("status", ",".join(sorted(OPEN_STATUSES))),
-            ],
-        )
-        if not open_alerts:
-            return
         # Only the latest result of each lab and patient in this batch speaks for the patient now; alerts
         # are looked up by (patient, lab), so the work grows with results plus alerts, not their product.
         latest: dict[tuple[str, tuple[str | None, str]], tuple[int, _Result]] = {}
@@ -281,7 +360,11 @@ class AlertService:
                 key = (result.patient, code)
                 if key not in latest or latest[key][0] < when:
                     latest[key] = (when, result)
-        tasks = [(orjson.loads(s.content or b"{}"), s) for s in open_alerts]
+        if not latest:
+            return
+        tasks = await self._candidates(conn, latest)
+        if not tasks:
+            return
         focus_ids = {
             ("Observation", str(task["focus"]["reference"]).split("/", 1)[1])
             for task, _ in tasks
@@ -320,6 +403,28 @@ class AlertService:
                 marked = rules_of_alerts.back_to_normal(task, why, now)
                 if marked is not None:
                     writes[stored.id] = (marked, stored)
+
+    async def _candidates(
+        self, conn: AsyncConnection, latest: dict[tuple[str, tuple[str | None, str]], tuple[int, _Result]]
+    ) -> list[tuple[JSON, Stored]]:
+        """The open alerts these latest results may speak to (a superset of those they mark: the caller
+        judges), found by `alert_candidate` rather than by reading each patient's every open alert. The
+        same reach as `_labs_of`: a drug-lab rule's alert by any of the rule's labs, any other by the codes
+        of its result; none whose rule holds for the latest result."""
+        by_lab: list[store_alerts.LabKey] = []
+        by_rule: dict[str, set[str]] = {}
+        for (patient, (lab_system, lab_code)), (_, result) in latest.items():
+            by_lab.append(store_alerts.LabKey(patient, lab_system, lab_code, result.holding))
+            rules = self.rules_of_lab.get((lab_system, lab_code), set()) - result.holding
+            if rules:
+                by_rule.setdefault(patient, set()).update(rules)
+        task_ids = await store_alerts.live_tasks(
+            conn, by_lab=by_lab, by_rule=by_rule, lab_rules=self.labs_of_rule.keys()
+        )
+        stored = await store.load_by_keys(conn, [("Task", i) for i in task_ids]) if task_ids else []
+        tasks = [(orjson.loads(s.content or b"{}"), s) for s in sorted(stored, key=lambda s: s.id)]
+        # What the Task search asked before the table: open alerts (the rows say so; the Tasks are the word).
+        return [(t, s) for t, s in tasks if rules_of_alerts.is_alert(t) and rules_of_alerts.is_open(t)]
 
     def _labs_of(self, task: JSON, focus: JSON | None) -> set[tuple[str | None, str]]:
         """The labs whose results speak to an alert: any of a drug-lab rule's labs (they are alternatives),
