@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, union, update
+from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.store.tables import alert_candidate
 
-CHUNK = 100  # keys per statement: SQLite parses a flat OR as a tree as deep as its terms (limit 1000)
-# Renders as the partial indexes' WHERE on each backend ("live = 1", "live"): SQLite needs the very term.
-_LIVE = alert_candidate.c.live
+CHUNK = 100  # SELECTs per UNION ALL statement (SQLite allows 500 in one compound SELECT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,42 +74,55 @@ async def live_tasks(
 ) -> set[str]:
     """The ids of the live alerts (a) of a patient's lab, whose rule neither holds for its latest result
     nor is one of `lab_rules` (rules read by their configured labs instead), or (b) of a patient and one of
-    the rules `by_rule` names for that patient. One statement per chunk of keys."""
+    the rules `by_rule` names for that patient.
+
+    One SELECT per key, joined by UNION ALL, a chunk of keys a statement: each SELECT is an equality on
+    the leading columns of a partial index, which both planners answer from that index. One flat OR of
+    all the keys (the first version) let SQLite scan the whole table instead: 100 ms a batch at 12,000
+    messages and growing with every alert ever opened."""
     found: set[str] = set()
-    patients = sorted(by_rule)
-    for start in range(0, max(len(by_lab), len(patients)), CHUNK):
-        parts = [
-            _of_labs(by_lab[start : start + CHUNK], lab_rules),
-            _of_rules({p: by_rule[p] for p in patients[start : start + CHUNK]}),
-        ]
-        selects = [
-            select(alert_candidate.c.task_id).where(_LIVE, condition)
-            for condition in parts
-            if condition is not None
-        ]
-        if selects:
-            stmt = union(*selects) if len(selects) > 1 else selects[0]
-            found.update(str(row[0]) for row in await conn.execute(stmt))
+    for sql, values in lookups(conn.dialect.name, by_lab=by_lab, by_rule=by_rule, lab_rules=lab_rules):
+        result = await conn.exec_driver_sql(_numbered(conn, sql), tuple(values))
+        found.update(str(row[0]) for row in result)
     return found
 
 
-def _of_labs(keys: Sequence[LabKey], lab_rules: Collection[str]) -> ColumnElement[bool] | None:
-    c = alert_candidate.c
-    terms = [
-        and_(
-            c.patient == key.patient,
-            c.lab_system.is_(None) if key.lab_system is None else c.lab_system == key.lab_system,
-            c.lab_code == key.lab_code,
-            *([c.rule.not_in(sorted(key.holding))] if key.holding else []),
-        )
-        for key in keys
-    ]
-    if not terms:
-        return None
-    return and_(or_(*terms), c.rule.not_in(sorted(lab_rules))) if lab_rules else or_(*terms)
+def lookups(
+    dialect: str,
+    *,
+    by_lab: Sequence[LabKey],
+    by_rule: Mapping[str, Collection[str]],
+    lab_rules: Collection[str],
+) -> list[tuple[str, list[Any]]]:
+    """The statements of `live_tasks` (with `?` placeholders) and their values."""
+    live = "live = 1" if dialect == "sqlite" else "live"  # the partial indexes' own term
+    selects: list[tuple[str, list[Any]]] = []
+    excluded = sorted(lab_rules)
+    for key in by_lab:
+        rules = sorted(set(key.holding) | set(excluded))
+        sql = f"SELECT task_id FROM alert_candidate WHERE {live} AND patient = ? AND lab_system "
+        sql += "IS NULL" if key.lab_system is None else "= ?"
+        sql += " AND lab_code = ?"
+        if rules:
+            sql += f" AND rule NOT IN ({', '.join('?' * len(rules))})"
+        values = [key.patient, *([] if key.lab_system is None else [key.lab_system]), key.lab_code, *rules]
+        selects.append((sql, values))
+    for patient in sorted(by_rule):
+        rules = sorted(by_rule[patient])
+        if rules:
+            sql = f"SELECT task_id FROM alert_candidate WHERE {live} AND patient = ? AND rule IN "
+            selects.append((sql + f"({', '.join('?' * len(rules))})", [patient, *rules]))
+    statements = []
+    for start in range(0, len(selects), CHUNK):
+        chunk = selects[start : start + CHUNK]
+        sql = " UNION ALL ".join(part for part, _ in chunk)
+        statements.append((sql, [value for _, part_values in chunk for value in part_values]))
+    return statements
 
 
-def _of_rules(by_rule: Mapping[str, Collection[str]]) -> ColumnElement[bool] | None:
-    c = alert_candidate.c
-    terms = [and_(c.patient == p, c.rule.in_(sorted(rules))) for p, rules in by_rule.items() if rules]
-    return or_(*terms) if terms else None
+def _numbered(conn: AsyncConnection, sql: str) -> str:
+    """`?` placeholders as the driver wants them: asyncpg numbers them ($1, $2, ...)."""
+    if conn.dialect.paramstyle != "numeric_dollar":
+        return sql
+    parts = sql.split("?")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], start=1)) + parts[-1]
