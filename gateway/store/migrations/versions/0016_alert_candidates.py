@@ -8,7 +8,7 @@ rather than imported: a migration does what it did when it was written.
 
 Revision ID: 0016
 Revises: 0015
-Create Date: 2027-02-16 09:00:00.000000
+Create Date: 2026-12-07 17:00:00.000000
 """
 
 from __future__ import annotations
