@@ -21,9 +21,25 @@ GATEWAY_BIN = str(Path(sys.executable).parent / "gateway")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, *, besides: set[int] | None = None) -> list[int]:
+    """`count` distinct free ports, none of `besides`: the sockets are held open together while the kernel
+    picks, so two picks cannot be one port, and a port a stopped server will take again (a restart on
+    its old port) is never handed to another listener (seen once: MLLP took the HTTP port of a server
+    being restarted, and the HTTP listener could not bind)."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count + len(besides or ()):
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        ports = [int(s.getsockname()[1]) for s in held]
+        return [p for p in ports if p not in (besides or set())][:count]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 @dataclass
@@ -80,7 +96,8 @@ async def start_server(
     mllp_port: int | None = None,
     env: dict[str, str] | None = None,
 ) -> LiveServer:
-    port, mllp_port = port or free_port(), mllp_port or free_port()
+    fresh = iter(free_ports(2, besides={p for p in (port, mllp_port) if p}))
+    port, mllp_port = port or next(fresh), mllp_port or next(fresh)
     with log_path.open("ab") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [

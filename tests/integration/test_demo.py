@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.demo import DemoPayer
-from tests.integration.conftest import GATEWAY_BIN, LiveServer, free_port, start_server
+from tests.integration.conftest import GATEWAY_BIN, LiveServer, free_ports, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -171,7 +171,7 @@ def alert_ref(alert: dict[str, Any]) -> str:
 
 @pytest.mark.slow
 async def test_the_demo_serves_feeds_prints_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port, mllp_port = free_port(), free_port()
+    port, mllp_port = free_ports(2)
     process = subprocess.Popen(
         [GATEWAY_BIN, "demo", "--port", str(port), "--mllp-port", str(mllp_port), "--json"],
         cwd=tmp_path,  # its SQLite file and payers file go to ./var here

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from hl7.client import MLLPClient
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 PIP = (sys.executable, "-m", "pip")
@@ -80,7 +80,7 @@ async def test_the_wheel_serves_outside_the_checkout_with_its_shipped_defaults(t
     assert where[0].startswith(str(tmp_path / "venv")), where  # not the checkout's package
     assert where[1].endswith("gateway/_shipped"), where
 
-    port, mllp_port = free_port(), free_port()
+    port, mllp_port = free_ports(2)
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [str(python), "-m", "gateway", "serve", "--port", str(port), "--mllp-port", str(mllp_port)],
