@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir.extract import IndexRows
-from gateway.store.statements import kept
+from gateway.store.statements import by_type, kept, keyed_values
 from gateway.store.tables import (
     INDEX_TABLES,
     resource,
@@ -89,14 +89,6 @@ def _current_where(key: str, conditions: Callable[[], list[Any]]) -> Any:
     return kept(("current", key), lambda: _CURRENT_SELECT.where(*conditions()))
 
 
-def _by_type(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """(type, id) pairs grouped by type, types and ids sorted (so equal sets make equal statements)."""
-    grouped: dict[str, set[str]] = {}
-    for rtype, rid in keys:
-        grouped.setdefault(rtype, set()).add(rid)
-    return {rtype: sorted(grouped[rtype]) for rtype in sorted(grouped)}
-
-
 def _keys_condition(types: Sequence[str]) -> Any:
     """(type = :t0 AND id IN :i0) OR ... for `len(types)` types, values bound by position."""
     return or_(
@@ -108,13 +100,6 @@ def _keys_condition(types: Sequence[str]) -> Any:
             for n in range(len(types))
         )
     )
-
-
-def _keys_values(by_type: dict[str, list[str]]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for n, (rtype, ids) in enumerate(by_type.items()):
-        values[f"t{n}"], values[f"i{n}"] = rtype, ids
-    return values
 
 
 def to_stored(row: Row[Any] | Any) -> Stored:
@@ -175,14 +160,14 @@ async def load_by_rids(conn: AsyncConnection, rids: Sequence[int]) -> dict[int, 
 
 async def load_by_keys(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> list[Stored]:
     """Current, non-deleted versions of the given (type, id) pairs that exist."""
-    by_type = _by_type(keys)
-    if not by_type:
+    grouped = by_type(keys)
+    if not grouped:
         return []
     stmt = kept(
-        ("live-keys", len(by_type)),
-        lambda: _CURRENT_SELECT.where(_keys_condition(list(by_type)), resource.c.deleted.is_(False)),
+        ("live-keys", len(grouped)),
+        lambda: _CURRENT_SELECT.where(_keys_condition(list(grouped)), resource.c.deleted.is_(False)),
     )
-    rows = await conn.execute(stmt, _keys_values(by_type))
+    rows = await conn.execute(stmt, keyed_values(grouped))
     return [to_stored(row) for row in rows]
 
 
@@ -360,11 +345,11 @@ async def current_many(
     conn: AsyncConnection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Stored]:
     """Current versions (deleted ones included, without content) of the given (type, id) pairs."""
-    by_type = _by_type(keys)
-    if not by_type:
+    grouped = by_type(keys)
+    if not grouped:
         return {}
-    stmt = kept(("keys", len(by_type)), lambda: _CURRENT_SELECT.where(_keys_condition(list(by_type))))
-    rows = await conn.execute(stmt, _keys_values(by_type))
+    stmt = kept(("keys", len(grouped)), lambda: _CURRENT_SELECT.where(_keys_condition(list(grouped))))
+    rows = await conn.execute(stmt, keyed_values(grouped))
     return {(row.res_type, row.res_id): to_stored(row) for row in rows}
 
 

@@ -24,7 +24,7 @@ from gateway.fhir.query import (
 )
 from gateway.fhir.searchparams import ParamType
 from gateway.store.resources import Stored, current_select, load_by_keys, load_by_rids, to_stored
-from gateway.store.statements import kept
+from gateway.store.statements import by_type, kept, keyed_values
 from gateway.store.tables import resource, sp_date, sp_reference, sp_string, sp_token
 
 _TABLES = {
@@ -447,14 +447,10 @@ async def by_reference(
     conn: AsyncConnection, resource_type: str, param: str, targets: list[str]
 ) -> list[Stored]:
     """Live resources of a type whose reference parameter points at any of `targets` ("Type/id")."""
-    grouped: dict[str, set[str]] = {}
-    for target in targets:
-        if "/" in target:
-            target_type, target_id = target.split("/", 1)
-            grouped.setdefault(target_type, set()).add(target_id)
+    pairs = (target.partition("/") for target in targets if "/" in target)
+    grouped = by_type((target_type, target_id) for target_type, _, target_id in pairs)
     if not grouped:
         return []
-    by_type = {t: sorted(grouped[t]) for t in sorted(grouped)}
     r = sp_reference.c
 
     def build() -> Any:
@@ -470,7 +466,7 @@ async def by_reference(
                             r.target_type == bindparam(f"t{n}"),
                             r.target_id.in_(bindparam(f"i{n}", expanding=True)),
                         )
-                        for n in range(len(by_type))
+                        for n in range(len(grouped))
                     )
                 ),
             )
@@ -478,10 +474,8 @@ async def by_reference(
         )
         return current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False))
 
-    values: dict[str, Any] = {"rt": resource_type, "p": param}
-    for n, (target_type, ids) in enumerate(by_type.items()):
-        values[f"t{n}"], values[f"i{n}"] = target_type, ids
-    rows = await conn.execute(kept(("by-reference", len(by_type)), build), values)
+    values = {"rt": resource_type, "p": param, **keyed_values(grouped)}
+    rows = await conn.execute(kept(("by-reference", len(grouped)), build), values)
     return [to_stored(row) for row in rows]
 
 

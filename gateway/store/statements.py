@@ -8,7 +8,7 @@ same few statements over and over. Each kept statement names its values with `bi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 _KEPT: dict[Hashable, Any] = {}
@@ -24,3 +24,19 @@ def kept(key: Hashable, build: Callable[[], Any]) -> Any:
             _KEPT.clear()
         _KEPT[key] = stmt
     return stmt
+
+
+def by_type(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(type, id) pairs grouped by type, types and ids sorted (so equal sets make equal statements)."""
+    grouped: dict[str, set[str]] = {}
+    for rtype, rid in keys:
+        grouped.setdefault(rtype, set()).add(rid)
+    return {rtype: sorted(grouped[rtype]) for rtype in sorted(grouped)}
+
+
+def keyed_values(grouped: dict[str, list[str]]) -> dict[str, Any]:
+    """The values of a statement kept for `len(grouped)` types: `t{n}` the n-th type, `i{n}` its ids."""
+    values: dict[str, Any] = {}
+    for n, (rtype, ids) in enumerate(grouped.items()):
+        values[f"t{n}"], values[f"i{n}"] = rtype, ids
+    return values
