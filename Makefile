@@ -35,8 +35,12 @@ imports: $(STAMP)
 # with three, all passing).
 PYTEST_WORKERS ?= 3
 
+# The tests that wait (tests/integration, tests/browser, `slow`) are collected first (tests/conftest.py) and
+# handed out one at a time, so that each worker takes some of them early: xdist's default first hand-out is
+# a block of consecutive tests per worker, which gave them all to one worker.
 pytest: $(STAMP) chromium compose
-	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) GATEWAY_TEST_COMPOSE=$(COMPOSE) $(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	GATEWAY_TEST_CHROMIUM=$(CHROMIUM) GATEWAY_TEST_COMPOSE=$(COMPOSE) \
+		$(BIN)/pytest -q -n $(PYTEST_WORKERS) --maxschedchunk 1
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright, never a browser Playwright
 # downloads. Installed here where missing, as root only. This target never stops the build: without

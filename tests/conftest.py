@@ -58,6 +58,19 @@ def _find_corpus() -> Path:
 
 CORPUS = _find_corpus()
 
+# Where most tests wait rather than compute (live servers, MLLP peers, a browser): run first, so that their
+# waits overlap the many short tests instead of trailing after them on one worker (the clean-clone suite
+# spent its last four minutes on a few of them).
+_WAITING_FIRST = ("tests/integration/", "tests/browser/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def waits(item: pytest.Item) -> bool:
+        where = item.nodeid
+        return where.startswith(_WAITING_FIRST) or item.get_closest_marker("slow") is not None
+
+    items.sort(key=lambda item: not waits(item))  # stable: file order otherwise
+
 
 def _asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)

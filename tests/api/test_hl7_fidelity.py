@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import select
 
 from gateway.service.gateway import Gateway
@@ -359,6 +360,7 @@ def _strings(node: Any) -> Iterator[str]:
             yield from _strings(value)
 
 
+@pytest.mark.slow
 async def test_the_corpus_keeps_its_ack_codes_with_no_empty_provenance_and_no_er7_delimiters(
     gateway: Gateway, api: httpx.AsyncClient
 ) -> None:

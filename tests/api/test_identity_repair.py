@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from gateway.service.gateway import Gateway
 from gateway.service.hl7 import identity_repair
@@ -250,6 +251,7 @@ async def test_merge_joins_one_person_recorded_twice(gateway: Gateway, api: http
     assert provenance["entry"][0]["resource"]["reason"][0]["text"].startswith("identity merge")
 
 
+@pytest.mark.slow
 async def test_the_identity_commands_run_from_the_shell(
     gateway: Gateway, api: httpx.AsyncClient, backend: str
 ) -> None:

@@ -565,6 +565,7 @@ async def test_valid_resources_of_every_served_type_are_accepted(api: httpx.Asyn
     assert await _count(api, rtype) == 1
 
 
+@pytest.mark.slow
 async def test_everything_the_hl7_corpus_stores_is_valid_r4(gateway: Gateway) -> None:
     """What the pipeline writes (translated resources, Provenance, identity-review Tasks) passes the same
     validation as a client's write."""

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from sqlalchemy import update
 
@@ -165,6 +166,7 @@ async def test_removing_a_client_turns_its_subscriptions_off_and_a_receiver_gets
     assert (await status_of(admin, mine))["events-since-subscription-start"] == "1"
 
 
+@pytest.mark.slow
 async def test_events_waiting_for_a_retry_are_not_delivered_after_the_owner_is_disabled(
     delivering: Gateway, api: httpx.AsyncClient, receiver: Receiver, client_factory: ClientFactory
 ) -> None:

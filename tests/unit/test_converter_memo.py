@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from gateway.adapters.hl7v2.rules import MEMO_BYTES, memoized
 
 
@@ -16,6 +18,7 @@ def _ctx() -> Any:
     return SimpleNamespace(zone=ZoneInfo("UTC"), tables={}, problems=[])
 
 
+@pytest.mark.slow
 def test_a_memo_of_results_never_seen_twice_stays_within_its_byte_budget() -> None:
     calls = 0
 
