@@ -457,6 +457,32 @@ async def test_events_are_written_in_the_background_and_on_shutdown(
     assert len(await trail(gateway, auditor, agent=agent)) == 1
 
 
+async def test_a_stop_during_a_written_batch_writes_it_once(
+    gateway: Gateway, client_factory: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that arrives after a batch is committed, while its connection is still being handed back,
+    must not write the batch again (a clean-clone run found a read audited twice after SIGTERM)."""
+    from gateway.service.fhirapi.audit import AuditLog
+
+    auditor = await client_factory(AUDITOR)
+    log = AuditLog(gateway.db, observer="test", interval_s=0.01)
+    committed = asyncio.Event()
+    real = AuditLog._write
+
+    async def committed_then_slow(self: AuditLog, records: list[AuditRecord]) -> None:
+        await real(self, records)
+        committed.set()
+        await asyncio.sleep(0.2)  # what follows the commit: the connection going back to its pool
+
+    monkeypatch.setattr(AuditLog, "_write", committed_then_slow)
+    await log.start()
+    agent = f"stopped-{uuid.uuid4().hex[:6]}"
+    log.record(AuditRecord(recorded_us=dates.now_us(), agent=agent, subtype="read"))
+    await asyncio.wait_for(committed.wait(), 10)
+    await log.stop()
+    assert len(await trail(gateway, auditor, agent=agent)) == 1
+
+
 async def test_a_full_queue_drops_events_counts_them_and_warns(
     gateway: Gateway, client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

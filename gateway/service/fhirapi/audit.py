@@ -90,6 +90,7 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one writer at a time (the task, a flush, stop): order is kept
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         # The first purge a minute after start (not on the way up), then every `purge_every_s`.
         self._last_purge = time.monotonic() - max(0.0, purge_every_s - 60.0)
 
@@ -197,12 +198,19 @@ class AuditLog:
             self._task = asyncio.create_task(self._write_forever(), name="audit-writer")
 
     async def stop(self) -> None:
-        """Stop the writer and write everything still queued."""
+        """Stop the writer and write everything still queued.
+
+        The writer is asked to stop, not cancelled: a cancellation landing after a batch's commit (while its
+        connection goes back to the pool) would put the batch back in the queue, to be written twice."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            self._stopping.set()
+            self._wake.set()
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            finally:
+                self._task = None
+                self._stopping.clear()
         try:
             await self.flush()
         except Exception:
@@ -222,10 +230,12 @@ class AuditLog:
                     raise
 
     async def _write_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             self._wake.clear()
+            if self._stopping.is_set():
+                return  # `stop` writes what is left
             try:
                 await self.flush()
                 if time.monotonic() - self._last_purge >= self.purge_every_s:
@@ -235,7 +245,8 @@ class AuditLog:
                 raise
             except Exception:
                 log.exception("writing audit events failed (%d queued); retrying", len(self._queue))
-                await asyncio.sleep(min(5.0, self.interval_s * 4))
+                with contextlib.suppress(TimeoutError):  # a stop ends the pause
+                    await asyncio.wait_for(self._stopping.wait(), min(5.0, self.interval_s * 4))
 
     async def _write(self, records: list[AuditRecord]) -> None:
         await self._resolve([r for r in records if r.unresolved])
@@ -321,7 +332,7 @@ class AuditLog:
             async with self.db.write() as conn:
                 deleted = await audit_store.delete_older(conn, cutoff, batch)
             total += deleted
-            if deleted < batch:
+            if deleted < batch or self._stopping.is_set():
                 break
             await asyncio.sleep(0)  # let others' writes in between batches
         if total:
