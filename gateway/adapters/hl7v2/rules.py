@@ -206,18 +206,38 @@ MEMO_LIMIT = 50_000
 MEMO_BYTES = 1 << 18  # 79 rules remember values with the shipped mappings: about 20 MB of results at most
 
 
+# A memo earns its keep only where inputs repeat (codes, units, ranges); where they do not (order numbers,
+# each message's own times) a miss costs more than converting: the key, the kept copy and its size. So each
+# memo judges itself every PROBE lookups: hits under USEFUL of them, and it converts directly for the next
+# REST calls (its results dropped), then tries again; feeds change.
+PROBE = 1000
+USEFUL = 0.1
+REST = 20_000
+
+
 def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
     """A converter that remembers results: feeds repeat the same codes, units, ranges and times endlessly.
 
     The key is the raw input plus what the context contributes (the sender's time zone, the code tables);
     results are kept as JSON and handed out as fresh copies (resources are edited later), and the problems a
-    conversion reported are reported again on every reuse.
+    conversion reported are reported again on every reuse. A memo that rarely hits rests (see PROBE).
     """
     memo: dict[Any, tuple[_Kept, list[str]]] = {}
     kept_bytes = 0
+    lookups = hits = resting = 0
 
     def run(item: Any, ctx: Any) -> Any:
-        nonlocal kept_bytes
+        nonlocal kept_bytes, lookups, hits, resting
+        if resting:
+            resting -= 1
+            return convert(item, ctx)
+        lookups += 1
+        if lookups >= PROBE:
+            if hits < USEFUL * lookups:
+                resting = REST
+                memo.clear()
+                kept_bytes = 0
+            lookups = hits = 0
         memo_key = (key(item), ctx.zone.key, id(ctx.tables))
         hit = memo.get(memo_key)
         if hit is None:
@@ -229,8 +249,10 @@ def memoized(convert: Callable[[Any, Any], Any], key: Callable[[Any], Any]) -> C
                 kept_bytes = 0
             memo[memo_key] = hit
             kept_bytes += hit[0].size() + _key_size(memo_key)
-        elif hit[1]:
-            ctx.problems.extend(hit[1])
+        else:
+            hits += 1
+            if hit[1]:
+                ctx.problems.extend(hit[1])
         return hit[0].copy()
 
     return run
