@@ -158,28 +158,41 @@ _NO_WHITESPACE: Final = frozenset({"Uri", "Url", "Canonical"})
 _WHITESPACE: Final = re.compile(r"\s")
 
 
-@cache
 def _forbids_whitespace(annotation: Any) -> bool:
     return any(type(meta).__name__ in _NO_WHITESPACE for meta in typing.get_args(annotation)[1:])
 
 
+# By id of the declared type (the models' annotations live as long as the process, and each is kept here
+# too): hashing an Annotated type hashes all its metadata, which cost more than most checks.
+_checkers: dict[int, tuple[Any, TypeAdapter[Any], bool]] = {}  # id -> (the type, its adapter, no whitespace)
 _seen: dict[int, set[Any]] = {}  # id(declared type) -> values already validated
+_seen_count = 0
 
 
 def _value_problem(annotation: Any, value: Any) -> str | None:
     """Why a primitive value is invalid for its declared FHIR type, or None; valid values are remembered."""
-    seen = _seen.get(id(annotation))
+    global _seen_count
+    key = id(annotation)
+    seen = _seen.get(key)
     if seen is not None and value in seen:
         return None
+    checker = _checkers.get(key)
+    if checker is None:
+        checker = _checkers[key] = (annotation, _adapter(annotation), _forbids_whitespace(annotation))
     try:
-        _adapter(annotation).validate_python(value)
+        checker[1].validate_python(value)
     except ValidationError as exc:
         return str(exc.errors(include_url=False)[0].get("msg", "invalid value")).removeprefix("Value error, ")
-    if type(value) is str and _forbids_whitespace(annotation) and _WHITESPACE.search(value):
+    if type(value) is str and checker[2] and _WHITESPACE.search(value):
         return "A uri, url or canonical has no whitespace (FHIR R4 uri: \\S*)"
-    if sum(len(s) for s in _seen.values()) > _SEEN_LIMIT:
+    if _seen_count >= _SEEN_LIMIT:
         _seen.clear()
-    _seen.setdefault(id(annotation), set()).add(value)
+        _seen_count = 0
+        seen = None
+    if seen is None:
+        seen = _seen[key] = set()
+    seen.add(value)
+    _seen_count += 1
     return None
 
 

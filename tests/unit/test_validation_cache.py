@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from gateway.adapters.hl7v2.identity import NAMESPACE, stable_id
 from gateway.fhir.validation import Validator, validate_structure
 from tests.factories import lab_observation, patient
@@ -48,3 +50,20 @@ def test_the_shortcut_agrees_with_the_full_model_on_many_variants() -> None:
 def test_stable_ids_are_uuid5() -> None:
     parts = ("Observation", "urn:oid:1.2.3", "ORD1", "57021-8", "3")
     assert stable_id(*parts) == str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
+
+
+def test_remembered_values_stay_within_their_limit_and_never_excuse_an_invalid_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.fhir import json_types
+
+    monkeypatch.setattr(json_types, "_SEEN_LIMIT", 50)
+    monkeypatch.setattr(json_types, "_seen", {})
+    monkeypatch.setattr(json_types, "_seen_count", 0)
+    validator = Validator()
+    for n in range(200):  # new ids and times: the memory of valid values is cleared as it fills
+        assert errors(validator, {**lab_observation("p1"), "id": f"obs-{n}"}) == []
+        assert sum(len(s) for s in json_types._seen.values()) <= 50
+    assert errors(validator, {**lab_observation("p1"), "id": "has space"}) == ["Observation.id"]
+    uri = {**lab_observation("p1"), "implicitRules": "http://example.org/a b"}
+    assert errors(validator, uri) == ["Observation.implicitRules"]
