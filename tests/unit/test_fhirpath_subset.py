@@ -627,3 +627,27 @@ def test_decimal_results_match_types() -> None:
     # a guard on `strict` itself: the comparison must see these as different
     assert strict([1]) != strict([True])
     assert strict([Decimal("1.0")]) != strict([1.0])
+
+
+def test_fhirpathpy_is_compiled_only_when_an_expression_first_asks_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled: list[str] = []
+    real = fhirpathpy.compile
+
+    def counting(expression: str, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(expression)
+        return real(expression, *args, **kwargs)
+
+    monkeypatch.setattr(fhirpathpy, "compile", counting)
+    native = compile_fhirpath("status.exists() and code.coding.exists()", "Observation")
+    deferring = compile_fhirpath("code.coding.first().code = 'b'", "Observation")  # first() is not native
+    assert compiled == []  # nothing at start
+    observation = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": "a"}]}}
+    assert native(observation, {}) == [True]
+    assert compiled == []
+    for _ in range(2):
+        assert deferring(observation, {}) == [False]
+    assert compiled == ["code.coding.first().code = 'b'"]  # once, on its first call
+    with pytest.raises(ValueError, match="syntax"):
+        compile_fhirpath("status.exists(", "Observation")  # still refused when compiled

@@ -16,13 +16,14 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any, Final
 
 import fhirpathpy
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.nodes import ResourceNode, TypeInfo
 from fhirpathpy.models import models as _fhirpath_models
-from fhirpathpy.parser import parse
+from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
@@ -32,8 +33,8 @@ from gateway.fhir.profiles.presence import Decide, compile_presence
 # antlr4 (fhirpathpy's parser runtime) has no type information; reached through importlib so that mypy
 # does not need it, and fhirpathpy's untyped helpers are called through Any-typed aliases for the same reason.
 _antlr: Any = importlib.import_module("antlr4")
-_parse_tree: Callable[[str], Any] = parse
 _resource_node: Callable[[Any, Any], Any] = ResourceNode
+_ast_listener: Any = ASTPathListener
 _type_info: Any = TypeInfo
 
 Evaluator = Callable[[Any, Mapping[str, Any]], list[Any]]
@@ -93,18 +94,27 @@ class _RaisingListener:
         """Not an error."""
 
 
-def _check_syntax(expression: str) -> None:
-    """Raise ValueError unless `expression` parses completely (fhirpathpy drops what it cannot parse)."""
+@lru_cache(maxsize=1024)
+def _checked_tree(expression: str) -> Any:
+    """The parse tree of `expression` (fhirpathpy's form), from one parse that raises ValueError unless the
+    whole expression parses (fhirpathpy's own parser drops what it cannot parse).
+
+    Compiling reads the tree and never changes it, so a tree is shared by the compilers of one expression
+    (an invariant is compiled natively and for presence); fhirpathpy's evaluator gets a parse of its own.
+    """
     lexer: Any = FHIRPathLexer(_antlr.InputStream(expression))
     lexer.removeErrorListeners()
     lexer.addErrorListener(_RaisingListener())
     parser: Any = FHIRPathParser(_antlr.CommonTokenStream(lexer))
     parser.removeErrorListeners()
     parser.addErrorListener(_RaisingListener())
-    parser.expression()
+    parsed = parser.expression()
     trailing = parser.getCurrentToken()
     if trailing.type != -1:  # -1 is ANTLR's EOF: anything left over was not part of the expression
         raise ValueError(f"FHIRPath syntax error at column {trailing.column}: unexpected {trailing.text!r}")
+    listener = _ast_listener()
+    _antlr.ParseTreeWalker().walk(listener, parsed)
+    return listener.parentStack[0]
 
 
 def _check_names(node: Any) -> None:
@@ -229,6 +239,20 @@ def _guarded(literal: str, evaluate: Evaluator) -> Evaluator:
     return evaluate_guarded
 
 
+def _fhirpathpy_when_asked(expression: str) -> Evaluator:
+    """fhirpathpy's evaluator, compiled on its first call: most expressions are native and never ask it, and
+    its parse was a third of the gateway's start-up time. Syntax and names are checked before this."""
+    compiled: Evaluator | None = None
+
+    def evaluate(context: Any, env: Mapping[str, Any]) -> list[Any]:
+        nonlocal compiled
+        if compiled is None:
+            compiled = _by_fhirpathpy(fhirpathpy.compile(expression, _MODEL))
+        return compiled(context, env)
+
+    return evaluate
+
+
 def _native(program: Evaluator, fallback: Evaluator) -> Evaluator:
     """The native program, with fhirpathpy answering the inputs the program defers."""
 
@@ -244,7 +268,7 @@ def _native(program: Evaluator, fallback: Evaluator) -> Evaluator:
 def not_native_reason(expression: str) -> str | None:
     """Why `expression` is evaluated by fhirpathpy rather than natively; None when it is native."""
     try:
-        compile_native(_parse_tree(expression), _MODEL)
+        compile_native(_checked_tree(expression), _MODEL)
     except NotNative as exc:
         return str(exc)
     return None
@@ -252,8 +276,7 @@ def not_native_reason(expression: str) -> str | None:
 
 def compile_fhirpath(expression: str, model_path: str) -> Evaluator:
     """Check and compile an expression once; raise ValueError when it cannot work."""
-    _check_syntax(expression)
-    tree = _parse_tree(expression)
+    tree = _checked_tree(expression)
     _check_names(tree)
     fast = _fast_exists(expression, model_path)
     if fast is not None:
@@ -268,12 +291,12 @@ def presence_settler(expression: str) -> tuple[Decide, bool] | None:
     A settled answer is FHIRPath's; it can differ from fhirpathpy's where fhirpathpy gives {} or fails on
     a primitive that has only an extension. So `compile_fhirpath` (which promises fhirpathpy's results)
     does not use it; the base R4 rules do, where only a false result counts."""
-    return compile_presence(_parse_tree(expression), _MODEL)
+    return compile_presence(_checked_tree(expression), _MODEL)
 
 
 def _compile_full(expression: str, tree: Any) -> Evaluator:
     """The native program (fhirpathpy answering what it defers), else fhirpathpy itself."""
-    compiled = _by_fhirpathpy(fhirpathpy.compile(expression, _MODEL))
+    compiled = _fhirpathpy_when_asked(expression)
     try:
         return _native(compile_native(tree, _MODEL), compiled)
     except NotNative:
