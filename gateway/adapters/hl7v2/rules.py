@@ -111,8 +111,18 @@ class Rule:
     _default_json: bytes = field(default=b"", init=False, repr=False)
     _merge_json: bytes = field(default=b"", init=False, repr=False)
     _defaults_json: bytes = field(default=b"", init=False, repr=False)
+    _plain: bool = field(default=False, init=False, repr=False)
+    _finishing: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Most rules read the first value of a field or component (with fallbacks): they take the direct
+        # path in `results`, without the generator `inputs` that the other kinds need.
+        self._plain = (
+            self.kind == "value"
+            and not self.repeat
+            and all(s.group is None and s.field is not None for s in self.sources)
+        )
+        self._finishing = bool(self.table is not None or self.merge or self.defaults or self.system)
         # Literal values are copied per use (resources are edited later); a JSON round trip is the cheap copy.
         self._fixed_json = orjson.dumps(self.fixed) if self.kind == "fixed" else b""
         self._default_json = orjson.dumps(self.default) if self.default is not None else b""
@@ -149,10 +159,12 @@ class Rule:
                 return [self.fixed]  # immutable: no copy needed
             fixed = orjson.loads(self._fixed_json)
             return fixed if isinstance(fixed, list) else [fixed]  # a list: the values of a list element
+        if self._plain:
+            return self._first_value(scope, ctx)
         found: list[Any] = []
         convert = self.convert
         assert convert is not None
-        finish = self.table is not None or self.merge or self.defaults or self.system
+        finish = self._finishing
         for item in self.inputs(scope):
             if type(item) is Value and not item:
                 continue
@@ -168,6 +180,31 @@ class Rule:
         if not found and self.default is not None:
             found = [orjson.loads(self._default_json)]
         return found
+
+    def _first_value(self, scope: Scope, ctx: Any) -> list[Any]:
+        """`results` of a plain value rule: the first source whose first repetition converts to something
+        (what `inputs` and `results` do together for these rules, read and marked the same way)."""
+        convert = self.convert
+        assert convert is not None
+        for source in self.sources:
+            assert source.field is not None
+            for segment in scope.segments(source.segment):
+                first = segment.get(source.field)
+                if not first:
+                    continue
+                item = first.part(source.component) if source.component else first
+                if item:
+                    converted = convert(item, ctx)
+                    if converted is not None and converted != []:
+                        values = converted if type(converted) is list else [converted]
+                        if self._finishing:
+                            values = [v for v in (self._finish(v, ctx) for v in values) if v is not None]
+                        if values:
+                            return values
+                break  # this source had its say; the next one is a fallback
+        if self.default is not None:
+            return [orjson.loads(self._default_json)]
+        return []
 
     def _finish(self, value: Any, ctx: Any) -> Any:
         if self.table is not None:
