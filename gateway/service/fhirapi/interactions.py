@@ -129,8 +129,11 @@ def stamp(resource: JSON, resource_id: str, version: int, updated_us: int) -> by
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version)
     meta["lastUpdated"] = dates.format_instant(updated_us)
-    ordered: JSON = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
-    ordered.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+    # The three keys first, then the rest in the resource's order (a key keeps its place when set again).
+    ordered: JSON = {"resourceType": None, "id": None, "meta": None, **resource}
+    ordered["resourceType"] = resource["resourceType"]
+    ordered["id"] = resource_id
+    ordered["meta"] = meta
     return jsonio.dumps(ordered)
 
 
