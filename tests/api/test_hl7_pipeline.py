@@ -362,3 +362,31 @@ async def test_metrics_count_hl7_messages_by_ack_code(api: httpx.AsyncClient) ->
     assert count(after, "AA") == count(before, "AA") + 1
     assert count(after, "AR") == count(before, "AR") + 1
     assert "MRN-13" not in after
+
+
+async def test_a_message_and_the_alerts_it_raises_read_the_subscription_generation_once(
+    gateway: Gateway,
+) -> None:
+    """The message's resources and its alert Tasks are written in one transaction: whether another process
+    changed the subscriptions is asked once for it, not once per write."""
+    from sqlalchemy import event, select
+
+    from gateway.store.tables import resource
+
+    reads: list[str] = []
+
+    def statement(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        if "FROM subscription_generation" in sql and sql.lstrip().upper().startswith("SELECT"):
+            reads.append(sql)
+
+    engine = gateway.db.writer.sync_engine
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        result = await gateway.pipeline.submit(anc_oru("GEN-ONCE-1", "GEN-ONCE-MRN"), Source("file"))
+        assert result.code == "AA"
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    async with gateway.db.read() as conn:
+        tasks = (await conn.execute(select(resource.c.res_id).where(resource.c.res_type == "Task"))).all()
+    assert tasks  # a low ANC: its alert Task was written in the same transaction
+    assert len(reads) == 1

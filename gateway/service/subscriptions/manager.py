@@ -78,6 +78,9 @@ class SubscriptionManager:
         # the subscriptions that got events, and Subscription changes as (id, spec or None, generation).
         self._woken: dict[AsyncConnection, set[str]] = {}
         self._pending: dict[AsyncConnection, list[tuple[str, SubscriptionSpec | None, int]]] = {}
+        # Transactions that have read the generation already: a transaction sees the subscriptions as of
+        # its first write (an HL7 v2 batch writes twice: its resources, then the alerts they raise).
+        self._checked: set[AsyncConnection] = set()
         # Called after commit with the subscriptions that got events (the deliverer's wake-up).
         self.on_events: list[Callable[[set[str]], None]] = []
         self.on_registry_change: list[Callable[[], None]] = []
@@ -130,14 +133,18 @@ class SubscriptionManager:
         own = self._pending.get(conn)
         if self._dirty:
             await self._reload_on(conn)
+        elif conn in self._checked and not own:
+            return
         else:
             # On SQLite too: `gateway clients remove | disable` turns subscriptions off from another process.
             seen = own[0][2] - 1 if own else await sub_store.generation(conn)
             if seen != self._generation:
                 await self._reload_on(conn)
+        self._checked.add(conn)
 
     def _after_commit(self, conn: AsyncConnection) -> None:
         """Apply this transaction's Subscription changes to the index (no reload), then wake the deliverer."""
+        self._checked.discard(conn)
         for sub_id, spec, generation in self._pending.pop(conn, ()):
             if spec is None:
                 self._index.remove(sub_id)
@@ -154,6 +161,7 @@ class SubscriptionManager:
     def _after_rollback(self, conn: AsyncConnection | None) -> None:
         if conn is None:
             return
+        self._checked.discard(conn)
         self._woken.pop(conn, None)
         # A reload may have happened inside the failed transaction, seeing its own uncommitted changes.
         if self._pending.pop(conn, None):
