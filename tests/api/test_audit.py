@@ -534,3 +534,30 @@ async def test_a_payer_feed_is_audited_as_an_import_with_the_patient_it_moved(
     assert f"Task/{task['id']}" in whats(applied)
     assert patients(applied) == {f"Patient/{order.patient}"}
     assert any(e.get("description") == "POST /payer/files" for e in applied["entity"])
+
+
+async def test_a_stop_cancels_a_writer_the_database_never_answers(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown is not held for ever by a write that hangs: after STOP_WAIT_S the writer is cancelled
+    (what it held stays queued, and the last flush tries once more)."""
+    from gateway.service.fhirapi import audit as audit_module
+    from gateway.service.fhirapi.audit import AuditLog
+
+    monkeypatch.setattr(audit_module, "STOP_WAIT_S", 0.2)
+    log = AuditLog(gateway.db, observer="test", interval_s=0.01)
+    hanging = asyncio.Event()
+
+    async def never(self: AuditLog, records: list[AuditRecord]) -> None:
+        hanging.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(AuditLog, "_write", never)
+    await log.start()
+    log.record(AuditRecord(recorded_us=dates.now_us(), agent="hang", subtype="read"))
+    await asyncio.wait_for(hanging.wait(), 10)
+    started = time.monotonic()
+    monkeypatch.setattr(AuditLog, "flush", lambda self: asyncio.sleep(0))  # the last try, out of the way
+    await asyncio.wait_for(log.stop(), 5)
+    assert time.monotonic() - started < 2
+    assert log.queued == 1  # put back, not lost

@@ -56,6 +56,7 @@ DEFAULT_BATCH = 1000  # events per transaction; a full batch is written without 
 DEFAULT_INTERVAL_S = 0.5
 DEFAULT_RETENTION_DAYS = 2190  # six years: HIPAA's retention period for security documentation
 PURGE_EVERY_S = 3600.0
+STOP_WAIT_S = 10.0  # how long a stop waits for a batch being written before cancelling it
 PURGE_BATCH = 500  # rows per delete transaction: never a long hold on SQLite's write lock
 DAY_US = 86_400_000_000
 # Reading the trail needs this operation scope, granted by name (no resource scope implies it).
@@ -201,13 +202,18 @@ class AuditLog:
         """Stop the writer and write everything still queued.
 
         The writer is asked to stop, not cancelled: a cancellation landing after a batch's commit (while its
-        connection goes back to the pool) would put the batch back in the queue, to be written twice."""
+        connection goes back to the pool) would put the batch back in the queue, to be written twice. Only a
+        writer still busy after STOP_WAIT_S (a database that does not answer) is cancelled."""
         if self._task is not None:
+            task = self._task
             self._stopping.set()
             self._wake.set()
             try:
+                done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+                if not done:
+                    task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                    await task
             finally:
                 self._task = None
                 self._stopping.clear()
