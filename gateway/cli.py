@@ -109,7 +109,7 @@ def serve(
         _serve_cluster(settings, count)
         return
     with _configuration_errors():
-        asyncio.run(_serve(settings, banner=settings.banner))
+        _run_loop(settings, _serve(settings, banner=settings.banner))
 
 
 def _serve_cluster(settings: Settings, count: int) -> None:
@@ -127,6 +127,17 @@ def _serve_cluster(settings: Settings, count: int) -> None:
         click.echo(_banner(settings) + f"\n  ({count} worker processes)", err=True)
     command = worker_command(settings.host, settings.port, settings.mllp_port, settings.database_url)
     raise SystemExit(Supervisor(command, count, worker_env()).run())
+
+
+def _run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """Run a server on the configured event loop (uvloop by default: see `Settings.event_loop`)."""
+    factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def _exit_after_shutdown(_signum: int, _frame: object) -> None:
@@ -173,7 +184,7 @@ async def _serve(
             access_log=False,
             lifespan="on",
             # uvicorn has no deadline for request headers: this protocol adds one (slowloris)
-            http=with_header_timeout(settings.http_header_timeout_seconds),
+            http=with_header_timeout(settings.http_header_timeout_seconds, settings.http_parser),
             limit_concurrency=settings.http_max_concurrency,
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,  # a TLS proxy in front (README: Security)
@@ -454,7 +465,7 @@ def _demo_served(port: int | None, mllp_port: int | None, database_url: str | No
         # Ctrl-C as well as SIGTERM: stop serving, close the gateway, exit 0.
         signal.signal(signal.SIGINT, _exit_after_shutdown)
         with _configuration_errors():
-            asyncio.run(_serve(settings, ready, banner=False))
+            _run_loop(settings, _serve(settings, ready, banner=False))
     finally:
         payer.stop()
 

@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     # connections plus requests in progress at most (uvicorn answers 503 beyond).
     http_header_timeout_seconds: float = 10.0
     http_max_concurrency: int = 200
+    # `gateway serve`'s event loop and HTTP/1.1 parser: uvloop and httptools (libuv and llhttp, native)
+    # spend a fraction of the CPU of asyncio's pure-Python loop and h11 per request and per MLLP frame;
+    # asyncio and h11 remain as a fallback (README: Configuration).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    http_parser: Literal["httptools", "h11"] = "httptools"
     log_level: str = "INFO"
     # `gateway serve` processes sharing the HTTP and MLLP ports (gateway/transports/cluster.py); 0: the
     # number of cores on PostgreSQL, 1 on SQLite (one file, one writer at a time: more processes only wait).

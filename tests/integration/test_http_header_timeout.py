@@ -1,5 +1,6 @@
 """A real `gateway serve` closes HTTP connections whose request headers do not arrive in time
-(slowloris), and still serves requests that arrive whole and keep-alive connections between them."""
+(slowloris), and still serves requests that arrive whole and keep-alive connections between them; with
+either HTTP parser (httptools, the default, and h11)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import pytest
 import pytest_asyncio
 
 from tests.integration.conftest import LiveServer, start_server
 
 
-@pytest_asyncio.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", params=["httptools", "h11"])
 async def server(
-    database_url_factory: Callable[[str], Awaitable[str]], tmp_path_factory: object
+    request: pytest.FixtureRequest,
+    database_url_factory: Callable[[str], Awaitable[str]],
+    tmp_path_factory: object,
 ) -> AsyncIterator[LiveServer]:
     import tempfile
     from pathlib import Path
@@ -25,7 +29,11 @@ async def server(
         "sqlite",
         await database_url_factory("sqlite"),
         log,
-        env={"GATEWAY_HTTP_HEADER_TIMEOUT_SECONDS": "1", "GATEWAY_MLLP_ENABLED": "false"},
+        env={
+            "GATEWAY_HTTP_HEADER_TIMEOUT_SECONDS": "1",
+            "GATEWAY_MLLP_ENABLED": "false",
+            "GATEWAY_HTTP_PARSER": request.param,
+        },
     )
     yield live
     live.process.terminate()

@@ -129,3 +129,31 @@ def test_a_key_encryption_key_that_does_not_open_the_keys_is_one_line_and_a_fail
         main, ["keys", "list"], env={"GATEWAY_DATABASE_URL": url, "GATEWAY_KEY_ENCRYPTION_KEY": "c2hvcnQ="}
     )
     assert result.exit_code == 1 and "32 bytes" in result.output
+
+
+def test_serve_runs_on_the_configured_event_loop() -> None:
+    import asyncio
+
+    from gateway.cli import _run_loop
+
+    seen: list[str] = []
+
+    async def which() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__)
+
+    _run_loop(Settings(event_loop="uvloop"), which())
+    _run_loop(Settings(event_loop="asyncio"), which())
+    assert seen[0].startswith("uvloop") and seen[1].startswith("asyncio")
+    assert Settings().event_loop == "uvloop"  # the default
+
+
+def test_serve_uses_the_configured_http_parser_with_its_header_deadline() -> None:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from gateway.transports.http.header_timeout import with_header_timeout
+
+    fast, plain = with_header_timeout(3.0, "httptools"), with_header_timeout(4.0, "h11")
+    assert issubclass(fast, HttpToolsProtocol) and fast.timeout == 3.0
+    assert issubclass(plain, H11Protocol) and plain.timeout == 4.0
+    assert Settings().http_parser == "httptools"  # the default

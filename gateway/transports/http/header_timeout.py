@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline for request headers (slowloris).
+"""uvicorn's HTTP/1.1 protocols (h11's and httptools') with a deadline for request headers (slowloris).
 
 uvicorn bounds how long an idle keep-alive connection stays open (`timeout_keep_alive`, armed only after
 a response) but has no limit on how long a client may take to send a request's headers: a connection
@@ -16,6 +16,7 @@ from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("gateway.http")
 
@@ -63,6 +64,64 @@ class HeaderTimeoutProtocol(H11Protocol):
             self.transport.close()
 
 
-def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
-    """The protocol class for uvicorn's `http=` option, with this header deadline."""
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"timeout": seconds})
+class HttpToolsHeaderTimeoutProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with the same deadline. llhttp tells when a request begins and when its headers
+    are complete; between a request's end and the next one's first byte the connection is idle (the
+    keep-alive timeout's to close), so the deadline is armed by that first byte, as with h11."""
+
+    timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._awaiting_headers = True  # the connection's opening counts as the first request's start
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            self._arm()
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_headers = True  # the next request's headers are due from its first byte
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(self.timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _expired(self) -> None:
+        self._header_deadline = None
+        if self._awaiting_headers and not self.transport.is_closing():
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            log.warning(
+                "http request headers not received within %ss; closing client=%s", self.timeout, client
+            )
+            self.transport.close()
+
+
+def with_header_timeout(
+    seconds: float, parser: str = "httptools"
+) -> type[HeaderTimeoutProtocol | HttpToolsHeaderTimeoutProtocol]:
+    """The protocol class for uvicorn's `http=` option: this parser, with this header deadline."""
+    base: type[HeaderTimeoutProtocol | HttpToolsHeaderTimeoutProtocol] = (
+        HttpToolsHeaderTimeoutProtocol if parser == "httptools" else HeaderTimeoutProtocol
+    )
+    return type(base.__name__, (base,), {"timeout": seconds})
