@@ -44,8 +44,8 @@ from gateway.transports.http.console import worklist_pages as console_worklist
 from gateway.transports.http.console.session import LoginNeeded, login_redirect
 from gateway.transports.http.docs import install_docs
 from gateway.transports.http.errors import UnexpectedErrors
-from gateway.transports.http.fast_read import FastRead
 from gateway.transports.http.guards import NulGuard
+from gateway.transports.http.lean_path import LeanPath
 from gateway.transports.http.limits import BodySizeLimit
 from gateway.transports.http.observability import (
     EhrForwardCollector,
@@ -61,9 +61,10 @@ from gateway.transports.http.responses import error_response, oauth_error_respon
 log = logging.getLogger("gateway.http")
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None, *, lean_reads: bool = True) -> FastAPI:
+def create_app(settings: Settings, gateway: Gateway | None = None, *, lean_path: bool = True) -> FastAPI:
     """The app; it starts its own Gateway on startup unless one is handed in (tests share one).
-    `lean_reads=False` leaves plain reads to FastAPI's router too (tests compare the two paths)."""
+    `lean_path=False` leaves plain reads, searches and creates to FastAPI's router too (tests compare
+    the two paths)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,8 +133,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None, *, lean_reads
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
-    if lean_reads:  # innermost: every middleware below applies to the reads it answers too
-        app.add_middleware(FastRead, routes=[*docs_routes, *(r for router in routers for r in router.routes)])
+    if lean_path:  # innermost: every middleware below applies to the requests it answers too
+        app.add_middleware(LeanPath, routes=[*docs_routes, *(r for router in routers for r in router.routes)])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(NulGuard)
     app.add_middleware(Observability, metrics=HttpMetrics(registry))

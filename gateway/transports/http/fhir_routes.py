@@ -61,12 +61,18 @@ async def search_post(rtype: str, request: Request, ctx: PeopleCtx, gateway: Gat
     "/{rtype}", summary="create (If-None-Exist, or search parameters in the URL, for conditional create)"
 )
 async def create(rtype: str, request: Request, ctx: PeopleCtx, gateway: GatewayDep) -> Response:
+    body = await request.body()
+    return fhir_response(await gateway.fhir.create(ctx, rtype, body, create_criteria(request)))
+
+
+def create_criteria(request: Request) -> str | None:
+    """A conditional create's search: If-None-Exist, else the URL's parameters (POST Type?params: what
+    fhirpy's get_or_create sends, an Aidbox convention); None for a plain create."""
     criteria = request.headers.get("if-none-exist")
     if criteria is None:
-        # POST Type?params as conditional create: what fhirpy's get_or_create sends (an Aidbox convention).
         params = [(k, v) for k, v in query_params(request) if k not in ("_format", "_pretty")]
         criteria = urlencode(params) or None
-    return fhir_response(await gateway.fhir.create(ctx, rtype, await request.body(), criteria))
+    return criteria
 
 
 @router.put("/{rtype}", summary="conditional update")
