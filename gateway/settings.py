@@ -172,8 +172,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # OTLP/HTTP endpoint for OpenTelemetry traces (e.g. http://collector:4318/v1/traces); empty: none.
     otel_endpoint: str = ""
-    # Database connection pool size per process (PostgreSQL).
-    db_pool_size: int = 10
+    # PostgreSQL connections per process and engine (writer, reader), kept open: pools have no overflow.
+    db_pool_size: int = 16
     # PostgreSQL reads (searches) are cancelled after this many seconds (0: never); they answer 503.
     db_statement_timeout_seconds: float = 30.0
     # The live timeline ($timeline?_stream=true): open streams per process and per client; seconds between

@@ -87,7 +87,7 @@ def _sqlite_engine(url: str, *, begin: str | None) -> AsyncEngine:
 class Database:
     """One database: a writer engine (transactions) and a reader engine (autocommit)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 16, statement_timeout_s: float = 30.0) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -98,8 +98,12 @@ class Database:
             self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
             self.reader = _sqlite_engine(url, begin=None)
         elif self.dialect == "postgresql":
+            # Fixed-size pools (no overflow): an overflow connection is closed as soon as it is handed back
+            # while the pool is full, so a load just above the pool's size opened and closed a connection
+            # (a PostgreSQL backend process, and a TLS offer first) every few requests. Past the size, a
+            # request waits for a connection instead.
             self.writer = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, hide_parameters=True
+                url, pool_size=pool_size, max_overflow=0, pool_recycle=3600, hide_parameters=True
             )
             # Reads (searches) stop at the statement timeout: PostgreSQL keeps running a query after its
             # client has gone, so a costly search must not run for minutes. Writes are not bounded here
@@ -108,7 +112,7 @@ class Database:
             self.reader = create_async_engine(
                 url,
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=0,
                 pool_recycle=3600,  # no pre-ping: it costs a round trip per request
                 isolation_level="AUTOCOMMIT",
                 pool_reset_on_return=None,
