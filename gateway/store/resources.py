@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir.extract import IndexRows
+from gateway.store import driver_sql
 from gateway.store.statements import by_type, kept, keyed_values
 from gateway.store.tables import (
     INDEX_TABLES,
@@ -226,10 +227,10 @@ async def _insert_resources(conn: AsyncConnection, creates: list[PendingVersion]
             f"{values} RETURNING rid, res_type, res_id"
         )
         try:
-            result = await conn.exec_driver_sql(sql, params)
+            result = await driver_sql.fetch(conn, sql, params)
         except IntegrityError as exc:
             raise VersionConflict("a resource with one of these ids was created concurrently") from exc
-        rids.update({(row.res_type, row.res_id): int(row.rid) for row in result})
+        rids.update({(row[1], row[2]): int(row[0]) for row in result})  # rid, res_type, res_id
     return [rids[(p.type, p.id)] for p in creates]
 
 
@@ -268,7 +269,8 @@ def _placeholders(conn: AsyncConnection, count: int) -> str:
 async def bulk_insert(
     conn: AsyncConnection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> None:
-    """executemany of plain tuples, bypassing SQLAlchemy's per-row parameter processing.
+    """executemany of plain tuples, bypassing SQLAlchemy's per-row parameter processing (and, on
+    PostgreSQL, its execution layer: gateway/store/driver_sql.py).
 
     Index rows are the bulk of every write (about ten per resource); building a dict per row and having
     SQLAlchemy process it cost more than the database's own work for them.
@@ -276,7 +278,7 @@ async def bulk_insert(
     if not rows:
         return
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_placeholders(conn, len(columns))})"
-    await conn.exec_driver_sql(sql, rows)
+    await driver_sql.execute_many(conn, sql, rows)
 
 
 async def _write_index(conn: AsyncConnection, entries: list[tuple[int, PendingVersion]]) -> None:

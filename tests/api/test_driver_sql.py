@@ -1,0 +1,83 @@
+"""Statements sent on the driver's own connection (gateway/store/driver_sql.py) behave as SQLAlchemy's:
+inside the write transaction (a rollback takes them back, even as its first statement), a unique clash is
+SQLAlchemy's IntegrityError (what a concurrent create's VersionConflict rests on), and statement
+listeners hear them. On both backends: PostgreSQL takes the driver path, SQLite the general one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.service.gateway import Gateway
+from gateway.store import driver_sql
+from gateway.store import resources as store
+from gateway.store.tables import resource, sp_token
+
+
+def _insert_sql(gateway: Gateway) -> str:
+    marks = "$1, $2, $3, $4, $5" if not gateway.db.is_sqlite else "?, ?, ?, ?, ?"
+    columns = "res_type, res_id, version, updated_us, deleted"
+    return f"INSERT INTO resource ({columns}) VALUES ({marks}) RETURNING rid"
+
+
+async def _count(gateway: Gateway, res_id: str) -> int:
+    async with gateway.db.read() as conn:
+        found = await conn.execute(select(func.count()).where(resource.c.res_id == res_id))
+        return int(found.scalar_one())
+
+
+class _Rollback(Exception):
+    pass
+
+
+async def test_a_first_statement_on_the_driver_is_inside_the_transaction(gateway: Gateway) -> None:
+    with pytest.raises(_Rollback):
+        async with gateway.db.write() as conn:
+            # the transaction's first statement: SQLAlchemy has not sent BEGIN yet
+            rows = await driver_sql.fetch(conn, _insert_sql(gateway), ("Basic", "rolled-back", 1, 1, False))
+            assert len(rows) == 1 and int(rows[0][0]) > 0
+            await store.bulk_insert(
+                conn, sp_token, ("rid", "res_type", "param", "system", "code"),
+                [(int(rows[0][0]), "Basic", "code", None, "x")],
+            )  # fmt: skip
+            raise _Rollback
+    assert await _count(gateway, "rolled-back") == 0
+    async with gateway.db.write() as conn:
+        await driver_sql.fetch(conn, _insert_sql(gateway), ("Basic", "kept", 1, 1, False))
+    assert await _count(gateway, "kept") == 1
+
+
+async def test_a_unique_clash_on_the_driver_is_sqlalchemys_integrity_error(gateway: Gateway) -> None:
+    async with gateway.db.write() as conn:
+        await driver_sql.fetch(conn, _insert_sql(gateway), ("Basic", "twice", 1, 1, False))
+    with pytest.raises(IntegrityError):
+        async with gateway.db.write() as conn:
+            await driver_sql.fetch(conn, _insert_sql(gateway), ("Basic", "twice", 1, 1, False))
+    # the connection went back to the pool in a usable state
+    async with gateway.db.write() as conn:
+        await driver_sql.fetch(conn, _insert_sql(gateway), ("Basic", "after", 1, 1, False))
+    assert await _count(gateway, "twice") == 1 and await _count(gateway, "after") == 1
+
+
+async def test_statement_listeners_hear_driver_statements(gateway: Gateway) -> None:
+    heard: list[tuple[str, bool]] = []
+
+    def listen(_c: Any, _cur: Any, statement: str, _p: Any, _ctx: Any, many: bool) -> None:
+        if statement.startswith("INSERT INTO"):
+            heard.append((statement.split()[2], many))
+
+    engine = gateway.db.writer.sync_engine
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        async with gateway.db.write() as conn:
+            rows = await driver_sql.fetch(conn, _insert_sql(gateway), ("Basic", "heard", 1, 1, False))
+            await store.bulk_insert(
+                conn, sp_token, ("rid", "res_type", "param", "system", "code"),
+                [(int(rows[0][0]), "Basic", "code", None, code) for code in ("a", "b")],
+            )  # fmt: skip
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert ("resource", False) in heard and ("sp_token", True) in heard
