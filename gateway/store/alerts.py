@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store import driver_sql
 from gateway.store.tables import alert_candidate
 
 CHUNK = 100  # SELECTs per UNION ALL statement (SQLite allows 500 in one compound SELECT)
@@ -94,8 +95,7 @@ async def live_tasks(
     messages and growing with every alert ever opened."""
     found: set[str] = set()
     for sql, values in lookups(conn.dialect.name, by_lab=by_lab, by_rule=by_rule, lab_rules=lab_rules):
-        result = await conn.exec_driver_sql(_numbered(conn, sql), tuple(values))
-        found.update(str(row[0]) for row in result)
+        found.update(str(row[0]) for row in await driver_sql.fetch(conn, _numbered(conn, sql), tuple(values)))
     return found
 
 

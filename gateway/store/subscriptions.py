@@ -17,6 +17,7 @@ from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir import jsonio
+from gateway.store import driver_sql
 from gateway.store.resources import bulk_insert
 from gateway.store.tables import (
     delivery_attempt,
@@ -156,8 +157,8 @@ async def bump_generation(conn: AsyncConnection) -> int:
 
 
 async def generation(conn: AsyncConnection) -> int:
-    value = (await conn.execute(select(subscription_generation.c.value))).scalar_one_or_none()
-    return int(value or 0)
+    rows = await driver_sql.fetch(conn, "SELECT value FROM subscription_generation", ())
+    return int(rows[0][0] or 0) if rows else 0
 
 
 # -- the outbox --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store import driver_sql
 from gateway.store.everything import compartment_condition
 from gateway.store.resources import Stored, bulk_insert, current_select, to_stored
 from gateway.store.tables import (
@@ -105,13 +106,13 @@ async def record_changes(
     for start in range(0, len(patients), CHUNK):
         part = patients[start : start + CHUNK]
         values = ", ".join(f"({mark(2 * i + 1)}, {mark(2 * i + 2)})" for i in range(len(part)))
-        moved = await conn.exec_driver_sql(
+        returned: list[Any] = await driver_sql.fetch(
+            conn,
             f"INSERT INTO timeline_counter (patient_id, last) VALUES {values}"
             " ON CONFLICT (patient_id) DO UPDATE SET last = timeline_counter.last + excluded.last"
             " RETURNING patient_id, last",
             tuple(value for p in part for value in (p, len(versions[p]))),
         )
-        returned: list[Any] = list(moved)
         lasts = {str(row[0]): int(row[1]) for row in returned}
         rows = [
             (patient, lasts[patient] - len(versions[patient]) + n, *version)
