@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.fhir.extract import IndexRows
 from gateway.store import driver_sql
-from gateway.store.statements import by_type, kept, keyed_values
+from gateway.store.statements import by_type, kept
 from gateway.store.tables import (
     INDEX_TABLES,
     resource,
@@ -90,19 +90,6 @@ def _current_where(key: str, conditions: Callable[[], list[Any]]) -> Any:
     return kept(("current", key), lambda: _CURRENT_SELECT.where(*conditions()))
 
 
-def _keys_condition(types: Sequence[str]) -> Any:
-    """(type = :t0 AND id IN :i0) OR ... for `len(types)` types, values bound by position."""
-    return or_(
-        *(
-            and_(
-                resource.c.res_type == bindparam(f"t{n}"),
-                resource.c.res_id.in_(bindparam(f"i{n}", expanding=True)),
-            )
-            for n in range(len(types))
-        )
-    )
-
-
 def to_stored(row: Row[Any] | Any) -> Stored:
     content = row.content
     return Stored(
@@ -130,13 +117,59 @@ async def head(conn: AsyncConnection, resource_type: str, resource_id: str) -> H
     return Head(row.rid, resource_type, resource_id, row.version, row.updated_us, row.deleted)
 
 
+_CURRENT_ONE = (
+    "SELECT r.rid, r.res_type, r.res_id, r.version, r.updated_us, r.deleted, v.content, v.method"
+    " FROM resource r JOIN resource_version v ON v.rid = r.rid AND v.version = r.version"
+    " WHERE r.res_type = {} AND r.res_id = {}"
+)
+_CURRENT_ONE_SQL = {"numeric_dollar": _CURRENT_ONE.format("$1", "$2"), "qmark": _CURRENT_ONE.format("?", "?")}
+
+
 async def current(conn: AsyncConnection, resource_type: str, resource_id: str) -> Stored | None:
-    """The current version of Type/id (a deletion too), in one statement; None if it never existed."""
-    stmt = _current_where(
-        "one", lambda: [resource.c.res_type == bindparam("t"), resource.c.res_id == bindparam("i")]
+    """The current version of Type/id (a deletion too), in one statement; None if it never existed.
+
+    Every read asks this: the driver's own SQL (gateway/store/driver_sql.py), not a compiled statement."""
+    sql = _CURRENT_ONE_SQL[conn.dialect.paramstyle]  # asyncpg's $n or sqlite's ?
+    rows = await driver_sql.fetch(conn, sql, (resource_type, resource_id))
+    return _stored_row(rows[0]) if rows else None
+
+
+def _stored_row(row: Sequence[Any]) -> Stored:
+    """A Stored from a driver row of the _CURRENT_ONE columns, by position."""
+    rid, rtype, res_id, number, updated_us, deleted, content, method = row
+    return Stored(
+        int(rid),
+        rtype,
+        res_id,
+        int(number),
+        int(updated_us),
+        bool(deleted),  # SQLite's driver gives 0 or 1
+        content.encode() if isinstance(content, str) else content,
+        method,
     )
-    row = (await conn.execute(stmt, {"t": resource_type, "i": resource_id})).first()
-    return to_stored(row) if row is not None else None
+
+
+def _by_keys_sql(
+    conn: AsyncConnection, grouped: dict[str, list[str]], *, live: bool
+) -> tuple[str, tuple[Any, ...]]:
+    """Current versions of (type, ids) groups: one condition per type; on PostgreSQL the ids are one array
+    parameter (the statement's text depends on the number of types only)."""
+    dollar = conn.dialect.paramstyle == "numeric_dollar"
+    conditions: list[str] = []
+    params: list[Any] = []
+    for rtype, ids in grouped.items():
+        params.append(rtype)
+        if dollar:
+            params.append(ids)
+            conditions.append(
+                f"(r.res_type = ${len(params) - 1} AND r.res_id = ANY(${len(params)}::varchar[]))"
+            )
+        else:
+            params.extend(ids)
+            conditions.append(f"(r.res_type = ? AND r.res_id IN ({', '.join('?' * len(ids))}))")
+    where = " OR ".join(conditions)
+    sql = _CURRENT_ONE.split(" WHERE ")[0] + f" WHERE ({where})" + (" AND NOT r.deleted" if live else "")
+    return sql, tuple(params)
 
 
 async def version(conn: AsyncConnection, resource_type: str, resource_id: str, number: int) -> Stored | None:
@@ -164,12 +197,8 @@ async def load_by_keys(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -
     grouped = by_type(keys)
     if not grouped:
         return []
-    stmt = kept(
-        ("live-keys", len(grouped)),
-        lambda: _CURRENT_SELECT.where(_keys_condition(list(grouped)), resource.c.deleted.is_(False)),
-    )
-    rows = await conn.execute(stmt, keyed_values(grouped))
-    return [to_stored(row) for row in rows]
+    sql, params = _by_keys_sql(conn, grouped, live=True)
+    return [_stored_row(row) for row in await driver_sql.fetch(conn, sql, params)]
 
 
 @dataclass(slots=True)
@@ -350,9 +379,9 @@ async def current_many(
     grouped = by_type(keys)
     if not grouped:
         return {}
-    stmt = kept(("keys", len(grouped)), lambda: _CURRENT_SELECT.where(_keys_condition(list(grouped))))
-    rows = await conn.execute(stmt, keyed_values(grouped))
-    return {(row.res_type, row.res_id): to_stored(row) for row in rows}
+    sql, params = _by_keys_sql(conn, grouped, live=False)
+    stored = [_stored_row(row) for row in await driver_sql.fetch(conn, sql, params)]
+    return {(s.type, s.id): s for s in stored}
 
 
 def head_of(stored: Stored) -> Head:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.service.access.context import RequestContext
 from gateway.service.gateway import Gateway
 from gateway.store import driver_sql
 from gateway.store import resources as store
@@ -81,3 +83,36 @@ async def test_statement_listeners_hear_driver_statements(gateway: Gateway) -> N
     finally:
         event.remove(engine, "before_cursor_execute", listen)
     assert ("resource", False) in heard and ("sp_token", True) in heard
+
+
+async def test_current_versions_by_key_on_the_driver(gateway: Gateway) -> None:
+    ctx = RequestContext(base_url="http://gateway.test/fhir")
+    ids: dict[str, list[str]] = {}
+    for rtype, body in (
+        ("Patient", {"resourceType": "Patient"}),
+        ("Practitioner", {"resourceType": "Practitioner", "name": [{"family": "a"}]}),
+        ("Practitioner", {"resourceType": "Practitioner", "name": [{"family": "b"}]}),
+    ):
+        outcome = await gateway.fhir.create(ctx, rtype, orjson.dumps(body), None)
+        assert outcome.stored is not None
+        ids.setdefault(rtype, []).append(outcome.stored.id)
+    gone = ids["Practitioner"][1]
+    await gateway.fhir.delete(ctx, "Practitioner", gone, None)
+    kept = ids["Practitioner"][0]
+    keys = [
+        ("Patient", ids["Patient"][0]),
+        ("Practitioner", kept),
+        ("Practitioner", gone),
+        ("Practitioner", "none"),
+    ]
+    async with gateway.db.read() as conn:
+        every = await store.current_many(conn, keys)
+        live = await store.load_by_keys(conn, keys)
+        one = await store.current(conn, "Practitioner", gone)
+        never = await store.current(conn, "Practitioner", "none")
+    assert set(every) == set(keys[:3])
+    assert every[("Practitioner", gone)].deleted is True and every[("Practitioner", gone)].version == 2
+    assert every[("Patient", ids["Patient"][0])].deleted is False
+    assert b'"family":"a"' in (every[("Practitioner", kept)].content or b"")
+    assert {(s.type, s.id) for s in live} == set(keys[:2])
+    assert one is not None and one.deleted is True and never is None
