@@ -6,10 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store import driver_sql
 from gateway.store.tables import hl7_field_coverage, hl7_message
 
 
@@ -51,13 +52,15 @@ async def by_keys(
     wanted = sorted(set(keys))
     if not wanted:
         return {}
-    clauses = [and_(hl7_message.c.sender == s, hl7_message.c.control_id == c) for s, c in wanted]
-    rows = await conn.execute(
-        select(hl7_message).where(or_(*clauses)).order_by(hl7_message.c.received_us, hl7_message.c.id)
-    )
+    # Every message's first statement: the driver's own SQL (gateway/store/driver_sql.py).
+    dollar = conn.dialect.paramstyle == "numeric_dollar"
+    marks = [(f"${2 * n + 1}", f"${2 * n + 2}") if dollar else ("?", "?") for n in range(len(wanted))]
+    where = " OR ".join(f"(sender = {s} AND control_id = {c})" for s, c in marks)
+    sql = f"SELECT {', '.join(_FIELDS)} FROM hl7_message WHERE {where} ORDER BY received_us, id"
     found: dict[tuple[str, str], list[LoggedMessage]] = {}
-    for row in rows:
-        found.setdefault((row.sender, row.control_id), []).append(_row(row))
+    for values in await driver_sql.fetch(conn, sql, tuple(v for key in wanted for v in key)):
+        row = LoggedMessage(**dict(zip(_FIELDS, values, strict=True)))
+        found.setdefault((row.sender, row.control_id), []).append(row)
     return found
 
 
@@ -67,8 +70,14 @@ async def get(conn: AsyncConnection, message_id: str) -> LoggedMessage | None:
 
 
 async def insert_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Log rows (a column left out is NULL), in one executemany on the driver."""
     if rows:
-        await conn.execute(insert(hl7_message), list(rows))
+        count = len(_FIELDS)
+        dollar = conn.dialect.paramstyle == "numeric_dollar"
+        marks = ", ".join(f"${n}" for n in range(1, count + 1)) if dollar else ", ".join("?" * count)
+        sql = f"INSERT INTO hl7_message ({', '.join(_FIELDS)}) VALUES ({marks})"
+        values = [tuple(row.get(name) for name in _FIELDS) for row in rows]
+        await driver_sql.execute_many(conn, sql, values)
 
 
 async def replace(conn: AsyncConnection, message_id: str, values: dict[str, Any]) -> None:
