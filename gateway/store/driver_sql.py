@@ -1,5 +1,5 @@
 """Plain SQL run on the driver's own connection, past SQLAlchemy's execution layer, for the statements every
-write sends: the index rows, the versions, the new resources (PostgreSQL).
+write and read sends: the index rows, the versions, the new resources, a read's current version.
 
 Why: through `AsyncConnection.exec_driver_sql`, a statement on asyncpg costs about 50 us of CPU before and
 after the driver's own 10 us (a greenlet switch, an execution context, a result proxy, the adapter's
@@ -13,7 +13,10 @@ dozen such statements. Here they go to asyncpg directly, inside the same transac
   callers and the transaction's rollback see what they always saw;
 - `before_cursor_execute` listeners still hear of each statement (tests and `bench sql` count them).
 
-SQLite, and any driver or adapter these assumptions do not hold for, takes `exec_driver_sql`.
+On SQLite the statement is one trip to the connection's thread (gateway/store/sqlite_driver.py) without
+SQLAlchemy's cursor; its transactions begin eagerly (BEGIN IMMEDIATE on SQLAlchemy's "begin" event), so
+there is nothing to begin here. A driver or adapter these assumptions do not hold for takes
+`exec_driver_sql`.
 """
 
 from __future__ import annotations
@@ -24,61 +27,56 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-Params = Sequence[Any]
+from gateway.store.sqlite_driver import OneTripConnection
 
 
 async def execute_many(conn: AsyncConnection, sql: str, rows: list[tuple[Any, ...]]) -> None:
     """INSERT (or any statement without rows back) once per parameter tuple."""
-    if not rows:
-        return
-    adapted = await _asyncpg_adapter(conn)
-    if adapted is None:
-        await conn.exec_driver_sql(sql, rows)
-        return
-    _announce(conn, sql, rows, many=True)
-    await _run(conn, adapted, sql, rows, lambda driver: driver.executemany(sql, rows))
+    if rows:
+        await _send(conn, sql, rows, many=True)
 
 
 async def fetch(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> list[Sequence[Any]]:
     """The rows of one statement (e.g. INSERT ... RETURNING), each indexable by column position."""
-    adapted = await _asyncpg_adapter(conn)
-    if adapted is None:
-        return list(await conn.exec_driver_sql(sql, params))
-    _announce(conn, sql, params, many=False)
-    rows: list[Sequence[Any]] = await _run(
-        conn, adapted, sql, params, lambda driver: driver.fetch(sql, *params)
-    )
-    return rows
+    return await _send(conn, sql, params, many=False)
 
 
-async def _asyncpg_adapter(conn: AsyncConnection) -> Any | None:
-    """SQLAlchemy's adapter around the asyncpg connection, when its parts are as this module expects."""
-    if conn.dialect.driver != "asyncpg":
-        return None
+async def _send(conn: AsyncConnection, sql: str, params: Any, *, many: bool) -> list[Sequence[Any]]:
     raw = await conn.get_raw_connection()
-    adapted = raw.dbapi_connection
-    if not all(hasattr(adapted, name) for name in ("_connection", "_transaction", "_start_transaction")):
-        return None  # another SQLAlchemy release: the general path
-    return adapted
-
-
-async def _run(conn: AsyncConnection, adapted: Any, sql: str, params: Any, call: Any) -> Any:
-    lock = getattr(adapted, "_execute_mutex", None)
+    adapted: Any = raw.dbapi_connection
+    sqlite = isinstance(adapted, OneTripConnection)
+    asyncpg = conn.dialect.driver == "asyncpg" and all(hasattr(adapted, n) for n in _ASYNCPG_PARTS)
+    if not (sqlite or asyncpg):  # another driver or SQLAlchemy release: the general path
+        if many:
+            await conn.exec_driver_sql(sql, params)
+            return []
+        return list(await conn.exec_driver_sql(sql, params))
+    _announce(conn, sql, params, many=many)
     try:
-        if lock is None:
-            return await _begun_then(adapted, call)
-        async with lock:
-            return await _begun_then(adapted, call)
+        if sqlite:
+            rows: list[Sequence[Any]] = await adapted.one_trip(sql, params, many=many)
+        else:
+            rows = await _on_asyncpg(adapted, sql, params, many=many)
     except DBAPIError:
         raise
     except Exception as error:
         raise _translated(conn, adapted, sql, params, error) from error
+    return rows
 
 
-async def _begun_then(adapted: Any, call: Any) -> Any:
-    if adapted._transaction is None:
-        await adapted._start_transaction()  # a no-op on an autocommit connection
-    return await call(adapted._connection)
+_ASYNCPG_PARTS = ("_connection", "_transaction", "_start_transaction", "_execute_mutex")
+
+
+async def _on_asyncpg(adapted: Any, sql: str, params: Any, *, many: bool) -> list[Sequence[Any]]:
+    async with adapted._execute_mutex:  # as the adapter's cursor does: one statement at a time
+        if adapted._transaction is None:
+            await adapted._start_transaction()  # a no-op on an autocommit connection
+        driver = adapted._connection
+        if many:
+            await driver.executemany(sql, params)
+            return []
+        rows: list[Sequence[Any]] = await driver.fetch(sql, *params)
+        return rows
 
 
 def _translated(conn: AsyncConnection, adapted: Any, sql: str, params: Any, error: Exception) -> Exception:

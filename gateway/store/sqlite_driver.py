@@ -107,6 +107,15 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneTripCursor
 
+    async def one_trip(self, operation: str, parameters: Any, *, many: bool) -> list[Any]:
+        """A statement's rows, run in one trip without a cursor (gateway/store/driver_sql.py)."""
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        async with self._execute_mutex:
+            outcome: _Outcome = await connection._execute(  # type: ignore[no-untyped-call]
+                _run, connection._conn, operation, parameters, many
+            )
+        return outcome[1]
+
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """The aiosqlite DBAPI adapter, handing out `OneTripConnection`s (`create_async_engine(module=...)`)."""
