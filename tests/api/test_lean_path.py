@@ -170,7 +170,18 @@ async def test_lean_reads_refuse_a_disabled_clients_token_as_the_router_does(
     assert (await _same_answer(pair, f"/fhir/Patient/{patient}", token)).status_code == 401
 
 
-async def test_lean_reads_keep_a_persons_reach_and_expiry(gateway: Gateway, pair: Pair) -> None:
+@dataclass
+class Caseload:
+    """A pharmacist on the care team of one patient (`mine`) and not of another, each with a result."""
+
+    pharmacist: str
+    mine: str
+    other: str
+    obs_mine: str
+    obs_other: str
+
+
+async def _caseload(gateway: Gateway, pair: Pair) -> Caseload:
     _, token = await _client_token(gateway, pair.normal, ALL)
     pharmacist = await _create(
         pair.normal, token, {"resourceType": "Practitioner", "name": [{"family": "A"}]}
@@ -179,6 +190,12 @@ async def test_lean_reads_keep_a_persons_reach_and_expiry(gateway: Gateway, pair
     await _create(pair.normal, token, f.care_team(mine, f"Practitioner/{pharmacist}"))
     obs_mine = await _create(pair.normal, token, f.lab_observation(mine, code="751-8", value=1.2))
     obs_other = await _create(pair.normal, token, f.lab_observation(other, code="751-8", value=3.4))
+    return Caseload(pharmacist, mine, other, obs_mine, obs_other)
+
+
+async def test_lean_reads_keep_a_persons_reach_and_expiry(gateway: Gateway, pair: Pair) -> None:
+    case = await _caseload(gateway, pair)
+    pharmacist, other, obs_mine, obs_other = case.pharmacist, case.other, case.obs_mine, case.obs_other
     person = await _person_token(gateway, pharmacist)
 
     assert (await _same_answer(pair, f"/fhir/Observation/{obs_mine}", person)).status_code == 200
@@ -265,15 +282,9 @@ async def test_lean_searches_answer_as_the_search_route_does(gateway: Gateway, p
 
 
 async def test_lean_searches_keep_a_persons_reach(gateway: Gateway, pair: Pair) -> None:
-    _, token = await _client_token(gateway, pair.normal, ALL)
-    pharmacist = await _create(
-        pair.normal, token, {"resourceType": "Practitioner", "name": [{"family": "A"}]}
-    )
-    mine, other = [await _create(pair.normal, token, f.patient()) for _ in range(2)]
-    await _create(pair.normal, token, f.care_team(mine, f"Practitioner/{pharmacist}"))
-    await _create(pair.normal, token, f.lab_observation(mine, code="751-8", value=1.2))
-    await _create(pair.normal, token, f.lab_observation(other, code="751-8", value=3.4))
-    person = await _person_token(gateway, pharmacist)
+    case = await _caseload(gateway, pair)
+    mine, other = case.mine, case.other
+    person = await _person_token(gateway, case.pharmacist)
 
     everything = await _same_outcome(pair, "GET", "/fhir/Observation?code=751-8", person, own=True)
     subjects = {e["resource"]["subject"]["reference"] for e in everything.json().get("entry", [])}

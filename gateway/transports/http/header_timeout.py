@@ -21,6 +21,36 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 log = logging.getLogger("gateway.http")
 
 
+class _Deadline:
+    """The header deadline of one connection: armed, disarmed, and on expiry the connection is closed if
+    `awaiting()` still says its headers are due."""
+
+    __slots__ = ("_handle", "_protocol")
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        if self._handle is None:
+            self._handle = self._protocol.loop.call_later(self._protocol.timeout, self._expired)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _expired(self) -> None:
+        self._handle = None
+        protocol = self._protocol
+        if protocol.awaiting_headers() and not protocol.transport.is_closing():
+            client = f"{protocol.client[0]}:{protocol.client[1]}" if protocol.client else "-"
+            log.warning(
+                "http request headers not received within %ss; closing client=%s", protocol.timeout, client
+            )
+            protocol.transport.close()
+
+
 class HeaderTimeoutProtocol(H11Protocol):
     """H11Protocol closing a connection whose request headers are not complete within `timeout`."""
 
@@ -28,40 +58,25 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_deadline: asyncio.TimerHandle | None = None
+        self._deadline = _Deadline(self)
+
+    def awaiting_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._deadline.arm()
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE:
-            self._arm()  # the first bytes of a request: its headers are now due
+        if self.awaiting_headers():
+            self._deadline.arm()  # the first bytes of a request: its headers are now due
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._disarm()  # the headers are in (the body, if any, follows)
+        if not self.awaiting_headers():
+            self._deadline.disarm()  # the headers are in (the body, if any, follows)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline.disarm()
         super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(self.timeout, self._expired)
-
-    def _disarm(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _expired(self) -> None:
-        self._header_deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-            log.warning(
-                "http request headers not received within %ss; closing client=%s", self.timeout, client
-            )
-            self.transport.close()
 
 
 class HttpToolsHeaderTimeoutProtocol(HttpToolsProtocol):
@@ -73,21 +88,24 @@ class HttpToolsHeaderTimeoutProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_deadline: asyncio.TimerHandle | None = None
+        self._deadline = _Deadline(self)
         self._awaiting_headers = True  # the connection's opening counts as the first request's start
+
+    def awaiting_headers(self) -> bool:
+        return self._awaiting_headers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._deadline.arm()
 
     def data_received(self, data: bytes) -> None:
         if self._awaiting_headers:
-            self._arm()
+            self._deadline.arm()
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
-        self._disarm()
+        self._deadline.disarm()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -95,26 +113,8 @@ class HttpToolsHeaderTimeoutProtocol(HttpToolsProtocol):
         self._awaiting_headers = True  # the next request's headers are due from its first byte
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline.disarm()
         super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(self.timeout, self._expired)
-
-    def _disarm(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _expired(self) -> None:
-        self._header_deadline = None
-        if self._awaiting_headers and not self.transport.is_closing():
-            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-            log.warning(
-                "http request headers not received within %ss; closing client=%s", self.timeout, client
-            )
-            self.transport.close()
 
 
 def with_header_timeout(
