@@ -10,7 +10,8 @@ dozen such statements. Here they go to asyncpg directly, inside the same transac
 - the adapter's lock on the connection is held, as its cursor does;
 - an error from the driver becomes the SQLAlchemy exception `exec_driver_sql` would raise (an
   IntegrityError for a unique clash, an OperationalError or InterfaceError for a lost connection), so
-  callers and the transaction's rollback see what they always saw;
+  callers and the transaction's rollback see what they always saw; a lost connection is invalidated, as
+  SQLAlchemy does, so the pool never hands it out again;
 - `before_cursor_execute` listeners still hear of each statement (tests and `bench sql` count them).
 
 On SQLite the statement is one trip to the connection's thread (gateway/store/sqlite_driver.py) without
@@ -60,8 +61,20 @@ async def _send(conn: AsyncConnection, sql: str, params: Any, *, many: bool) -> 
     except DBAPIError:
         raise
     except Exception as error:
-        raise _translated(conn, adapted, sql, params, error) from error
+        translated = _translated(conn, adapted, sql, params, error)
+        if _lost(conn, adapted, error, translated):
+            # What SQLAlchemy does on a disconnect: this connection is never handed out again.
+            await conn.invalidate(translated)
+        raise translated from error
     return rows
+
+
+def _lost(conn: AsyncConnection, adapted: Any, error: Exception, translated: Exception) -> bool:
+    if isinstance(translated, DBAPIError):
+        return bool(translated.connection_invalidated)
+    driver = getattr(adapted, "_connection", None)
+    closed = getattr(driver, "is_closed", None)
+    return isinstance(error, OSError) or (callable(closed) and bool(closed()))
 
 
 _ASYNCPG_PARTS = ("_connection", "_transaction", "_start_transaction", "_execute_mutex")
@@ -87,7 +100,13 @@ def _translated(conn: AsyncConnection, adapted: Any, sql: str, params: Any, erro
         adapted._handle_exception(error)
     except dbapi.Error as mapped:
         return DBAPIError.instance(
-            sql, params, mapped, dbapi.Error, hide_parameters=True, dialect=conn.dialect
+            sql,
+            params,
+            mapped,
+            dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=conn.dialect.is_disconnect(mapped, adapted, None),
+            dialect=conn.dialect,
         )
     except Exception as other:  # not the driver's: returned as it is
         return other

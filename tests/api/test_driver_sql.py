@@ -116,3 +116,23 @@ async def test_current_versions_by_key_on_the_driver(gateway: Gateway) -> None:
     assert b'"family":"a"' in (every[("Practitioner", kept)].content or b"")
     assert {(s.type, s.id) for s in live} == set(keys[:2])
     assert one is not None and one.deleted is True and never is None
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # a PostgreSQL backend process is what is killed
+async def test_a_backend_killed_under_a_driver_statement_is_unavailability_and_the_pool_recovers(
+    gateway: Gateway,
+) -> None:
+    """What the HL7 v2 pipeline treats as "database unreachable, no ACK" (its _UNAVAILABLE), and no dead
+    connection handed out afterwards."""
+    from gateway.service.hl7.pipeline import _UNAVAILABLE
+
+    with pytest.raises(_UNAVAILABLE):
+        async with gateway.db.write() as conn:
+            pid = (await driver_sql.fetch(conn, "SELECT pg_backend_pid()", ()))[0][0]
+            async with gateway.db.read() as other:
+                await driver_sql.fetch(other, "SELECT pg_terminate_backend($1)", (pid,))
+            await driver_sql.fetch(conn, _insert_sql(gateway), ("Practitioner", "never", 1, 1, False))
+    for _ in range(20):  # more than the pool holds: every connection handed out works
+        async with gateway.db.write() as conn:
+            assert (await driver_sql.fetch(conn, "SELECT 1", ()))[0][0] == 1
+    assert await _count(gateway, "never") == 0
