@@ -1,10 +1,10 @@
 """Plain SQL run on the driver's own connection, past SQLAlchemy's execution layer, for the statements every
 write and read sends: the index rows, the versions, the new resources, a read's current version.
 
-Why: through `AsyncConnection.exec_driver_sql`, a statement on asyncpg costs about 50 us of CPU before and
-after the driver's own 10 us (a greenlet switch, an execution context, a result proxy, the adapter's
-cursor), measured in this process with `python -m bench server-cpu`'s database. A six-OBX ORU sends a
-dozen such statements. Here they go to asyncpg directly, inside the same transaction:
+Why: through SQLAlchemy, a one-row SELECT on asyncpg cost 54-63 us of CPU against the driver's own 10.5 us
+(a greenlet switch, an execution context, a result proxy, the adapter's cursor; measured in one process
+against the local PostgreSQL, issue 13). A six-OBX ORU sends a dozen such statements. Here they go to
+asyncpg directly, inside the same transaction:
 
 - the transaction SQLAlchemy begins lazily (on its first statement) is begun first, as its adapter would;
 - the adapter's lock on the connection is held, as its cursor does;
@@ -62,18 +62,19 @@ async def _send(conn: AsyncConnection, sql: str, params: Any, *, many: bool) -> 
         raise
     except Exception as error:
         translated = _translated(conn, adapted, sql, params, error)
-        if _lost(conn, adapted, error, translated):
+        if _lost(adapted, error, translated):
             # What SQLAlchemy does on a disconnect: this connection is never handed out again.
             await conn.invalidate(translated)
         raise translated from error
     return rows
 
 
-def _lost(conn: AsyncConnection, adapted: Any, error: Exception, translated: Exception) -> bool:
-    if isinstance(translated, DBAPIError):
-        return bool(translated.connection_invalidated)
-    driver = getattr(adapted, "_connection", None)
-    closed = getattr(driver, "is_closed", None)
+def _lost(adapted: Any, error: Exception, translated: Exception) -> bool:
+    """Whether the connection is gone: SQLAlchemy's disconnect check said so, the socket failed, or
+    asyncpg reports its connection closed (whatever the error's class)."""
+    if isinstance(translated, DBAPIError) and translated.connection_invalidated:
+        return True
+    closed = getattr(getattr(adapted, "_connection", None), "is_closed", None)
     return isinstance(error, OSError) or (callable(closed) and bool(closed()))
 
 
