@@ -95,7 +95,7 @@ async def live_tasks(
     messages and growing with every alert ever opened."""
     found: set[str] = set()
     for sql, values in lookups(conn.dialect.name, by_lab=by_lab, by_rule=by_rule, lab_rules=lab_rules):
-        found.update(str(row[0]) for row in await driver_sql.fetch(conn, _numbered(conn, sql), tuple(values)))
+        found.update(str(row[0]) for row in await driver_sql.fetch(conn, sql, tuple(values)))
     return found
 
 
@@ -130,11 +130,3 @@ def lookups(
         sql = " UNION ALL ".join(part for part, _ in chunk)
         statements.append((sql, [value for _, part_values in chunk for value in part_values]))
     return statements
-
-
-def _numbered(conn: AsyncConnection, sql: str) -> str:
-    """`?` placeholders as the driver wants them: asyncpg numbers them ($1, $2, ...)."""
-    if conn.dialect.paramstyle != "numeric_dollar":
-        return sql
-    parts = sql.split("?")
-    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], start=1)) + parts[-1]

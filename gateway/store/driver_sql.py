@@ -14,6 +14,10 @@ asyncpg directly, inside the same transaction:
   SQLAlchemy does, so the pool never hands it out again;
 - `before_cursor_execute` listeners still hear of each statement (tests and `bench sql` count them).
 
+Statements are written once, with `?` placeholders (SQLite's); for asyncpg they are numbered here ($1, $2,
+...), so no caller needs to know the driver's style. No driver statement has a `?` of its own (in a string
+literal, say).
+
 On SQLite the statement is one trip to the connection's thread (gateway/store/sqlite_driver.py) without
 SQLAlchemy's cursor; its transactions begin eagerly (BEGIN IMMEDIATE on SQLAlchemy's "begin" event), so
 there is nothing to begin here. A driver or adapter these assumptions do not hold for takes
@@ -23,6 +27,7 @@ there is nothing to begin here. A driver or adapter these assumptions do not hol
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -42,7 +47,30 @@ async def fetch(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> lis
     return await _send(conn, sql, params, many=False)
 
 
+def marks(count: int) -> str:
+    """`count` placeholders, comma-separated: "?, ?, ?"."""
+    return ", ".join("?" * count)
+
+
+def _numbered(sql: str) -> str:
+    """`?` placeholders as asyncpg wants them: $1, $2, ... (statements repeat: short ones are remembered)."""
+    return _numbered_kept(sql) if len(sql) <= _KEPT_SQL_CHARS else _number(sql)
+
+
+_KEPT_SQL_CHARS = 4096  # a big batch's multi-row INSERT is numbered each time rather than kept
+
+
+def _number(sql: str) -> str:
+    parts = sql.split("?")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], start=1)) + parts[-1]
+
+
+_numbered_kept = lru_cache(maxsize=512)(_number)
+
+
 async def _send(conn: AsyncConnection, sql: str, params: Any, *, many: bool) -> list[Sequence[Any]]:
+    if conn.dialect.paramstyle == "numeric_dollar":
+        sql = _numbered(sql)
     raw = await conn.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     sqlite = isinstance(adapted, OneTripConnection)

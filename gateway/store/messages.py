@@ -39,6 +39,7 @@ class LoggedMessage:
 
 
 _FIELDS = [c.name for c in hl7_message.columns]
+_COLUMNS = ", ".join(_FIELDS)
 
 
 def _row(row: Any) -> LoggedMessage:
@@ -53,10 +54,8 @@ async def by_keys(
     if not wanted:
         return {}
     # Every message's first statement: the driver's own SQL (gateway/store/driver_sql.py).
-    dollar = conn.dialect.paramstyle == "numeric_dollar"
-    marks = [(f"${2 * n + 1}", f"${2 * n + 2}") if dollar else ("?", "?") for n in range(len(wanted))]
-    where = " OR ".join(f"(sender = {s} AND control_id = {c})" for s, c in marks)
-    sql = f"SELECT {', '.join(_FIELDS)} FROM hl7_message WHERE {where} ORDER BY received_us, id"
+    where = " OR ".join(["(sender = ? AND control_id = ?)"] * len(wanted))
+    sql = f"SELECT {_COLUMNS} FROM hl7_message WHERE {where} ORDER BY received_us, id"
     found: dict[tuple[str, str], list[LoggedMessage]] = {}
     for values in await driver_sql.fetch(conn, sql, tuple(v for key in wanted for v in key)):
         row = LoggedMessage(**dict(zip(_FIELDS, values, strict=True)))
@@ -72,10 +71,7 @@ async def get(conn: AsyncConnection, message_id: str) -> LoggedMessage | None:
 async def insert_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Log rows (a column left out is NULL), in one executemany on the driver."""
     if rows:
-        count = len(_FIELDS)
-        dollar = conn.dialect.paramstyle == "numeric_dollar"
-        marks = ", ".join(f"${n}" for n in range(1, count + 1)) if dollar else ", ".join("?" * count)
-        sql = f"INSERT INTO hl7_message ({', '.join(_FIELDS)}) VALUES ({marks})"
+        sql = f"INSERT INTO hl7_message ({_COLUMNS}) VALUES ({driver_sql.marks(len(_FIELDS))})"
         values = [tuple(row.get(name) for name in _FIELDS) for row in rows]
         await driver_sql.execute_many(conn, sql, values)
 

@@ -117,25 +117,24 @@ async def head(conn: AsyncConnection, resource_type: str, resource_id: str) -> H
     return Head(row.rid, resource_type, resource_id, row.version, row.updated_us, row.deleted)
 
 
-_CURRENT_ONE = (
+# Current versions, for the driver's own SQL (gateway/store/driver_sql.py); `_stored_row` reads the columns.
+_CURRENT_FROM = (
     "SELECT r.rid, r.res_type, r.res_id, r.version, r.updated_us, r.deleted, v.content, v.method"
     " FROM resource r JOIN resource_version v ON v.rid = r.rid AND v.version = r.version"
-    " WHERE r.res_type = {} AND r.res_id = {}"
 )
-_CURRENT_ONE_SQL = {"numeric_dollar": _CURRENT_ONE.format("$1", "$2"), "qmark": _CURRENT_ONE.format("?", "?")}
+_CURRENT_ONE = _CURRENT_FROM + " WHERE r.res_type = ? AND r.res_id = ?"
 
 
 async def current(conn: AsyncConnection, resource_type: str, resource_id: str) -> Stored | None:
     """The current version of Type/id (a deletion too), in one statement; None if it never existed.
 
     Every read asks this: the driver's own SQL (gateway/store/driver_sql.py), not a compiled statement."""
-    sql = _CURRENT_ONE_SQL[conn.dialect.paramstyle]  # asyncpg's $n or sqlite's ?
-    rows = await driver_sql.fetch(conn, sql, (resource_type, resource_id))
+    rows = await driver_sql.fetch(conn, _CURRENT_ONE, (resource_type, resource_id))
     return _stored_row(rows[0]) if rows else None
 
 
 def _stored_row(row: Sequence[Any]) -> Stored:
-    """A Stored from a driver row of the _CURRENT_ONE columns, by position."""
+    """A Stored from a driver row of the _CURRENT_FROM columns, by position."""
     rid, rtype, res_id, number, updated_us, deleted, content, method = row
     return Stored(
         int(rid),
@@ -154,21 +153,19 @@ def _by_keys_sql(
 ) -> tuple[str, tuple[Any, ...]]:
     """Current versions of (type, ids) groups: one condition per type; on PostgreSQL the ids are one array
     parameter (the statement's text depends on the number of types only)."""
-    dollar = conn.dialect.paramstyle == "numeric_dollar"
+    array = conn.dialect.name == "postgresql"
     conditions: list[str] = []
     params: list[Any] = []
     for rtype, ids in grouped.items():
         params.append(rtype)
-        if dollar:
+        if array:
             params.append(ids)
-            conditions.append(
-                f"(r.res_type = ${len(params) - 1} AND r.res_id = ANY(${len(params)}::varchar[]))"
-            )
+            conditions.append("(r.res_type = ? AND r.res_id = ANY(?::varchar[]))")
         else:
             params.extend(ids)
-            conditions.append(f"(r.res_type = ? AND r.res_id IN ({', '.join('?' * len(ids))}))")
+            conditions.append(f"(r.res_type = ? AND r.res_id IN ({driver_sql.marks(len(ids))}))")
     where = " OR ".join(conditions)
-    sql = _CURRENT_ONE.split(" WHERE ")[0] + f" WHERE ({where})" + (" AND NOT r.deleted" if live else "")
+    sql = f"{_CURRENT_FROM} WHERE ({where})" + (" AND NOT r.deleted" if live else "")
     return sql, tuple(params)
 
 
@@ -243,13 +240,7 @@ async def _insert_resources(conn: AsyncConnection, creates: list[PendingVersion]
     rids: dict[tuple[str, str], int] = {}
     for start in range(0, len(creates), _INSERT_CHUNK):
         chunk = creates[start : start + _INSERT_CHUNK]
-        if conn.dialect.paramstyle == "numeric_dollar":
-            values = ", ".join(
-                f"(${i * 5 + 1}, ${i * 5 + 2}, ${i * 5 + 3}, ${i * 5 + 4}, ${i * 5 + 5})"
-                for i in range(len(chunk))
-            )
-        else:
-            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
         params = tuple(x for p in chunk for x in (p.type, p.id, p.version, p.updated_us, False))
         sql = (
             "INSERT INTO resource (res_type, res_id, version, updated_us, deleted) VALUES "
@@ -289,12 +280,6 @@ async def _advance_heads(conn: AsyncConnection, updates: list[PendingVersion], u
             )
 
 
-def _placeholders(conn: AsyncConnection, count: int) -> str:
-    if conn.dialect.paramstyle == "numeric_dollar":  # asyncpg
-        return ", ".join(f"${i}" for i in range(1, count + 1))
-    return ", ".join("?" * count)  # qmark: sqlite
-
-
 async def bulk_insert(
     conn: AsyncConnection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> None:
@@ -306,7 +291,7 @@ async def bulk_insert(
     """
     if not rows:
         return
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_placeholders(conn, len(columns))})"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({driver_sql.marks(len(columns))})"
     await driver_sql.execute_many(conn, sql, rows)
 
 

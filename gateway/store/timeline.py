@@ -13,7 +13,7 @@ up to `seq` n therefore never misses a row by asking for `seq > n`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,10 +102,9 @@ async def record_changes(
     moved on in Patient order and read back, then the rows.
     """
     patients = sorted(p for p, found in versions.items() if found)
-    mark = _marks(conn)
     for start in range(0, len(patients), CHUNK):
         part = patients[start : start + CHUNK]
-        values = ", ".join(f"({mark(2 * i + 1)}, {mark(2 * i + 2)})" for i in range(len(part)))
+        values = ", ".join(["(?, ?)"] * len(part))
         returned: list[Any] = await driver_sql.fetch(
             conn,
             f"INSERT INTO timeline_counter (patient_id, last) VALUES {values}"
@@ -122,13 +121,6 @@ async def record_changes(
         await bulk_insert(
             conn, timeline_change, ("patient_id", "seq", "rid", "res_type", "res_id", "version"), rows
         )
-
-
-def _marks(conn: AsyncConnection) -> Callable[[int], str]:
-    """The driver's placeholder for the n-th parameter (from 1)."""
-    if conn.dialect.paramstyle == "numeric_dollar":  # asyncpg
-        return lambda n: f"${n}"
-    return lambda n: "?"
 
 
 async def last_seq(conn: AsyncConnection, patient_id: str) -> int:
