@@ -97,13 +97,40 @@ async def _send(conn: AsyncConnection, sql: str, params: Any, *, many: bool) -> 
     return rows
 
 
+class ConnectionLost(ConnectionError):
+    """A transaction's connection went away under it (a restarted or failed-over database, a terminated
+    backend) while the database may well be up again: nothing of the transaction was committed, and the
+    same work may simply be run again on another connection."""
+
+
+def connection_lost(conn: AsyncConnection, error: BaseException) -> bool:
+    """Whether `error`, raised inside a transaction on `conn` (before its rollback), came from losing the
+    connection rather than from the statements: SQLAlchemy saw a disconnect, or the driver reports its
+    connection closed whatever class of error it raised (asyncpg raises InternalClientError, not an
+    InterfaceError, for a statement racing the termination notice)."""
+    if isinstance(error, ConnectionLost) or (isinstance(error, DBAPIError) and error.connection_invalidated):
+        return True
+    sync = conn.sync_connection
+    if sync is None or sync.invalidated:
+        return sync is not None
+    try:
+        adapted = sync.connection.dbapi_connection
+    except Exception:  # SQLAlchemy refuses to hand out a closed or invalidated connection
+        return True
+    return _driver_closed(adapted)
+
+
+def _driver_closed(adapted: Any) -> bool:
+    closed = getattr(getattr(adapted, "_connection", None), "is_closed", None)
+    return callable(closed) and bool(closed())
+
+
 def _lost(adapted: Any, error: Exception, translated: Exception) -> bool:
     """Whether the connection is gone: SQLAlchemy's disconnect check said so, the socket failed, or
     asyncpg reports its connection closed (whatever the error's class)."""
     if isinstance(translated, DBAPIError) and translated.connection_invalidated:
         return True
-    closed = getattr(getattr(adapted, "_connection", None), "is_closed", None)
-    return isinstance(error, OSError) or (callable(closed) and bool(closed()))
+    return isinstance(error, OSError) or _driver_closed(adapted)
 
 
 _ASYNCPG_PARTS = ("_connection", "_transaction", "_start_transaction", "_execute_mutex")

@@ -73,6 +73,7 @@ from gateway.service.workers import WorkerFailed, WorkerPool
 from gateway.store import messages as message_log
 from gateway.store import resources as store
 from gateway.store import search as store_search
+from gateway.store.driver_sql import ConnectionLost, connection_lost
 from gateway.store.messages import LoggedMessage
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON
@@ -596,6 +597,14 @@ class Pipeline:
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 (result,) = await self._commit_batch([job])
+            except ConnectionLost:
+                # Not this message's doing, and the database may be back already: run it again on another
+                # connection; if they all fail, no answer (the sender tries again).
+                if attempt < CONFLICT_RETRIES:
+                    continue
+                log.error("committing a message from %s lost its connection on every try", job.source.kind)
+                self._fail(job, ConnectionLost())
+                return
             except (VersionConflict, sql_errors.IntegrityError):
                 # lost a race with a concurrent writer (a REST update, another process's log row)
                 if attempt < CONFLICT_RETRIES:
@@ -668,8 +677,18 @@ class Pipeline:
     async def _commit_batch(self, jobs: Sequence[Job]) -> list[Result]:
         links = [job.trace_context for job in jobs]
         with tracing.span("hl7.commit", {"hl7.messages": len(jobs)}, links):
-            async with self.fhir.db.write() as conn:
-                return await _Batch(self, conn).commit(jobs)
+            try:
+                async with self.fhir.db.write() as conn:
+                    try:
+                        return await _Batch(self, conn).commit(jobs)
+                    except Exception as error:
+                        if connection_lost(conn, error):  # judged here: the rollback closes the connection
+                            raise ConnectionLost from error
+                        raise
+            except sql_errors.DBAPIError as error:  # the COMMIT itself, or a before-commit hook
+                if error.connection_invalidated:
+                    raise ConnectionLost from error
+                raise
 
 
 class _Batch:
