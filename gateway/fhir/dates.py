@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from calendar import monthrange
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 from functools import lru_cache
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -40,6 +41,16 @@ def from_us(us: int) -> datetime:
 def format_instant(us: int) -> str:
     """An xs:dateTime instant in UTC with microseconds, as meta.lastUpdated wants it."""
     return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def http_date(us: int) -> str:
+    """An HTTP-date (RFC 9110: "Sun, 06 Nov 1994 08:49:37 GMT") for Last-Modified: whole seconds."""
+    return _http_date(us // 1_000_000)
+
+
+@lru_cache(maxsize=1024)
+def _http_date(seconds: int) -> str:  # a read's answer formats one; a hot resource's is remembered
+    return format_datetime(EPOCH + timedelta(seconds=seconds), usegmt=True)
 
 
 def now_us() -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.fhir.audit import AuditQuery, BuiltEvent
+from gateway.store.resources import bulk_insert
 from gateway.store.tables import audit_event, audit_event_ref
 
 
@@ -17,22 +18,22 @@ async def insert_events(conn: AsyncConnection, events: Sequence[BuiltEvent]) -> 
     """One executemany for the events and one for their patients and entities."""
     if not events:
         return
-    rows: list[dict[str, Any]] = [
-        {
-            "id": e.id,
-            "recorded_us": e.recorded_us,
-            "type": e.type,
-            "subtype": e.subtype[:64] if e.subtype else None,
-            "action": e.action,
-            "outcome": e.outcome,
-            "agent": e.agent[:255] if e.agent else None,
-            "address": e.address[:64] if e.address else None,
-            "content": e.content.decode(),
-        }
+    rows = [
+        (
+            e.id,
+            e.recorded_us,
+            e.type,
+            e.subtype[:64] if e.subtype else None,
+            e.action,
+            e.outcome,
+            e.agent[:255] if e.agent else None,
+            e.address[:64] if e.address else None,
+            e.content.decode(),
+        )
         for e in events
     ]
-    await conn.execute(insert(audit_event), rows)
-    refs: list[dict[str, Any]] = []
+    await bulk_insert(conn, audit_event, _EVENT_COLUMNS, rows)
+    refs: list[tuple[Any, ...]] = []
     for e in events:
         seen: set[tuple[str, str]] = set()
         for role, values in (("patient", e.patients), ("entity", e.entities)):
@@ -40,9 +41,11 @@ async def insert_events(conn: AsyncConnection, events: Sequence[BuiltEvent]) -> 
                 key = (role, ref[:200])
                 if key not in seen:
                     seen.add(key)
-                    refs.append({"event_id": e.id, "role": role, "ref": key[1], "recorded_us": e.recorded_us})
-    if refs:
-        await conn.execute(insert(audit_event_ref), refs)
+                    refs.append((e.id, role, key[1], e.recorded_us))
+    await bulk_insert(conn, audit_event_ref, ("event_id", "role", "ref", "recorded_us"), refs)
+
+
+_EVENT_COLUMNS = ("id", "recorded_us", "type", "subtype", "action", "outcome", "agent", "address", "content")
 
 
 def _referenced(role: str, alternatives: tuple[str, ...]) -> ColumnElement[bool]:

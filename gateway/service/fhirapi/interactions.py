@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -75,7 +74,7 @@ class Outcome:
     def last_modified(self) -> str | None:
         if self.stored is None:
             return None
-        return format_datetime(dates.from_us(self.stored.updated_us), usegmt=True)
+        return dates.http_date(self.stored.updated_us)
 
 
 def parse_resource(body: bytes | JSON, expected_type: str | None = None) -> JSON:

@@ -28,7 +28,21 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 def fhir_base(request: Request, gateway: Gateway) -> str:
     if gateway.settings.base_url:
         return gateway.settings.base_url.rstrip("/")
-    return str(request.base_url).rstrip("/") + "/fhir"
+    # Starlette builds a URL object for request.base_url on every request; its parts are few and repeat.
+    scope = request.scope
+    root = scope.get("app_root_path", scope.get("root_path", ""))
+    key = (scope.get("scheme"), request.headers.get("host"), scope.get("server"), root)
+    base = _BASES.get(key)
+    if base is None:
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        if len(_BASES) >= _BASES_KEPT:  # a Host header is the client's to choose: bounded
+            _BASES.clear()
+        _BASES[key] = base
+    return base
+
+
+_BASES: dict[tuple[object, ...], str] = {}
+_BASES_KEPT = 256
 
 
 def check_formats(request: Request) -> None:

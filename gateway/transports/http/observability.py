@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,6 +57,18 @@ class HttpMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        # The labelled children, kept: prometheus_client validates the labels and takes a lock to find one
+        # on every call. The label sets are bounded (see the module notes), so this is too.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def record(self, method: str, route: str, status: str, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, route, status), self.latency.labels(method, route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class Observability:
@@ -85,8 +98,7 @@ class Observability:
             elapsed = time.perf_counter() - started
             template = route_label(scope)
             method = method_label(scope["method"])
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(elapsed)
+            self.metrics.record(method, template, str(status), elapsed)
             client = (scope.get("state") or {}).get("client_id", "-")
             log.info(
                 "%s %s %s %.1fms client=%s",
