@@ -34,6 +34,26 @@ async def test_read_returns_resource_with_etag_and_last_modified(api: httpx.Asyn
     assert answer.headers["last-modified"].endswith("GMT")
 
 
+async def test_last_modified_is_the_versions_own_second(api: httpx.AsyncClient) -> None:
+    from datetime import datetime
+    from email.utils import parsedate_to_datetime
+
+    for n in range(3):  # versions a moment apart: none may get another's remembered date
+        created = await create(api, patient(f"LM{n}"))
+        answer = await api.get(f"/fhir/Patient/{created['id']}")
+        updated = datetime.fromisoformat(created["meta"]["lastUpdated"].replace("Z", "+00:00"))
+        assert parsedate_to_datetime(answer.headers["last-modified"]) == updated.replace(microsecond=0)
+
+
+async def test_the_base_in_links_follows_the_host_the_client_named(api: httpx.AsyncClient) -> None:
+    created = await create(api, patient("HOST1"))
+    for host in ("one.example", "two.example:8443", "one.example"):
+        answer = await api.get("/fhir/Patient", params={"_id": created["id"]}, headers={"Host": host})
+        bundle = answer.json()
+        assert bundle["entry"][0]["fullUrl"] == f"http://{host}/fhir/Patient/{created['id']}"
+        assert bundle["link"][0]["url"].startswith(f"http://{host}/fhir/Patient?")
+
+
 async def test_read_of_unknown_id_is_404_operation_outcome(api: httpx.AsyncClient) -> None:
     answer = await api.get("/fhir/Patient/does-not-exist")
     assert answer.status_code == 404
