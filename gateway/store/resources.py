@@ -117,12 +117,12 @@ async def head(conn: AsyncConnection, resource_type: str, resource_id: str) -> H
     return Head(row.rid, resource_type, resource_id, row.version, row.updated_us, row.deleted)
 
 
-# Current versions, for the driver's own SQL (gateway/store/driver_sql.py); `_stored_row` reads the columns.
-_CURRENT_FROM = (
+# Current versions, for the driver's own SQL (gateway/store/driver_sql.py); `stored_row` reads the columns.
+CURRENT_FROM = (
     "SELECT r.rid, r.res_type, r.res_id, r.version, r.updated_us, r.deleted, v.content, v.method"
     " FROM resource r JOIN resource_version v ON v.rid = r.rid AND v.version = r.version"
 )
-_CURRENT_ONE = _CURRENT_FROM + " WHERE r.res_type = ? AND r.res_id = ?"
+_CURRENT_ONE = CURRENT_FROM + " WHERE r.res_type = ? AND r.res_id = ?"
 
 
 async def current(conn: AsyncConnection, resource_type: str, resource_id: str) -> Stored | None:
@@ -130,11 +130,11 @@ async def current(conn: AsyncConnection, resource_type: str, resource_id: str) -
 
     Every read asks this: the driver's own SQL (gateway/store/driver_sql.py), not a compiled statement."""
     rows = await driver_sql.fetch(conn, _CURRENT_ONE, (resource_type, resource_id))
-    return _stored_row(rows[0]) if rows else None
+    return stored_row(rows[0]) if rows else None
 
 
-def _stored_row(row: Sequence[Any]) -> Stored:
-    """A Stored from a driver row of the _CURRENT_FROM columns, by position."""
+def stored_row(row: Sequence[Any]) -> Stored:
+    """A Stored from a driver row of the CURRENT_FROM columns, by position."""
     rid, rtype, res_id, number, updated_us, deleted, content, method = row
     return Stored(
         int(rid),
@@ -165,7 +165,7 @@ def _by_keys_sql(
             params.extend(ids)
             conditions.append(f"(r.res_type = ? AND r.res_id IN ({driver_sql.marks(len(ids))}))")
     where = " OR ".join(conditions)
-    sql = f"{_CURRENT_FROM} WHERE ({where})" + (" AND NOT r.deleted" if live else "")
+    sql = f"{CURRENT_FROM} WHERE ({where})" + (" AND NOT r.deleted" if live else "")
     return sql, tuple(params)
 
 
@@ -195,7 +195,7 @@ async def load_by_keys(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -
     if not grouped:
         return []
     sql, params = _by_keys_sql(conn, grouped, live=True)
-    return [_stored_row(row) for row in await driver_sql.fetch(conn, sql, params)]
+    return [stored_row(row) for row in await driver_sql.fetch(conn, sql, params)]
 
 
 @dataclass(slots=True)
@@ -365,7 +365,7 @@ async def current_many(
     if not grouped:
         return {}
     sql, params = _by_keys_sql(conn, grouped, live=False)
-    stored = [_stored_row(row) for row in await driver_sql.fetch(conn, sql, params)]
+    stored = [stored_row(row) for row in await driver_sql.fetch(conn, sql, params)]
     return {(s.type, s.id): s for s in stored}
 
 

@@ -23,8 +23,17 @@ from gateway.fhir.query import (
     TokenValue,
 )
 from gateway.fhir.searchparams import ParamType
-from gateway.store.resources import Stored, current_select, load_by_keys, load_by_rids, to_stored
-from gateway.store.statements import by_type, kept, keyed_values
+from gateway.store import driver_sql
+from gateway.store.resources import (
+    CURRENT_FROM,
+    Stored,
+    current_select,
+    load_by_keys,
+    load_by_rids,
+    stored_row,
+    to_stored,
+)
+from gateway.store.statements import by_type, kept
 from gateway.store.tables import resource, sp_date, sp_reference, sp_string, sp_token
 
 _TABLES = {
@@ -446,37 +455,31 @@ async def all_current(conn: AsyncConnection, resource_type: str) -> list[Stored]
 async def by_reference(
     conn: AsyncConnection, resource_type: str, param: str, targets: list[str]
 ) -> list[Stored]:
-    """Live resources of a type whose reference parameter points at any of `targets` ("Type/id")."""
+    """Live resources of a type whose reference parameter points at any of `targets` ("Type/id").
+
+    On the driver path (the alert and calendar observers look up a patient's orders and plans on every
+    result): one condition per target type, whose ids are one array parameter on PostgreSQL; a flat OR of
+    thousands of pairs would be too deep an expression for SQLite."""
     pairs = (target.partition("/") for target in targets if "/" in target)
     grouped = by_type((target_type, target_id) for target_type, _, target_id in pairs)
     if not grouped:
         return []
-    r = sp_reference.c
-
-    def build() -> Any:
-        # One IN list per target type: a flat OR of thousands of pairs is too deep an expression for SQLite.
-        rids = (
-            select(r.rid)
-            .where(
-                r.res_type == bindparam("rt"),
-                r.param == bindparam("p"),
-                or_(
-                    *(
-                        and_(
-                            r.target_type == bindparam(f"t{n}"),
-                            r.target_id.in_(bindparam(f"i{n}", expanding=True)),
-                        )
-                        for n in range(len(grouped))
-                    )
-                ),
-            )
-            .scalar_subquery()
-        )
-        return current_select().where(resource.c.rid.in_(rids), resource.c.deleted.is_(False))
-
-    values = {"rt": resource_type, "p": param, **keyed_values(grouped)}
-    rows = await conn.execute(kept(("by-reference", len(grouped)), build), values)
-    return [to_stored(row) for row in rows]
+    array = conn.dialect.name == "postgresql"
+    params: list[Any] = [resource_type, param]
+    conditions: list[str] = []
+    for target_type, ids in grouped.items():
+        params.append(target_type)
+        if array:
+            params.append(ids)
+            conditions.append("(target_type = ? AND target_id = ANY(?::varchar[]))")
+        else:
+            params.extend(ids)
+            conditions.append(f"(target_type = ? AND target_id IN ({driver_sql.marks(len(ids))}))")
+    sql = (
+        f"{CURRENT_FROM} WHERE r.rid IN (SELECT rid FROM sp_reference WHERE res_type = ? AND param = ?"
+        f" AND ({' OR '.join(conditions)})) AND NOT r.deleted"
+    )
+    return [stored_row(row) for row in await driver_sql.fetch(conn, sql, tuple(params))]
 
 
 async def by_token(conn: AsyncConnection, resource_type: str, param: str, codes: list[str]) -> list[Stored]:

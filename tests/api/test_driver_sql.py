@@ -119,6 +119,50 @@ async def test_current_versions_by_key_on_the_driver(gateway: Gateway) -> None:
     assert one is not None and one.deleted is True and never is None
 
 
+async def test_resources_by_reference_on_the_driver(gateway: Gateway) -> None:
+    """Live resources whose reference parameter names any target, several target types at once, the
+    current version only, deleted ones left out; hundreds of ids in one lookup."""
+    from gateway.store import search as store_search
+
+    ctx = RequestContext(base_url="http://gateway.test/fhir")
+
+    async def create(body: dict[str, Any]) -> str:
+        outcome = await gateway.fhir.create(ctx, body["resourceType"], orjson.dumps(body), None)
+        assert outcome.stored is not None
+        return outcome.stored.id
+
+    def observation(subject: str, text: str, status: str = "final") -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": status,
+            "code": {"text": text},
+            "subject": {"reference": subject},
+        }
+
+    patient = await create({"resourceType": "Patient"})
+    group = await create({"resourceType": "Group", "type": "person", "actual": True})
+    about_patient = await create(observation(f"Patient/{patient}", "a"))
+    about_group = await create(observation(f"Group/{group}", "b"))
+    deleted = await create(observation(f"Patient/{patient}", "c"))
+    await gateway.fhir.delete(ctx, "Observation", deleted, None)
+    changed = {**observation(f"Patient/{patient}", "a", "amended"), "id": about_patient}
+    await gateway.fhir.update(ctx, "Observation", about_patient, orjson.dumps(changed), None)
+    others = [f"Patient/nobody-{n}" for n in range(500)]
+    async with gateway.db.read() as conn:
+        both = await store_search.by_reference(
+            conn, "Observation", "subject", [f"Patient/{patient}", f"Group/{group}", *others]
+        )
+        one = await store_search.by_reference(
+            conn, "Observation", "patient", [f"Patient/{patient}", "no-slash"]
+        )
+        none = await store_search.by_reference(conn, "Observation", "subject", others)
+    assert sorted(s.id for s in both) == sorted([about_patient, about_group])
+    assert [(s.id, s.version) for s in one] == [(about_patient, 2)] and b'"amended"' in (
+        one[0].content or b""
+    )
+    assert none == []
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])  # a PostgreSQL backend process is what is killed
 async def test_a_backend_killed_under_a_driver_statement_is_unavailability_and_the_pool_recovers(
     gateway: Gateway,

@@ -156,6 +156,29 @@ async def test_a_stopped_order_cancels_what_is_left_and_its_overdue_alerts(
     assert await gateway.monitoring.sweep(start + timedelta(days=60)) == 0
 
 
+async def test_a_result_touches_only_the_patients_active_calendars(api: httpx.AsyncClient) -> None:
+    """The patient's other CarePlans (a revoked calendar, an active plan of another category) and another
+    patient's calendar are not the result's to complete."""
+    start = today()
+    patient, _ = await clozapine(api, start)
+    active = await calendar(api, patient)
+    copy = {k: v for k, v in active.items() if k not in ("id", "meta")}
+    revoked = await create(api, {**copy, "status": "revoked"})
+    other_category = await create(
+        api,
+        {**copy, "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category",
+                                            "code": "assess-plan"}]}]},
+    )  # fmt: skip
+    neighbour, _ = await clozapine(api, start)
+    await create(api, anc(patient, start))
+    (now,) = await found(api, "CarePlan", patient=patient, status="active", **CALENDARS)
+    assert now["id"] == active["id"] and due(now)[0][1] == "completed"
+    for untouched in (revoked, other_category):
+        kept = (await api.get(f"/fhir/CarePlan/{untouched}")).json()
+        assert kept["meta"]["versionId"] == "1" and due(kept)[0][1] == "scheduled"
+    assert due(await calendar(api, neighbour))[0][1] == "scheduled"
+
+
 async def test_a_dose_change_brings_the_next_lab_forward(api: httpx.AsyncClient) -> None:
     start = today()
     patient, order = await clozapine(api, start)

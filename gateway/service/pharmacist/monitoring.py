@@ -45,6 +45,7 @@ from gateway.service.fhirapi.interactions import FhirService
 from gateway.service.pharmacist.matching import assigned_pharmacists, referenced_medication
 from gateway.service.workers import Repeating
 from gateway.store import resources as store
+from gateway.store import search as store_search
 from gateway.store.resources import PendingVersion, Stored
 from gateway.types import JSON
 
@@ -312,13 +313,16 @@ class MonitoringCalendar:
                 results.append((p.id, obs))
         if not results:
             return
-        patients = ",".join(sorted({str(obs["subject"]["reference"]) for _, obs in results}))
-        plans = await self.fhir.all_matching(
-            conn, system, "CarePlan", [("patient", patients), ("category", CALENDAR), ("status", "active")]
-        )
+        # The patients' CarePlans by the index's reference rows, the active calendars among them picked
+        # here: what a search for patient, category and status would find, without parsing one (every
+        # result of a monitored lab asks).
+        patients = sorted({str(obs["subject"]["reference"]) for _, obs in results})
         now = dates.format_instant(dates.now_us())
-        for stored in plans:
+        plans = await store_search.by_reference(conn, "CarePlan", "patient", patients)
+        for stored in sorted(plans, key=lambda s: s.id):
             plan = orjson.loads(stored.content or b"{}")
+            if plan.get("status") != "active" or not calendar.is_calendar(plan):
+                continue
             rule = self.rules.get(calendar.rule_of(plan) or "")
             if rule is None:
                 continue
