@@ -22,10 +22,6 @@ from gateway.store.tables import (
     INDEX_TABLES,
     resource,
     resource_version,
-    sp_date,
-    sp_reference,
-    sp_string,
-    sp_token,
 )
 
 
@@ -295,7 +291,26 @@ async def bulk_insert(
     await driver_sql.execute_many(conn, sql, rows)
 
 
-async def _write_index(conn: AsyncConnection, entries: list[tuple[int, PendingVersion]]) -> None:
+_VERSION_COLUMNS = ("rid", "version", "res_type", "res_id", "updated_us", "method", "deleted", "content")
+# The index tables' columns, in INDEX_TABLES' order (token, reference, date, string).
+_INDEX_COLUMNS = (
+    ("rid", "res_type", "param", "system", "code"),
+    ("rid", "res_type", "param", "target_type", "target_id"),
+    ("rid", "res_type", "param", "low_us", "high_us"),
+    ("rid", "res_type", "param", "value"),
+)
+# PostgreSQL array types of those columns, and of the version's, for unnest().
+_VERSION_TYPES = ("bigint", "int", "varchar", "varchar", "bigint", "varchar", "boolean", "text")
+_INDEX_TYPES = (
+    ("bigint", "varchar", "varchar", "varchar", "varchar"),
+    ("bigint", "varchar", "varchar", "varchar", "varchar"),
+    ("bigint", "varchar", "varchar", "bigint", "bigint"),
+    ("bigint", "varchar", "varchar", "varchar"),
+)
+
+
+def _index_rows(entries: list[tuple[int, PendingVersion]]) -> list[list[tuple[Any, ...]]]:
+    """The rows of each index table (INDEX_TABLES' order) for these versions (row id, version)."""
     tokens: list[tuple[Any, ...]] = []
     references: list[tuple[Any, ...]] = []
     dates: list[tuple[Any, ...]] = []
@@ -308,12 +323,50 @@ async def _write_index(conn: AsyncConnection, entries: list[tuple[int, PendingVe
         references += [(rid, rtype, n, t, i) for n, t, i in p.index.references]
         dates += [(rid, rtype, n, lo, hi) for n, lo, hi in p.index.dates]
         strings += [(rid, rtype, n, v) for n, v in p.index.strings]
-    await bulk_insert(conn, sp_token, ("rid", "res_type", "param", "system", "code"), tokens)
-    await bulk_insert(
-        conn, sp_reference, ("rid", "res_type", "param", "target_type", "target_id"), references
+    return [tokens, references, dates, strings]
+
+
+def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
+    arrays = ", ".join(f"?::{t}[]" for t in types)
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
+
+
+# One statement for a write's versions and all its index rows, and the stale index rows of the resources
+# it updates: a round trip and one execution each, where an executemany per table cost five round trips
+# and a bind and execute per row (about a hundred rows per six-OBX ORU). Each table's rows are one array
+# per column. The DELETEs see the statement's snapshot, so they remove the old rows and never the new.
+_ROWS_AT_ONCE = (
+    "WITH "
+    + ", ".join(
+        [
+            f"stale_{n} AS (DELETE FROM {table.name} WHERE rid = ANY(?::bigint[]))"
+            for n, table in enumerate(INDEX_TABLES)
+        ]
+        + [f"version_rows AS ({_unnest_insert('resource_version', _VERSION_COLUMNS, _VERSION_TYPES)})"]
+        + [
+            f"index_{n} AS ({_unnest_insert(table.name, columns, types)})"
+            for n, (table, columns, types) in enumerate(
+                zip(INDEX_TABLES, _INDEX_COLUMNS, _INDEX_TYPES, strict=True)
+            )
+        ]
     )
-    await bulk_insert(conn, sp_date, ("rid", "res_type", "param", "low_us", "high_us"), dates)
-    await bulk_insert(conn, sp_string, ("rid", "res_type", "param", "value"), strings)
+    + " SELECT 1"
+)
+
+
+async def _write_rows_at_once(
+    conn: AsyncConnection,
+    stale: list[int],
+    versions: list[tuple[Any, ...]],
+    index: list[list[tuple[Any, ...]]],
+) -> None:
+    """PostgreSQL: `_ROWS_AT_ONCE`, its parameters the columns of each table's rows."""
+    params: list[Any] = [stale] * len(INDEX_TABLES)
+    for rows, width in [(versions, len(_VERSION_COLUMNS))] + [
+        (rows, len(columns)) for rows, columns in zip(index, _INDEX_COLUMNS, strict=True)
+    ]:
+        params += [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+    await driver_sql.fetch(conn, _ROWS_AT_ONCE, tuple(params))
 
 
 async def write(conn: AsyncConnection, pending: Sequence[PendingVersion]) -> list[Stored]:
@@ -331,29 +384,30 @@ async def write(conn: AsyncConnection, pending: Sequence[PendingVersion]) -> lis
     for p in updates:
         assert p.head is not None
         rids[id(p)] = p.head.rid
-    await bulk_insert(
-        conn,
-        resource_version,
-        ("rid", "version", "res_type", "res_id", "updated_us", "method", "deleted", "content"),
-        [
-            (
-                rids[id(p)],
-                p.version,
-                p.type,
-                p.id,
-                p.updated_us,
-                p.method,
-                p.content is None,
-                p.content.decode() if p.content is not None else None,
-            )
-            for p in pending
-        ],
-    )
+    versions = [
+        (
+            rids[id(p)],
+            p.version,
+            p.type,
+            p.id,
+            p.updated_us,
+            p.method,
+            p.content is None,
+            p.content.decode() if p.content is not None else None,
+        )
+        for p in pending
+    ]
     stale = [p.head.rid for p in updates if p.head is not None and not p.head.deleted]
-    if stale:
-        for table in INDEX_TABLES:
-            await conn.execute(delete(table).where(table.c.rid.in_(stale)))
-    await _write_index(conn, [(rids[id(p)], p) for p in pending])
+    index = _index_rows([(rids[id(p)], p) for p in pending])
+    if conn.dialect.name == "postgresql":
+        await _write_rows_at_once(conn, stale, versions, index)
+    else:
+        await bulk_insert(conn, resource_version, _VERSION_COLUMNS, versions)
+        if stale:
+            for table in INDEX_TABLES:
+                await conn.execute(delete(table).where(table.c.rid.in_(stale)))
+        for table, columns, rows in zip(INDEX_TABLES, _INDEX_COLUMNS, index, strict=True):
+            await bulk_insert(conn, table, columns, rows)
     return [p.stored(rids[id(p)]) for p in pending]
 
 

@@ -163,6 +163,72 @@ async def test_resources_by_reference_on_the_driver(gateway: Gateway) -> None:
     assert none == []
 
 
+async def test_one_write_replaces_the_index_rows_of_what_it_updates(gateway: Gateway) -> None:
+    """Versions and index rows go in together (one statement on PostgreSQL): an update's old rows are gone
+    and its new ones are there, in the same write as a create and a delete, and nothing of the others."""
+    from gateway.fhir.extract import extract
+    from gateway.store.tables import INDEX_TABLES
+
+    ctx = RequestContext(base_url="http://gateway.test/fhir")
+
+    def observation(code: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-03-01",
+        }
+
+    ids = []
+    for code in ("1-1", "2-2", "3-3"):
+        outcome = await gateway.fhir.create(ctx, "Observation", orjson.dumps(observation(code)), None)
+        assert outcome.stored is not None
+        ids.append(outcome.stored.id)
+    changed, deleted, untouched = ids
+    async with gateway.db.write() as conn:
+        heads = await store.current_many(conn, [("Observation", i) for i in ids])
+        now = heads[("Observation", changed)].updated_us + 1
+        new = {**observation("9-9"), "id": changed}
+        await store.write(
+            conn,
+            [
+                store.PendingVersion("Observation", changed, 2, now, "PUT", orjson.dumps(new),
+                                     extract(new, ()), head=store.head_of(heads[("Observation", changed)])),
+                store.PendingVersion("Observation", deleted, 2, now, "DELETE", None, None,
+                                     head=store.head_of(heads[("Observation", deleted)])),
+                store.PendingVersion("Observation", "fresh", 1, now, "POST",
+                                     orjson.dumps({**observation("4-4"), "id": "fresh"}),
+                                     extract({**observation("4-4"), "id": "fresh"}, ())),
+            ],
+        )  # fmt: skip
+
+    async def codes(res_id: str) -> list[str]:
+        async with gateway.db.read() as conn:
+            rid = select(resource.c.rid).where(resource.c.res_id == res_id).scalar_subquery()
+            found = await conn.execute(
+                select(sp_token.c.code).where(sp_token.c.rid == rid, sp_token.c.param == "code")
+            )
+            return sorted(found.scalars())
+
+    assert await codes(changed) == ["9-9"]
+    assert await codes(deleted) == []  # a deleted resource is found by no search
+    assert await codes(untouched) == ["3-3"] and await codes("fresh") == ["4-4"]
+    async with gateway.db.read() as conn:
+        rows = {
+            table.name: int((await conn.execute(select(func.count()).select_from(table).where(
+                table.c.rid == select(resource.c.rid).where(resource.c.res_id == changed).scalar_subquery()
+            ))).scalar_one())
+            for table in INDEX_TABLES
+        }  # fmt: skip
+        versions = await store.current_many(conn, [("Observation", i) for i in (*ids, "fresh")])
+    expected = extract(new, ())
+    assert rows == {"sp_token": len(expected.tokens), "sp_reference": len(expected.references),
+                    "sp_date": len(expected.dates), "sp_string": len(expected.strings)}  # fmt: skip
+    assert [versions[("Observation", i)].version for i in (*ids, "fresh")] == [2, 2, 1, 1]
+    assert versions[("Observation", deleted)].deleted
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])  # a PostgreSQL backend process is what is killed
 async def test_a_backend_killed_under_a_driver_statement_is_unavailability_and_the_pool_recovers(
     gateway: Gateway,
