@@ -12,10 +12,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import driver_sql
+from gateway.store.resources import bulk_insert
 from gateway.store.tables import alert_candidate
 
 CHUNK = 100  # SELECTs per UNION ALL statement (SQLite allows 500 in one compound SELECT)
@@ -46,24 +47,17 @@ class LabKey:
 async def replace(conn: AsyncConnection, *, task_ids: Collection[str], rows: Sequence[Candidate]) -> None:
     """`rows` written afresh: the rows of the alerts `task_ids` go first (a chunk of them a statement),
     then the new ones in one statement."""
-    c = alert_candidate.c
     ids = sorted(task_ids)
     for start in range(0, len(ids), CHUNK):
-        await conn.execute(delete(alert_candidate).where(c.task_id.in_(ids[start : start + CHUNK])))
-    if rows:
-        # Rows by hand: dataclasses.asdict deep-copies, and cost more than the insert here.
-        values = [
-            {
-                "task_id": r.task_id,
-                "patient": r.patient,
-                "rule": r.rule,
-                "lab_system": r.lab_system,
-                "lab_code": r.lab_code,
-                "live": r.live,
-            }
-            for r in rows
-        ]
-        await conn.execute(insert(alert_candidate), values)
+        chunk = ids[start : start + CHUNK]
+        sql = f"DELETE FROM alert_candidate WHERE task_id IN ({driver_sql.marks(len(chunk))})"
+        await driver_sql.execute_many(conn, sql, [tuple(chunk)])
+    await bulk_insert(
+        conn,
+        alert_candidate,
+        ("task_id", "patient", "rule", "lab_system", "lab_code", "live"),
+        [(r.task_id, r.patient, r.rule, r.lab_system, r.lab_code, r.live) for r in rows],
+    )
 
 
 async def set_live(conn: AsyncConnection, *, live: Mapping[str, bool]) -> None:

@@ -7,6 +7,7 @@ keeps a search by patient as fast at 200k resources as at 10k.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, bindparam, func, or_, select, true
@@ -394,17 +395,23 @@ async def included(
     return found[:limit]
 
 
-_IDENTIFIED = (
-    select(sp_token.c.system, sp_token.c.code, resource.c.res_id)
-    .join(resource, resource.c.rid == sp_token.c.rid)
-    .where(
-        sp_token.c.res_type == bindparam("t"),
-        sp_token.c.param == "identifier",
-        sp_token.c.code.in_(bindparam("codes", expanding=True)),
-        resource.c.deleted.is_(False),
+async def _identified(
+    conn: AsyncConnection, resource_type: str, values: set[str]
+) -> list[Sequence[Any]]:
+    """(system, value, id) of the live resources of a type with any of these identifier values, oldest
+    first. On the driver path: every HL7 v2 message looks its patient up by identifier."""
+    codes = sorted(values)
+    params: tuple[Any, ...]
+    if conn.dialect.name == "postgresql":
+        among, params = "= ANY(?::varchar[])", (resource_type, codes)
+    else:
+        among, params = f"IN ({driver_sql.marks(len(codes))})", (resource_type, *codes)
+    sql = (
+        "SELECT t.system, t.code, r.res_id FROM sp_token t JOIN resource r ON r.rid = t.rid"
+        f" WHERE t.res_type = ? AND t.param = 'identifier' AND t.code {among} AND NOT r.deleted"
+        " ORDER BY r.rid"
     )
-    .order_by(resource.c.rid)
-)
+    return await driver_sql.fetch(conn, sql, params)
 
 
 async def ids_by_identifier(
@@ -414,14 +421,10 @@ async def ids_by_identifier(
     if not identifiers:
         return {}
     wanted = set(identifiers)
-    rows = await conn.execute(
-        _IDENTIFIED, {"t": resource_type, "codes": sorted({value for _, value in wanted})}
-    )
     found: dict[tuple[str | None, str], str] = {}
-    for row in rows:
-        key = (row.system, row.code)
-        if key in wanted:
-            found.setdefault(key, row.res_id)
+    for system, code, res_id in await _identified(conn, resource_type, {value for _, value in wanted}):
+        if (system, code) in wanted:
+            found.setdefault((system, code), res_id)
     return found
 
 
@@ -433,14 +436,11 @@ async def all_ids_by_identifier(
     if not identifiers:
         return {}
     wanted = set(identifiers)
-    rows = await conn.execute(
-        _IDENTIFIED, {"t": resource_type, "codes": sorted({value for _, value in wanted})}
-    )
     found: dict[tuple[str, str], list[str]] = {}
-    for row in rows:
-        key = (row.system, row.code)
-        if key in wanted and row.res_id not in found.get(key, []):
-            found.setdefault(key, []).append(row.res_id)
+    for system, code, res_id in await _identified(conn, resource_type, {value for _, value in wanted}):
+        key = (system, code)
+        if key in wanted and res_id not in found.get(key, []):
+            found.setdefault(key, []).append(res_id)
     return found
 
 
