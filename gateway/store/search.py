@@ -395,9 +395,7 @@ async def included(
     return found[:limit]
 
 
-async def _identified(
-    conn: AsyncConnection, resource_type: str, values: set[str]
-) -> list[Sequence[Any]]:
+async def _identified(conn: AsyncConnection, resource_type: str, values: set[str]) -> list[Sequence[Any]]:
     """(system, value, id) of the live resources of a type with any of these identifier values, oldest
     first. On the driver path: every HL7 v2 message looks its patient up by identifier."""
     codes = sorted(values)
@@ -510,26 +508,19 @@ async def by_reference_and_token(
     both indexes (neither the patient's whole record nor every patient's results of those codes)."""
     (param, target), (token_param, codes) = reference, token
     target_type, _, target_id = target.partition("/")
-    r, t = sp_reference.c, sp_token.c
-
-    def build() -> Any:
-        referring = select(r.rid).where(
-            r.res_type == bindparam("rt"),
-            r.param == bindparam("p"),
-            r.target_type == bindparam("tt"),
-            r.target_id == bindparam("ti"),
-        )
-        coded = select(t.rid).where(
-            t.res_type == bindparam("rt"),
-            t.param == bindparam("tp"),
-            t.code.in_(bindparam("c", expanding=True)),
-        )
-        return current_select().where(
-            resource.c.rid.in_(referring.scalar_subquery()),
-            resource.c.rid.in_(coded.scalar_subquery()),
-            resource.c.deleted.is_(False),
-        )
-
-    values = {"rt": resource_type, "p": param, "tt": target_type, "ti": target_id, "tp": token_param}
-    rows = await conn.execute(kept("by-reference-and-token", build), {**values, "c": list(codes)})
-    return [to_stored(row) for row in rows]
+    wanted = sorted(codes)
+    if not wanted:
+        return []
+    code_params: list[Any]
+    if conn.dialect.name == "postgresql":
+        among, code_params = "= ANY(?::varchar[])", [wanted]
+    else:
+        among, code_params = f"IN ({driver_sql.marks(len(wanted))})", wanted
+    sql = (
+        f"{CURRENT_FROM} WHERE r.rid IN (SELECT rid FROM sp_reference WHERE res_type = ? AND param = ?"
+        " AND target_type = ? AND target_id = ?)"
+        f" AND r.rid IN (SELECT rid FROM sp_token WHERE res_type = ? AND param = ? AND code {among})"
+        " AND NOT r.deleted"
+    )
+    params = (resource_type, param, target_type, target_id, resource_type, token_param, *code_params)
+    return [stored_row(row) for row in await driver_sql.fetch(conn, sql, params)]

@@ -312,3 +312,29 @@ async def test_the_operation_is_audited_with_the_patient(
     assert any(e.get("description") == "$match-pharmacist" for e in entities)
     whats = {e["what"]["reference"] for e in entities if "reference" in e.get("what", {})}
     assert {f"Patient/{patient}", f"PractitionerRole/{role}", f"CareTeam/{team}"} <= whats
+
+
+async def test_only_an_active_assignment_team_names_a_patients_pharmacist(
+    api: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    """What an alert's owner comes from: the patient's active pharmacist-assignment CareTeam, not an
+    ended one, not a team of another category, not another patient's."""
+    from gateway.service.pharmacist.matching import PHARMACIST_ASSIGNMENT, assigned_pharmacists
+
+    def team(subject: str, member: str, *, status: str = "active", code: str = PHARMACIST_ASSIGNMENT) -> dict:
+        return {
+            "resourceType": "CareTeam",
+            "status": status,
+            "category": [{"coding": [{"system": CARE_TEAM_CATEGORY, "code": code}]}],
+            "subject": {"reference": subject},
+            "participant": [{"member": {"reference": member}, "period": {"start": "2024-01-01T00:00:00Z"}}],
+        }
+
+    one, two, three = [f"Patient/{await create(api, f.patient())}" for _ in range(3)]
+    await create(api, team(one, "Practitioner/ended", status="inactive"))
+    await create(api, team(one, "Practitioner/other-kind", code="other-team"))
+    await create(api, team(one, "Practitioner/current"))
+    await create(api, team(two, "Practitioner/ended-only", status="inactive"))
+    async with gateway.db.read() as conn:
+        owners = await assigned_pharmacists(conn, [one, two, three])
+    assert owners == {one: "Practitioner/current"}

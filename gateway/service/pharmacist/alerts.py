@@ -237,9 +237,7 @@ class AlertService:
         writes: dict[str, tuple[JSON, Stored | None]] = {}
         now_us = dates.now_us()
         now = dates.format_instant(now_us)
-        owners = await assigned_pharmacists(
-            self.fhir, conn, system, sorted({r.patient for r in results if r.findings})
-        )
+        owners = await assigned_pharmacists(conn, sorted({r.patient for r in results if r.findings}))
         for result in results:
             self._reconcile(result, existing, owners, now, writes)
         await self._later_results(conn, results, writes, now)

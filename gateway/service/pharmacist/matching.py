@@ -49,6 +49,7 @@ from gateway.service.access.authorization import require_all
 from gateway.service.access.context import CREATE, READ, UPDATE, RequestContext
 from gateway.service.fhirapi.interactions import FhirService, Outcome
 from gateway.store import resources as store
+from gateway.store import search as store_search
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON
 
@@ -188,7 +189,7 @@ class PharmacistMatching:
         if not patients:
             return
         system = RequestContext(ctx.base_url)
-        assigned = await assigned_pharmacists(self.fhir, conn, system, patients)
+        assigned = await assigned_pharmacists(conn, patients)
         for subject in dict.fromkeys(patients):
             stored = await store.current(conn, "Patient", subject.split("/", 1)[1])
             if subject in assigned or stored is None or stored.deleted:
@@ -410,27 +411,29 @@ async def referenced_medication(conn: AsyncConnection, order: JSON) -> dict[str,
     return {reference: jsonio.loads(stored.content)}
 
 
-async def assigned_pharmacists(
-    fhir: FhirService, conn: AsyncConnection, ctx: RequestContext, patients: Sequence[str]
-) -> dict[str, str]:
+def _active_assignment(team: JSON) -> bool:
+    return team.get("status") == "active" and any(
+        isinstance(coding, dict)
+        and coding.get("system") == CARE_TEAM_CATEGORY
+        and coding.get("code") == PHARMACIST_ASSIGNMENT
+        for concept in team.get("category") or []
+        if isinstance(concept, dict)
+        for coding in concept.get("coding") or []
+    )
+
+
+async def assigned_pharmacists(conn: AsyncConnection, patients: Sequence[str]) -> dict[str, str]:
     """`Patient/id` -> the current member (a PractitionerRole, or a Practitioner) of the patient's active
     pharmacist-assignment CareTeam, for those that have one."""
     if not patients:
         return {}
-    teams = await fhir.all_matching(
-        conn,
-        ctx,
-        "CareTeam",
-        [
-            ("patient", ",".join(sorted(set(patients)))),
-            ("status", "active"),
-            ("category", f"{CARE_TEAM_CATEGORY}|{PHARMACIST_ASSIGNMENT}"),
-        ],
-    )
+    # The patients' CareTeams by the index's reference rows, the active assignments among them picked here:
+    # what a search by patient, status and category finds, without parsing one (each alert asks).
+    found_teams = await store_search.by_reference(conn, "CareTeam", "patient", sorted(set(patients)))
+    teams = [orjson.loads(s.content or b"{}") for s in sorted(found_teams, key=lambda s: s.id)]
     now_us = dates.now_us()
     found: dict[str, str] = {}
-    for stored in teams:
-        team = orjson.loads(stored.content or b"{}")
+    for team in filter(_active_assignment, teams):
         subject = _reference(team, "subject")
         members = [m for p in team.get("participant") or [] if (m := current_member(p, now_us))]
         if subject and members:

@@ -423,7 +423,7 @@ class MonitoringCalendar:
             existing = {s.id for s in await store.load_by_keys(conn, [("Task", t) for t in wanted])}
             new = {t: w for t, w in wanted.items() if t not in existing}
             owners = await assigned_pharmacists(
-                self.fhir, conn, system, sorted({str(w[0]["subject"]["reference"]) for w in new.values()})
+                conn, sorted({str(w[0]["subject"]["reference"]) for w in new.values()})
             )
             now = dates.format_instant(dates.now_us())
             writes: dict[str, tuple[JSON, Stored | None]] = {}
