@@ -22,7 +22,13 @@ from typing import Any
 
 from gateway.mapping.monitoring import Code, DrugLabRule
 from gateway.pharmacist.schedule import Activity, Status
-from gateway.pharmacist.vocabulary import ALERT_RULE, CARE_PLAN_CATEGORY, GATEWAY, MONITORING_CALENDAR
+from gateway.pharmacist.vocabulary import (
+    ALERT_RULE,
+    CARE_PLAN_CATEGORY,
+    GATEWAY,
+    MONITORING_CALENDAR,
+    has_category,
+)
 
 JSON = dict[str, Any]
 CALENDAR_EXTENSION = f"{GATEWAY}/StructureDefinition/monitoring-calendar"
@@ -124,14 +130,7 @@ def _parts(element: JSON, url: str) -> dict[str, Any]:
 
 
 def is_calendar(resource: JSON) -> bool:
-    return any(
-        isinstance(coding, dict)
-        and coding.get("system") == CARE_PLAN_CATEGORY
-        and coding.get("code") == MONITORING_CALENDAR
-        for concept in resource.get("category") or []
-        if isinstance(concept, dict)
-        for coding in concept.get("coding") or []
-    )
+    return has_category(resource, CARE_PLAN_CATEGORY, MONITORING_CALENDAR)
 
 
 def rule_of(resource: JSON) -> str | None:

@@ -48,3 +48,15 @@ PRIORITY_OF: Final = {"critical": "stat", "high": "asap", "moderate": "urgent", 
 SEVERITY_OF: Final = {priority: severity for severity, priority in PRIORITY_OF.items()}
 
 OPEN_STATUSES: Final = frozenset({"requested", "received", "ready", "accepted", "in-progress", "on-hold"})
+
+
+def has_category(resource: dict[str, object], system: str, code: str) -> bool:
+    """Whether one of the resource's `category` concepts holds this coding (what a token search on
+    `category` with `system|code` finds)."""
+    concepts = resource.get("category")
+    return isinstance(concepts, list) and any(
+        isinstance(coding, dict) and coding.get("system") == system and coding.get("code") == code
+        for concept in concepts
+        if isinstance(concept, dict)
+        for coding in concept.get("coding") or []
+    )

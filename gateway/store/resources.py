@@ -149,17 +149,12 @@ def _by_keys_sql(
 ) -> tuple[str, tuple[Any, ...]]:
     """Current versions of (type, ids) groups: one condition per type; on PostgreSQL the ids are one array
     parameter (the statement's text depends on the number of types only)."""
-    array = conn.dialect.name == "postgresql"
     conditions: list[str] = []
     params: list[Any] = []
     for rtype, ids in grouped.items():
-        params.append(rtype)
-        if array:
-            params.append(ids)
-            conditions.append("(r.res_type = ? AND r.res_id = ANY(?::varchar[]))")
-        else:
-            params.extend(ids)
-            conditions.append(f"(r.res_type = ? AND r.res_id IN ({driver_sql.marks(len(ids))}))")
+        any_id, id_params = driver_sql.among(conn, ids)
+        params += [rtype, *id_params]
+        conditions.append(f"(r.res_type = ? AND r.res_id {any_id})")
     where = " OR ".join(conditions)
     sql = f"{CURRENT_FROM} WHERE ({where})" + (" AND NOT r.deleted" if live else "")
     return sql, tuple(params)

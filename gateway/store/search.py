@@ -398,18 +398,13 @@ async def included(
 async def _identified(conn: AsyncConnection, resource_type: str, values: set[str]) -> list[Sequence[Any]]:
     """(system, value, id) of the live resources of a type with any of these identifier values, oldest
     first. On the driver path: every HL7 v2 message looks its patient up by identifier."""
-    codes = sorted(values)
-    params: tuple[Any, ...]
-    if conn.dialect.name == "postgresql":
-        among, params = "= ANY(?::varchar[])", (resource_type, codes)
-    else:
-        among, params = f"IN ({driver_sql.marks(len(codes))})", (resource_type, *codes)
+    among, codes = driver_sql.among(conn, sorted(values))
     sql = (
         "SELECT t.system, t.code, r.res_id FROM sp_token t JOIN resource r ON r.rid = t.rid"
         f" WHERE t.res_type = ? AND t.param = 'identifier' AND t.code {among} AND NOT r.deleted"
         " ORDER BY r.rid"
     )
-    return await driver_sql.fetch(conn, sql, params)
+    return await driver_sql.fetch(conn, sql, (resource_type, *codes))
 
 
 async def ids_by_identifier(
@@ -462,17 +457,12 @@ async def by_reference(
     grouped = by_type((target_type, target_id) for target_type, _, target_id in pairs)
     if not grouped:
         return []
-    array = conn.dialect.name == "postgresql"
     params: list[Any] = [resource_type, param]
     conditions: list[str] = []
     for target_type, ids in grouped.items():
-        params.append(target_type)
-        if array:
-            params.append(ids)
-            conditions.append("(target_type = ? AND target_id = ANY(?::varchar[]))")
-        else:
-            params.extend(ids)
-            conditions.append(f"(target_type = ? AND target_id IN ({driver_sql.marks(len(ids))}))")
+        any_id, id_params = driver_sql.among(conn, ids)
+        params += [target_type, *id_params]
+        conditions.append(f"(target_type = ? AND target_id {any_id})")
     sql = (
         f"{CURRENT_FROM} WHERE r.rid IN (SELECT rid FROM sp_reference WHERE res_type = ? AND param = ?"
         f" AND ({' OR '.join(conditions)})) AND NOT r.deleted"
@@ -511,11 +501,7 @@ async def by_reference_and_token(
     wanted = sorted(codes)
     if not wanted:
         return []
-    code_params: list[Any]
-    if conn.dialect.name == "postgresql":
-        among, code_params = "= ANY(?::varchar[])", [wanted]
-    else:
-        among, code_params = f"IN ({driver_sql.marks(len(wanted))})", wanted
+    among, code_params = driver_sql.among(conn, wanted)
     sql = (
         f"{CURRENT_FROM} WHERE r.rid IN (SELECT rid FROM sp_reference WHERE res_type = ? AND param = ?"
         " AND target_type = ? AND target_id = ?)"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
+from gateway.service.gateway import Gateway
 from tests.factories import lab_observation, patient
 
 
@@ -181,3 +184,43 @@ async def test_every_served_type_supports_create_and_read(api: httpx.AsyncClient
         created = await create(api, resource)
         read = await api.get(f"/fhir/{resource['resourceType']}/{created['id']}")
         assert read.status_code == 200
+
+
+async def test_a_create_that_loses_a_race_in_what_it_derives_is_run_again(
+    api: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    """Two results of one patient at once: the second's alert update can find the alert Task moved on by
+    the first (a VersionConflict, seen as 500 under 16 concurrent creates). Nothing of the create was
+    committed, so it is run again, as an update is; only a create that loses every time is a 409."""
+    from gateway.store.resources import VersionConflict
+
+    lost: list[int] = []
+
+    async def loses_twice(conn: object, ctx: object, pending: list[Any], written: object) -> None:
+        if len(lost) < 2 and any(p.type == "Observation" for p in pending):
+            lost.append(1)
+            raise VersionConflict("an alert Task changed concurrently")
+
+    gateway.fhir.write_observers.append(loses_twice)
+    try:
+        patient_id = (await create(api, patient("RACE1")))["id"]
+        answer = await api.post("/fhir/Observation", json=lab_observation(patient_id))
+        assert answer.status_code == 201, answer.text
+        assert len(lost) == 2
+        found = (await api.get("/fhir/Observation", params={"patient": patient_id})).json()
+        assert found["total"] == 1  # the lost attempts left nothing behind
+        always = [0]
+
+        async def loses_always(conn: object, ctx: object, pending: object, written: object) -> None:
+            always[0] += 1
+            raise VersionConflict("an alert Task changed concurrently")
+
+        gateway.fhir.write_observers.append(loses_always)
+        try:
+            answer = await api.post("/fhir/Observation", json=lab_observation(patient_id))
+        finally:
+            gateway.fhir.write_observers.remove(loses_always)
+        assert answer.status_code == 409 and answer.json()["resourceType"] == "OperationOutcome"
+        assert always[0] > 1
+    finally:
+        gateway.fhir.write_observers.remove(loses_twice)

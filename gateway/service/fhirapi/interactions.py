@@ -47,7 +47,7 @@ from gateway.store.database import Database
 from gateway.store.resources import PendingVersion, Stored, VersionConflict
 from gateway.types import JSON, Issue
 
-# How often an update without If-Match is retried after losing a race to another writer.
+# How often an update without If-Match, or a create, is retried after losing a race to another writer.
 MAX_CONFLICT_RETRIES = 3
 
 # (connection, context of the writer, versions planned, versions stored) -> None; may raise to roll back.
@@ -836,8 +836,21 @@ class FhirService:
         resource = parse_resource(body, resource_type)
         resource.pop("id", None)  # the server assigns ids on create
         issues = self.validate(resource)
-        async with self.db.write() as conn:
-            return await self.create_on(conn, ctx, resource, if_none_exist=if_none_exist, issues=issues)
+        # A new resource clashes with no one, but what its observers derive may (a patient's alert Task
+        # moved on by another result's transaction): nothing was committed, so it is run again.
+        for attempt in range(MAX_CONFLICT_RETRIES + 1):
+            if attempt:  # as sent: a feed's mapping edits the resource in place
+                resource = parse_resource(body, resource_type)
+                resource.pop("id", None)
+            try:
+                async with self.db.write() as conn:
+                    return await self.create_on(
+                        conn, ctx, resource, if_none_exist=if_none_exist, issues=issues
+                    )
+            except VersionConflict as exc:
+                if attempt == MAX_CONFLICT_RETRIES:
+                    raise Conflict(str(exc)) from exc
+        raise AssertionError("unreachable")
 
     async def update(
         self, ctx: RequestContext, resource_type: str, resource_id: str, body: bytes, if_match: str | None

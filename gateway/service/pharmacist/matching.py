@@ -44,6 +44,7 @@ from gateway.pharmacist.matching import (
     match_pharmacists,
 )
 from gateway.pharmacist.reasons import Reason
+from gateway.pharmacist.vocabulary import has_category
 from gateway.routing.labs import ordered_rules
 from gateway.service.access.authorization import require_all
 from gateway.service.access.context import CREATE, READ, UPDATE, RequestContext
@@ -412,14 +413,7 @@ async def referenced_medication(conn: AsyncConnection, order: JSON) -> dict[str,
 
 
 def _active_assignment(team: JSON) -> bool:
-    return team.get("status") == "active" and any(
-        isinstance(coding, dict)
-        and coding.get("system") == CARE_TEAM_CATEGORY
-        and coding.get("code") == PHARMACIST_ASSIGNMENT
-        for concept in team.get("category") or []
-        if isinstance(concept, dict)
-        for coding in concept.get("coding") or []
-    )
+    return team.get("status") == "active" and has_category(team, CARE_TEAM_CATEGORY, PHARMACIST_ASSIGNMENT)
 
 
 async def assigned_pharmacists(conn: AsyncConnection, patients: Sequence[str]) -> dict[str, str]:
