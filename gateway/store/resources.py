@@ -294,14 +294,8 @@ _INDEX_COLUMNS = (
     ("rid", "res_type", "param", "low_us", "high_us"),
     ("rid", "res_type", "param", "value"),
 )
-# PostgreSQL array types of those columns, and of the version's, for unnest().
-_VERSION_TYPES = ("bigint", "int", "varchar", "varchar", "bigint", "varchar", "boolean", "text")
-_INDEX_TYPES = (
-    ("bigint", "varchar", "varchar", "varchar", "varchar"),
-    ("bigint", "varchar", "varchar", "varchar", "varchar"),
-    ("bigint", "varchar", "varchar", "bigint", "bigint"),
-    ("bigint", "varchar", "varchar", "varchar"),
-)
+# PostgreSQL's array type for a column's values, by the column's Python type, for unnest().
+_ARRAY_TYPES = {int: "bigint", str: "varchar", bool: "boolean"}
 
 
 def _index_rows(entries: list[tuple[int, PendingVersion]]) -> list[list[tuple[Any, ...]]]:
@@ -321,9 +315,9 @@ def _index_rows(entries: list[tuple[int, PendingVersion]]) -> list[list[tuple[An
     return [tokens, references, dates, strings]
 
 
-def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
-    arrays = ", ".join(f"?::{t}[]" for t in types)
-    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
+def _unnest_insert(table: Table, columns: Sequence[str]) -> str:
+    arrays = ", ".join(f"?::{_ARRAY_TYPES[table.c[c].type.python_type]}[]" for c in columns)
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
 
 
 # One statement for a write's versions and all its index rows, and the stale index rows of the resources
@@ -337,12 +331,10 @@ _ROWS_AT_ONCE = (
             f"stale_{n} AS (DELETE FROM {table.name} WHERE rid = ANY(?::bigint[]))"
             for n, table in enumerate(INDEX_TABLES)
         ]
-        + [f"version_rows AS ({_unnest_insert('resource_version', _VERSION_COLUMNS, _VERSION_TYPES)})"]
+        + [f"version_rows AS ({_unnest_insert(resource_version, _VERSION_COLUMNS)})"]
         + [
-            f"index_{n} AS ({_unnest_insert(table.name, columns, types)})"
-            for n, (table, columns, types) in enumerate(
-                zip(INDEX_TABLES, _INDEX_COLUMNS, _INDEX_TYPES, strict=True)
-            )
+            f"index_{n} AS ({_unnest_insert(table, columns)})"
+            for n, (table, columns) in enumerate(zip(INDEX_TABLES, _INDEX_COLUMNS, strict=True))
         ]
     )
     + " SELECT 1"
