@@ -52,12 +52,12 @@ def marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def among(conn: AsyncConnection, values: Sequence[Any], cast: str = "varchar") -> tuple[str, list[Any]]:
-    """A condition's right-hand side for "equals any of `values`", and its parameters: one array parameter
-    on PostgreSQL (the statement's text is the same for any number of values, so asyncpg's statement cache
-    keeps it), an IN list on SQLite."""
+def among(conn: AsyncConnection, values: Sequence[str]) -> tuple[str, list[Any]]:
+    """A condition's right-hand side for "equals any of these strings", and its parameters: one array
+    parameter on PostgreSQL (the statement's text is the same for any number of values, so asyncpg's
+    statement cache keeps it), an IN list on SQLite."""
     if conn.dialect.name == "postgresql":
-        return f"= ANY(?::{cast}[])", [list(values)]
+        return "= ANY(?::varchar[])", [list(values)]
     return f"IN ({marks(len(values))})", list(values)
 
 
